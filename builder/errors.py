@@ -43,10 +43,12 @@ class SourceNotFound(SolveError):
 
 
 class ExecutionError(SolveError):
-    def __init__(self, command: str, exit_code: int, last_lines: list[str] | tuple[str, ...] = ()):
+    def __init__(self, command: str, exit_code: int, last_lines: list[str] | tuple[str, ...] = (),
+                 step: str = ""):
         self.command = command
         self.exit_code = exit_code
         self.last_lines = tuple(last_lines)
+        self.step = step  # the progress name of the failed step, "[stage 2/3] RUN make"
         super().__init__(f'process "{command}" did not complete successfully: exit code: {exit_code}')
 
 

@@ -1,0 +1,67 @@
+"""The Dockerfile language: text to typed instruction nodes.
+
+``parse_dockerfile(text)`` returns a :class:`Dockerfile`; values in its nodes are raw (see
+``builder.expand`` for variable expansion). Nothing here imports Lark until a file is parsed.
+"""
+
+from builder.grammar.nodes import (
+    Add,
+    Arg,
+    ArgDecl,
+    Cmd,
+    Command,
+    Copy,
+    Dockerfile,
+    Entrypoint,
+    Env,
+    ExecCommand,
+    Expose,
+    Flag,
+    From,
+    Healthcheck,
+    Heredoc,
+    Instruction,
+    Label,
+    Maintainer,
+    Onbuild,
+    Run,
+    Shell,
+    ShellCommand,
+    Stopsignal,
+    User,
+    Volume,
+    Workdir,
+)
+from builder.grammar.parser import dockerfile_to_json, instruction_to_json, parse_dockerfile
+
+__all__ = [
+    "Add",
+    "Arg",
+    "ArgDecl",
+    "Cmd",
+    "Command",
+    "Copy",
+    "Dockerfile",
+    "Entrypoint",
+    "Env",
+    "ExecCommand",
+    "Expose",
+    "Flag",
+    "From",
+    "Healthcheck",
+    "Heredoc",
+    "Instruction",
+    "Label",
+    "Maintainer",
+    "Onbuild",
+    "Run",
+    "Shell",
+    "ShellCommand",
+    "Stopsignal",
+    "User",
+    "Volume",
+    "Workdir",
+    "dockerfile_to_json",
+    "instruction_to_json",
+    "parse_dockerfile",
+]

@@ -1,0 +1,207 @@
+"""`build()`: parse, plan, solve, assemble the image, export it. The one entry point for builds."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field, replace
+from typing import Mapping
+
+from builder.errors import BuildError, ExportError
+from builder.solver import progress as events
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """One `--output`: type=oci|docker|local|image|tar-less layout, with its attributes."""
+
+    type: str
+    attrs: tuple[tuple[str, str], ...] = ()
+
+    def get(self, name: str, default: str = "") -> str:
+        return dict(self.attrs).get(name, default)
+
+    @classmethod
+    def parse(cls, text: str) -> "OutputSpec":
+        """`type=oci,dest=out.tar`, or a bare path meaning `type=local,dest=PATH` (as buildx)."""
+        if "=" not in text.split(",")[0]:
+            return cls("local", (("dest", text),))
+        attrs = {}
+        for part in text.split(","):
+            key, sep, value = part.partition("=")
+            if not sep:
+                raise BuildError(f"invalid output {text!r}: {part!r} is not key=value")
+            attrs[key.strip()] = value.strip()
+        kind = attrs.pop("type", "")
+        if kind not in ("oci", "docker", "local", "image", "registry"):
+            raise BuildError(f"invalid output {text!r}: type must be oci, docker, local, image or registry")
+        if kind in ("oci", "docker", "local") and not attrs.get("dest"):
+            raise BuildError(f"invalid output {text!r}: type={kind} needs dest=PATH")
+        return cls(kind, tuple(sorted(attrs.items())))
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    context: str
+    dockerfile: str | None = None            # path; default CONTEXT/Dockerfile
+    tags: tuple[str, ...] = ()
+    build_args: Mapping[str, str] = field(default_factory=dict)
+    target: str | None = None
+    no_cache: bool = False
+    pull: bool = False
+    outputs: tuple[OutputSpec, ...] = ()
+    iidfile: str | None = None
+    jobs: int | None = None
+    root: str | None = None
+    platform: str = "linux/amd64"
+    insecure_registries: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    image_id: str                      # config digest, as docker shows it
+    manifest_digest: str
+    tags: tuple[str, ...]
+    warnings: tuple[str, ...]
+
+
+def _source_date_epoch(build_args: Mapping[str, str]) -> int | None:
+    value = build_args.get("SOURCE_DATE_EPOCH") or os.environ.get("SOURCE_DATE_EPOCH")
+    if not value:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise BuildError(f"SOURCE_DATE_EPOCH must be a number of seconds, not {value!r}") from None
+
+
+def build(options: BuildOptions, progress: events.Progress = events.ignore, executor=None) -> BuildResult:
+    from builder.context import BuildContext, read_dockerignore
+    from builder.convert import convert
+    from builder.grammar import parse_dockerfile
+    from builder.registry.reference import parse_reference
+    from builder.solver.solver import Solver
+    from builder.solver.sources import ImageSources
+    from builder.store import Store
+
+    context_dir = os.path.abspath(options.context)
+    if not os.path.isdir(context_dir):
+        raise BuildError(f"unable to prepare context: path {options.context!r} not found")
+    dockerfile_path = options.dockerfile or os.path.join(context_dir, "Dockerfile")
+    load_id = "load-definition"
+    progress(events.Started(load_id, f"[internal] load build definition from {os.path.basename(dockerfile_path)}"))
+    try:
+        with open(dockerfile_path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise BuildError(f"failed to read dockerfile: open {dockerfile_path}: no such file or directory") from None
+    dockerfile = parse_dockerfile(text, os.path.basename(dockerfile_path))
+    progress(events.Finished(load_id))
+    tags = tuple(str(parse_reference(t)) for t in options.tags)
+    for output in options.outputs:
+        if output.type in ("image", "registry") and output.get("name"):
+            tags += tuple(str(parse_reference(n)) for n in output.get("name").split(",") if n)
+
+    with Store(options.root) as store:
+        def client_factory():
+            from builder.registry.client import RegistryClient
+
+            return RegistryClient(insecure_registries=options.insecure_registries)
+
+        sources = ImageSources(store.blobs, store.images, client_factory, pull=options.pull)
+        try:
+            context = BuildContext(context_dir, read_dockerignore(context_dir, options.dockerfile))
+            plan = convert(dockerfile, build_args=options.build_args, target=options.target,
+                           platform=options.platform, resolver=sources)
+            if executor is None:
+                from builder.executor import NamespaceExecutor
+
+                executor = NamespaceExecutor()
+            epoch = _source_date_epoch(options.build_args)
+            solver = Solver(store, executor, sources, context, jobs=options.jobs, no_cache=options.no_cache,
+                            progress=progress, names=dict(plan.names), source_date_epoch=epoch)
+            results = solver.solve(plan.vertices)
+            export_id = "export"
+            progress(events.Started(export_id, "exporting to image"))
+            started = time.monotonic()
+            image = _assemble(plan, results, store, sources, epoch)
+            progress(events.Log(export_id, f"writing image {image.image_id} done"))
+            for tag in tags:
+                store.images.tag(tag, image.manifest.digest)
+                progress(events.Log(export_id, f"naming to {tag} done"))
+            for output in options.outputs:
+                _export(output, image, store, tags, progress, export_id)
+            progress(events.Finished(export_id))
+        finally:
+            sources.close()
+    if options.iidfile:
+        with open(options.iidfile, "w") as f:
+            f.write(image.image_id)
+    warnings = tuple(f'[Warning] One or more build-args [{" ".join(plan.unused_build_args)}] were not consumed'
+                     for _ in [0] if plan.unused_build_args)
+    return BuildResult(image.image_id, image.manifest.digest, tags, warnings)
+
+
+def _assemble(plan, results, store, sources, epoch):
+    """The target stage's image: base layers + one per layer step, config with full history."""
+    from builder.image.config import HistoryEntry
+    from builder.image.manifest import write_image
+    from builder.image.media import Descriptor
+    from builder.solver.solver import epoch_rfc3339, now_rfc3339
+
+    stage = plan.target
+    final = results[stage.vertex] if stage.vertex is not None else None
+    layers = final.layers if final is not None else ()
+    if stage.base_ref and any(not store.blobs.has(l.digest) for l in layers):
+        for ref in {v.op.ref for v in results if hasattr(v.op, "ref") and v.op.kind == "source.image"}:
+            sources.ensure_layers(ref)
+    base = stage.config
+    history = list(base.history)
+    last_time = base.created or (epoch_rfc3339(epoch) if epoch is not None else None)
+    for step in stage.steps:
+        if step.vertex is not None:
+            last_time = results[step.vertex].created or last_time
+        created = epoch_rfc3339(epoch) if epoch is not None else (last_time or now_rfc3339())
+        history.append(HistoryEntry(created=created, created_by=step.created_by, comment=step.comment,
+                                    empty_layer=step.vertex is None))
+    created = epoch_rfc3339(epoch) if epoch is not None else (last_time or now_rfc3339())
+    config = replace(base, created=created, diff_ids=tuple(l.diff_id for l in layers), history=tuple(history))
+    descriptors = [Descriptor(l.media_type, l.digest, l.size) for l in layers]
+    return write_image(store.blobs, config, descriptors)
+
+
+def _export(output, image, store, tags, progress, export_id) -> None:
+    from builder.image import exporters
+
+    dest = output.get("dest")
+    if output.type == "oci":
+        exporter = (exporters.OCIArchiveExporter(dest, tags) if output.get("tar", "true") != "false"
+                    else exporters.OCILayoutExporter(dest, tags))
+    elif output.type == "docker":
+        exporter = exporters.DockerArchiveExporter(dest, tags)
+    elif output.type == "local":
+        exporter = exporters.LocalExporter(dest)
+    elif output.type in ("image", "registry"):
+        if output.get("push", "false" if output.type == "image" else "true") == "true":
+            _push(image, store, tags, progress, export_id, output)
+        return
+    else:
+        raise ExportError(f"unknown output type {output.type}")
+    progress(events.Log(export_id, f"exporting to {output.type} {dest}"))
+    exporter.export(image, store.blobs)
+
+
+def _push(image, store, tags, progress, export_id, output) -> None:
+    from builder.registry.client import RegistryClient
+    from builder.registry.reference import parse_reference
+
+    insecure = (output.get("registry.insecure") == "true")
+    for tag in tags:
+        ref = parse_reference(tag)
+        client = RegistryClient(insecure_registries=(ref.registry,) if insecure else ())
+        try:
+            manifest = store.blobs.get_bytes(image.manifest.digest)
+            client.push(ref, store.blobs, manifest, image.manifest.media_type)
+        finally:
+            client.close()
+        progress(events.Log(export_id, f"pushing {tag} done"))

@@ -1,0 +1,495 @@
+"""Dockerfile instructions -> a graph of vertices plus the image config each stage produces.
+
+This is build-image's dockerfile2llb: it decides *what* a build does (which ops, in which order,
+with which environment) and what the resulting image config and history say. It runs nothing;
+base images are consulted only for their config, through a resolver the caller passes in.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from dataclasses import dataclass, field, replace
+from typing import Mapping, Protocol, Sequence
+
+from builder.errors import ParseError, SolveError
+from builder.expand import expand_instruction, expand_word
+from builder.grammar import nodes
+from builder.grammar import Dockerfile
+from builder.image.config import Healthcheck, HistoryEntry, ImageConfig, RuntimeConfig
+from builder.llb import CopyAction, ExecOp, FileOp, ImageSource, LocalSource, MkdirAction, Vertex
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+DEFAULT_SHELL = ("/bin/sh", "-c")
+HISTORY_COMMENT = "buildkit.dockerfile.v0"
+
+# Proxy variables are predefined ARGs: usable without a declaration, never recorded in history.
+PROXY_ARGS = frozenset(
+    n for p in ("HTTP_PROXY", "HTTPS_PROXY", "FTP_PROXY", "NO_PROXY", "ALL_PROXY") for n in (p, p.lower())
+)
+
+
+class ImageResolver(Protocol):
+    """Answers what a base image's config is; the solver later fetches its layers."""
+
+    def resolve_config(self, ref: str, platform: str) -> tuple[str, ImageConfig]:
+        """Returns (normalised reference, config) for a base image name."""
+        ...
+
+
+@dataclass(frozen=True)
+class Step:
+    """One history entry the build adds, and the vertex that made its layer (if any)."""
+
+    created_by: str
+    vertex: Vertex | None
+    comment: str = HISTORY_COMMENT
+
+
+@dataclass
+class Stage:
+    """A stage being converted: its current filesystem vertex and image config."""
+
+    index: int
+    name: str | None
+    vertex: Vertex | None
+    config: ImageConfig
+    steps: list[Step] = field(default_factory=list)
+    args: dict[str, str] = field(default_factory=dict)
+    base_ref: str | None = None          # normalised base image reference, if FROM an image
+    cmd_set: bool = False                # a CMD in this stage stops ENTRYPOINT from clearing it
+
+    @property
+    def display(self) -> str:
+        return self.name if self.name is not None else f"stage-{self.index}"
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    """What a build will do: the target stage's final vertex, its image config (without
+    diff_ids and history times, which the solver knows) and the steps it adds."""
+
+    target: Stage
+    vertices: tuple[Vertex, ...]          # every vertex the target needs, inputs before users
+    names: Mapping[str, str]              # vertex digest -> progress name, "[stage 2/5] RUN make"
+    context: Vertex                       # the build context source vertex
+    unused_build_args: tuple[str, ...]
+
+
+def platform_args(platform: str) -> dict[str, str]:
+    os_, _, rest = platform.partition("/")
+    arch, _, variant = rest.partition("/")
+    values = {}
+    for prefix in ("TARGET", "BUILD"):
+        values[prefix + "PLATFORM"] = platform
+        values[prefix + "OS"] = os_
+        values[prefix + "ARCH"] = arch
+        values[prefix + "VARIANT"] = variant
+    return values
+
+
+def go_quote_list(args: Sequence[str]) -> str:
+    """Formats like Go's %q of a []string, which BuildKit uses in history: ["a" "b"]."""
+    return "[" + " ".join(json.dumps(a, ensure_ascii=False) for a in args) + "]"
+
+
+def _set_env(env: tuple[str, ...], key: str, value: str) -> tuple[str, ...]:
+    out, replaced = [], False
+    for item in env:
+        if item.partition("=")[0] == key:
+            out.append(f"{key}={value}")
+            replaced = True
+        else:
+            out.append(item)
+    if not replaced:
+        out.append(f"{key}={value}")
+    return tuple(out)
+
+
+def _env_map(env: Sequence[str]) -> dict[str, str]:
+    return dict(item.partition("=")[::2] for item in env)
+
+
+def _normalise_port(port: str) -> list[str]:
+    number, _, proto = port.partition("/")
+    proto = (proto or "tcp").lower()
+    if "-" in number:
+        lo, _, hi = number.partition("-")
+        return [f"{p}/{proto}" for p in range(int(lo), int(hi) + 1)]
+    return [f"{number}/{proto}"]
+
+
+class Converter:
+    def __init__(
+        self,
+        dockerfile: Dockerfile,
+        *,
+        build_args: Mapping[str, str] = {},
+        target: str | None = None,
+        platform: str = "linux/amd64",
+        resolver: ImageResolver,
+        context_excludes: Sequence[str] = (),
+    ):
+        self.df = dockerfile
+        self.escape = dockerfile.escape
+        self.build_args = dict(build_args)
+        self.target = target
+        self.platform = platform
+        self.resolver = resolver
+        self.context = Vertex(LocalSource("context", tuple(context_excludes)))
+        self.used_args: set[str] = set()
+        self.names: dict[str, str] = {}
+        self.auto_args = platform_args(platform)
+
+    # -- errors carry the Dockerfile's name and the line
+    def _error(self, message: str, node: nodes.Instruction) -> ParseError:
+        return ParseError(message, filename=self.df.filename, line=node.start_line)
+
+    def convert(self) -> BuildPlan:
+        global_args, stage_nodes = self._split_stages()
+        target_index = self._target_index(stage_nodes)
+        needed = self._needed_stages(stage_nodes, target_index, global_args)
+        stages: dict[int, Stage] = {}
+        for index in sorted(needed):
+            from_node, body = stage_nodes[index]
+            stages[index] = self._convert_stage(index, from_node, body, global_args, stages, stage_nodes)
+        target = stages[target_index]
+        vertices = self._topological(target.vertex)
+        unused = tuple(sorted(k for k in self.build_args if k not in self.used_args and k not in PROXY_ARGS))
+        return BuildPlan(target, vertices, dict(self.names), self.context, unused)
+
+    # -- stage structure
+    def _split_stages(self):
+        global_args: dict[str, str | None] = {}
+        stages: list[tuple[nodes.From, list[nodes.Instruction]]] = []
+        for node in self.df.instructions:
+            if isinstance(node, nodes.From):
+                stages.append((node, []))
+            elif not stages:
+                if not isinstance(node, nodes.Arg):
+                    raise self._error(f"{node.keyword} instruction before the first FROM: "
+                                      "only ARG may come before FROM", node)
+                env = {k: v for k, v in global_args.items() if v is not None}
+                expanded = expand_instruction(node, {**self.auto_args, **env}, self.escape)
+                for decl in expanded.args:
+                    value = self.build_args.get(decl.name, decl.default)
+                    if decl.name in self.build_args:
+                        self.used_args.add(decl.name)
+                    global_args[decl.name] = value
+            else:
+                stages[-1][1].append(node)
+        if not stages:
+            raise ParseError("no build stage in current context", filename=self.df.filename)
+        return global_args, stages
+
+    def _stage_lookup(self, stage_nodes, name: str, before: int) -> int | None:
+        """A stage by name (case-insensitive) or index, among those before `before`."""
+        if name.isdigit():
+            i = int(name)
+            return i if i < before else None
+        for i, (from_node, _) in enumerate(stage_nodes[:before]):
+            if from_node.stage_name and from_node.stage_name.lower() == name.lower():
+                return i
+        return None
+
+    def _target_index(self, stage_nodes) -> int:
+        if self.target is None:
+            return len(stage_nodes) - 1
+        found = self._stage_lookup(stage_nodes, self.target, len(stage_nodes))
+        if found is None:
+            raise SolveError(f"target stage \"{self.target}\" could not be found")
+        return found
+
+    def _meta_env(self, global_args) -> dict[str, str]:
+        return {**self.auto_args, **{k: v for k, v in global_args.items() if v is not None}}
+
+    def _needed_stages(self, stage_nodes, target_index: int, global_args) -> set[int]:
+        """The target and every stage it reaches through FROM, COPY --from and RUN --mount from=."""
+        meta = self._meta_env(global_args)
+        needed, todo = set(), [target_index]
+        while todo:
+            index = todo.pop()
+            if index in needed:
+                continue
+            needed.add(index)
+            from_node, body = stage_nodes[index]
+            refs = [expand_word(from_node.image, meta, self.escape)]
+            for node in body:
+                if isinstance(node, (nodes.Copy, nodes.Add)) and node.from_:
+                    refs.append(expand_word(node.from_, meta, self.escape))
+                if isinstance(node, nodes.Run):
+                    for mount in node.mounts:
+                        for part in mount.split(","):
+                            key, _, value = part.partition("=")
+                            if key.strip() == "from":
+                                refs.append(expand_word(value, meta, self.escape))
+            for ref in refs:
+                dep = self._stage_lookup(stage_nodes, ref, index)
+                if dep is not None:
+                    todo.append(dep)
+        return needed
+
+    # -- one stage
+    def _convert_stage(self, index, from_node, body, global_args, stages, stage_nodes) -> Stage:
+        meta = self._meta_env(global_args)
+        from_node = expand_instruction(from_node, meta, self.escape)
+        if from_node.platform:
+            self.platform = from_node.platform
+        base = self._stage_lookup(stage_nodes, from_node.image, index)
+        if base is not None:
+            parent = stages[base]
+            stage = Stage(index, from_node.stage_name, parent.vertex, parent.config,
+                          steps=list(parent.steps), base_ref=parent.base_ref)
+        elif from_node.image.lower() == "scratch":
+            config = ImageConfig(os="linux", architecture=self.platform.split("/")[1],
+                                 config=RuntimeConfig(env=(f"PATH={DEFAULT_PATH}",)))
+            stage = Stage(index, from_node.stage_name, None, config)
+        else:
+            ref, config = self.resolver.resolve_config(from_node.image, self.platform)
+            vertex = Vertex(ImageSource(ref, self.platform))
+            self.names.setdefault(vertex.digest, f"[{from_node.stage_name or f'stage-{index}'} 1/{len(body) + 1}] "
+                                                 f"FROM {ref}")
+            if not any(e.partition("=")[0] == "PATH" for e in config.config.env):
+                config = config.with_config(env=(f"PATH={DEFAULT_PATH}",) + config.config.env)
+            stage = Stage(index, from_node.stage_name, vertex, config, base_ref=ref)
+        stage_total = len(body) + 1
+        for position, node in enumerate(body, start=2):
+            self._dispatch(stage, node, global_args, stages, stage_nodes, f"[{stage.display} {position}/{stage_total}]")
+        return stage
+
+    def _expansion_env(self, stage: Stage) -> dict[str, str]:
+        # ENV always wins over ARG of the same name.
+        return {**self.auto_args, **stage.args, **_env_map(stage.config.config.env)}
+
+    def _run_env(self, stage: Stage) -> tuple[str, ...]:
+        env = stage.config.config.env
+        image_keys = {e.partition("=")[0] for e in env}
+        extra = tuple(f"{k}={v}" for k, v in stage.args.items() if k not in image_keys)
+        return env + extra
+
+    def _dispatch(self, stage: Stage, node, global_args, stages, stage_nodes, label: str) -> None:
+        handler = getattr(self, "_do_" + type(node).__name__.lower(), None)
+        if handler is None:
+            raise self._error(f"{node.keyword} is not supported yet", node)
+        if not isinstance(node, (nodes.Run, nodes.Cmd, nodes.Entrypoint, nodes.Shell, nodes.Healthcheck,
+                                 nodes.Onbuild, nodes.Arg)):
+            node = expand_instruction(node, self._expansion_env(stage), self.escape)
+        if isinstance(node, (nodes.Copy, nodes.Add)):
+            handler(stage, node, label, stages, stage_nodes)
+        elif isinstance(node, nodes.Arg):
+            handler(stage, node, global_args)
+        else:
+            handler(stage, node, label)
+
+    def _config(self, stage: Stage, **changes) -> None:
+        stage.config = stage.config.with_config(**changes)
+
+    def _history(self, stage: Stage, created_by: str, vertex: Vertex | None = None) -> None:
+        stage.steps.append(Step(created_by, vertex))
+
+    def _layer(self, stage: Stage, vertex: Vertex, label: str, text: str) -> None:
+        self.names.setdefault(vertex.digest, f"{label} {text}")
+        stage.vertex = vertex
+
+    def _shell(self, stage: Stage) -> tuple[str, ...]:
+        return stage.config.config.shell or DEFAULT_SHELL
+
+    def _command_args(self, stage: Stage, command) -> tuple[str, ...]:
+        if isinstance(command, nodes.ExecCommand):
+            return tuple(command.args)
+        return self._shell(stage) + (command.text,)
+
+    # -- instructions
+    def _do_run(self, stage: Stage, node: nodes.Run, label: str) -> None:
+        run_node = expand_instruction(node, self._expansion_env(stage), self.escape)
+        if run_node.mounts:
+            raise self._error("RUN --mount is not supported yet", node)
+        args = self._command_args(stage, self._with_heredocs(run_node))
+        config = stage.config.config
+        op = ExecOp(
+            args=args,
+            env=self._run_env(stage),
+            cwd=config.working_dir or "/",
+            user=config.user,
+            network=run_node.network or "none",
+        )
+        vertex = Vertex(op, (stage.vertex,))
+        self._layer(stage, vertex, label, f"RUN {node.command.text if isinstance(node.command, nodes.ShellCommand) else ' '.join(args)}")
+        recorded = [f"{k}={v}" for k, v in sorted(stage.args.items()) if k not in PROXY_ARGS]
+        prefix = f"|{len(recorded)} {' '.join(recorded)} " if recorded else ""
+        self._history(stage, f"RUN {prefix}{' '.join(args)} # buildkit", vertex)
+
+    def _with_heredocs(self, node: nodes.Run):
+        """A RUN whose command is only a heredoc runs that heredoc as the script; otherwise the
+        shell gets the heredoc bodies inline, as it would read them from a script."""
+        if not node.heredocs or isinstance(node.command, nodes.ExecCommand):
+            return node.command
+        text = node.command.text.strip()
+        if len(node.heredocs) == 1 and text.startswith("<<") and len(text.split()) == 1:
+            return nodes.ShellCommand(node.heredocs[0].data)
+        body = node.command.text
+        for doc in node.heredocs:
+            body += "\n" + doc.content.rstrip("\n") + "\n" + doc.name
+        return nodes.ShellCommand(body)
+
+    def _copy_source(self, stage: Stage, node, stages, stage_nodes) -> tuple[Vertex | None, str]:
+        if not node.from_:
+            return self.context, ""
+        index = self._stage_lookup(stage_nodes, node.from_, stage.index)
+        if index is not None:
+            return stages[index].vertex, f"--from={node.from_} "
+        ref, _config = self.resolver.resolve_config(node.from_, self.platform)
+        return Vertex(ImageSource(ref, self.platform)), f"--from={node.from_} "
+
+    def _dest(self, stage: Stage, dest: str) -> str:
+        workdir = stage.config.config.working_dir or "/"
+        trailing = dest.endswith("/") or dest in (".", "..") or dest.endswith("/.")
+        path = posixpath.normpath(posixpath.join(workdir, dest))
+        return path + "/" if trailing and path != "/" else path
+
+    def _do_copy(self, stage: Stage, node, label: str, stages, stage_nodes) -> None:
+        if node.heredocs:
+            raise self._error(f"{node.keyword} with a heredoc is not supported yet", node)
+        source, from_text = self._copy_source(stage, node, stages, stage_nodes)
+        action = CopyAction(
+            source=1,
+            paths=tuple(node.sources),
+            dest=self._dest(stage, node.dest),
+            chown=node.chown or "",
+            chmod=node.chmod or "",
+            extract_archives=isinstance(node, nodes.Add),
+            exclude=tuple(node.exclude or ()),
+        )
+        vertex = Vertex(FileOp((action,)), (stage.vertex, source))
+        text = f"{node.keyword} {from_text}{' '.join(node.sources)} {node.dest}"
+        self._layer(stage, vertex, label, text)
+        self._history(stage, f"{text} # buildkit", vertex)
+
+    _do_add = _do_copy
+
+    def _do_workdir(self, stage: Stage, node: nodes.Workdir, label: str) -> None:
+        current = stage.config.config.working_dir or "/"
+        path = posixpath.normpath(posixpath.join(current, node.path))
+        self._config(stage, working_dir=path)
+        vertex = Vertex(FileOp((MkdirAction(path, 0o755, ""),)), (stage.vertex,))
+        self._layer(stage, vertex, label, f"WORKDIR {path}")
+        self._history(stage, f"WORKDIR {path}", vertex)
+
+    def _do_env(self, stage: Stage, node: nodes.Env, label: str) -> None:
+        env = stage.config.config.env
+        for key, value in node.pairs:
+            env = _set_env(env, key, value)
+        self._config(stage, env=env)
+        self._history(stage, "ENV " + " ".join(f"{k}={v}" for k, v in node.pairs))
+
+    def _do_arg(self, stage: Stage, node: nodes.Arg, global_args) -> None:
+        recorded = []
+        for decl in node.args:
+            env = self._expansion_env(stage)
+            default = expand_word(decl.default, env, self.escape) if decl.default is not None else None
+            if decl.name in self.build_args:
+                value = self.build_args[decl.name]
+                self.used_args.add(decl.name)
+            elif default is not None:
+                value = default
+            elif decl.name in global_args and global_args[decl.name] is not None:
+                value = global_args[decl.name]
+            elif decl.name in self.auto_args:
+                value = self.auto_args[decl.name]
+            else:
+                value = None
+            if value is not None:
+                stage.args[decl.name] = value
+                recorded.append(f"{decl.name}={value}")
+            else:
+                recorded.append(decl.name)
+        self._history(stage, "ARG " + " ".join(recorded))
+
+    def _do_label(self, stage: Stage, node: nodes.Label, label: str) -> None:
+        labels = dict(stage.config.config.labels)
+        labels.update(node.pairs)
+        self._config(stage, labels=tuple(sorted(labels.items())))
+        self._history(stage, "LABEL " + " ".join(f"{k}={v}" for k, v in node.pairs))
+
+    def _do_maintainer(self, stage: Stage, node: nodes.Maintainer, label: str) -> None:
+        stage.config = replace(stage.config, author=node.name)
+        self._history(stage, f"MAINTAINER {node.name}")
+
+    def _do_expose(self, stage: Stage, node: nodes.Expose, label: str) -> None:
+        ports = set(stage.config.config.exposed_ports)
+        new = [p for port in node.ports for p in _normalise_port(port)]
+        ports.update(new)
+        self._config(stage, exposed_ports=tuple(sorted(ports)))
+        self._history(stage, "EXPOSE " + " ".join(new))
+
+    def _do_volume(self, stage: Stage, node: nodes.Volume, label: str) -> None:
+        volumes = set(stage.config.config.volumes) | set(node.paths)
+        self._config(stage, volumes=tuple(sorted(volumes)))
+        self._history(stage, "VOLUME " + go_quote_list(node.paths))
+
+    def _do_user(self, stage: Stage, node: nodes.User, label: str) -> None:
+        self._config(stage, user=node.user)
+        self._history(stage, f"USER {node.user}")
+
+    def _do_stopsignal(self, stage: Stage, node: nodes.Stopsignal, label: str) -> None:
+        self._config(stage, stop_signal=node.signal)
+        self._history(stage, f"STOPSIGNAL {node.signal}")
+
+    def _do_cmd(self, stage: Stage, node: nodes.Cmd, label: str) -> None:
+        args = self._command_args(stage, node.command)
+        self._config(stage, cmd=args)
+        stage.cmd_set = True
+        self._history(stage, "CMD " + go_quote_list(args))
+
+    def _do_entrypoint(self, stage: Stage, node: nodes.Entrypoint, label: str) -> None:
+        args = self._command_args(stage, node.command)
+        changes = {"entrypoint": args}
+        if not stage.cmd_set:
+            changes["cmd"] = None  # an ENTRYPOINT resets a CMD inherited from the base image
+        self._config(stage, **changes)
+        self._history(stage, "ENTRYPOINT " + go_quote_list(args))
+
+    def _do_shell(self, stage: Stage, node: nodes.Shell, label: str) -> None:
+        self._config(stage, shell=tuple(node.args))
+        self._history(stage, "SHELL " + go_quote_list(node.args))
+
+    def _do_healthcheck(self, stage: Stage, node: nodes.Healthcheck, label: str) -> None:
+        if node.command is None:
+            check = Healthcheck(test=("NONE",))
+        else:
+            if isinstance(node.command, nodes.ExecCommand):
+                test = ("CMD",) + tuple(node.command.args)
+            else:
+                test = ("CMD-SHELL", node.command.text)
+            check = Healthcheck(test=test, interval=node.interval, timeout=node.timeout,
+                                start_period=node.start_period, start_interval=node.start_interval,
+                                retries=node.retries)
+        self._config(stage, healthcheck=check)
+        self._history(stage, "HEALTHCHECK " + (go_quote_list(check.test) if node.command is not None else "NONE"))
+
+    def _do_onbuild(self, stage: Stage, node: nodes.Onbuild, label: str) -> None:
+        trigger = node.trigger.original
+        self._config(stage, on_build=stage.config.config.on_build + (trigger,))
+        self._history(stage, f"ONBUILD {trigger}")
+
+    # -- graph
+    def _topological(self, final: Vertex | None) -> tuple[Vertex, ...]:
+        import networkx as nx
+
+        graph = nx.DiGraph()
+        todo = [final] if final is not None else []
+        while todo:
+            vertex = todo.pop()
+            if vertex in graph and graph.in_degree(vertex) == len([i for i in vertex.inputs if i is not None]):
+                continue
+            graph.add_node(vertex)
+            for dep in vertex.inputs:
+                if dep is not None:
+                    if dep not in graph:
+                        todo.append(dep)
+                    graph.add_edge(dep, vertex)
+        return tuple(nx.lexicographical_topological_sort(graph, key=lambda v: v.digest))
+
+
+def convert(dockerfile: Dockerfile, **options) -> BuildPlan:
+    return Converter(dockerfile, **options).convert()

@@ -1,0 +1,536 @@
+"""NamespaceExecutor: run a build step in fresh namespaces over an overlay root.
+
+Process tree of one ``run()``::
+
+    caller thread ──fork──> supervisor ──(unshare: mnt, pid, uts, ipc, cgroup, [net])──fork──> init
+                                                                                          (PID 1, execs the step)
+
+The supervisor exists because ``unshare(CLONE_NEWPID)`` only moves the caller's *children* into
+the new PID namespace. It waits for init and kills it (which kills the whole PID namespace) when
+the caller closes the "lifeline" pipe, so the caller never has to race init's exit to signal it.
+Both children set ``PR_SET_PDEATHSIG=SIGKILL``: if build-image dies, so does every container.
+
+Every mount, the overlay included, is made by init inside its own mount namespace, after making
+``/`` recursively private. Nothing is ever mounted on the host: when init exits the kernel tears
+the mounts down, even if build-image was SIGKILLed. Host paths (layers, bind sources, the
+generated /etc/hosts) are resolved into detached mounts *before* ``pivot_root``; all container
+paths are resolved *after* it, so an image's symlinks can never point a mount or a stub at the
+host.
+
+Threads: ``run()`` is called from several scheduler threads at once, and it forks directly from
+the calling thread rather than through a fork server. That is safe because of how little the
+children do: every module they use is imported before the fork, they never log, print, import or
+touch a lock another thread could hold (file objects, logging, queues); they use only ``os``,
+``select``, ``socket``, ctypes calls and plain string parsing (/etc/passwd) on data prepared by
+the parent, then ``execve`` or ``os._exit``. Signals are blocked at the C level until just before
+``execve``, so no Python signal handler (KeyboardInterrupt) can run in a half-built container. The garbage collector is disabled in the child so no finalizer of a foreign object
+runs there. The first thing the supervisor does is close every descriptor it did not inherit on
+purpose, so a concurrent run's pipes do not stay open in it. A fork server would avoid the fork
+of a large parent (about 1 ms here), but would add a second process to manage, a protocol, fd
+passing and a single point of failure, for no gain in isolation.
+
+``run_in_rootfs`` uses no fork at all: it runs the caller's Python function on a short-lived
+thread that unshares only its own mount namespace (Linux keeps mount namespaces per thread).
+Arbitrary Python code in a forked child of a threaded process is exactly what is unsafe, and a
+thread returns its exception as-is, with no pickling.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import gc
+import os
+import select
+import shutil
+import signal
+import stat
+import tempfile
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import NoReturn
+
+from builder.errors import BuildError, SolveError
+from builder.executor import linux
+from builder.executor.mounts import (MountStub, make_mountpoint, mount_dev, mount_proc, mount_sys,
+                                     remove_stubs, restrict_proc)
+from builder.executor.spec import (DEFAULT_PATH, BindMount, OutputCallback, ProcessSpec, RootFS)
+from builder.executor.users import UserNotFound, resolve_user
+from builder.snapshot.overlay import clone_tree, mount_overlay, move_mount
+
+# Docker's default capability set for containers and build steps (see capabilities(7) numbers).
+DEFAULT_CAPABILITIES = frozenset({
+    0,   # CHOWN
+    1,   # DAC_OVERRIDE
+    3,   # FOWNER
+    4,   # FSETID
+    5,   # KILL
+    6,   # SETGID
+    7,   # SETUID
+    8,   # SETPCAP
+    10,  # NET_BIND_SERVICE
+    13,  # NET_RAW
+    18,  # SYS_CHROOT
+    27,  # MKNOD
+    29,  # AUDIT_WRITE
+    31,  # SETFCAP
+})
+
+_NAMESPACES = (linux.CLONE_NEWNS | linux.CLONE_NEWPID | linux.CLONE_NEWUTS | linux.CLONE_NEWIPC
+               | linux.CLONE_NEWCGROUP)
+_EXIT_SETUP_FAILED = 125
+_EXIT_NOT_EXECUTABLE = 126
+_EXIT_NOT_FOUND = 127
+_READ_CHUNK = 65536
+_SCRATCH_RELEASED = b"P"
+_MAX_FD = os.sysconf("SC_OPEN_MAX")
+
+
+def _read_cap_last_cap() -> int:
+    try:
+        with open("/proc/sys/kernel/cap_last_cap") as f:
+            return int(f.read())
+    except OSError:
+        return 40
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Everything the children need, computed by the parent before it forks."""
+
+    rootfs: RootFS
+    process: ProcessSpec
+    binds: tuple[tuple[BindMount, bool], ...]   # (mount, source is a directory)
+    runtime_dir: str                            # host dir: root/, empty/, hosts, resolv.conf
+    env: tuple[tuple[str, str], ...]            # the process env without HOME defaulted
+    caller_pid: int
+    cap_last: int
+
+    @property
+    def merged_dir(self) -> str:
+        return os.path.join(self.runtime_dir, "root")
+
+    @property
+    def lowerdirs(self) -> tuple[str, ...]:
+        # FROM scratch: overlay needs a lower dir, an empty one gives an empty root.
+        return self.rootfs.lowerdirs or (os.path.join(self.runtime_dir, "empty"),)
+
+
+class NamespaceExecutor:
+    """Runs build steps in new mount, PID, UTS, IPC, cgroup and (optionally) network namespaces."""
+
+    def __init__(self, runtime_root: str | None = None):
+        # Per-run scratch directories (overlay mount point, generated /etc/hosts) go here.
+        self._runtime_root = runtime_root
+        self._cap_last = _read_cap_last_cap()
+
+    # ---- run ---------------------------------------------------------------------------------
+
+    def run(self, rootfs: RootFS, process: ProcessSpec, mounts: Sequence[BindMount] = (),
+            output: OutputCallback | None = None) -> int:
+        _validate(process)
+        binds = tuple((m, _bind_source_is_dir(m)) for m in mounts)
+        runtime_dir = self._make_runtime_dir(rootfs, process)
+        stubs: list[MountStub] = []
+        try:
+            plan = _Plan(rootfs, process, binds, runtime_dir, _base_env(process.env),
+                         os.getpid(), self._cap_last)
+            return _run_container(plan, output, stubs)
+        finally:
+            # Only reached once the container is reaped, so its mounts are gone.
+            remove_stubs(rootfs.upperdir, stubs)
+            shutil.rmtree(runtime_dir, ignore_errors=True)
+
+    def _make_runtime_dir(self, rootfs: RootFS, process: ProcessSpec) -> str:
+        runtime_dir = tempfile.mkdtemp(prefix="build-image-run-", dir=self._runtime_root)
+        try:
+            os.mkdir(os.path.join(runtime_dir, "root"))
+            if not rootfs.lowerdirs:
+                os.mkdir(os.path.join(runtime_dir, "empty"))
+            _write(os.path.join(runtime_dir, "hosts"),
+                   f"127.0.0.1\tlocalhost {process.hostname}\n"
+                   "::1\tlocalhost ip6-localhost ip6-loopback\n")
+            _write(os.path.join(runtime_dir, "resolv.conf"), _host_resolv_conf())
+        except BaseException:
+            shutil.rmtree(runtime_dir, ignore_errors=True)
+            raise
+        return runtime_dir
+
+    # ---- run_in_rootfs -----------------------------------------------------------------------
+
+    def run_in_rootfs(self, rootfs: RootFS, fn: Callable[[str], None]) -> None:
+        runtime_dir = tempfile.mkdtemp(prefix="build-image-fs-", dir=self._runtime_root)
+        merged = os.path.join(runtime_dir, "root")
+        lowers = rootfs.lowerdirs or (os.path.join(runtime_dir, "empty"),)
+        outcome: list[BaseException] = []
+
+        def in_private_namespace() -> None:
+            try:
+                linux.unshare(linux.CLONE_NEWNS)  # this thread only
+                linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)
+                mount_overlay(lowers, rootfs.upperdir, rootfs.workdir, merged)
+            except BaseException as exc:
+                outcome.append(SolveError(f"mounting the root file system failed: {exc}"))
+                return
+            try:
+                fn(merged)
+            except BaseException as exc:
+                outcome.append(exc)
+            finally:
+                _unmount(merged)
+
+        try:
+            os.mkdir(merged)
+            if not rootfs.lowerdirs:
+                os.mkdir(lowers[0])
+            worker = threading.Thread(target=in_private_namespace, name="build-image-rootfs")
+            worker.start()
+            _join_uninterruptibly(worker)
+        finally:
+            shutil.rmtree(runtime_dir, ignore_errors=True)
+        if outcome:
+            exc = outcome[0]
+            if isinstance(exc, BuildError):
+                raise exc
+            raise SolveError(str(exc) or type(exc).__name__) from exc
+
+
+# ---- parent side ---------------------------------------------------------------------------
+
+def _validate(process: ProcessSpec) -> None:
+    if not process.args:
+        raise SolveError("cannot run a process with an empty command")
+    if process.network not in ("none", "host"):
+        raise SolveError(f'network mode "{process.network}" is not supported (use none or host)')
+    if not process.cwd.startswith("/"):
+        raise SolveError(f'working directory "{process.cwd}" must be absolute')
+
+
+def _bind_source_is_dir(mount: BindMount) -> bool:
+    try:
+        return stat.S_ISDIR(os.stat(mount.source).st_mode)
+    except OSError as exc:
+        raise SolveError(f"bind mount source {mount.source} for {mount.target}: "
+                         f"{exc.strerror}") from None
+
+
+def _base_env(env: Sequence[str]) -> tuple[tuple[str, str], ...]:
+    merged: dict[str, str] = {}
+    for item in env:
+        key, _, value = item.partition("=")
+        merged[key] = value
+    merged.setdefault("PATH", DEFAULT_PATH)
+    return tuple(merged.items())
+
+
+def _host_resolv_conf() -> str:
+    try:
+        with open("/etc/resolv.conf") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def _write(path: str, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
+    os.chmod(path, 0o644)
+
+
+def _pipe() -> tuple[int, int]:
+    """A close-on-exec pipe whose ends are above 0-2, so dup2 onto the child's stdio is safe."""
+    return tuple(fd if fd > 2 else _move_above_stdio(fd) for fd in os.pipe())  # type: ignore[return-value]
+
+
+def _move_above_stdio(fd: int) -> int:
+    moved = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
+    os.close(fd)
+    return moved
+
+
+def _run_container(plan: _Plan, output: OutputCallback | None, stubs: list[MountStub]) -> int:
+    """Fork the supervisor, stream output, reap. STUBS receives the mount points init created."""
+    opened: list[int] = []
+    status = bytearray()
+    try:
+        out_r, out_w = _pipe()
+        opened += (out_r, out_w)
+        err_r, err_w = _pipe()
+        opened += (err_r, err_w)
+        status_r, status_w = _pipe()
+        opened += (status_r, status_w)
+        life_r, life_w = _pipe()
+        opened += (life_r, life_w)
+
+        pid = os.fork()
+        if pid == 0:
+            _supervisor(plan, out_w, err_w, status_w, life_r)
+        for fd in (out_w, err_w, status_w, life_r):
+            os.close(fd)
+            opened.remove(fd)
+        try:
+            _pump(out_r, err_r, status_r, output, status,
+                  lambda: shutil.rmtree(plan.runtime_dir, ignore_errors=True))
+            _, wait_status = os.waitpid(pid, 0)
+        except BaseException:
+            os.close(life_w)  # the supervisor kills the container and exits
+            opened.remove(life_w)
+            _reap_uninterruptibly(pid)
+            _read_status(bytes(status), stubs)
+            raise
+    finally:
+        for fd in opened:
+            os.close(fd)
+
+    error = _read_status(bytes(status), stubs)
+    if error is not None:
+        kind, message = error
+        if kind == "user":
+            raise UserNotFound(message)
+        raise SolveError(f"container setup failed: {message}")
+    code = os.waitstatus_to_exitcode(wait_status)
+    return 128 - code if code < 0 else code
+
+
+def _pump(out_r: int, err_r: int, status_r: int, output: OutputCallback | None,
+          status: bytearray, on_scratch_released: Callable[[], None] | None) -> None:
+    """Stream the container's output to OUTPUT until every writer is gone; collect STATUS records.
+
+    ON_SCRATCH_RELEASED is called once init no longer needs the host-side scratch directory.
+    """
+    # Status first: poll reports ready fds in registration order, so init's records (written before
+    # execve) are always handled before the output the process writes after it.
+    streams = {status_r: 0, out_r: 1, err_r: 2}
+    poller = select.poll()
+    for fd in streams:
+        poller.register(fd, select.POLLIN)
+    while streams:
+        for fd, _ in poller.poll():
+            chunk = os.read(fd, _READ_CHUNK)
+            if not chunk:
+                poller.unregister(fd)
+                del streams[fd]
+            elif fd == status_r:
+                status += chunk
+                if on_scratch_released is not None and _SCRATCH_RELEASED in status.split(b"\0")[:-1]:
+                    on_scratch_released()
+                    on_scratch_released = None
+            elif output is not None:
+                output(streams[fd], chunk)
+
+
+def _read_status(status: bytes, stubs: list[MountStub]) -> tuple[str, str] | None:
+    error = None
+    for record in status.split(b"\0")[:-1]:  # complete records only
+        if record.startswith(b"S"):
+            stubs.append(MountStub.decode(record[1:]))
+        elif record.startswith(b"E"):
+            kind, _, message = record[1:].decode(errors="replace").partition("\t")
+            error = (kind, message)
+    return error
+
+
+def _reap_uninterruptibly(pid: int) -> None:
+    while True:
+        try:
+            os.waitpid(pid, 0)
+            return
+        except KeyboardInterrupt:
+            continue  # a second Ctrl-C: the container is already being killed, finish reaping
+        except ChildProcessError:
+            return
+
+
+def _join_uninterruptibly(thread: threading.Thread) -> None:
+    interrupted: BaseException | None = None
+    while thread.is_alive():
+        try:
+            thread.join()
+        except KeyboardInterrupt as exc:
+            interrupted = exc  # fn cannot be stopped from outside; wait, then re-raise
+    if interrupted is not None:
+        raise interrupted
+
+
+def _unmount(path: str) -> None:
+    try:
+        linux.umount2(path)
+    except OSError as exc:
+        if exc.errno != errno.EBUSY:
+            raise
+        linux.umount2(path, linux.MNT_DETACH)  # fn left a file open in it; the thread's exit ends it
+
+
+# ---- child side: only os, select, socket and ctypes from here on -----------------------------
+
+def _send(fd: int, record: bytes) -> None:
+    try:
+        os.write(fd, record + b"\0")
+    except OSError:
+        pass
+
+
+def _report_error(fd: int, exc: BaseException) -> None:
+    kind = "user" if isinstance(exc, UserNotFound) else "setup"
+    _send(fd, f"E{kind}\t{exc}".encode(errors="replace"))
+
+
+def _close_other_fds(keep: Sequence[int]) -> None:
+    low = 3
+    for fd in sorted(keep):
+        if fd >= low:
+            os.closerange(low, fd)
+            low = fd + 1
+    os.closerange(low, _MAX_FD)
+
+
+def _supervisor(plan: _Plan, out_w: int, err_w: int, status_w: int, life_r: int) -> NoReturn:
+    code = _EXIT_SETUP_FAILED
+    try:
+        gc.disable()
+        linux.set_signal_mask(block_all=True)
+        os.setsid()  # out of the terminal's process group: Ctrl-C is for build-image to handle
+        linux.set_parent_death_signal(signal.SIGKILL)
+        if os.getppid() != plan.caller_pid:
+            os._exit(code)  # the caller died before the death signal was armed
+        _close_other_fds((out_w, err_w, status_w, life_r))
+        flags = _NAMESPACES | (linux.CLONE_NEWNET if plan.process.network == "none" else 0)
+        linux.unshare(flags)
+        init_pid = os.fork()
+        if init_pid == 0:
+            os.close(life_r)
+            _container_init(plan, out_w, err_w, status_w)
+        for fd in (out_w, err_w, status_w):
+            os.close(fd)
+        code = _supervise(init_pid, life_r)
+    except BaseException as exc:
+        _report_error(status_w, exc)
+    os._exit(code)
+
+
+def _supervise(init_pid: int, life_r: int) -> int:
+    """Wait for init; kill it if the caller closes the lifeline. Return init's exit code."""
+    pidfd = os.pidfd_open(init_pid)
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    poller.register(life_r, select.POLLIN)
+    while True:
+        ready = {fd for fd, _ in poller.poll()}
+        if pidfd in ready:
+            break
+        if life_r in ready:
+            os.kill(init_pid, signal.SIGKILL)  # still our unreaped child: the pid cannot be reused
+            break
+    _, wait_status = os.waitpid(init_pid, 0)
+    code = os.waitstatus_to_exitcode(wait_status)
+    return 128 - code if code < 0 else code
+
+
+def _container_init(plan: _Plan, out_w: int, err_w: int, status_w: int) -> NoReturn:
+    stubs: list[MountStub] = []
+    try:
+        linux.set_parent_death_signal(signal.SIGKILL)
+        os.umask(0o022)
+        _enter_root(plan, stubs, status_w)
+        process = plan.process
+        linux.sethostname(process.hostname)
+        if process.network == "none":
+            linux.bring_up_loopback()
+        user = resolve_user(process.user, _read_text("/etc/passwd"), _read_text("/etc/group"))
+        env = dict(plan.env)
+        env.setdefault("HOME", user.home)
+        if not os.path.isdir(process.cwd):
+            os.makedirs(process.cwd, 0o755, exist_ok=True)
+        linux.limit_capabilities(DEFAULT_CAPABILITIES, plan.cap_last)
+        os.setgroups(list(user.groups))
+        os.setgid(user.gid)
+        os.setuid(user.uid)
+        os.chdir(process.cwd)
+        null = os.open("/dev/null", os.O_RDONLY)
+        os.dup2(null, 0)
+        os.dup2(out_w, 1)
+        os.dup2(err_w, 2)
+        for stub in stubs:
+            _send(status_w, b"S" + stub.encode())
+    except BaseException as exc:
+        for stub in stubs:
+            _send(status_w, b"S" + stub.encode())
+        _report_error(status_w, exc)
+        os._exit(_EXIT_SETUP_FAILED)
+    _exec(process.args, env)
+
+
+def _enter_root(plan: _Plan, stubs: list[MountStub], status_w: int) -> None:
+    linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)
+    rootfs = plan.rootfs
+    mount_overlay(plan.lowerdirs, rootfs.upperdir, rootfs.workdir, plan.merged_dir)
+    # Host paths, resolved while the host is still visible; attached after pivot_root.
+    hosts = clone_tree(os.path.join(plan.runtime_dir, "hosts"), readonly=True)
+    resolv = clone_tree(os.path.join(plan.runtime_dir, "resolv.conf"), readonly=True)
+    binds = [(m, is_dir, clone_tree(m.source, readonly=m.readonly)) for m, is_dir in plan.binds]
+
+    os.chdir(plan.merged_dir)
+    linux.pivot_root(".", ".")
+    linux.umount2(".", linux.MNT_DETACH)  # the old root, stacked on "/" by pivot_root(".", ".")
+    os.chdir("/")
+
+    mount_proc(stubs)
+    mount_dev(stubs)
+    restrict_proc()
+    mount_sys(stubs)
+    for path, fd in (("/etc/hosts", hosts), ("/etc/resolv.conf", resolv)):
+        move_mount(fd, make_mountpoint(path, False, stubs))
+        os.close(fd)
+    for mount, is_dir, fd in binds:
+        move_mount(fd, make_mountpoint(mount.target, is_dir, stubs))
+        os.close(fd)
+    # Everything taken from the scratch dir is attached now (a detached clone of a file that is
+    # unlinked can no longer be attached): the parent may delete it.
+    _send(status_w, _SCRATCH_RELEASED)
+
+
+def _read_text(path: str) -> str | None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        chunks = []
+        while chunk := os.read(fd, _READ_CHUNK):
+            chunks.append(chunk)
+        return b"".join(chunks).decode(errors="replace")
+    finally:
+        os.close(fd)
+
+
+def _exec(args: tuple[str, ...], env: dict[str, str]) -> NoReturn:
+    name = args[0]
+    if "/" in name:
+        candidates = [name]
+    else:
+        candidates = [os.path.join(d or ".", name) for d in env["PATH"].split(":")]
+    linux.reset_signal_dispositions()
+    linux.set_signal_mask(block_all=False)
+    error: OSError | None = None
+    for path in candidates:
+        try:
+            os.execve(path, args, env)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOENT, errno.ENOTDIR):
+                error = error or exc  # like execvp: remember "permission denied", keep looking
+    if error is None:
+        reason = ("executable file not found in $PATH" if "/" not in name
+                  else "no such file or directory")
+        code = _EXIT_NOT_FOUND
+    else:
+        reason, code = os.strerror(error.errno).lower(), _EXIT_NOT_EXECUTABLE
+    _send_raw(2, f'exec: "{name}": {reason}\n'.encode(errors="replace"))
+    os._exit(code)
+
+
+def _send_raw(fd: int, data: bytes) -> None:
+    try:
+        os.write(fd, data)
+    except OSError:
+        pass

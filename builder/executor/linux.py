@@ -1,0 +1,144 @@
+"""The Linux calls Python 3.11 lacks: namespaces, mounts, pivot_root, capabilities, loopback.
+
+Each wrapper is one ctypes call with errno turned into OSError. None of them takes a Python-level
+lock, so they may run in a child forked from a multi-threaded process.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import os
+import socket
+import struct
+
+from builder.snapshot.overlay import syscall
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWCGROUP = 0x02000000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+
+MS_RDONLY = 0x1
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MS_NOEXEC = 0x8
+MS_REMOUNT = 0x20
+MS_BIND = 0x1000
+MS_REC = 0x4000
+MS_PRIVATE = 0x40000
+MNT_DETACH = 0x2
+
+PR_SET_PDEATHSIG = 1
+PR_CAPBSET_DROP = 24
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+
+SYS_PIVOT_ROOT = 155
+SYS_CAPSET = 126
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+_SIOCGIFFLAGS = 0x8913
+_SIOCSIFFLAGS = 0x8914
+_IFF_UP = 0x1
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.unshare.argtypes = [ctypes.c_int]
+_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
+                        ctypes.c_char_p]
+_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+_libc.sethostname.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
+_libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
+                        ctypes.c_ulong]
+
+
+def _check(ret: int, what: str) -> None:
+    if ret != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def _b(value: str | None) -> bytes | None:
+    return None if value is None else os.fsencode(value)
+
+
+def unshare(flags: int) -> None:
+    _check(_libc.unshare(flags), "unshare")
+
+
+def mount(source: str | None, target: str, fstype: str | None, flags: int = 0,
+          data: str | None = None) -> None:
+    _check(_libc.mount(_b(source), _b(target), _b(fstype), flags, _b(data)),
+           f"mount {fstype or source} on {target}")
+
+
+def umount2(target: str, flags: int = 0) -> None:
+    _check(_libc.umount2(_b(target), flags), f"umount {target}")
+
+
+def pivot_root(new_root: str, put_old: str) -> None:
+    syscall("pivot_root", SYS_PIVOT_ROOT, new_root, put_old)
+
+
+def sethostname(name: str) -> None:
+    raw = name.encode()
+    _check(_libc.sethostname(raw, len(raw)), "sethostname")
+
+
+def set_parent_death_signal(signum: int) -> None:
+    _check(_libc.prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0), "prctl(PR_SET_PDEATHSIG)")
+
+
+def limit_capabilities(keep: frozenset[int], last_cap: int) -> None:
+    """Drop every capability not in KEEP from the bounding, ambient and inheritable sets.
+
+    After execve a root process gets exactly its bounding set, and a process that switched to a
+    non-root uid has none, so this is all a build step needs.
+    """
+    for cap in range(last_cap + 1):
+        if cap not in keep:
+            _check(_libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0), f"drop capability {cap}")
+    _check(_libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0), "clear ambient caps")
+    mask = sum(1 << cap for cap in keep)
+    header = (ctypes.c_uint32 * 2)(_LINUX_CAPABILITY_VERSION_3, 0)
+    # Two {effective, permitted, inheritable} triples: capabilities 0-31, then 32-63.
+    data = (ctypes.c_uint32 * 6)(mask & 0xFFFFFFFF, mask & 0xFFFFFFFF, 0,
+                                 mask >> 32, mask >> 32, 0)
+    ret = _libc.syscall(ctypes.c_long(SYS_CAPSET), ctypes.byref(header), ctypes.byref(data))
+    _check(ret, "capset")
+
+
+def bring_up_loopback() -> None:
+    """Set IFF_UP on ``lo`` in the current network namespace (no netlink library needed)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        ifreq = struct.pack("16sH22x", b"lo", 0)
+        flags = struct.unpack("16sH22x", fcntl.ioctl(sock.fileno(), _SIOCGIFFLAGS, ifreq))[1]
+        fcntl.ioctl(sock.fileno(), _SIOCSIFFLAGS, struct.pack("16sH22x", b"lo", flags | _IFF_UP))
+
+
+_SIG_SETMASK = 2
+_SIGSET_BYTES = 128
+_libc.signal.argtypes = [ctypes.c_int, ctypes.c_void_p]
+_libc.signal.restype = ctypes.c_void_p
+_libc.pthread_sigmask.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+
+
+def set_signal_mask(block_all: bool) -> None:
+    """Block every signal, or none, without going through Python's signal machinery.
+
+    Python's own ``signal.pthread_sigmask`` runs pending Python handlers afterwards, which in a
+    forked child could raise KeyboardInterrupt halfway through container setup.
+    """
+    sigset = ctypes.create_string_buffer(b"\xff" * _SIGSET_BYTES if block_all else _SIGSET_BYTES)
+    ret = _libc.pthread_sigmask(_SIG_SETMASK, sigset, None)
+    if ret != 0:
+        raise OSError(ret, f"pthread_sigmask: {os.strerror(ret)}")
+
+
+def reset_signal_dispositions() -> None:
+    """Put every signal back to its default action: execve keeps ignored ones ignored
+    (Python ignores SIGPIPE and SIGXFSZ), which would surprise the build step."""
+    for signum in range(1, 65):
+        _libc.signal(signum, 0)  # SIG_DFL; EINVAL for SIGKILL, SIGSTOP and glibc's own is fine

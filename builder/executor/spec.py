@@ -1,0 +1,52 @@
+"""What the solver hands an executor: a root filesystem, a process, extra mounts."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+OutputCallback = Callable[[int, bytes], None]
+
+
+@dataclass(frozen=True)
+class RootFS:
+    lowerdirs: tuple[str, ...]   # layer directories, base layer first, topmost last (may be empty)
+    upperdir: str                # empty dir that receives this step's changes (becomes the layer)
+    workdir: str                 # overlay work dir on the same filesystem as upperdir
+
+
+@dataclass(frozen=True)
+class ProcessSpec:
+    args: tuple[str, ...]        # argv; args[0] is looked up in the container's PATH if it has no '/'
+    env: tuple[str, ...] = ()    # "KEY=value"; PATH defaults to DEFAULT_PATH
+    cwd: str = "/"               # created if missing
+    user: str = ""               # "", "root", "name", "uid", "name:group", "uid:gid", ...
+    hostname: str = "buildkitsandbox"
+    network: str = "none"        # "none" (new netns, loopback up) or "host"
+
+
+@dataclass(frozen=True)
+class BindMount:
+    source: str                  # host path
+    target: str                  # path inside the container
+    readonly: bool = True
+
+
+class Executor(Protocol):
+    def run(self, rootfs: RootFS, process: ProcessSpec, mounts: Sequence[BindMount] = (),
+            output: OutputCallback | None = None) -> int:
+        """Run PROCESS to completion over ROOTFS and return its exit code (128+signal if killed).
+
+        OUTPUT(fd, chunk) receives the process's stdout (fd 1) and stderr (fd 2) as it writes.
+        """
+        ...
+
+    def run_in_rootfs(self, rootfs: RootFS, fn: Callable[[str], None]) -> None:
+        """Mount ROOTFS privately, call FN(merged_dir), unmount; FN's changes land in the upperdir.
+
+        An exception from FN is re-raised as a SolveError (BuildErrors pass through unchanged).
+        """
+        ...

@@ -1,0 +1,114 @@
+"""The local image store's index: image names (name:tag, name@digest) -> manifest digests.
+
+The images themselves are blobs in the caller's BlobStore; this module only keeps names. The index is one
+JSON file, ROOT/images/index.json, replaced atomically (temp file, fsync, rename), so readers never lock
+and never see a half-written index. Writers take an exclusive `flock` on ROOT/images/lock around their
+read-modify-write, so several build-image processes can tag into one root without losing each other's
+names. Names are plain strings here; normalising references is the caller's business.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import tempfile
+from typing import Callable, Iterator
+
+from builder.errors import StoreError
+from builder.image.config import canonical_json
+
+_INDEX_VERSION = 1
+
+
+class ImageStore:
+    def __init__(self, root: str):
+        self.root = root
+        self.images_dir = os.path.join(root, "images")
+        self.index_path = os.path.join(self.images_dir, "index.json")
+        self._lock_path = os.path.join(self.images_dir, "lock")
+        os.makedirs(self.images_dir, exist_ok=True)
+
+    def tag(self, name: str, manifest_digest: str) -> None:
+        _check_name(name)
+        _check_digest(manifest_digest)
+        self._update(lambda names: names.__setitem__(name, manifest_digest))
+
+    def untag(self, name: str) -> str | None:
+        """Remove NAME; return the digest it pointed at, or None if it was not there."""
+        removed: list[str | None] = []
+        self._update(lambda names: removed.append(names.pop(name, None)))
+        return removed[0]
+
+    def resolve(self, name: str) -> str | None:
+        return self._read().get(name)
+
+    def list(self) -> list[tuple[str, str]]:
+        return sorted(self._read().items())
+
+    def names_for(self, manifest_digest: str) -> list[str]:
+        return sorted(name for name, digest in self._read().items() if digest == manifest_digest)
+
+    # --- the index file ---
+
+    def _read(self) -> dict[str, str]:
+        try:
+            with open(self.index_path, "rb") as f:
+                doc = json.load(f)
+        except FileNotFoundError:
+            return {}
+        except ValueError as e:
+            raise StoreError(f"image index {self.index_path} is corrupt ({e}); remove it to start over") from None
+        if not isinstance(doc, dict) or doc.get("version") != _INDEX_VERSION or not isinstance(doc.get("images"), dict):
+            raise StoreError(f"image index {self.index_path} has an unknown format (want version {_INDEX_VERSION})")
+        return dict(doc["images"])
+
+    def _update(self, change: Callable[[dict[str, str]], None]) -> None:
+        with self._locked():
+            names = self._read()
+            before = dict(names)
+            change(names)
+            if names != before:
+                self._write(names)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing the only descriptor releases the flock
+
+    def _write(self, names: dict[str, str]) -> None:
+        data = canonical_json({"version": _INDEX_VERSION, "images": names})
+        fd, tmp = tempfile.mkstemp(dir=self.images_dir, prefix=".index-", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o644)
+            os.rename(tmp, self.index_path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        # The rename is durable only once the directory entry is.
+        dir_fd = os.open(self.images_dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def _check_name(name: str) -> None:
+    if not name or any(c.isspace() for c in name):
+        raise StoreError(f"invalid image name {name!r}")
+
+
+def _check_digest(digest: str) -> None:
+    algorithm, _, hexpart = digest.partition(":")
+    if algorithm != "sha256" or len(hexpart) != 64 or not all(c in "0123456789abcdef" for c in hexpart):
+        raise StoreError(f"not a sha256 manifest digest: {digest!r}")

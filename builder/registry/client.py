@@ -1,0 +1,335 @@
+"""A distribution-spec client: resolve a reference to a manifest, pull its blobs, push an image.
+
+Every byte that comes from a registry is checked against the digest that names it before it is
+stored or returned: manifests as a whole, config and layers as they stream into the BlobStore.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from typing import Callable, Sequence
+from urllib.parse import urljoin, urlsplit
+
+from builder.cache.blobs import BlobStore, sha256_digest
+from builder.errors import (AuthenticationError, DigestMismatch, NotFoundError, RegistryError,
+                            UnsupportedMediaType)
+from builder.image.media import (DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, INDEX_TYPES, MANIFEST_TYPES,
+                                 OCI_INDEX, OCI_MANIFEST, Descriptor, Platform)
+
+from .auth import Authorizer, CredentialStore
+from .platforms import select_manifest
+from .reference import DOCKER_HUB, Reference
+from .transport import _CONNECTION_ERRORS, ATTEMPTS, Response, Transport
+
+# Docker's registry answers a converted old format unless the Docker types are accepted too.
+MANIFEST_ACCEPT = ", ".join((OCI_INDEX, OCI_MANIFEST, DOCKER_MANIFEST_LIST, DOCKER_MANIFEST))
+_SCHEMA1_TYPES = ("application/vnd.docker.distribution.manifest.v1+json",
+                  "application/vnd.docker.distribution.manifest.v1+prettyjws")
+_MAX_MANIFEST = 4 << 20   # containerd's limit too: a bigger "manifest" is a misbehaving server
+_MAX_CONFIG = 32 << 20
+_DOWNLOADS = 3
+
+Progress = Callable[[str, int, int], None]  # (digest, bytes done, bytes total); called from worker threads
+
+
+@dataclass(frozen=True)
+class PulledImage:
+    reference: Reference          # as asked for, pinned to manifest_digest
+    manifest_digest: str
+    manifest: bytes               # the platform's image manifest, exactly as served
+    manifest_media_type: str
+    config_digest: str
+    config: bytes
+    layers: tuple[Descriptor, ...]
+
+
+class RegistryClient:
+    def __init__(self, *, insecure_registries: Sequence[str] = (), credentials: CredentialStore | None = None,
+                 timeout: float = 30.0, progress: Progress | None = None):
+        self._insecure = frozenset(insecure_registries)
+        self._transport = Transport(timeout=timeout, plain_http=self._plain_http)
+        self._auth = Authorizer(self._transport, credentials or CredentialStore())
+        self._progress = progress or (lambda digest, done, total: None)
+
+    def close(self) -> None:
+        self._transport.close()
+
+    def __enter__(self) -> "RegistryClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- resolve and pull -------------------------------------------------------------------
+
+    def resolve(self, ref: Reference, platform: Platform = Platform()) -> tuple[str, bytes, str]:
+        """(digest, bytes, media type) of REF's image manifest for PLATFORM, following an index."""
+        digest, data, media_type = self._get_manifest(ref, ref.digest or ref.tag or "latest")
+        if media_type in INDEX_TYPES:
+            entries = [Descriptor.from_json(m) for m in _json(data, ref, "index").get("manifests") or []]
+            chosen = select_manifest(entries, platform)
+            if chosen is None:
+                available = ", ".join(sorted({str(e.platform) for e in entries if e.platform})) or "none"
+                raise NotFoundError(f"{ref.familiar}: no image for platform {platform} (the index has: {available})")
+            digest, data, media_type = self._get_manifest(ref, chosen.digest)
+            if media_type not in MANIFEST_TYPES:
+                raise UnsupportedMediaType(
+                    f"{ref.familiar}: the entry for {platform} is {media_type or 'of unknown type'}, not an image manifest")
+        return digest, data, media_type
+
+    def pull(self, ref: Reference, blobs: BlobStore, platform: Platform = Platform()) -> PulledImage:
+        """Resolve REF and fetch its config and layers into BLOBS (skipping blobs already there).
+
+        The manifest and config are stored last, so a store that holds an image's manifest also
+        holds everything it names.
+        """
+        manifest_digest, manifest, media_type = self.resolve(ref, platform)
+        doc = _json(manifest, ref, "manifest")
+        try:
+            config_desc = Descriptor.from_json(doc["config"])
+            layers = tuple(Descriptor.from_json(d) for d in doc.get("layers") or ())
+        except (KeyError, TypeError, ValueError):
+            raise RegistryError(f"{ref.familiar}: manifest {manifest_digest} lacks a valid config or layers") from None
+        config = self._get_config(ref, config_desc, blobs)
+        self.fetch_blobs(ref, layers, blobs)
+        blobs.put_bytes(config, config_desc.digest)
+        blobs.put_bytes(manifest, manifest_digest)
+        return PulledImage(ref.with_digest(manifest_digest), manifest_digest, manifest, media_type,
+                           config_desc.digest, config, layers)
+
+    def fetch_blob(self, ref: Reference, desc: Descriptor, blobs: BlobStore) -> None:
+        """Stream one blob of REF's repository into BLOBS, verified (unless already there)."""
+        if not blobs.has(desc.digest):
+            self._download(ref, desc, blobs)
+
+    def fetch_blobs(self, ref: Reference, descs: Sequence[Descriptor], blobs: BlobStore) -> None:
+        """fetch_blob for each of DESCS, a few at a time; the first failure stops the rest."""
+        missing = {d.digest: d for d in descs if not blobs.has(d.digest)}
+        self._concurrently([lambda d=d: self._download(ref, d, blobs) for d in missing.values()])
+
+    def _get_manifest(self, ref: Reference, tag_or_digest: str) -> tuple[str, bytes, str]:
+        url = self._url(ref, f"manifests/{tag_or_digest}")
+        with self._request(ref, "GET", url, headers={"Accept": MANIFEST_ACCEPT}) as response:
+            self._check(response, ref, f"manifest {tag_or_digest}")
+            data = _read_limited(response, _MAX_MANIFEST, f"{ref.familiar}: manifest")
+        digest = sha256_digest(data)
+        if tag_or_digest.startswith("sha256:") and digest != tag_or_digest:
+            raise DigestMismatch(tag_or_digest, digest, f"manifest of {ref.familiar}")
+        served = response.header("Docker-Content-Digest")
+        if served.startswith("sha256:") and served != digest:
+            raise DigestMismatch(served, digest, f"manifest of {ref.familiar}")
+        return digest, data, _media_type(response.header("Content-Type"), data, ref)
+
+    def _get_config(self, ref: Reference, desc: Descriptor, blobs: BlobStore) -> bytes:
+        if blobs.has(desc.digest):
+            return blobs.get_bytes(desc.digest)
+        if desc.size > _MAX_CONFIG:
+            raise RegistryError(f"{ref.familiar}: config {desc.digest} claims {desc.size} bytes; refusing")
+        with self._request(ref, "GET", self._url(ref, f"blobs/{desc.digest}")) as response:
+            self._check(response, ref, f"config {desc.digest}")
+            data = _read_limited(response, _MAX_CONFIG, f"{ref.familiar}: config")
+        actual = sha256_digest(data)
+        if actual != desc.digest:
+            raise DigestMismatch(desc.digest, actual, f"config of {ref.familiar}")
+        return data
+
+    def _download(self, ref: Reference, desc: Descriptor, blobs: BlobStore) -> None:
+        """Stream one blob into BLOBS, hashing as it arrives; a dropped connection starts it again."""
+        for attempt in range(ATTEMPTS):
+            try:
+                with self._request(ref, "GET", self._url(ref, f"blobs/{desc.digest}")) as response:
+                    self._check(response, ref, f"blob {desc.digest}")
+                    with blobs.writer() as writer:
+                        for chunk in response.iter_chunks():
+                            writer.write(chunk)
+                            if writer.size > desc.size:
+                                raise RegistryError(
+                                    f"{ref.familiar}: blob {desc.digest} is larger than the {desc.size} "
+                                    "bytes its descriptor says")
+                            self._progress(desc.digest, writer.size, desc.size)
+                        writer.commit(desc.digest)  # DigestMismatch here leaves nothing stored
+                return
+            except _CONNECTION_ERRORS as e:
+                if attempt == ATTEMPTS - 1:
+                    raise RegistryError(f"{ref.registry}: download of {desc.digest} failed: {e}") from None
+
+    # -- push -------------------------------------------------------------------------------
+
+    def push(self, ref: Reference, blobs: BlobStore, manifest: bytes, media_type: str) -> str:
+        """Upload what the registry lacks, then put MANIFEST under REF's tag; returns its digest.
+
+        An index is pushed with each of its manifests (read from BLOBS) and their blobs.
+        """
+        if media_type in INDEX_TYPES:
+            for entry in _json(manifest, ref, "index").get("manifests") or ():
+                child = Descriptor.from_json(entry)
+                if child.media_type not in MANIFEST_TYPES:
+                    raise UnsupportedMediaType(f"{ref.familiar}: cannot push index entry of type {child.media_type!r}")
+                child_bytes = blobs.get_bytes(child.digest)
+                self._push_image_blobs(ref, blobs, child_bytes)
+                self._put_manifest(ref, child.digest, child_bytes, child.media_type)
+        elif media_type in MANIFEST_TYPES:
+            self._push_image_blobs(ref, blobs, manifest)
+        else:
+            raise UnsupportedMediaType(f"{ref.familiar}: cannot push a manifest of type {media_type!r}")
+        return self._put_manifest(ref, ref.tag or sha256_digest(manifest), manifest, media_type)
+
+    def _push_image_blobs(self, ref: Reference, blobs: BlobStore, manifest: bytes) -> None:
+        doc = _json(manifest, ref, "manifest")
+        descs = [Descriptor.from_json(doc["config"])] + [Descriptor.from_json(d) for d in doc.get("layers") or ()]
+        unique = {d.digest: d for d in descs}
+        self._concurrently([lambda d=d: self._upload(ref, blobs, d) for d in unique.values()])
+
+    def _upload(self, ref: Reference, blobs: BlobStore, desc: Descriptor) -> None:
+        blob_url = self._url(ref, f"blobs/{desc.digest}")
+        with self._request(ref, "HEAD", blob_url, push=True) as response:
+            if response.status == 200:
+                self._progress(desc.digest, desc.size, desc.size)
+                return
+            if response.status != 404:
+                self._check(response, ref, f"blob {desc.digest}")
+        size = blobs.size(desc.digest)  # BlobNotFound if the local store lacks it
+        with self._request(ref, "POST", self._url(ref, "blobs/uploads/"), push=True) as response:
+            self._check(response, ref, "upload", expect=(202,))
+            location = response.header("Location")
+        if not location:
+            raise RegistryError(f"{ref.registry}: upload started without a Location header")
+        location = urljoin(self._url(ref, "blobs/uploads/"), location)
+        put_url = f"{location}{'&' if urlsplit(location).query else '?'}digest={desc.digest}"
+        headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
+        with self._request(ref, "PUT", put_url, push=True, headers=headers,
+                           body=lambda: blobs.open(desc.digest)) as response:
+            self._check(response, ref, f"upload of {desc.digest}", expect=(201, 204))
+        self._progress(desc.digest, size, size)
+
+    def _put_manifest(self, ref: Reference, tag_or_digest: str, manifest: bytes, media_type: str) -> str:
+        declared = _json(manifest, ref, "manifest").get("mediaType")
+        if declared and declared != media_type:
+            raise UnsupportedMediaType(f"{ref.familiar}: manifest declares {declared} but is pushed as {media_type}")
+        with self._request(ref, "PUT", self._url(ref, f"manifests/{tag_or_digest}"), push=True,
+                           headers={"Content-Type": media_type}, body=manifest) as response:
+            self._check(response, ref, f"manifest {tag_or_digest}", expect=(200, 201, 202))
+        return sha256_digest(manifest)
+
+    # -- HTTP plumbing ----------------------------------------------------------------------
+
+    def _plain_http(self, host: str) -> bool:
+        if host in self._insecure:
+            return True
+        name = urlsplit(f"//{host}").hostname or host
+        if name in self._insecure or name == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(name).is_loopback
+        except ValueError:
+            return False
+
+    def _url(self, ref: Reference, path: str) -> str:
+        host = "registry-1.docker.io" if ref.registry == DOCKER_HUB else ref.registry
+        return f"{self._transport.base_url(host)}/v2/{ref.repository}/{path}"
+
+    def _request(self, ref: Reference, method: str, url: str, *, push: bool = False,
+                 headers: dict[str, str] | None = None, body=None) -> Response:
+        """One request with authentication: a known scheme up front, else answer the 401 once."""
+        scope = f"repository:{ref.repository}:{'pull,push' if push else 'pull'}"
+        headers = dict(headers or {})
+        sent = self._auth.header(ref.registry, scope)
+        if sent:
+            headers["Authorization"] = sent
+        response = self._transport.request(method, url, headers, body)
+        if response.status != 401:
+            return response
+        challenge = response.header("WWW-Authenticate")
+        response.close()
+        headers["Authorization"] = self._auth.answer(ref.registry, scope, challenge, sent)
+        response = self._transport.request(method, url, headers, body)
+        if response.status == 401:
+            response.close()
+            if self._auth.scheme(ref.registry) == "basic":
+                raise AuthenticationError(f"authentication to {ref.registry} failed: incorrect username or password")
+            raise AuthenticationError(
+                f"{ref.registry} denied {'push' if push else 'pull'} access to {ref.repository} with the token it issued")
+        return response
+
+    def _check(self, response: Response, ref: Reference, what: str, expect: tuple[int, ...] = (200,)) -> None:
+        if response.status in expect:
+            return
+        detail = _error_detail(response)
+        if response.status == 404:
+            raise NotFoundError(f"{ref.familiar}: {what} not found{detail}")
+        if response.status == 403:
+            raise AuthenticationError(f"{ref.registry} denied access to {ref.repository}{detail}")
+        raise RegistryError(f"{ref.registry}: {what} of {ref.familiar}: HTTP {response.status} {response.reason}{detail}")
+
+    def _concurrently(self, jobs: list[Callable[[], None]]) -> None:
+        """Run JOBS on a few threads; the first failure cancels the jobs not yet started."""
+        if len(jobs) <= 1:
+            for job in jobs:
+                job()
+            return
+        with ThreadPoolExecutor(max_workers=min(_DOWNLOADS, len(jobs))) as pool:
+            futures = [pool.submit(job) for job in jobs]
+            done, pending = wait(futures, return_when=FIRST_EXCEPTION)
+            for future in pending:
+                future.cancel()
+        for future in futures:
+            if not future.cancelled() and future.exception() is not None:
+                raise future.exception()
+
+
+def _json(data: bytes, ref: Reference, what: str) -> dict:
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        raise RegistryError(f"{ref.familiar}: {what} is not valid JSON") from None
+    if not isinstance(doc, dict):
+        raise RegistryError(f"{ref.familiar}: {what} is not a JSON object")
+    return doc
+
+
+def _media_type(content_type: str, data: bytes, ref: Reference) -> str:
+    """The manifest's type: the Content-Type if specific, else what the document says it is."""
+    served = content_type.split(";", 1)[0].strip()
+    doc = _json(data, ref, "manifest")
+    if served in _SCHEMA1_TYPES or doc.get("schemaVersion") == 1:
+        raise UnsupportedMediaType(
+            f"{ref.familiar}: Docker image manifest v2 schema 1 is deprecated and not supported; "
+            "push the image again with a current Docker or BuildKit")
+    if served in INDEX_TYPES or served in MANIFEST_TYPES:
+        return served
+    declared = doc.get("mediaType")
+    if declared in INDEX_TYPES or declared in MANIFEST_TYPES:
+        return declared
+    if not declared and "manifests" in doc:
+        return OCI_INDEX
+    if not declared and "config" in doc and "layers" in doc:
+        return OCI_MANIFEST
+    raise UnsupportedMediaType(f"{ref.familiar}: unsupported manifest type {served or declared or 'unknown'!r}")
+
+
+def _read_limited(response: Response, limit: int, what: str) -> bytes:
+    length = response.header("Content-Length")
+    if length.isdigit() and int(length) > limit:
+        response.close()
+        raise RegistryError(f"{what} is {length} bytes, more than the {limit} allowed")
+    chunks, total = [], 0
+    for chunk in response.iter_chunks(64 << 10):
+        total += len(chunk)
+        if total > limit:
+            raise RegistryError(f"{what} is more than the {limit} bytes allowed")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _error_detail(response: Response) -> str:
+    """The registry's own error codes and messages, if its body is the spec's error JSON."""
+    try:
+        body = response.read()[:65536] if response.header("Content-Length") != "0" else b""
+        errors = json.loads(body).get("errors") or []
+        parts = [f"{e.get('code', '')}: {e.get('message', '')}".strip(": ") for e in errors if isinstance(e, dict)]
+    except Exception:  # an unreadable error body only loses detail, never the error itself
+        return ""
+    return f" ({'; '.join(parts)})" if parts else ""

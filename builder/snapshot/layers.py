@@ -1,0 +1,764 @@
+"""Layer diffs: overlay upper dir -> OCI layer blob, and OCI layer tar -> directory.
+
+Two encodings of "what changed" meet here:
+
+    overlayfs upper dir                      OCI layer tar (image-spec layer.md)
+    deleted path: char device 0:0 `x`        regular file `.wh.x`
+    opaque dir: xattr trusted.overlay.opaque  entry `dir/.wh..wh..opq`
+
+`write_layer` turns the first into the second in one streaming pass. `unpack_layer` goes back, so
+a pulled layer can serve as an overlay lower dir; `apply_layer` flattens a layer onto a plain
+root filesystem instead (whiteouts delete).
+
+Layer tars are untrusted. Every entry name is cleaned (a leading `/` is dropped, `..` is refused)
+and every parent directory is resolved inside the destination as if it were `/` (a symlink the
+archive planted, absolute or relative, never leads out); the last component is never followed.
+The destination is assumed private to the caller while it is being written (no concurrent
+renames inside it).
+"""
+
+from __future__ import annotations
+
+import errno
+import gzip
+import hashlib
+import os
+import queue
+import shutil
+import stat
+import subprocess
+import tarfile
+import threading
+import zlib
+from dataclasses import dataclass
+from typing import BinaryIO, Iterator, Sequence
+
+from builder.cache.blobs import BlobStore, BlobWriter
+from builder.errors import StoreError
+from builder.image.media import OCI_LAYER, OCI_LAYER_GZIP, OCI_LAYER_ZSTD
+
+# Level 1 compresses real trees (python stdlib + /usr/bin) at ~72 MB/s here against ~25 MB/s for
+# level 6, for output ~11% larger: layer writes sit on every RUN's critical path, so speed wins.
+GZIP_LEVEL = 1
+ZSTD_LEVEL = 3
+
+WHITEOUT_PREFIX = ".wh."
+OPAQUE_MARKER = ".wh..wh..opq"
+_OVERLAY_OPAQUE = "trusted.overlay.opaque"
+# Upper-dir xattrs that mean "the real data lives in a lower layer": such a dir cannot be turned
+# into a self-contained layer. Mount overlays with redirect_dir=off,metacopy=off.
+_OVERLAY_INDIRECT = ("trusted.overlay.redirect", "trusted.overlay.metacopy")
+
+_CHUNK = 1 << 20
+_BLOCK = 512
+_MAX_SYMLINK_HOPS = 40
+
+_COMPRESSIONS = {"gzip": OCI_LAYER_GZIP, "zstd": OCI_LAYER_ZSTD, "none": OCI_LAYER, "uncompressed": OCI_LAYER}
+
+
+class LayerError(StoreError):
+    """A layer that cannot be written or read safely: malformed, hostile or unsupported."""
+
+
+@dataclass(frozen=True)
+class Layer:
+    digest: str  # sha256 of the compressed blob
+    diff_id: str  # sha256 of the uncompressed tar
+    size: int  # compressed size in bytes
+    media_type: str  # OCI_LAYER_GZIP, OCI_LAYER_ZSTD or OCI_LAYER
+
+
+def chain_ids(diff_ids: Sequence[str]) -> list[str]:
+    """OCI ChainIDs: chain[0] = diff_id[0]; chain[n] = sha256(chain[n-1] + " " + diff_id[n])."""
+    chain: list[str] = []
+    for diff_id in diff_ids:
+        if chain:
+            diff_id = "sha256:" + hashlib.sha256(f"{chain[-1]} {diff_id}".encode()).hexdigest()
+        chain.append(diff_id)
+    return chain
+
+
+def _kept_xattr(name: str) -> bool:
+    """xattrs that belong in a layer: user.* and security.*, never overlay bookkeeping."""
+    if name.startswith("user."):
+        return not name.startswith("user.overlay.")
+    return name.startswith("security.")
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing: upper dir -> tar -> compressor -> blob store
+
+
+class _ThreadedCompressor:
+    """gzip (zlib) or no compression, on a worker thread: zlib and sha256 release the GIL, so
+    deflating overlaps reading and hashing the files (about 1.5x faster than inline here)."""
+
+    def __init__(self, compression: str, blob: BlobWriter):
+        self._blob = blob
+        # wbits 31: gzip wrapper with mtime 0 and no file name, so output depends on data only.
+        self._zlib = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31) if compression == "gzip" else None
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=8)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="layer-compress", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (data := self._queue.get()) is not None:
+            if self._error is not None:
+                continue  # keep draining so the producer never blocks on a dead consumer
+            try:
+                self._blob.write(self._zlib.compress(data) if self._zlib else data)
+            except BaseException as e:
+                self._error = e
+        if self._error is None and self._zlib is not None:
+            try:
+                self._blob.write(self._zlib.flush())
+            except BaseException as e:
+                self._error = e
+
+    def write(self, data: bytes) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put(data)
+
+    def finish(self) -> None:
+        self.abort()
+        if self._error is not None:
+            raise self._error
+
+    def abort(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+
+
+class _ZstdCompressor:
+    """zstd through its CLI (no zstd module in the standard library); a thread copies its
+    output into the blob. Streaming multi-threaded zstd gives the same bytes for any -T >= 1."""
+
+    def __init__(self, blob: BlobWriter):
+        self._blob = blob
+        self._proc = subprocess.Popen(
+            ["zstd", f"-{ZSTD_LEVEL}", "-T0", "-q", "-c"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )
+        self._error: BaseException | None = None
+        self._pump = threading.Thread(target=self._drain, name="layer-zstd", daemon=True)
+        self._pump.start()
+
+    def _drain(self) -> None:
+        try:
+            for chunk in iter(lambda: self._proc.stdout.read(_CHUNK), b""):
+                self._blob.write(chunk)
+        except BaseException as e:  # surfaced by finish()
+            self._error = e
+
+    def write(self, data: bytes) -> None:
+        try:
+            self._proc.stdin.write(data)
+        except BrokenPipeError:
+            raise LayerError(f"zstd exited early: {self._stderr()}") from None
+
+    def finish(self) -> None:
+        self._proc.stdin.close()
+        self._pump.join()
+        rc = self._proc.wait()
+        if self._error is not None:
+            raise self._error
+        if rc != 0:
+            raise LayerError(f"zstd failed with exit code {rc}: {self._stderr()}")
+
+    def _stderr(self) -> str:
+        try:
+            return self._proc.stderr.read().decode(errors="replace").strip()
+        except (OSError, ValueError):
+            return ""
+
+    def abort(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.kill()
+        self._proc.wait()
+        self._pump.join()
+        for f in (self._proc.stdin, self._proc.stdout, self._proc.stderr):
+            try:
+                f.close()
+            except (OSError, ValueError):
+                pass
+
+
+_Compressor = _ThreadedCompressor | _ZstdCompressor
+
+
+class _TarSink:
+    """Buffers the tar stream, hashes it (the diff_id) and hands it to the compressor."""
+
+    def __init__(self, out: _Compressor):
+        self._out = out
+        self._buf = bytearray()
+        self._hash = hashlib.sha256()
+
+    def write(self, data: bytes | memoryview) -> None:
+        self._buf += data
+        if len(self._buf) >= _CHUNK:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._buf:
+            data = bytes(self._buf)
+            self._buf.clear()
+            self._hash.update(data)
+            self._out.write(data)
+
+    @property
+    def diff_id(self) -> str:
+        return "sha256:" + self._hash.hexdigest()
+
+
+def _walk(root: str) -> Iterator[tuple[str, str, os.stat_result]]:
+    """(relative path, absolute path, lstat) in pre-order, siblings sorted by their raw bytes."""
+
+    def children(rel: str, path: str) -> list[tuple[str, str]]:
+        names = sorted(os.listdir(path), key=os.fsencode, reverse=True)
+        return [(f"{rel}/{n}" if rel else n, os.path.join(path, n)) for n in names]
+
+    stack = children("", root)
+    while stack:
+        rel, path = stack.pop()
+        st = os.lstat(path)
+        yield rel, path, st
+        if stat.S_ISDIR(st.st_mode):
+            stack.extend(children(rel, path))
+
+
+def _xattrs(path: str) -> dict[str, bytes]:
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError:  # filesystem without xattrs
+        return {}
+    out = {}
+    for name in names:
+        try:
+            out[name] = os.getxattr(path, name, follow_symlinks=False)
+        except OSError:  # removed meanwhile, or not readable on this file type
+            pass
+    return out
+
+
+def _is_overlay_whiteout(st: os.stat_result) -> bool:
+    return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+
+
+class _LayerTarWriter:
+    def __init__(self, sink: _TarSink, source_date_epoch: int | None):
+        self._sink = sink
+        self._epoch = source_date_epoch
+        self._first_path_of_inode: dict[tuple[int, int], str] = {}
+
+    def _mtime(self, st: os.stat_result) -> int:
+        mtime = st.st_mtime_ns // 1_000_000_000
+        if self._epoch is not None and mtime > self._epoch:
+            return self._epoch
+        return mtime
+
+    def _header(self, name: str, st: os.stat_result, type_: bytes, *, mode: int | None = None,
+                size: int = 0, linkname: str = "", xattrs: dict[str, bytes] | None = None) -> None:
+        info = tarfile.TarInfo(name)
+        info.type = type_
+        info.mode = stat.S_IMODE(st.st_mode) if mode is None else mode
+        info.uid, info.gid = st.st_uid, st.st_gid
+        info.uname = info.gname = ""
+        info.mtime = self._mtime(st)
+        info.size = size
+        info.linkname = linkname
+        if type_ in (tarfile.CHRTYPE, tarfile.BLKTYPE):
+            info.devmajor, info.devminor = os.major(st.st_rdev), os.minor(st.st_rdev)
+        for key in sorted(xattrs or ()):
+            info.pax_headers["SCHILY.xattr." + key] = xattrs[key].decode("utf-8", "surrogateescape")
+        self._sink.write(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
+
+    def add(self, rel: str, path: str, st: os.stat_result) -> None:
+        mode = st.st_mode
+        if _is_overlay_whiteout(st):
+            # Checked before hard links: overlayfs may share one whiteout inode between many names.
+            parent, _, base = rel.rpartition("/")
+            name = f"{parent}/{WHITEOUT_PREFIX}{base}" if parent else WHITEOUT_PREFIX + base
+            self._header(name, st, tarfile.REGTYPE, mode=0o600)
+            return
+        if stat.S_ISSOCK(mode):
+            return  # tar cannot hold sockets; a socket left by a build step is runtime state
+        xattrs = _xattrs(path)
+        for indirect in _OVERLAY_INDIRECT:
+            if indirect in xattrs:
+                raise LayerError(
+                    f"{rel}: upper dir carries {indirect}; its data lives in a lower layer. "
+                    "Mount the overlay with redirect_dir=off,metacopy=off"
+                )
+        opaque = stat.S_ISDIR(mode) and xattrs.get(_OVERLAY_OPAQUE) == b"y"
+        kept = {k: v for k, v in xattrs.items() if _kept_xattr(k)}
+
+        if not stat.S_ISDIR(mode) and st.st_nlink > 1:
+            key = (st.st_dev, st.st_ino)
+            first = self._first_path_of_inode.setdefault(key, rel)
+            if first != rel:
+                self._header(rel, st, tarfile.LNKTYPE, linkname=first)
+                return
+
+        if stat.S_ISDIR(mode):
+            self._header(rel, st, tarfile.DIRTYPE, xattrs=kept)
+            if opaque:
+                # Right after its directory, before any child of this layer, so that even an
+                # order-sensitive extractor cannot delete this layer's own files.
+                self._header(f"{rel}/{OPAQUE_MARKER}", st, tarfile.REGTYPE, mode=stat.S_IMODE(mode) & 0o777)
+        elif stat.S_ISREG(mode):
+            self._header(rel, st, tarfile.REGTYPE, size=st.st_size, xattrs=kept)
+            self._copy_file(rel, path, st.st_size)
+        elif stat.S_ISLNK(mode):
+            self._header(rel, st, tarfile.SYMTYPE, linkname=os.readlink(path), xattrs=kept)
+        elif stat.S_ISCHR(mode):
+            self._header(rel, st, tarfile.CHRTYPE, xattrs=kept)
+        elif stat.S_ISBLK(mode):
+            self._header(rel, st, tarfile.BLKTYPE, xattrs=kept)
+        elif stat.S_ISFIFO(mode):
+            self._header(rel, st, tarfile.FIFOTYPE, xattrs=kept)
+
+    def _copy_file(self, rel: str, path: str, size: int) -> None:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            left = size
+            while left:
+                chunk = os.read(fd, min(left, _CHUNK))
+                if not chunk:
+                    raise LayerError(f"{rel}: file shrank while it was being archived")
+                self._sink.write(chunk)
+                left -= len(chunk)
+        finally:
+            os.close(fd)
+        if size % _BLOCK:
+            self._sink.write(bytes(_BLOCK - size % _BLOCK))
+
+    def close(self) -> None:
+        self._sink.write(bytes(2 * _BLOCK))  # end-of-archive marker, as Go's archive/tar writes it
+        self._sink.flush()
+
+
+def write_layer(upper_dir: str, blobs: BlobStore, *, compression: str = "gzip",
+                source_date_epoch: int | None = None) -> Layer:
+    """Archive an overlay upper dir as an OCI layer blob in BLOBS, in one streaming pass.
+
+    The tar is deterministic: entries in sorted pre-order, PAX format, numeric owners with empty
+    names, whole-second mtimes (clamped to SOURCE_DATE_EPOCH when given), no atime/ctime.
+    """
+    try:
+        media_type = _COMPRESSIONS[compression]
+    except KeyError:
+        raise LayerError(f"unknown layer compression {compression!r}; use gzip, zstd or none") from None
+    with blobs.writer() as blob:
+        compressor = _ZstdCompressor(blob) if compression == "zstd" else _ThreadedCompressor(compression, blob)
+        try:
+            sink = _TarSink(compressor)
+            tar = _LayerTarWriter(sink, source_date_epoch)
+            for rel, path, st in _walk(upper_dir):
+                tar.add(rel, path, st)
+            tar.close()
+            compressor.finish()
+        finally:
+            compressor.abort()
+        size = blob.size
+        digest = blob.commit()
+    return Layer(digest=digest, diff_id=sink.diff_id, size=size, media_type=media_type)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading: blob -> (decompress by magic) -> tar -> directory
+
+
+class _Prepended:
+    """A read-only stream that first returns HEAD, then the rest of STREAM."""
+
+    def __init__(self, head: bytes, stream: BinaryIO):
+        self._head = head
+        self._stream = stream
+
+    def read(self, n: int = -1) -> bytes:
+        if self._head:
+            if n is None or n < 0:
+                data, self._head = self._head + self._stream.read(), b""
+                return data
+            data, self._head = self._head[:n], self._head[n:]
+            return data
+        return self._stream.read(n)
+
+
+class _ZstdReader:
+    """Decompresses through the zstd CLI (no zstd module in the standard library)."""
+
+    def __init__(self, source: _Prepended):
+        self._proc = subprocess.Popen(["zstd", "-d", "-c", "-q"], stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        self._feeder = threading.Thread(target=self._feed, args=(source,), daemon=True)
+        self._feeder.start()
+
+    def _feed(self, source: _Prepended) -> None:
+        try:
+            for chunk in iter(lambda: source.read(_CHUNK), b""):
+                self._proc.stdin.write(chunk)
+        except (BrokenPipeError, ValueError, OSError):
+            pass  # zstd stopped reading; its exit code tells what happened
+        finally:
+            try:
+                self._proc.stdin.close()
+            except (BrokenPipeError, OSError):
+                pass
+
+    def read(self, n: int = -1) -> bytes:
+        return self._proc.stdout.read(n)
+
+    def close(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.kill()
+        self._proc.wait()
+        self._feeder.join()
+        self._proc.stdout.close()
+
+    def check(self) -> None:
+        self._proc.stdout.read()
+        if self._proc.wait() != 0:
+            raise LayerError(f"corrupt zstd layer (zstd exit code {self._proc.returncode})")
+
+
+def _read_exactly(stream: BinaryIO, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = stream.read(n - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+class _Decompressed:
+    """Context manager: the uncompressed tar stream of a gzip, zstd or plain layer."""
+
+    def __init__(self, stream: BinaryIO):
+        head = _read_exactly(stream, 4)
+        if not head:
+            raise LayerError("empty layer stream")
+        source = _Prepended(head, stream)
+        self._zstd: _ZstdReader | None = None
+        if head[:2] == b"\x1f\x8b":
+            self.reader = gzip.GzipFile(fileobj=source, mode="rb")
+        elif head == b"\x28\xb5\x2f\xfd":
+            self.reader = self._zstd = _ZstdReader(source)
+        else:
+            self.reader = source
+
+    def drain(self) -> None:
+        """Read to the end, so gzip checks its CRC and zstd its frame: a truncated blob fails."""
+        try:
+            while self.reader.read(_CHUNK):
+                pass
+        except (OSError, EOFError, zlib.error) as e:
+            raise LayerError(f"corrupt layer: {e}") from None
+        if self._zstd is not None:
+            self._zstd.check()
+
+    def __enter__(self) -> "_Decompressed":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._zstd is not None:
+            self._zstd.close()
+
+
+def _clean_name(name: str) -> list[str]:
+    """Entry name -> path components inside the root. Leading `/` is dropped; `..` is refused."""
+    if "\x00" in name:
+        raise LayerError(f"layer entry {name!r} has a NUL byte in its name")
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise LayerError(f"layer entry {name!r} climbs out of the root with '..'")
+    return parts
+
+
+def _remove(path: str) -> None:
+    """Delete whatever is at PATH, never following a symlink."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(st.st_mode):
+        shutil.rmtree(path)
+    else:
+        os.unlink(path)
+
+
+class _Extractor:
+    """Writes tar entries under ROOT; OVERLAY picks how whiteouts are recorded (or applied)."""
+
+    def __init__(self, root: str, overlay: bool):
+        self.root = os.path.abspath(root)
+        self.overlay = overlay
+        self.is_root = os.geteuid() == 0
+        self.written: set[str] = set()  # real paths (relative) this layer wrote
+        self.dir_meta: list[tuple[str, tarfile.TarInfo]] = []
+        self._parents: dict[tuple[str, ...], str] = {}
+
+    # -- path resolution -------------------------------------------------------------------
+
+    def _resolve_dir(self, parts: Sequence[str], create: bool) -> str | None:
+        """Real relative path of directory PARTS, following symlinks as if ROOT were `/`.
+
+        Missing directories are made (0755) when CREATE, else None is returned. A non-directory
+        on the way is an error. The result never leaves ROOT.
+        """
+        key = tuple(parts)
+        cached = self._parents.get(key)
+        if cached is not None:
+            return cached
+        resolved: list[str] = []
+        pending = list(reversed(parts))
+        hops = 0
+        while pending:
+            comp = pending.pop()
+            if comp in ("", "."):
+                continue
+            if comp == "..":
+                if resolved:
+                    resolved.pop()
+                continue
+            path = os.path.join(self.root, *resolved, comp)
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                if not create:
+                    return None
+                os.mkdir(path, 0o755)
+                os.chmod(path, 0o755)
+                resolved.append(comp)
+                continue
+            if stat.S_ISLNK(st.st_mode):
+                hops += 1
+                if hops > _MAX_SYMLINK_HOPS:
+                    raise LayerError(f"too many levels of symlinks under {'/'.join(parts)!r}")
+                target = os.readlink(path)
+                if target.startswith("/"):
+                    resolved = []
+                pending.extend(reversed(target.split("/")))
+            elif stat.S_ISDIR(st.st_mode):
+                resolved.append(comp)
+            else:
+                raise LayerError(f"{'/'.join(parts)!r}: {'/'.join(resolved + [comp])!r} is not a directory")
+        result = "/".join(resolved)
+        self._parents[key] = result
+        return result
+
+    def _forget_resolutions(self) -> None:
+        self._parents.clear()
+
+    def _abs(self, rel: str) -> str:
+        return os.path.join(self.root, rel) if rel else self.root
+
+    # -- entries ---------------------------------------------------------------------------
+
+    def extract(self, tf: tarfile.TarFile, info: tarfile.TarInfo) -> None:
+        parts = _clean_name(info.name)
+        if not parts:
+            return  # the root itself: its attributes belong to whoever owns ROOT
+        base = parts[-1]
+        if base.startswith(WHITEOUT_PREFIX):
+            self._whiteout(parts[:-1], base, info)
+            return
+        parent = self._resolve_dir(parts[:-1], create=True)
+        rel = f"{parent}/{base}" if parent else base
+        path = self._abs(rel)
+
+        if info.isdir():
+            try:
+                existing_dir = stat.S_ISDIR(os.lstat(path).st_mode)
+            except FileNotFoundError:
+                existing_dir = False
+            if not existing_dir:
+                self._replace(path)
+                os.mkdir(path, 0o700)
+            self._own(path, info)
+            self._set_xattrs(path, info)
+            self.dir_meta.append((rel, info))
+        elif info.isreg():
+            self._replace(path)
+            self._write_file(path, tf.extractfile(info), info)
+        elif info.issym():
+            self._replace(path)
+            os.symlink(info.linkname, path)
+            self._own(path, info)
+            os.utime(path, ns=(self._ns(info), self._ns(info)), follow_symlinks=False)
+        elif info.islnk():
+            target = self._link_target(info)
+            self._replace(path)
+            os.link(target, path, follow_symlinks=False)
+        elif info.ischr() or info.isblk():
+            if not self.is_root:
+                return  # device nodes only as root, as tar does
+            self._replace(path)
+            kind = stat.S_IFCHR if info.ischr() else stat.S_IFBLK
+            os.mknod(path, kind | 0o600, os.makedev(info.devmajor, info.devminor))
+            self._finish_special(path, info)
+        elif info.isfifo():
+            self._replace(path)
+            os.mkfifo(path, 0o600)
+            self._finish_special(path, info)
+        else:
+            return  # other tar types (sparse leftovers, volume labels) carry no file
+        self.written.add(rel)
+
+    def _replace(self, path: str) -> None:
+        if os.path.lexists(path):
+            _remove(path)
+            self._forget_resolutions()
+
+    def _link_target(self, info: tarfile.TarInfo) -> str:
+        parts = _clean_name(info.linkname)
+        if not parts:
+            raise LayerError(f"hard link {info.name!r} points at the root directory")
+        parent = self._resolve_dir(parts[:-1], create=False)
+        target = None if parent is None else self._abs(f"{parent}/{parts[-1]}" if parent else parts[-1])
+        if target is None or not os.path.lexists(target):
+            raise LayerError(f"hard link {info.name!r} -> {info.linkname!r}: target is not in the layer")
+        if stat.S_ISDIR(os.lstat(target).st_mode):
+            raise LayerError(f"hard link {info.name!r} -> {info.linkname!r}: target is a directory")
+        return target
+
+    def _whiteout(self, parent_parts: list[str], base: str, info: tarfile.TarInfo) -> None:
+        victim = base[len(WHITEOUT_PREFIX):]
+        if base != OPAQUE_MARKER and victim.startswith(WHITEOUT_PREFIX):
+            return  # aufs bookkeeping (.wh..wh.plnk, .wh..wh.aufs): not a deletion
+        if victim in ("", ".", ".."):
+            raise LayerError(f"malformed whiteout {'/'.join(parent_parts + [base])!r}")
+        if self.overlay and not self.is_root:
+            raise LayerError("unpacking whiteouts as an overlay lower dir needs root "
+                             "(char devices and trusted.* xattrs)")
+        parent = self._resolve_dir(parent_parts, create=self.overlay)
+        if parent is None:
+            return  # nothing below a missing directory to hide
+        if base == OPAQUE_MARKER:
+            if self.overlay:
+                os.setxattr(self._abs(parent), _OVERLAY_OPAQUE, b"y", follow_symlinks=False)
+            else:
+                self._empty_except_written(parent)
+            return
+        rel = f"{parent}/{victim}" if parent else victim
+        if rel in self.written:
+            return  # a whiteout hides lower layers only, never this layer's own entries
+        path = self._abs(rel)
+        if self.overlay:
+            _remove(path)
+            os.mknod(path, stat.S_IFCHR | 0o600, 0)
+            self._own(path, info)
+            os.utime(path, ns=(self._ns(info), self._ns(info)), follow_symlinks=False)
+        else:
+            _remove(path)
+        self._forget_resolutions()
+
+    def _empty_except_written(self, rel_dir: str) -> None:
+        """Opaque marker on a flat tree: drop what lower layers put here, keep this layer's."""
+        dir_path = self._abs(rel_dir)
+        for name in os.listdir(dir_path):
+            rel = f"{rel_dir}/{name}" if rel_dir else name
+            path = os.path.join(dir_path, name)
+            if rel not in self.written:
+                _remove(path)
+            elif stat.S_ISDIR(os.lstat(path).st_mode):
+                self._empty_except_written(rel)
+        self._forget_resolutions()
+
+    # -- metadata --------------------------------------------------------------------------
+
+    @staticmethod
+    def _ns(info: tarfile.TarInfo) -> int:
+        return int(info.mtime * 1_000_000_000)
+
+    def _own(self, path_or_fd: str | int, info: tarfile.TarInfo) -> None:
+        if self.is_root:
+            if isinstance(path_or_fd, int):
+                os.fchown(path_or_fd, info.uid, info.gid)
+            else:
+                os.chown(path_or_fd, info.uid, info.gid, follow_symlinks=False)
+
+    def _set_xattrs(self, path_or_fd: str | int, info: tarfile.TarInfo) -> None:
+        for key, value in sorted(info.pax_headers.items()):
+            if not key.startswith("SCHILY.xattr."):
+                continue
+            name = key[len("SCHILY.xattr."):]
+            if not _kept_xattr(name):
+                continue  # trusted.* (overlay bookkeeping above all) and system.* never come in
+            try:
+                if isinstance(path_or_fd, int):
+                    os.setxattr(path_or_fd, name, value.encode("utf-8", "surrogateescape"))
+                else:
+                    os.setxattr(path_or_fd, name, value.encode("utf-8", "surrogateescape"),
+                                follow_symlinks=False)
+            except OSError as e:
+                # Without root, security.* is refused; a filesystem may not hold xattrs at all.
+                if self.is_root and e.errno != errno.EOPNOTSUPP:
+                    raise LayerError(f"{info.name!r}: cannot set xattr {name}: {e.strerror}") from None
+
+    def _write_file(self, path: str, data: BinaryIO, info: tarfile.TarInfo) -> None:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            with os.fdopen(fd, "wb", closefd=False) as out:
+                shutil.copyfileobj(data, out, _CHUNK)
+            self._own(fd, info)  # chown before chmod (it clears setuid) and xattrs (it clears caps)
+            os.fchmod(fd, info.mode & 0o7777)
+            self._set_xattrs(fd, info)
+            os.utime(fd, ns=(self._ns(info), self._ns(info)))
+        finally:
+            os.close(fd)
+
+    def _finish_special(self, path: str, info: tarfile.TarInfo) -> None:
+        self._own(path, info)
+        os.chmod(path, info.mode & 0o7777)
+        self._set_xattrs(path, info)
+        os.utime(path, ns=(self._ns(info), self._ns(info)), follow_symlinks=False)
+
+    def finish(self) -> None:
+        # Directory modes and mtimes last: writing children would change the mtimes, and a
+        # read-only directory mode could stop the children from being written at all.
+        for rel, info in self.dir_meta:
+            path = self._abs(rel)
+            try:
+                if not stat.S_ISDIR(os.lstat(path).st_mode):
+                    continue
+            except FileNotFoundError:
+                continue  # removed later in the layer
+            os.chmod(path, info.mode & 0o7777)
+            os.utime(path, ns=(self._ns(info), self._ns(info)), follow_symlinks=False)
+
+
+def _extract(stream: BinaryIO, root: str, overlay: bool) -> None:
+    extractor = _Extractor(root, overlay)
+    with _Decompressed(stream) as source:
+        try:
+            with tarfile.open(fileobj=source.reader, mode="r|", errors="surrogateescape") as tf:
+                for info in tf:
+                    extractor.extract(tf, info)
+        except (tarfile.TarError, EOFError, zlib.error) as e:
+            raise LayerError(f"corrupt layer tar: {e}") from None
+        except gzip.BadGzipFile as e:
+            raise LayerError(f"corrupt gzip layer: {e}") from None
+        source.drain()
+    extractor.finish()
+
+
+def unpack_layer(stream: BinaryIO, dest_dir: str) -> None:
+    """Extract a layer (gzip, zstd or plain tar) into empty DEST_DIR as an overlay lower dir:
+    `.wh.x` becomes a char device 0:0 `x`, `.wh..wh..opq` the xattr trusted.overlay.opaque=y."""
+    if os.listdir(dest_dir):
+        raise LayerError(f"unpack destination {dest_dir} is not empty")
+    _extract(stream, dest_dir, overlay=True)
+
+
+def apply_layer(stream: BinaryIO, root_dir: str) -> None:
+    """Flatten a layer onto the root filesystem at ROOT_DIR: whiteouts delete the named path,
+    opaque markers empty their directory of everything this layer did not write."""
+    _extract(stream, root_dir, overlay=False)
+
+

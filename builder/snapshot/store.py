@@ -1,0 +1,176 @@
+"""Unpacked layers on disk, keyed by chain ID, each usable as an overlay lower dir.
+
+    ROOT/snapshots/<key>         a committed snapshot (key: first 32 hex digits of the chain ID)
+    ROOT/snapshots.tmp/<name>/   work in progress: a scratch upper/work pair or an unpack; its
+                                 owner holds flock on the directory, so a dir nobody locks was
+                                 left by a killed process and `clean_stale` may delete it
+    ROOT/snapshots.locks/<key>   one lock file per key, serialising ensure/commit/remove between
+                                 processes; empty, kept (deleting a flock file races its waiters)
+
+Snapshot paths are short because the kernel reads overlay options from one page: 32 hex digits
+(128 bits) keep `lowerdir=` small while a collision would still take about 2^64 work.
+Everything is made visible by rename(2) within one filesystem, so a reader sees a whole snapshot
+or none.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from typing import BinaryIO, Callable, Iterator
+
+from builder.errors import StoreError
+from builder.snapshot.layers import unpack_layer
+
+_KEY_LEN = 32
+
+
+def _key(chain_id: str) -> str:
+    algo, _, hexpart = chain_id.partition(":")
+    if algo != "sha256" or len(hexpart) != 64 or not all(c in "0123456789abcdef" for c in hexpart):
+        raise StoreError(f"not a sha256 chain ID: {chain_id!r}")
+    return hexpart[:_KEY_LEN]
+
+
+class _TempDir:
+    """A new dir under snapshots.tmp, flock-ed by this process until `close` deletes it."""
+
+    def __init__(self, parent: str, prefix: str):
+        while True:
+            self.path = tempfile.mkdtemp(prefix=prefix, dir=parent)
+            try:
+                self._fd: int | None = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            if os.path.isdir(self.path):
+                return
+            # clean_stale took it for a dead process's dir between mkdtemp and flock: retry
+            os.close(self._fd)
+
+    def close(self) -> None:
+        if self._fd is None:
+            return
+        shutil.rmtree(self.path, ignore_errors=True)
+        os.close(self._fd)
+        self._fd = None
+
+    def __enter__(self) -> "_TempDir":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+@dataclass(frozen=True)
+class Scratch:
+    """A fresh overlay upper dir and work dir, removed on exit unless the upper was committed."""
+
+    upperdir: str
+    workdir: str
+    _temp: _TempDir = field(repr=False, compare=False)
+
+    def close(self) -> None:
+        self._temp.close()
+
+    def __enter__(self) -> "Scratch":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class SnapshotStore:
+    """Unpacked layers keyed by chain ID under ROOT/snapshots/, each usable as an overlay lower dir."""
+
+    def __init__(self, root: str):
+        self.root = root
+        self._snapshots = os.path.join(root, "snapshots")
+        self._tmp = os.path.join(root, "snapshots.tmp")
+        self._locks = os.path.join(root, "snapshots.locks")
+        for d in (self._snapshots, self._tmp, self._locks):
+            os.makedirs(d, mode=0o700, exist_ok=True)
+
+    def path(self, chain_id: str) -> str:
+        return os.path.join(self._snapshots, _key(chain_id))
+
+    def has(self, chain_id: str) -> bool:
+        return os.path.isdir(self.path(chain_id))
+
+    def ensure(self, chain_id: str, open_layer: Callable[[], BinaryIO]) -> str:
+        """The snapshot's directory, unpacking the layer OPEN_LAYER returns if it is missing."""
+        dest = self.path(chain_id)
+        if os.path.isdir(dest):
+            return dest
+        with self._locked(chain_id):  # one process unpacks; the others wait and reuse it
+            if os.path.isdir(dest):
+                return dest
+            with _TempDir(self._tmp, "unpack-") as tmp:
+                fs = os.path.join(tmp.path, "fs")
+                os.mkdir(fs, 0o755)
+                os.chmod(fs, 0o755)  # becomes the merged root's mode when it is the top layer
+                with open_layer() as stream:
+                    unpack_layer(stream, fs)
+                os.rename(fs, dest)
+        return dest
+
+    def scratch(self) -> Scratch:
+        temp = _TempDir(self._tmp, "scratch-")
+        try:
+            upper, work = os.path.join(temp.path, "upper"), os.path.join(temp.path, "work")
+            os.mkdir(upper, 0o755)
+            os.chmod(upper, 0o755)  # the upper dir's mode is the container root's mode
+            os.mkdir(work, 0o700)
+        except BaseException:
+            temp.close()
+            raise
+        return Scratch(upperdir=upper, workdir=work, _temp=temp)
+
+    def commit(self, scratch: Scratch, chain_id: str) -> str:
+        """Make SCRATCH's upper dir the snapshot for CHAIN_ID (a rename: an upper dir is already
+        a valid lower dir). If another process committed it first, theirs is kept."""
+        dest = self.path(chain_id)
+        with self._locked(chain_id):
+            if not os.path.isdir(dest):
+                os.rename(scratch.upperdir, dest)
+        return dest
+
+    def remove(self, chain_id: str) -> None:
+        dest = self.path(chain_id)
+        with self._locked(chain_id):
+            if os.path.isdir(dest):
+                with _TempDir(self._tmp, "remove-") as tmp:
+                    os.rename(dest, os.path.join(tmp.path, "fs"))  # gone at once, deleted after
+
+    def clean_stale(self) -> None:
+        """Delete work dirs whose owner died (nobody holds their flock any more)."""
+        for name in os.listdir(self._tmp):
+            path = os.path.join(self._tmp, name)
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue  # its owner is alive
+            try:
+                shutil.rmtree(path, ignore_errors=True)
+            finally:
+                os.close(fd)
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _locked(self, chain_id: str) -> Iterator[None]:
+        fd = os.open(os.path.join(self._locks, _key(chain_id)), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)

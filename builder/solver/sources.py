@@ -1,0 +1,110 @@
+"""Base images: where they come from (the local image store or a registry) and their layers.
+
+One `ImageSources` serves a whole build: the converter asks it for configs, the solver for
+layers, and every answer is memoised so a base image is resolved once per build.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass
+
+from builder.cache.blobs import BlobStore
+from builder.image.config import ImageConfig
+from builder.image.media import INDEX_TYPES, Descriptor, Platform
+
+
+@dataclass(frozen=True)
+class BaseImage:
+    ref: str                       # normalised name with the manifest digest: repo:tag@sha256:...
+    manifest_digest: str
+    config: ImageConfig
+    layers: tuple[Descriptor, ...]
+    local: bool                    # found in the local image store (no registry needed)
+
+
+def parse_platform(text: str) -> Platform:
+    os_, _, rest = text.partition("/")
+    arch, _, variant = rest.partition("/")
+    return Platform(os_ or "linux", arch or "amd64", variant)
+
+
+class ImageSources:
+    def __init__(self, blobs: BlobStore, images, client_factory, *, pull: bool = False):
+        self.blobs = blobs
+        self.images = images              # builder.image.store.ImageStore
+        self._client_factory = client_factory
+        self._client = None
+        self.pull_always = pull
+        self._resolved: dict[tuple[str, str], BaseImage] = {}
+        self._by_ref: dict[str, BaseImage] = {}
+        self._lock = threading.Lock()
+        self._pulled: set[str] = set()
+
+    @property
+    def client(self):
+        if self._client is None:
+            self._client = self._client_factory()
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None and hasattr(self._client, "close"):
+            self._client.close()
+
+    def resolve(self, name: str, platform: str) -> BaseImage:
+        with self._lock:
+            key = (name, platform)
+            if key not in self._resolved:
+                image = self._resolve(name, platform)
+                self._resolved[key] = image
+                self._by_ref[image.ref] = image
+            return self._resolved[key]
+
+    def resolve_config(self, name: str, platform: str) -> tuple[str, ImageConfig]:
+        image = self.resolve(name, platform)
+        return image.ref, image.config
+
+    def by_ref(self, ref: str) -> BaseImage:
+        return self._by_ref[ref]
+
+    def _resolve(self, name: str, platform: str) -> BaseImage:
+        from builder.image.manifest import read_image
+        from builder.registry.reference import parse_reference
+
+        ref = parse_reference(name)
+        if not self.pull_always:
+            local = self.images.resolve(str(ref))
+            if local and self.blobs.has(local):
+                stored = read_image(self.blobs, local)
+                return BaseImage(f"{_without_digest(ref)}@{local}", local, stored.config, stored.layers, True)
+        digest, manifest, media_type = self.client.resolve(ref, parse_platform(platform))
+        self.blobs.put_bytes(manifest, digest)
+        document = json.loads(manifest)
+        if media_type in INDEX_TYPES:  # resolve() returns the platform's manifest; defensive only
+            raise ValueError(f"{ref}: expected an image manifest, got an index")
+        config_desc = Descriptor.from_json(document["config"])
+        if not self.blobs.has(config_desc.digest):
+            self.client.fetch_blob(ref, config_desc, self.blobs)
+        config = ImageConfig.from_json(self.blobs.get_bytes(config_desc.digest))
+        layers = tuple(Descriptor.from_json(d) for d in document.get("layers", []))
+        return BaseImage(f"{_without_digest(ref)}@{digest}", digest, config, layers, False)
+
+    def ensure_layers(self, ref: str) -> BaseImage:
+        """Makes sure every layer blob of a resolved base image is in the blob store."""
+        image = self._by_ref[ref]
+        missing = [d for d in image.layers if not self.blobs.has(d.digest)]
+        if missing:
+            if image.local:
+                from builder.errors import BlobNotFound
+
+                raise BlobNotFound(f"{ref}: layer {missing[0].digest} is missing from the local store")
+            from builder.registry.reference import parse_reference
+
+            self.client.fetch_blobs(parse_reference(ref), missing, self.blobs)
+        return image
+
+
+def _without_digest(ref) -> str:
+    name = f"{ref.registry}/{ref.repository}"
+    return f"{name}:{ref.tag}" if ref.tag else name

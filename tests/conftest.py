@@ -1,0 +1,43 @@
+"""Shared fixtures; the logic lives in tests/support."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from tests.support.baseimage import push_busybox_image
+from tests.support.registry import Registry
+
+
+@dataclass(frozen=True)
+class BusyboxRegistry:
+    registry: Registry
+    host: str             # "127.0.0.1:PORT"
+    url: str              # "http://127.0.0.1:PORT"
+    reference: str        # "127.0.0.1:PORT/busybox:latest"
+    digest: str           # its manifest digest
+
+
+@pytest.fixture
+def registry():
+    """A fresh anonymous docker-registry on its own port."""
+    with Registry() as reg:
+        yield reg
+
+
+@pytest.fixture(scope="session")
+def busybox_registry():
+    """One registry per xdist worker (each on its own port) holding busybox:latest. Push to other
+    repositories in it freely; do not overwrite busybox:latest."""
+    with Registry() as reg:
+        digest = push_busybox_image(reg.host)
+        yield BusyboxRegistry(reg, reg.host, reg.url, f"{reg.host}/busybox:latest", digest)
+
+
+@pytest.fixture
+def store_root(tmp_path):
+    """An empty directory for a build-image store root."""
+    root = tmp_path / "store"
+    root.mkdir()
+    return str(root)
