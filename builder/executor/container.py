@@ -2,13 +2,14 @@
 
 Process tree of one ``run()``::
 
-    caller thread ──fork──> supervisor ──(unshare: mnt, pid, uts, ipc, cgroup, [net])──fork──> init
-                                                                                          (PID 1, execs the step)
+    caller thread --fork--> supervisor --fork--> init (PID 1 in the new namespaces; execs the step)
 
-The supervisor exists because ``unshare(CLONE_NEWPID)`` only moves the caller's *children* into
-the new PID namespace. It waits for init and kills it (which kills the whole PID namespace) when
-the caller closes the "lifeline" pipe, so the caller never has to race init's exit to signal it.
-Both children set ``PR_SET_PDEATHSIG=SIGKILL``: if build-image dies, so does every container.
+The supervisor unshares the mount, PID, UTS, IPC, cgroup and (for network "none") network
+namespaces and forks init into them; it is needed because ``unshare(CLONE_NEWPID)`` only moves
+the caller's *children* into the new PID namespace. It waits for init, and kills it (which kills
+the whole PID namespace) when the caller closes the "lifeline" pipe, so the caller never races
+init's exit to signal it. Both children set ``PR_SET_PDEATHSIG=SIGKILL``: if build-image dies,
+so does every container.
 
 Every mount, the overlay included, is made by init inside its own mount namespace, after making
 ``/`` recursively private. Nothing is ever mounted on the host: when init exits the kernel tears
@@ -19,20 +20,22 @@ host.
 
 Threads: ``run()`` is called from several scheduler threads at once, and it forks directly from
 the calling thread rather than through a fork server. That is safe because of how little the
-children do: every module they use is imported before the fork, they never log, print, import or
+children do: every module they use is imported before the fork; they never log, print, import or
 touch a lock another thread could hold (file objects, logging, queues); they use only ``os``,
 ``select``, ``socket``, ctypes calls and plain string parsing (/etc/passwd) on data prepared by
 the parent, then ``execve`` or ``os._exit``. Signals are blocked at the C level until just before
-``execve``, so no Python signal handler (KeyboardInterrupt) can run in a half-built container. The garbage collector is disabled in the child so no finalizer of a foreign object
-runs there. The first thing the supervisor does is close every descriptor it did not inherit on
-purpose, so a concurrent run's pipes do not stay open in it. A fork server would avoid the fork
-of a large parent (about 1 ms here), but would add a second process to manage, a protocol, fd
-passing and a single point of failure, for no gain in isolation.
+``execve``, so no Python signal handler (KeyboardInterrupt) runs in a half-built container, and
+the garbage collector is disabled so no finalizer of a foreign object runs there. The supervisor
+first closes every descriptor it did not inherit on purpose, so a concurrent run's pipes do not
+stay open in it. A small fork server would fork faster (a fork of a 40 MB parent costs about
+4 ms here, and a run forks twice, for about 12 ms in all per RUN), but adds a process to manage,
+a protocol and fd passing, for no gain in isolation.
 
-``run_in_rootfs`` uses no fork at all: it runs the caller's Python function on a short-lived
+``run_in_rootfs`` does not fork at all: it runs the caller's Python function on a short-lived
 thread that unshares only its own mount namespace (Linux keeps mount namespaces per thread).
 Arbitrary Python code in a forked child of a threaded process is exactly what is unsafe, and a
-thread returns its exception as-is, with no pickling.
+thread hands its exception back as-is, with no pickling. FN must do its work on that thread
+(paths it opens resolve in that thread's namespace).
 """
 
 from __future__ import annotations
@@ -102,7 +105,7 @@ class _Plan:
     rootfs: RootFS
     process: ProcessSpec
     binds: tuple[tuple[BindMount, bool], ...]   # (mount, source is a directory)
-    runtime_dir: str                            # host dir: root/, empty/, hosts, resolv.conf
+    runtime_dir: str                            # scratch: root/ (mount point), empty/, hosts, resolv.conf
     env: tuple[tuple[str, str], ...]            # the process env without HOME defaulted
     caller_pid: int
     cap_last: int
@@ -124,6 +127,11 @@ class NamespaceExecutor:
         # Per-run scratch directories (overlay mount point, generated /etc/hosts) go here.
         self._runtime_root = runtime_root
         self._cap_last = _read_cap_last_cap()
+        self._running = _RunningSupervisors()
+
+    def kill_all(self) -> None:
+        """Kills every container this executor is running (their run() calls then return)."""
+        self._running.kill_all()
 
     # ---- run ---------------------------------------------------------------------------------
 
@@ -136,7 +144,7 @@ class NamespaceExecutor:
         try:
             plan = _Plan(rootfs, process, binds, runtime_dir, _base_env(process.env),
                          os.getpid(), self._cap_last)
-            return _run_container(plan, output, stubs)
+            return _run_container(plan, output, stubs, self._running)
         finally:
             # Only reached once the container is reaped, so its mounts are gone.
             remove_stubs(rootfs.upperdir, stubs)
@@ -240,7 +248,8 @@ def _write(path: str, text: str) -> None:
 
 def _pipe() -> tuple[int, int]:
     """A close-on-exec pipe whose ends are above 0-2, so dup2 onto the child's stdio is safe."""
-    return tuple(fd if fd > 2 else _move_above_stdio(fd) for fd in os.pipe())  # type: ignore[return-value]
+    r, w = (fd if fd > 2 else _move_above_stdio(fd) for fd in os.pipe())
+    return r, w
 
 
 def _move_above_stdio(fd: int) -> int:
@@ -249,7 +258,41 @@ def _move_above_stdio(fd: int) -> int:
     return moved
 
 
-def _run_container(plan: _Plan, output: OutputCallback | None, stubs: list[MountStub]) -> int:
+class _RunningSupervisors:
+    """Supervisor pids of the runs in progress, so that another thread can cancel them all.
+
+    Killing a supervisor kills its container: init has PR_SET_PDEATHSIG=SIGKILL, and the PID
+    namespace dies with its init. A pid leaves the set (under the lock) before it is reaped, so
+    kill_all never signals a recycled pid.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._pids: set[int] = set()
+        self.cancelled = False
+
+    def add(self, pid: int) -> None:
+        with self._lock:
+            self._pids.add(pid)
+            if self.cancelled:
+                os.kill(pid, signal.SIGKILL)
+
+    def discard(self, pid: int) -> None:
+        with self._lock:
+            self._pids.discard(pid)
+
+    def kill_all(self) -> None:
+        with self._lock:
+            self.cancelled = True
+            for pid in self._pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+
+def _run_container(plan: _Plan, output: OutputCallback | None, stubs: list[MountStub],
+                   running: _RunningSupervisors) -> int:
     """Fork the supervisor, stream output, reap. STUBS receives the mount points init created."""
     opened: list[int] = []
     status = bytearray()
@@ -266,16 +309,20 @@ def _run_container(plan: _Plan, output: OutputCallback | None, stubs: list[Mount
         pid = os.fork()
         if pid == 0:
             _supervisor(plan, out_w, err_w, status_w, life_r)
+        running.add(pid)
         for fd in (out_w, err_w, status_w, life_r):
             os.close(fd)
             opened.remove(fd)
         try:
             _pump(out_r, err_r, status_r, output, status,
                   lambda: shutil.rmtree(plan.runtime_dir, ignore_errors=True))
+            os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)  # exited, not yet reaped
+            running.discard(pid)
             _, wait_status = os.waitpid(pid, 0)
         except BaseException:
             os.close(life_w)  # the supervisor kills the container and exits
             opened.remove(life_w)
+            running.discard(pid)
             _reap_uninterruptibly(pid)
             _read_status(bytes(status), stubs)
             raise
