@@ -147,7 +147,7 @@ class NamespaceExecutor:
             return _run_container(plan, output, stubs, self._running)
         finally:
             # Only reached once the container is reaped, so its mounts are gone.
-            remove_stubs(rootfs.upperdir, stubs)
+            remove_stubs(rootfs.upperdir, stubs, rootfs.lowerdirs)
             shutil.rmtree(runtime_dir, ignore_errors=True)
 
     def _make_runtime_dir(self, rootfs: RootFS, process: ProcessSpec) -> str:

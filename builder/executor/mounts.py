@@ -134,8 +134,12 @@ def _open_dir_nofollow(root: str, relative: str) -> int:
     return fd
 
 
-def remove_stubs(upperdir: str, stubs: Iterable[MountStub]) -> None:
+def remove_stubs(upperdir: str, stubs: Iterable[MountStub], lowerdirs: tuple[str, ...] = ()) -> None:
     """Delete from UPPERDIR the stubs the process left as created (deepest first).
+
+    Creating a stub made overlayfs copy its parent directory up (an /etc with no hosts file);
+    once the stub is gone, a parent left empty and identical to the lower one is removed too, so
+    the layer does not carry an unchanged /etc (LOWERDIRS: base first, as in RootFS).
 
     Runs on the host after the container is gone. The upper dir holds what the process wrote, so
     it is walked without following symlinks: a step that replaced /etc with a symlink to / must
@@ -158,8 +162,39 @@ def remove_stubs(upperdir: str, stubs: Iterable[MountStub]) -> None:
                 continue
             if untouched_parent:
                 os.utime(dir_fd, ns=stub.parent_times)
+                _drop_unchanged_copy_up(upperdir, parent, dir_fd, lowerdirs)
         except OSError:
             continue  # not empty, already gone, or changed type: it is the process's content now
         finally:
             os.close(dir_fd)
+
+
+def _drop_unchanged_copy_up(upperdir: str, path: str, dir_fd: int, lowerdirs: tuple[str, ...]) -> None:
+    """Removes upper dir PATH (open as DIR_FD) if it is empty, not opaque, and matches the
+    topmost lower directory at PATH in mode, owner and mtime: a copy-up with no change in it."""
+    if not path.strip("/") or os.listdir(dir_fd):
+        return
+    try:
+        os.getxattr(dir_fd, "trusted.overlay.opaque")
+        return
+    except OSError:
+        pass
+    upper = os.fstat(dir_fd)
+    for lower in reversed(lowerdirs):
+        try:
+            st = os.stat(os.path.join(lower, path.lstrip("/")), follow_symlinks=False)
+        except OSError:
+            continue
+        same = (stat.S_ISDIR(st.st_mode) and st.st_mode == upper.st_mode and st.st_uid == upper.st_uid
+                and st.st_gid == upper.st_gid and st.st_mtime_ns == upper.st_mtime_ns)
+        if same:
+            parent, _, name = path.rstrip("/").rpartition("/")
+            parent_fd = _open_dir_nofollow(upperdir, parent)
+            try:
+                times = os.fstat(parent_fd)
+                os.rmdir(name, dir_fd=parent_fd)
+                os.utime(parent_fd, ns=(times.st_atime_ns, times.st_mtime_ns))
+            finally:
+                os.close(parent_fd)
+        return
 
