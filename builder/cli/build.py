@@ -1,0 +1,75 @@
+"""`build-image [build] [OPTIONS] CONTEXT`: docker build's flags over `builder.build`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from builder.cli.progress import PlainProgress
+from builder.cli.runner import run_command
+
+def _build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="build-image", description="Build an OCI image from a Dockerfile.")
+    p.add_argument("context", metavar="CONTEXT", help="build context directory")
+    p.add_argument("-f", "--file", dest="dockerfile", help="name of the Dockerfile (default: CONTEXT/Dockerfile)")
+    p.add_argument("-t", "--tag", action="append", default=[], help="name and optionally a tag (name:tag)")
+    p.add_argument("--build-arg", action="append", default=[], metavar="KEY[=VALUE]", help="set a build-time variable")
+    p.add_argument("--target", help="build this stage")
+    p.add_argument("--no-cache", action="store_true", help="do not use the cache when building")
+    p.add_argument("--pull", action="store_true", help="always look up base images in their registry")
+    p.add_argument("-o", "--output", action="append", default=[],
+                   help="output destination: type=oci|docker,dest=FILE.tar | type=local,dest=DIR | PATH")
+    p.add_argument("--iidfile", help="write the image ID to this file")
+    p.add_argument("--progress", choices=("auto", "plain", "tty", "quiet"), default="auto")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only the image ID")
+    p.add_argument("--jobs", type=int, default=None, help="steps run at once (default: number of cores)")
+    p.add_argument("--platform", default="linux/amd64", help="target platform (default linux/amd64)")
+    p.add_argument("--root", help="store root (default: $BUILD_IMAGE_ROOT or ~/.local/share/build-image)")
+    p.add_argument("--insecure-registry", action="append", default=[], help="use plain HTTP for this registry")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    return p
+
+
+def _build_args(values: list[str]) -> dict[str, str]:
+    args = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep:  # `--build-arg KEY` takes the value from the environment, as docker does
+            if key not in os.environ:
+                continue
+            value = os.environ[key]
+        args[key] = value
+    return args
+
+
+def cmd_build(argv: list[str]) -> int:
+    from builder.build import BuildOptions, OutputSpec, build
+
+    ns = _build_parser().parse_args(argv)
+    quiet = ns.quiet or ns.progress == "quiet"
+    progress = (lambda event: None) if quiet else PlainProgress()
+    options = BuildOptions(
+        context=ns.context,
+        dockerfile=ns.dockerfile,
+        tags=tuple(ns.tag),
+        build_args=_build_args(ns.build_arg),
+        target=ns.target,
+        no_cache=ns.no_cache,
+        pull=ns.pull,
+        outputs=tuple(OutputSpec.parse(o) for o in ns.output),
+        iidfile=ns.iidfile,
+        jobs=ns.jobs,
+        root=ns.root,
+        platform=ns.platform,
+        insecure_registries=tuple(ns.insecure_registry),
+    )
+    return run_command(lambda: _report_build(build(options, progress), quiet), ns.debug)
+
+
+def _report_build(result, quiet: bool) -> int:
+    for warning in result.warnings:
+        print(warning, file=sys.stderr)
+    if quiet:
+        print(result.image_id)
+    return 0

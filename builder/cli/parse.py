@@ -1,0 +1,36 @@
+"""`build-image parse [-f FILE]`: a Dockerfile's instructions as JSON, for tooling and tests."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from builder.cli.runner import run_command
+from builder.errors import BuildError
+
+
+def cmd_parse(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="build-image parse", description="Print a Dockerfile's instructions as JSON.")
+    p.add_argument("-f", "--file", default="Dockerfile", help="the Dockerfile ('-' for standard input)")
+    p.add_argument("--debug", action="store_true")
+    ns = p.parse_args(argv)
+
+    def run() -> int:
+        from builder.grammar import dockerfile_to_json, parse_dockerfile
+
+        if ns.file == "-":
+            text, name = sys.stdin.read(), "Dockerfile"
+        else:
+            try:
+                with open(ns.file, encoding="utf-8") as f:
+                    text = f.read()
+            except OSError as error:
+                raise BuildError(f"failed to read dockerfile: {error.strerror}: {ns.file}") from None
+            name = os.path.basename(ns.file)
+        json.dump(dockerfile_to_json(parse_dockerfile(text, name)), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return 0
+
+    return run_command(run, ns.debug)

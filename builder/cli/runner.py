@@ -1,0 +1,45 @@
+"""Runs a command the way every build-image command ends: errors as one line and an exit code."""
+
+from __future__ import annotations
+
+import signal
+import sys
+
+from builder.errors import BuildError, ExecutionError
+
+EXIT_ERROR = 1
+EXIT_INTERRUPTED = 130
+
+
+def _interrupt(signum, frame) -> None:
+    """SIGTERM (CI timeouts, `kill`) cleans up the same way Ctrl-C does."""
+    raise KeyboardInterrupt
+
+
+def run_command(fn, debug: bool) -> int:
+    """Runs a command; a BuildError becomes one line on stderr and exit code 1."""
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        return fn()
+    except ExecutionError as error:
+        if debug:
+            raise
+        if error.last_lines:
+            print("------", file=sys.stderr)
+            print(f" > {error.step}:", file=sys.stderr)
+            for line in error.last_lines:
+                print(f"   {line}", file=sys.stderr)
+            print("------", file=sys.stderr)
+        print(f"ERROR: failed to solve: {error}", file=sys.stderr)
+        return EXIT_ERROR
+    except BuildError as error:
+        if debug:
+            raise
+        print(f"ERROR: {error}", file=sys.stderr)
+        return EXIT_ERROR
+    except BrokenPipeError:  # `build-image parse | head`: the reader has what it wanted
+        sys.stderr.close()
+        return 0
+    except KeyboardInterrupt:
+        print("ERROR: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
