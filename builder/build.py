@@ -108,7 +108,7 @@ def build(options: BuildOptions, progress: events.Progress = events.ignore, exec
 
             return RegistryClient(insecure_registries=options.insecure_registries)
 
-        sources = ImageSources(store.blobs, store.images, client_factory, pull=options.pull)
+        sources = ImageSources(store.blobs, store.images, client_factory, pull=options.pull, progress=progress)
         try:
             context = BuildContext(context_dir, read_dockerignore(context_dir, options.dockerfile))
             plan = convert(dockerfile, build_args=options.build_args, target=options.target,
@@ -124,7 +124,7 @@ def build(options: BuildOptions, progress: events.Progress = events.ignore, exec
             export_id = "export"
             progress(events.Started(export_id, "exporting to image"))
             started = time.monotonic()
-            image = _assemble(plan, results, store, sources, epoch)
+            image = _assemble(plan, results, store, epoch)
             progress(events.Log(export_id, f"writing image {image.image_id} done"))
             for tag in tags:
                 store.images.tag(tag, image.manifest.digest)
@@ -142,7 +142,7 @@ def build(options: BuildOptions, progress: events.Progress = events.ignore, exec
     return BuildResult(image.image_id, image.manifest.digest, tags, warnings)
 
 
-def _assemble(plan, results, store, sources, epoch):
+def _assemble(plan, results, store, epoch):
     """The target stage's image: base layers + one per layer step, config with full history."""
     from builder.image.config import HistoryEntry
     from builder.image.manifest import write_image
@@ -152,9 +152,6 @@ def _assemble(plan, results, store, sources, epoch):
     stage = plan.target
     final = results[stage.vertex] if stage.vertex is not None else None
     layers = final.layers if final is not None else ()
-    if stage.base_ref and any(not store.blobs.has(l.digest) for l in layers):
-        for ref in {v.op.ref for v in results if hasattr(v.op, "ref") and v.op.kind == "source.image"}:
-            sources.ensure_layers(ref)
     base = stage.config
     history = list(base.history)
     last_time = base.created or (epoch_rfc3339(epoch) if epoch is not None else None)

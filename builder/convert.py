@@ -252,10 +252,34 @@ class Converter:
             if not any(e.partition("=")[0] == "PATH" for e in config.config.env):
                 config = config.with_config(env=(f"PATH={DEFAULT_PATH}",) + config.config.env)
             stage = Stage(index, from_node.stage_name, vertex, config, base_ref=ref)
+        triggers = self._onbuild_triggers(stage, from_node)
         stage_total = len(body) + 1
+        for node in triggers:
+            self._dispatch(stage, node, global_args, stages, stage_nodes, f"[{stage.display} 1/{stage_total}]")
         for position, node in enumerate(body, start=2):
             self._dispatch(stage, node, global_args, stages, stage_nodes, f"[{stage.display} {position}/{stage_total}]")
         return stage
+
+    def _onbuild_triggers(self, stage: Stage, from_node: nodes.From) -> list[nodes.Instruction]:
+        """The base's ONBUILD triggers run first, as if written right after FROM; the new image
+        does not inherit them."""
+        triggers = stage.config.config.on_build
+        if not triggers:
+            return []
+        from builder.grammar import parse_dockerfile
+
+        self._config(stage, on_build=())
+        parsed = []
+        for trigger in triggers:
+            try:
+                node = parse_dockerfile(f"FROM scratch\n{trigger}\n", self.df.filename).instructions[-1]
+            except ParseError as error:
+                raise self._error(f"invalid ONBUILD trigger {trigger!r} from the base image: {error.message}",
+                                  from_node) from None
+            if isinstance(node, (nodes.From, nodes.Onbuild, nodes.Maintainer)):
+                raise self._error(f"{node.keyword} isn't allowed as an ONBUILD trigger", from_node)
+            parsed.append(replace(node, start_line=from_node.start_line, end_line=from_node.end_line))
+        return parsed
 
     def _expansion_env(self, stage: Stage) -> dict[str, str]:
         # ENV always wins over ARG of the same name.

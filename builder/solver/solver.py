@@ -158,13 +158,7 @@ class Solver:
         if isinstance(op, LocalSource):
             return EMPTY
         if isinstance(op, ImageSource):
-            image = self.sources.by_ref(op.ref)
-            layers = tuple(LayerRef(d.digest, diff_id, d.size, d.media_type)
-                           for d, diff_id in zip(image.layers, image.config.diff_ids))
-            if len(layers) != len(image.layers):
-                raise SolveError(f"{op.ref}: config lists {len(image.config.diff_ids)} layers, "
-                                 f"manifest {len(image.layers)}")
-            return Result(layers)
+            return self._image_source(vertex, op)
         key = self.keys[vertex]
         parent = self._input(vertex.inputs[0])
         name = self._name(vertex)
@@ -186,22 +180,30 @@ class Solver:
         self.progress(events.Finished(vertex.digest))
         return Result(parent.layers + (layer,), created)
 
+    def _image_source(self, vertex: Vertex, op: ImageSource) -> Result:
+        """A base image's layers, fetched now if the store lacks them (exports need them)."""
+        image = self.sources.by_ref(op.ref)
+        if len(image.config.diff_ids) != len(image.layers):
+            raise SolveError(f"{op.ref}: config lists {len(image.config.diff_ids)} layers, "
+                             f"manifest {len(image.layers)}")
+        name = self._name(vertex)
+        self.progress(events.Started(vertex.digest, name))
+        try:
+            fetched = self.sources.ensure_layers(op.ref)
+        except BaseException as error:
+            self.progress(events.Finished(vertex.digest, error=str(error) or type(error).__name__))
+            raise
+        self.progress(events.Finished(vertex.digest, cached=not fetched))
+        return Result(tuple(LayerRef(d.digest, diff_id, d.size, d.media_type)
+                            for d, diff_id in zip(image.layers, image.config.diff_ids)))
+
     def _lowerdirs(self, layers: tuple[LayerRef, ...]) -> tuple[str, ...]:
         from builder.snapshot.layers import chain_ids
 
-        self._ensure_blobs(layers)
         dirs = []
         for layer, chain_id in zip(layers, chain_ids([l.diff_id for l in layers])):
             dirs.append(self.store.snapshots.ensure(chain_id, lambda d=layer.digest: self.store.blobs.open(d)))
         return tuple(dirs)
-
-    def _ensure_blobs(self, layers: tuple[LayerRef, ...]) -> None:
-        missing = {l.digest for l in layers if not self.store.blobs.has(l.digest)}
-        if not missing:
-            return
-        for vertex, result in list(self.results.items()):
-            if isinstance(vertex.op, ImageSource) and missing & {l.digest for l in result.layers}:
-                self.sources.ensure_layers(vertex.op.ref)
 
     def _run(self, vertex: Vertex, parent: Result) -> LayerRef:
         from builder.executor import ProcessSpec, RootFS

@@ -31,7 +31,11 @@ def parse_platform(text: str) -> Platform:
 
 
 class ImageSources:
-    def __init__(self, blobs: BlobStore, images, client_factory, *, pull: bool = False):
+    def __init__(self, blobs: BlobStore, images, client_factory, *, pull: bool = False,
+                 progress=None):
+        from builder.solver.progress import ignore
+
+        self.progress = progress or ignore
         self.blobs = blobs
         self.images = images              # builder.image.store.ImageStore
         self._client_factory = client_factory
@@ -56,7 +60,16 @@ class ImageSources:
         with self._lock:
             key = (name, platform)
             if key not in self._resolved:
-                image = self._resolve(name, platform)
+                from builder.solver import progress as events
+
+                step = f"metadata:{name}:{platform}"
+                self.progress(events.Started(step, f"[internal] load metadata for {name}"))
+                try:
+                    image = self._resolve(name, platform)
+                except BaseException as error:
+                    self.progress(events.Finished(step, error=str(error) or type(error).__name__))
+                    raise
+                self.progress(events.Finished(step))
                 self._resolved[key] = image
                 self._by_ref[image.ref] = image
             return self._resolved[key]
@@ -90,8 +103,9 @@ class ImageSources:
         layers = tuple(Descriptor.from_json(d) for d in document.get("layers", []))
         return BaseImage(f"{_without_digest(ref)}@{digest}", digest, config, layers, False)
 
-    def ensure_layers(self, ref: str) -> BaseImage:
-        """Makes sure every layer blob of a resolved base image is in the blob store."""
+    def ensure_layers(self, ref: str) -> bool:
+        """Makes sure every layer blob of a resolved base image is in the blob store; says
+        whether anything had to be fetched."""
         image = self._by_ref[ref]
         missing = [d for d in image.layers if not self.blobs.has(d.digest)]
         if missing:
@@ -102,7 +116,7 @@ class ImageSources:
             from builder.registry.reference import parse_reference
 
             self.client.fetch_blobs(parse_reference(ref), missing, self.blobs)
-        return image
+        return bool(missing)
 
 
 def _without_digest(ref) -> str:
