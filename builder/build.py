@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass, field, replace
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 from builder.errors import BuildError, ExportError
 from builder.solver import progress as events
+
+if TYPE_CHECKING:
+    from builder.solver.mounts import SecretSource, SSHSource
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,8 @@ class BuildOptions:
     root: str | None = None
     platform: str = "linux/amd64"
     insecure_registries: tuple[str, ...] = ()
+    secrets: tuple[SecretSource, ...] = ()   # --secret: values RUN --mount=type=secret can read
+    ssh: tuple[SSHSource, ...] = ()          # --ssh: agent sockets RUN --mount=type=ssh forwards
 
 
 @dataclass(frozen=True)
@@ -76,11 +80,9 @@ def _source_date_epoch(build_args: Mapping[str, str]) -> int | None:
 
 
 def build(options: BuildOptions, progress: events.Progress = events.ignore, executor=None) -> BuildResult:
-    from builder.context import BuildContext, read_dockerignore
-    from builder.convert import convert
-    from builder.grammar import parse_dockerfile
+    from builder.context import read_dockerignore
+    from builder.plan_cache import PlanCache, RecordingContext, inputs_key
     from builder.registry.reference import parse_reference
-    from builder.solver.solver import Solver
     from builder.solver.sources import ImageSources
     from builder.store import Store
 
@@ -88,19 +90,20 @@ def build(options: BuildOptions, progress: events.Progress = events.ignore, exec
     if not os.path.isdir(context_dir):
         raise BuildError(f"unable to prepare context: path {options.context!r} not found")
     dockerfile_path = options.dockerfile or os.path.join(context_dir, "Dockerfile")
+    dockerfile_name = os.path.basename(dockerfile_path)
     load_id = "load-definition"
-    progress(events.Started(load_id, f"[internal] load build definition from {os.path.basename(dockerfile_path)}"))
+    progress(events.Started(load_id, f"[internal] load build definition from {dockerfile_name}"))
     try:
         with open(dockerfile_path, encoding="utf-8") as f:
             text = f.read()
     except FileNotFoundError:
         raise BuildError(f"failed to read dockerfile: open {dockerfile_path}: no such file or directory") from None
-    dockerfile = parse_dockerfile(text, os.path.basename(dockerfile_path))
     progress(events.Finished(load_id))
     tags = tuple(str(parse_reference(t)) for t in options.tags)
     for output in options.outputs:
         if output.type in ("image", "registry") and output.get("name"):
             tags += tuple(str(parse_reference(n)) for n in output.get("name").split(",") if n)
+    epoch = _source_date_epoch(options.build_args)
 
     with Store(options.root) as store:
         def client_factory():
@@ -110,21 +113,18 @@ def build(options: BuildOptions, progress: events.Progress = events.ignore, exec
 
         sources = ImageSources(store.blobs, store.images, client_factory, pull=options.pull, progress=progress)
         try:
-            context = BuildContext(context_dir, read_dockerignore(context_dir, options.dockerfile))
-            plan = convert(dockerfile, build_args=options.build_args, target=options.target,
-                           platform=options.platform, resolver=sources)
-            if executor is None:
-                from builder.executor import NamespaceExecutor
-
-                executor = NamespaceExecutor()
-            epoch = _source_date_epoch(options.build_args)
-            solver = Solver(store, executor, sources, context, jobs=options.jobs, no_cache=options.no_cache,
-                            progress=progress, names=dict(plan.names), source_date_epoch=epoch)
-            results = solver.solve(plan.vertices)
+            context = RecordingContext(context_dir, read_dockerignore(context_dir, options.dockerfile))
+            key = inputs_key(text, dockerfile_name, context, build_args=options.build_args, target=options.target,
+                             platform=options.platform, source_date_epoch=epoch)
+            plans = PlanCache(store.root)
+            reused = None if options.no_cache else _reuse(plans, key, sources, context, store, progress)
+            if reused is not None:
+                image, warnings = reused
+            else:
+                image, warnings = _solve(options, text, dockerfile_name, store, sources, context, epoch,
+                                         progress, executor, plans, key)
             export_id = "export"
             progress(events.Started(export_id, "exporting to image"))
-            started = time.monotonic()
-            image = _assemble(plan, results, store, epoch)
             progress(events.Log(export_id, f"writing image {image.image_id} done"))
             for tag in tags:
                 store.images.tag(tag, image.manifest.digest)
@@ -137,9 +137,49 @@ def build(options: BuildOptions, progress: events.Progress = events.ignore, exec
     if options.iidfile:
         with open(options.iidfile, "w") as f:
             f.write(image.image_id)
+    return BuildResult(image.image_id, image.manifest.digest, tags, warnings)
+
+
+def _reuse(plans, key, sources, context, store, progress):
+    """The recorded image for these inputs, if a full build would produce it again."""
+    from builder.image.manifest import read_image
+
+    record = plans.get(key)
+    if record is None or not plans.still_valid(record, sources, context, store.blobs):
+        return None
+    for index, name in enumerate(record.steps):
+        progress(events.Started(f"step-{index}", name))
+        progress(events.Finished(f"step-{index}", cached=True))
+    return read_image(store.blobs, record.manifest_digest), record.warnings
+
+
+def _solve(options, text, dockerfile_name, store, sources, context, epoch, progress, executor, plans, key):
+    """Parse, plan, solve and assemble: the full build."""
+    from builder.convert import convert
+    from builder.grammar import parse_dockerfile
+    from builder.plan_cache import PlanRecord, memoizable
+    from builder.solver.mounts import SecretStore
+    from builder.solver.solver import Solver
+
+    dockerfile = parse_dockerfile(text, dockerfile_name)
+    plan = convert(dockerfile, build_args=options.build_args, target=options.target,
+                   platform=options.platform, resolver=sources)
+    if executor is None:
+        from builder.executor import NamespaceExecutor
+
+        executor = NamespaceExecutor()
+    solver = Solver(store, executor, sources, context, jobs=options.jobs, no_cache=options.no_cache,
+                    progress=progress, names=dict(plan.names), source_date_epoch=epoch,
+                    secrets=SecretStore(options.secrets), ssh={s.id: s.path for s in options.ssh})
+    results = solver.solve(plan.vertices)
+    image = _assemble(plan, results, store, epoch)
     warnings = tuple(f'[Warning] One or more build-args [{" ".join(plan.unused_build_args)}] were not consumed'
                      for _ in [0] if plan.unused_build_args)
-    return BuildResult(image.image_id, image.manifest.digest, tags, warnings)
+    if memoizable(plan):
+        steps = tuple(plan.names[v.digest] for v in plan.vertices if v.digest in plan.names)
+        plans.put(key, PlanRecord(image.manifest.digest, sources.resolved_digests(),
+                                  tuple(sorted(context.reads.items())), steps, warnings))
+    return image, warnings
 
 
 def _assemble(plan, results, store, epoch):

@@ -1,65 +1,225 @@
-"""The build context: which files a build may read (.dockerignore) and checksums of what it reads.
+"""Source trees a COPY reads (the build context, a stage, a download) and the checksums COPY keys on.
 
-Patterns follow Docker's rules (moby/patternmatcher): Go `filepath.Match` syntax per path
-segment, `**` for any number of directories, a pattern that matches a directory excludes
-everything below it, and later `!pattern` lines re-include.
+Two pattern languages meet here, as in BuildKit:
+
+- COPY sources use Go's `filepath.Match` per path (`*` and `?` never cross '/', `[...]` classes,
+  `\\` escapes); `**` is no different from `*`. A wildcard that matches nothing copies nothing.
+- `.dockerignore`, `--exclude` and `--parents` use moby/patternmatcher: the same syntax plus `**`
+  for any number of directories, a pattern that matches a directory matches everything below it,
+  and a later `!pattern` re-includes.
+
+A context path that `.dockerignore` excludes does not exist for COPY; a directory that is excluded
+but holds a re-included file still exists as that file's parent.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import posixpath
 import re
 import stat
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Iterable, Sequence
 
-from builder.errors import SourceNotFound
+from builder.errors import SolveError, SourceNotFound
+
+_MAX_SYMLINKS = 40
 
 
-def _segment_regex(pattern: str) -> str:
-    """Go filepath.Match syntax, with '/' never matched by * or ?, plus '**'."""
+# ---- Go filepath.Match (COPY sources) -------------------------------------------------------
+
+def has_wildcards(path: str) -> bool:
+    i = 0
+    while i < len(path):
+        if path[i] == "\\":
+            i += 2
+            continue
+        if path[i] in "*?[":
+            return True
+        i += 1
+    return False
+
+
+def _class_regex(body: str) -> str:
+    """A Go character class body (between the brackets) as a Python one: ranges and `\\` escapes."""
+    out = ["^"] if body.startswith("^") else []
+    i = len(out)
+    while i < len(body):
+        c = body[i]
+        if c == "\\" and i + 1 < len(body):
+            i += 1
+            out.append(re.escape(body[i]))
+        else:
+            out.append("-" if c == "-" else re.escape(c))
+        i += 1
+    return "".join(out)
+
+
+@lru_cache(maxsize=1024)
+def go_match_regex(pattern: str) -> re.Pattern:
+    """`filepath.Match(pattern, name)` as a compiled regex: '*' and '?' stay inside one segment."""
     out, i, n = [], 0, len(pattern)
     while i < n:
         c = pattern[i]
         if c == "*":
-            if pattern.startswith("**", i):
-                i += 2
-                if i < n and pattern[i] == "/":
-                    out.append("(?:.*/)?")
-                    i += 1
-                else:
-                    out.append(".*")
-                continue
             out.append("[^/]*")
         elif c == "?":
             out.append("[^/]")
         elif c == "[":
-            j = pattern.find("]", i + 1)
-            if j == -1:
-                out.append(re.escape(c))
-            else:
-                body = pattern[i + 1:j]
-                if body.startswith("^") or body.startswith("!"):
-                    body = "^" + body[1:]
-                out.append("[" + body.replace("\\", "\\\\") + "]")
-                i = j
+            j = i + 1
+            while j < n and pattern[j] != "]":
+                j += 2 if pattern[j] == "\\" else 1
+            if j >= n or j == i + 1:
+                raise SolveError(f"syntax error in pattern: {pattern}")
+            out.append("(?!/)[" + _class_regex(pattern[i + 1:j]) + "]")
+            i = j
         elif c == "\\" and i + 1 < n:
             i += 1
             out.append(re.escape(pattern[i]))
         else:
             out.append(re.escape(c))
         i += 1
-    return "".join(out)
+    return re.compile("".join(out) + r"\Z", re.DOTALL)
 
 
-@lru_cache(maxsize=1024)
-def compile_pattern(pattern: str) -> re.Pattern:
-    return re.compile(_segment_regex(pattern) + r"\Z", re.DOTALL)
+# ---- moby/patternmatcher (.dockerignore, --exclude, --parents) -------------------------------
+
+def clean_path(path: str) -> str:
+    """Go's path.Clean: '' is '.', and a leading '//' is one '/'."""
+    cleaned = posixpath.normpath(path) if path else "."
+    return "/" + cleaned.lstrip("/") if cleaned.startswith("//") else cleaned
 
 
-def has_wildcards(path: str) -> bool:
-    return any(c in path for c in "*?[")
+class Pattern:
+    """One patternmatcher pattern, compiled the way moby compiles it (exact, prefix, suffix, regex)."""
+
+    def __init__(self, text: str):
+        self.exclusion = text.startswith("!")
+        if self.exclusion:
+            text = text[1:]
+        self.text = clean_path(text)
+        self._kind, self._value = self._compile(self.text)
+
+    @staticmethod
+    def _compile(pattern: str):
+        regex, kind, i, n = "^", "exact", 0, len(pattern)
+        in_class = False
+        while i < n:
+            c = pattern[i]
+            if in_class and c not in "]\\":
+                regex += c
+            elif c == "*":
+                if i + 1 < n and pattern[i + 1] == "*":
+                    start = i
+                    i += 2
+                    if i < n and pattern[i] == "/":
+                        i += 1
+                    if i >= n:  # a trailing '**' takes everything, as .gitignore does
+                        if kind == "exact":
+                            kind = "prefix"
+                        else:
+                            regex += ".*"
+                            kind = "regex"
+                    else:
+                        regex += "(.*/)?"
+                        kind = "regex"
+                    if start == 0:
+                        kind = "suffix"
+                    continue
+                regex += "[^/]*"
+                kind = "regex"
+            elif c == "?":
+                regex += "[^/]"
+                kind = "regex"
+            elif c in ".+()|{}$^":  # regex syntax that means nothing to filepath.Match
+                regex += "\\" + c
+            elif c == "\\":
+                if i + 1 < n:
+                    i += 1
+                    regex += re.escape(pattern[i])
+                    kind = "regex"
+                else:
+                    regex += "\\\\"
+            elif c in "[]":
+                in_class = c == "["
+                regex += c
+                kind = "regex"
+            else:
+                regex += re.escape(c)
+            i += 1
+        if kind == "regex":
+            try:
+                return kind, re.compile(regex + r"\Z", re.DOTALL)
+            except re.error:
+                raise SolveError(f"syntax error in pattern: {pattern}") from None
+        return kind, pattern
+
+    def matches(self, path: str) -> bool:
+        kind, value = self._kind, self._value
+        if kind == "exact":
+            return path == value
+        if kind == "prefix":
+            return path.startswith(value[:-2])
+        if kind == "suffix":
+            suffix = value[2:]
+            return path.endswith(suffix) or (suffix.startswith("/") and path == suffix[1:])
+        return value.match(path) is not None
+
+    @property
+    def literal_prefix(self) -> str:
+        """The pattern without a trailing '**' glob, for the "could anything below match" test."""
+        text = self.text
+        for glob in ("/**", "/*"):
+            if text.endswith(glob):
+                return text[: -len(glob)]
+        return text
+
+
+class PatternMatcher:
+    """Ordered patterns, `!` for exceptions: a path matches when the last pattern that matches it
+    (or one of its parent directories) is not an exception. Results are memoised per path so that
+    a walk costs one pattern test per path, as patternmatcher's MatchInfo does."""
+
+    def __init__(self, patterns: Iterable[str]):
+        self.patterns = tuple(Pattern(p) for p in patterns if p.strip() and p.strip() != "!")
+        self.exclusions = any(p.exclusion for p in self.patterns)
+        self._states: dict[str, tuple[bool, ...]] = {}
+        # fsutil only walks into an excluded directory when an exception could match below it;
+        # with a wildcard in an exception it cannot tell, so it always walks.
+        self._prefix_only = all(not has_wildcards(p.literal_prefix) for p in self.patterns if p.exclusion)
+
+    def __bool__(self) -> bool:
+        return bool(self.patterns)
+
+    def _state(self, path: str) -> tuple[bool, ...]:
+        state = self._states.get(path)
+        if state is None:
+            parent = path.rpartition("/")[0]
+            inherited = self._state(parent) if parent else (False,) * len(self.patterns)
+            state = tuple(done or p.matches(path) for done, p in zip(inherited, self.patterns))
+            self._states[path] = state
+        return state
+
+    def matches(self, path: str) -> bool:
+        path = path.strip("/")
+        if not path or path == ".":
+            return False
+        matched = False
+        for hit, pattern in zip(self._state(path), self.patterns):
+            if hit:
+                matched = not pattern.exclusion
+        return matched
+
+    def may_match_below(self, directory: str) -> bool:
+        """Whether an exception could re-include something inside excluded `directory`."""
+        if not self.exclusions:
+            return False
+        if not self._prefix_only:
+            return True
+        prefix = directory.strip("/") + "/"
+        return any(p.exclusion and (p.literal_prefix + "/").startswith(prefix) for p in self.patterns)
 
 
 @dataclass(frozen=True)
@@ -67,29 +227,37 @@ class IgnoreRule:
     pattern: str
     negated: bool
 
+    def __str__(self) -> str:
+        return ("!" if self.negated else "") + self.pattern
+
 
 def parse_dockerignore(text: str) -> tuple[IgnoreRule, ...]:
+    """moby's ignorefile.ReadAll: BOM and '#' comment lines dropped, each pattern trimmed and
+    cleaned, a leading '/' removed (patterns are relative to the context root)."""
     rules = []
-    for raw in text.splitlines():
+    for raw in text.removeprefix("\ufeff").splitlines():
+        if raw.startswith("#"):
+            continue
         line = raw.strip()
-        if not line or line.startswith("#"):
+        if not line:
             continue
         negated = line.startswith("!")
         if negated:
             line = line[1:].strip()
-        line = os.path.normpath(line).lstrip("/")
-        if line in ("", "."):
+        if not line:
             continue
+        line = clean_path(line)
+        if len(line) > 1 and line.startswith("/"):
+            line = line[1:]
         rules.append(IgnoreRule(line, negated))
     return tuple(rules)
 
 
 def read_dockerignore(context_dir: str, dockerfile: str | None = None) -> tuple[IgnoreRule, ...]:
-    """`<Dockerfile>.dockerignore` beside the Dockerfile wins over the context's `.dockerignore`."""
-    candidates = []
-    if dockerfile:
-        candidates.append(dockerfile + ".dockerignore")
-    candidates.append(os.path.join(context_dir, ".dockerignore"))
+    """`<Dockerfile>.dockerignore` beside the Dockerfile (CONTEXT/Dockerfile when not given) wins
+    over the context's `.dockerignore`."""
+    dockerfile = dockerfile or os.path.join(context_dir, "Dockerfile")
+    candidates = [dockerfile + ".dockerignore", os.path.join(context_dir, ".dockerignore")]
     for path in candidates:
         try:
             with open(path, encoding="utf-8") as f:
@@ -99,91 +267,140 @@ def read_dockerignore(context_dir: str, dockerfile: str | None = None) -> tuple[
     return ()
 
 
+# ---- paths inside a root ---------------------------------------------------------------------
+
+def resolve_in_root(root: str, path: str, follow_last: bool = True) -> str:
+    """The host path for `path` inside `root`, following symlinks as if `root` were '/' (never out
+    of it: '..' stops at the root and absolute link targets restart there)."""
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    resolved: list[str] = []
+    hops = 0
+    while parts:
+        part = parts.pop(0)
+        if part == "..":
+            if resolved:
+                resolved.pop()
+            continue
+        candidate = os.path.join(root, *resolved, part)
+        if (parts or follow_last) and os.path.islink(candidate):
+            hops += 1
+            if hops > _MAX_SYMLINKS:
+                raise SolveError(f"too many levels of symbolic links in {path}")
+            target = os.readlink(candidate)
+            if target.startswith("/"):
+                resolved = []
+            parts = [p for p in target.split("/") if p not in ("", ".")] + parts
+            continue
+        resolved.append(part)
+    return os.path.join(root, *resolved)
+
+
+def _relative(root: str, host_path: str) -> str:
+    rel = os.path.relpath(host_path, root)
+    return "" if rel == "." else rel
+
+
+# ---- a source tree -----------------------------------------------------------------------------
+
 class BuildContext:
-    """A directory plus its ignore rules. Paths given to it are relative to the context root."""
+    """A directory COPY reads from, with the .dockerignore rules that hide parts of it (none for a
+    stage's filesystem). Paths given to and returned by it are relative to the root."""
 
-    def __init__(self, root: str, rules: tuple[IgnoreRule, ...] = ()):
+    def __init__(self, root: str, rules: Sequence[IgnoreRule] = ()):
         self.root = os.path.abspath(root)
-        self.rules = rules
-        self._checksums: dict[str, str] = {}
+        self.rules = tuple(rules)
+        self.ignore = PatternMatcher(str(r) for r in self.rules)
+        self._digests: dict[tuple, str] = {}
 
+    # -- what exists
     def excluded(self, rel: str) -> bool:
-        if not self.rules:
+        return bool(self.ignore) and self.ignore.matches(rel)
+
+    def hidden(self, rel: str, is_dir: bool) -> bool:
+        """Excluded and not the parent of a re-included path: COPY does not see it."""
+        if not self.excluded(rel):
             return False
-        rel = rel.strip("/")
-        parents = []
-        parts = rel.split("/")
-        for i in range(1, len(parts) + 1):
-            parents.append("/".join(parts[:i]))
-        excluded = False
-        for rule in self.rules:
-            regex = compile_pattern(rule.pattern)
-            if any(regex.match(p) for p in parents):
-                excluded = not rule.negated
-        return excluded
+        return not (is_dir and self.ignore.may_match_below(rel))
 
     def walk(self, rel: str = "") -> list[str]:
-        """Every non-excluded path under `rel` (itself included), sorted, relative to the root."""
-        out = []
-        base = os.path.join(self.root, rel)
-        if rel and self.excluded(rel):
-            return out
+        """`rel` and every visible path below it, in sorted pre-order (symlinks are not followed)."""
+        out: list[str] = []
+        self._walk(rel, out)
+        return out
+
+    def _walk(self, rel: str, out: list[str]) -> None:
+        full = os.path.join(self.root, rel)
+        is_dir = os.path.isdir(full) and not os.path.islink(full)
+        if rel and self.hidden(rel, is_dir):
+            return
         out.append(rel)
-        if os.path.isdir(base) and not os.path.islink(base):
-            for name in sorted(os.listdir(base)):
-                child = f"{rel}/{name}" if rel else name
-                if self.excluded(child) and not self._has_reincluded_children(child):
-                    continue
-                out.extend(self.walk(child) if not self.excluded(child) else self._reincluded(child))
-        return out
-
-    def _has_reincluded_children(self, rel: str) -> bool:
-        return any(r.negated and r.pattern.startswith(rel + "/") for r in self.rules)
-
-    def _reincluded(self, rel: str) -> list[str]:
-        out = []
-        base = os.path.join(self.root, rel)
-        if os.path.isdir(base) and not os.path.islink(base):
-            for name in sorted(os.listdir(base)):
-                child = f"{rel}/{name}"
-                out.extend(self.walk(child) if not self.excluded(child) else self._reincluded(child))
-        return out
+        if is_dir:
+            for name in sorted(os.listdir(full)):
+                self._walk(f"{rel}/{name}" if rel else name, out)
 
     def match(self, source: str) -> list[str]:
-        """The context paths a COPY source names (wildcards expanded), relative to the root."""
-        clean = os.path.normpath("/" + source).lstrip("/")
+        """The paths a COPY source names (symlinks in it followed, wildcards expanded), relative to
+        the root. A missing plain path is an error; a wildcard may match nothing, as in BuildKit."""
+        clean = clean_path("/" + source).lstrip("/")
         if not has_wildcards(clean):
-            full = os.path.join(self.root, clean)
-            if not os.path.lexists(full) or (clean and self.excluded(clean)):
-                raise SourceNotFound(f'failed to compute cache key: "/{clean}": not found')
-            return [clean]
-        regex = compile_pattern(clean)
-        depth = clean.count("/")
-        matches = [p for p in self.walk("") if p and p.count("/") == depth and regex.match(p)]
-        if not matches:
-            raise SourceNotFound(f'failed to compute cache key: no source files were specified matching "{source}"')
+            return [self._existing(clean)]
+        parts = clean.split("/")
+        first = next(i for i, p in enumerate(parts) if has_wildcards(p))
+        base = "/".join(parts[:first])
+        base_host = resolve_in_root(self.root, base) if base else self.root
+        matches: list[str] = []
+        if os.path.isdir(base_host):
+            pattern = go_match_regex("/".join(parts[first:]))
+            self._glob(base_host, "", _relative(self.root, base_host), pattern, len(parts) - first, matches)
         return matches
 
-    def checksum(self, sources: tuple[str, ...]) -> str:
-        """Digest of the content a COPY reads: paths, types, modes, sizes, file contents and link
-        targets — never mtimes or owners, so touching a file does not invalidate the cache."""
+    def _glob(self, host_dir: str, rel: str, base_rel: str, pattern: re.Pattern, depth: int, out: list[str]) -> None:
+        for name in sorted(os.listdir(host_dir)):
+            child = f"{rel}/{name}" if rel else name
+            full_rel = f"{base_rel}/{child}" if base_rel else child
+            host = os.path.join(host_dir, name)
+            is_dir = os.path.isdir(host) and not os.path.islink(host)
+            if self.hidden(full_rel, is_dir):
+                continue
+            if pattern.match(child):
+                out.append(full_rel)  # a matching directory is copied whole, not searched further
+            elif is_dir and child.count("/") + 1 < depth:
+                self._glob(host, child, base_rel, pattern, depth, out)
+
+    def _existing(self, clean: str) -> str:
+        if not clean:
+            return ""
+        host = resolve_in_root(self.root, clean)
+        rel = _relative(self.root, host)
+        if (not os.path.lexists(host) or self.excluded(clean)
+                or (rel and self.hidden(rel, os.path.isdir(host)))):
+            raise SourceNotFound(f'failed to compute cache key: "/{clean}": not found')
+        return clean
+
+    def resolve(self, rel: str) -> str:
+        """`rel` with every symlink in it followed (inside the root)."""
+        return _relative(self.root, resolve_in_root(self.root, rel))
+
+    # -- checksums
+    def checksum(self, sources: Sequence[str]) -> str:
+        """Digest of what a COPY reads: paths, types, modes, sizes, file contents and link targets.
+        Never mtimes or owners, so touching a file does not invalidate the cache."""
         h = hashlib.sha256()
         for source in sources:
-            for top in self.match(source):
-                h.update(b"source\0" + top.encode() + b"\0")
-                for rel in self.walk(top):
+            for name in self.match(source):
+                h.update(b"source\0" + name.encode() + b"\0")
+                for rel in self.walk(self.resolve(name)):
                     h.update(self._entry_digest(rel).encode())
         return "sha256:" + h.hexdigest()
 
     def _entry_digest(self, rel: str) -> str:
         full = os.path.join(self.root, rel)
         st = os.lstat(full)
-        key = f"{rel}\0{st.st_ino}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_mode}"
-        cached = self._checksums.get(key)
-        if cached:
+        key = (rel, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode)
+        cached = self._digests.get(key)
+        if cached is not None:
             return cached
-        h = hashlib.sha256()
-        h.update(f"{rel}\0{stat.S_IFMT(st.st_mode)}\0{stat.S_IMODE(st.st_mode):o}\0".encode())
+        h = hashlib.sha256(f"{rel}\0{stat.S_IFMT(st.st_mode)}\0{stat.S_IMODE(st.st_mode):o}\0".encode())
         if stat.S_ISREG(st.st_mode):
             h.update(str(st.st_size).encode() + b"\0")
             with open(full, "rb") as f:
@@ -192,5 +409,14 @@ class BuildContext:
         elif stat.S_ISLNK(st.st_mode):
             h.update(os.readlink(full).encode())
         digest = h.hexdigest()
-        self._checksums[key] = digest
+        self._digests[key] = digest
         return digest
+
+
+def split_parents(source: str) -> tuple[str, "PatternMatcher"]:
+    """COPY --parents SOURCE -> (the directory to copy from, what below it to include): the part
+    before "/./" is the pivot; without one the pivot is the root and the whole path the pattern."""
+    pivot, sep, pattern = source.partition("/./")
+    if not sep:
+        pivot, pattern = "/", source
+    return pivot, PatternMatcher([clean_path("/" + pattern).lstrip("/")])

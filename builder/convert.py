@@ -18,6 +18,8 @@ from builder.grammar import nodes
 from builder.grammar import Dockerfile
 from builder.image.config import Healthcheck, HistoryEntry, ImageConfig, RuntimeConfig
 from builder.llb import CopyAction, ExecOp, FileOp, ImageSource, LocalSource, MkdirAction, Vertex
+from builder.llb.ops import (BindMountSpec, CacheMountSpec, MountSpec, SSHMountSpec, TmpfsMountSpec)
+from builder.solver.mounts import MountSyntaxError, parse_mount, secret_spec, ssh_spec
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_SHELL = ("/bin/sh", "-c")
@@ -58,6 +60,7 @@ class Stage:
     args: dict[str, str] = field(default_factory=dict)
     base_ref: str | None = None          # normalised base image reference, if FROM an image
     cmd_set: bool = False                # a CMD in this stage stops ENTRYPOINT from clearing it
+    declared: list[str] = field(default_factory=list)   # ARG names in declaration order, set or not
 
     @property
     def display(self) -> str:
@@ -86,6 +89,39 @@ def platform_args(platform: str) -> dict[str, str]:
         values[prefix + "ARCH"] = arch
         values[prefix + "VARIANT"] = variant
     return values
+
+
+def go_list(items: Sequence[str]) -> str:
+    """Formats like Go's %v of a []string, which BuildKit uses in some history entries: [a b]."""
+    return "[" + " ".join(items) + "]"
+
+
+def go_duration(ns: int) -> str:
+    """Formats nanoseconds like Go's time.Duration.String(): 0s, 500ms, 1.5s, 1m30s, 1h0m0s."""
+    if ns == 0:
+        return "0s"
+    sign, ns = ("-", -ns) if ns < 0 else ("", ns)
+
+    def decimal(value: int, unit: int) -> str:
+        whole, fraction = divmod(value, unit)
+        if not fraction:
+            return str(whole)
+        return f"{whole}." + str(fraction).rjust(len(str(unit)) - 1, "0").rstrip("0")
+
+    if ns < 1_000:
+        return f"{sign}{ns}ns"
+    if ns < 1_000_000:
+        return f"{sign}{decimal(ns, 1_000)}µs"
+    if ns < 1_000_000_000:
+        return f"{sign}{decimal(ns, 1_000_000)}ms"
+    hours, rest = divmod(ns, 3600 * 10**9)
+    minutes, rest = divmod(rest, 60 * 10**9)
+    seconds = decimal(rest, 10**9) + "s"
+    if hours:
+        return f"{sign}{hours}h{minutes}m{seconds}"
+    if minutes:
+        return f"{sign}{minutes}m{seconds}"
+    return sign + seconds
 
 
 def go_quote_list(args: Sequence[str]) -> str:
@@ -215,7 +251,7 @@ class Converter:
             from_node, body = stage_nodes[index]
             refs = [expand_word(from_node.image, meta, self.escape)]
             for node in body:
-                if isinstance(node, (nodes.Copy, nodes.Add)) and node.from_:
+                if isinstance(node, nodes.Copy) and node.from_:
                     refs.append(expand_word(node.from_, meta, self.escape))
                 if isinstance(node, nodes.Run):
                     for mount in node.mounts:
@@ -242,7 +278,7 @@ class Converter:
                           steps=list(parent.steps), base_ref=parent.base_ref)
         elif from_node.image.lower() == "scratch":
             config = ImageConfig(os="linux", architecture=self.platform.split("/")[1],
-                                 config=RuntimeConfig(env=(f"PATH={DEFAULT_PATH}",)))
+                                 config=RuntimeConfig(env=(f"PATH={DEFAULT_PATH}",), working_dir="/"))
             stage = Stage(index, from_node.stage_name, None, config)
         else:
             ref, config = self.resolver.resolve_config(from_node.image, self.platform)
@@ -298,7 +334,7 @@ class Converter:
         if not isinstance(node, (nodes.Run, nodes.Cmd, nodes.Entrypoint, nodes.Shell, nodes.Healthcheck,
                                  nodes.Onbuild, nodes.Arg)):
             node = expand_instruction(node, self._expansion_env(stage), self.escape)
-        if isinstance(node, (nodes.Copy, nodes.Add)):
+        if isinstance(node, (nodes.Copy, nodes.Add, nodes.Run)):
             handler(stage, node, label, stages, stage_nodes)
         elif isinstance(node, nodes.Arg):
             handler(stage, node, global_args)
@@ -324,24 +360,90 @@ class Converter:
         return self._shell(stage) + (command.text,)
 
     # -- instructions
-    def _do_run(self, stage: Stage, node: nodes.Run, label: str) -> None:
+    def _do_run(self, stage: Stage, node: nodes.Run, label: str, stages=None, stage_nodes=()) -> None:
         run_node = expand_instruction(node, self._expansion_env(stage), self.escape)
-        if run_node.mounts:
-            raise self._error("RUN --mount is not supported yet", node)
         args = self._command_args(stage, self._with_heredocs(run_node))
         config = stage.config.config
+        cwd = config.working_dir or "/"
+        specs, mount_inputs = self._run_mounts(stage, run_node, cwd, stages or {}, stage_nodes)
+        env = self._run_env(stage)
+        ssh = [m for m in specs if isinstance(m, SSHMountSpec)]
+        if ssh and not any(e.partition("=")[0] == "SSH_AUTH_SOCK" for e in env):
+            env += (f"SSH_AUTH_SOCK={ssh[0].target}",)  # as BuildKit: the first agent is the default
         op = ExecOp(
             args=args,
-            env=self._run_env(stage),
-            cwd=config.working_dir or "/",
+            env=env,
+            cwd=cwd,
             user=config.user,
-            network=run_node.network or "none",
+            # "default" is the builder's own choice; there is no network to give here.
+            network="host" if run_node.network == "host" else "none",
+            mounts=specs,
         )
-        vertex = Vertex(op, (stage.vertex,))
-        self._layer(stage, vertex, label, f"RUN {node.command.text if isinstance(node.command, nodes.ShellCommand) else ' '.join(args)}")
-        recorded = [f"{k}={v}" for k, v in sorted(stage.args.items()) if k not in PROXY_ARGS]
+        vertex = Vertex(op, (stage.vertex, *mount_inputs))
+        flags = "".join(f"{flag} " for flag in node.flags)
+        self._layer(stage, vertex, label, f"RUN {flags}{node.command.text if isinstance(node.command, nodes.ShellCommand) else ' '.join(args)}")
+        recorded = self._history_args(stage)
         prefix = f"|{len(recorded)} {' '.join(recorded)} " if recorded else ""
         self._history(stage, f"RUN {prefix}{' '.join(args)} # buildkit", vertex)
+
+    @staticmethod
+    def _history_args(stage: Stage) -> list[str]:
+        """BuildKit's `RUN |N K=V ...` prefix: every ARG of the stage in declaration order, an
+        unset one as `K=`, and the environment's value where an ENV of the same name wins."""
+        env = _env_map(stage.config.config.env)
+        return [f"{name}={env.get(name, stage.args.get(name, ''))}" for name in stage.declared
+                if name not in PROXY_ARGS]
+
+    def _run_mounts(self, stage: Stage, node: nodes.Run, cwd: str, stages, stage_nodes):
+        """The mount specs of a RUN and the extra vertex inputs they read (input 0 is the root)."""
+        inputs: list[Vertex | None] = []
+        specs: list[MountSpec] = []
+
+        def input_index(vertex: Vertex | None) -> int:
+            if vertex not in inputs:  # one input per distinct source
+                inputs.append(vertex)
+            return inputs.index(vertex) + 1
+
+        for value in node.mounts:
+            try:
+                mount = parse_mount(value)
+                if mount.type == "secret":
+                    specs.append(secret_spec(mount))
+                    continue
+                if mount.type == "ssh":
+                    specs.append(ssh_spec(mount, sum(isinstance(s, SSHMountSpec) for s in specs)))
+                    continue
+            except MountSyntaxError as exc:
+                raise self._error(str(exc), node) from None
+            target = posixpath.normpath(posixpath.join(cwd, mount.target))
+            if target == "/":
+                raise self._error(f'invalid mount target "{target}"', node)
+            path = posixpath.normpath(posixpath.join("/", mount.source))
+            if mount.type == "tmpfs":
+                specs.append(TmpfsMountSpec(target, mount.size))
+            elif mount.type == "cache":
+                source = (input_index(self._mount_source(stage, node, mount, target, stages, stage_nodes))
+                          if mount.from_ else None)
+                specs.append(CacheMountSpec(
+                    target, id=mount.id or target, sharing=mount.sharing or "shared", source=source,
+                    path=path, mode=0o755 if mount.mode is None else mount.mode, uid=mount.uid or 0,
+                    gid=mount.gid or 0, readonly=mount.readonly))
+            else:
+                source_vertex = (self._mount_source(stage, node, mount, target, stages, stage_nodes)
+                                 if mount.from_ else self.context)
+                specs.append(BindMountSpec(target, input_index(source_vertex), path, mount.readonly))
+        return tuple(specs), tuple(inputs)
+
+    def _mount_source(self, stage: Stage, node, mount, target: str, stages, stage_nodes) -> Vertex | None:
+        """`from=`: an earlier stage (by name or index) or an image."""
+        index = self._stage_lookup(stage_nodes, mount.from_, stage.index)
+        if index is not None:
+            return stages[index].vertex
+        if self._stage_lookup(stage_nodes, mount.from_, len(stage_nodes)) is not None:
+            raise self._error(f'cannot mount from stage "{mount.from_}" to "{target}", stage needs to be '
+                              "defined before current command", node)
+        ref, _config = self.resolver.resolve_config(mount.from_, self.platform)
+        return Vertex(ImageSource(ref, self.platform))
 
     def _with_heredocs(self, node: nodes.Run):
         """A RUN whose command is only a heredoc runs that heredoc as the script; otherwise the
@@ -356,46 +458,152 @@ class Converter:
             body += "\n" + doc.content.rstrip("\n") + "\n" + doc.name
         return nodes.ShellCommand(body)
 
-    def _copy_source(self, stage: Stage, node, stages, stage_nodes) -> tuple[Vertex | None, str]:
-        if not node.from_:
-            return self.context, ""
-        index = self._stage_lookup(stage_nodes, node.from_, stage.index)
+    def _copy_source(self, stage: Stage, node, stages, stage_nodes) -> Vertex | None:
+        """What COPY reads local paths from: the context, an earlier stage, or an image."""
+        from_ = getattr(node, "from_", None)
+        if not from_:
+            return self.context
+        index = self._stage_lookup(stage_nodes, from_, stage.index)
         if index is not None:
-            return stages[index].vertex, f"--from={node.from_} "
-        ref, _config = self.resolver.resolve_config(node.from_, self.platform)
-        return Vertex(ImageSource(ref, self.platform)), f"--from={node.from_} "
+            return stages[index].vertex
+        ref, _config = self.resolver.resolve_config(from_, self.platform)
+        return Vertex(ImageSource(ref, self.platform))
 
     def _dest(self, stage: Stage, dest: str) -> str:
+        """BuildKit's pathRelativeToWorkingDir: absolute, a trailing '/' (or '/.') kept; '' and '.'
+        are the working directory itself."""
         workdir = stage.config.config.working_dir or "/"
-        trailing = dest.endswith("/") or dest in (".", "..") or dest.endswith("/.")
+        trailing = dest.endswith("/") or dest in ("", ".") or dest.endswith("/.")
         path = posixpath.normpath(posixpath.join(workdir, dest))
         return path + "/" if trailing and path != "/" else path
 
     def _do_copy(self, stage: Stage, node, label: str, stages, stage_nodes) -> None:
-        if node.heredocs:
-            raise self._error(f"{node.keyword} with a heredoc is not supported yet", node)
-        source, from_text = self._copy_source(stage, node, stages, stage_nodes)
-        action = CopyAction(
-            source=1,
-            paths=tuple(node.sources),
-            dest=self._dest(stage, node.dest),
-            chown=node.chown or "",
-            chmod=node.chmod or "",
-            extract_archives=isinstance(node, nodes.Add),
-            exclude=tuple(node.exclude or ()),
-        )
-        vertex = Vertex(FileOp((action,)), (stage.vertex, source))
-        text = f"{node.keyword} {from_text}{' '.join(node.sources)} {node.dest}"
-        self._layer(stage, vertex, label, text)
-        self._history(stage, f"{text} # buildkit", vertex)
+        self._transfer(stage, node, label, stages, stage_nodes)
 
-    _do_add = _do_copy
+    def _do_add(self, stage: Stage, node, label: str, stages, stage_nodes) -> None:
+        self._transfer(stage, node, label, stages, stage_nodes)
+
+    def _transfer(self, stage: Stage, node, label: str, stages, stage_nodes) -> None:
+        """COPY and ADD as BuildKit's dispatchCopy: one copy action per source (local paths from
+        the context, a stage or an image; URLs; heredoc files), into one layer. With --link the
+        actions copy into an empty tree whose layer is then stacked on the stage (a MergeOp), so
+        the layer and its cache key do not depend on what is below it."""
+        from builder.llb.ops import HttpSource, InlineFile, MergeOp
+        from builder.solver.fileops import ModeSpec, chown_names
+        from builder.solver.http import url_filename
+
+        is_add = isinstance(node, nodes.Add)
+        self._check_transfer_flags(node, is_add)
+        if node.chmod:
+            try:
+                ModeSpec.parse(node.chmod)
+            except ValueError as error:
+                raise self._error(str(error), node) from None
+        # BuildKit copies with --link only without --chmod (it falls back to a plain copy).
+        link = node.link and not node.chmod
+        if link and node.chown and chown_names(node.chown):
+            raise self._error(f"--chown={node.chown} uses a user or group name, which --link cannot look up "
+                              "(the copy does not see the stage's /etc/passwd): use numeric ids", node)
+        common = dict(dest=self._dest(stage, node.dest), chown=node.chown or "", chmod=node.chmod or "",
+                      exclude=tuple(node.exclude))
+        unpack = node.unpack if is_add and node.unpack is not None else is_add
+        name = f"{label} {self._transfer_display(stage, node)}"
+        inputs: list[Vertex | None] = [None if link else stage.vertex]
+        actions: list[CopyAction] = []
+        local_index = None
+        for src in node.sources:
+            if self._is_url(src):
+                filename = url_filename(src)
+                inputs.append(Vertex(HttpSource(src, filename, node.checksum or "")))
+                self.names.setdefault(inputs[-1].digest, name)  # its fetch errors name the step
+                actions.append(CopyAction(source=len(inputs) - 1, paths=(filename,),
+                                          extract_archives=bool(is_add and node.unpack), **common))
+                continue
+            if local_index is None:
+                inputs.append(self._copy_source(stage, node, stages, stage_nodes))
+                local_index = len(inputs) - 1
+            previous = actions[-1] if actions else None
+            if previous is not None and previous.source == local_index:  # consecutive paths: one action
+                actions[-1] = replace(previous, paths=previous.paths + (src,))
+            else:
+                actions.append(CopyAction(source=local_index, paths=(src,), extract_archives=unpack,
+                                          parents=bool(getattr(node, "parents", False)), **common))
+        for doc in node.heredocs:
+            inputs.append(Vertex(InlineFile(doc.name, doc.data)))
+            actions.append(CopyAction(source=len(inputs) - 1, paths=(doc.name,), **common))
+
+        vertex = Vertex(FileOp(tuple(actions)), tuple(inputs))
+        self.names.setdefault(vertex.digest, name)
+        if link and stage.vertex is not None:
+            stage.vertex = Vertex(MergeOp(), (stage.vertex, vertex))
+        else:
+            stage.vertex = vertex
+        self._history(stage, self._transfer_history(node) + " # buildkit", stage.vertex)
+
+    def _check_transfer_flags(self, node, is_add: bool) -> None:
+        for src in node.sources:
+            if self._is_git(src):
+                raise self._error(f"{node.keyword} from a git repository is not supported yet", node)
+            if self._is_url(src) and not is_add:
+                raise self._error("source can't be a URL for COPY", node)
+        checksum = getattr(node, "checksum", None)
+        if not checksum:
+            return
+        if len(node.sources) != 1:
+            raise self._error("checksum can't be specified for multiple sources", node)
+        if not self._is_url(node.sources[0]):
+            raise self._error("checksum requires HTTP(S) or Git sources", node)
+        algorithm, sep, hex_ = checksum.partition(":")
+        if not sep or algorithm != "sha256":
+            raise self._error(f"unsupported digest algorithm: {checksum}", node)
+        if len(hex_) != 64 or any(c not in "0123456789abcdef" for c in hex_):
+            raise self._error(f"invalid checksum digest format: {checksum}", node)
+
+    def _transfer_display(self, stage: Stage, node) -> str:
+        """The progress name, as BuildKit prints it: the instruction's first line, variables
+        expanded, the keyword upper-cased."""
+        text = node.original.split("\n", 1)[0]
+        from builder.errors import BuildError
+
+        try:
+            text = expand_word(text, self._expansion_env(stage), self.escape)
+        except BuildError:
+            pass
+        keyword, _, rest = text.partition(" ")
+        return f"{keyword.upper()} {rest}".rstrip()
+
+    @staticmethod
+    def _is_url(src: str) -> bool:
+        return src.startswith(("http://", "https://"))
+
+    @classmethod
+    def _is_git(cls, src: str) -> bool:
+        """A git source of ADD (not fetched yet): git@, git:// and ssh:// addresses, and http(s)
+        URLs of a repository ending in .git (optionally with a #ref)."""
+        if src.startswith(("git@", "git://", "ssh://")):
+            return True
+        return cls._is_url(src) and src.partition("#")[0].rstrip("/").endswith(".git")
+
+    @staticmethod
+    def _transfer_history(node) -> str:
+        """BuildKit's commit message: the keyword, --parents, --chown, --chmod, sources, heredocs
+        as <<NAME, and the destination as written (--from, --link and --exclude are not in it)."""
+        words = [node.keyword]
+        if getattr(node, "parents", False):
+            words.append("--parents")
+        if node.chown:
+            words.append(f"--chown={node.chown}")
+        if node.chmod:
+            words.append(f"--chmod={node.chmod}")
+        words += list(node.sources) + [f"<<{doc.name}" for doc in node.heredocs] + [node.dest]
+        return " ".join(words)
 
     def _do_workdir(self, stage: Stage, node: nodes.Workdir, label: str) -> None:
         current = stage.config.config.working_dir or "/"
         path = posixpath.normpath(posixpath.join(current, node.path))
         self._config(stage, working_dir=path)
-        vertex = Vertex(FileOp((MkdirAction(path, 0o755, ""),)), (stage.vertex,))
+        # Created as the current USER, as BuildKit does.
+        vertex = Vertex(FileOp((MkdirAction(path, 0o755, stage.config.config.user),)), (stage.vertex,))
         self._layer(stage, vertex, label, f"WORKDIR {path}")
         self._history(stage, f"WORKDIR {path}", vertex)
 
@@ -422,6 +630,8 @@ class Converter:
                 value = self.auto_args[decl.name]
             else:
                 value = None
+            if decl.name not in stage.declared:
+                stage.declared.append(decl.name)
             if value is not None:
                 stage.args[decl.name] = value
                 recorded.append(f"{decl.name}={value}")
@@ -444,12 +654,12 @@ class Converter:
         new = [p for port in node.ports for p in _normalise_port(port)]
         ports.update(new)
         self._config(stage, exposed_ports=tuple(sorted(ports)))
-        self._history(stage, "EXPOSE " + " ".join(new))
+        self._history(stage, "EXPOSE " + go_list(new))
 
     def _do_volume(self, stage: Stage, node: nodes.Volume, label: str) -> None:
         volumes = set(stage.config.config.volumes) | set(node.paths)
         self._config(stage, volumes=tuple(sorted(volumes)))
-        self._history(stage, "VOLUME " + go_quote_list(node.paths))
+        self._history(stage, "VOLUME " + go_list(node.paths))
 
     def _do_user(self, stage: Stage, node: nodes.User, label: str) -> None:
         self._config(stage, user=node.user)
@@ -475,7 +685,7 @@ class Converter:
 
     def _do_shell(self, stage: Stage, node: nodes.Shell, label: str) -> None:
         self._config(stage, shell=tuple(node.args))
-        self._history(stage, "SHELL " + go_quote_list(node.args))
+        self._history(stage, "SHELL " + go_list(node.args))
 
     def _do_healthcheck(self, stage: Stage, node: nodes.Healthcheck, label: str) -> None:
         if node.command is None:
@@ -489,12 +699,14 @@ class Converter:
                                 start_period=node.start_period, start_interval=node.start_interval,
                                 retries=node.retries)
         self._config(stage, healthcheck=check)
-        self._history(stage, "HEALTHCHECK " + (go_quote_list(check.test) if node.command is not None else "NONE"))
+        # BuildKit records Go's %+v of its healthcheck struct.
+        self._history(stage, f"HEALTHCHECK {{Test:{go_list(check.test)} Interval:{go_duration(check.interval)} "
+                             f"Timeout:{go_duration(check.timeout)} StartPeriod:{go_duration(check.start_period)} "
+                             f"StartInterval:{go_duration(check.start_interval)} Retries:{check.retries}}}")
 
     def _do_onbuild(self, stage: Stage, node: nodes.Onbuild, label: str) -> None:
-        trigger = node.trigger.original
-        self._config(stage, on_build=stage.config.config.on_build + (trigger,))
-        self._history(stage, f"ONBUILD {trigger}")
+        # Recorded in the config only: BuildKit adds no history entry for ONBUILD.
+        self._config(stage, on_build=stage.config.config.on_build + (node.trigger.original,))
 
     # -- graph
     def _topological(self, final: Vertex | None) -> tuple[Vertex, ...]:

@@ -10,8 +10,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
+import shutil
+import stat
+import tempfile
+from typing import Iterator
 
 from builder.cache.blobs import BlobStore
 from builder.cache.records import CacheRecords
@@ -65,3 +70,63 @@ class Store:
         if self._lock_file is not None:
             self._lock_file.close()
             self._lock_file = None
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator["Store"]:
+        """The root to oneself (waits for running builds): what deleting anything needs."""
+        self.acquire(shared=False)
+        try:
+            yield self
+        finally:
+            self.release()
+
+    # --- what garbage collection needs: snapshots by directory name ---
+
+    def snapshot_key(self, chain_id: str) -> str:
+        """The directory name under ROOT/snapshots/ of CHAIN_ID's snapshot."""
+        return os.path.basename(self.snapshots.path(chain_id))
+
+    def snapshot_keys(self) -> list[str]:
+        """Every committed snapshot's directory name (chain IDs are not recoverable from them)."""
+        directory = os.path.join(self.root, "snapshots")
+        return sorted(name for name in os.listdir(directory) if os.path.isdir(os.path.join(directory, name)))
+
+    def snapshot_entries(self) -> list[str]:
+        """Every name under ROOT/snapshots/, directories or not (fsck looks for strays)."""
+        return sorted(os.listdir(os.path.join(self.root, "snapshots")))
+
+    def snapshot_size(self, key: str) -> int:
+        return tree_size(os.path.join(self.root, "snapshots", key))
+
+    def remove_snapshot(self, key: str) -> None:
+        """Delete snapshot KEY; call only with the root held exclusively. It is renamed away first,
+        so a crash midway never leaves a half-deleted directory that looks like a snapshot."""
+        path = os.path.join(self.root, "snapshots", key)
+        if not os.path.lexists(path):
+            return
+        if not os.path.isdir(path) or os.path.islink(path):
+            os.unlink(path)
+            return
+        trash = tempfile.mkdtemp(prefix="remove-", dir=os.path.join(self.root, "snapshots.tmp"))
+        os.rename(path, os.path.join(trash, "fs"))
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+def tree_size(path: str) -> int:
+    """Bytes of file content under PATH as `docker system df` counts them: regular files and
+    symlinks by their size, each hard-linked inode once, directories not at all."""
+    total, seen = 0, set()
+    for dirpath, dirnames, filenames in os.walk(path):
+        for name in dirnames + filenames:
+            try:
+                st = os.lstat(os.path.join(dirpath, name))
+            except FileNotFoundError:
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                continue
+            if st.st_nlink > 1:
+                if (st.st_dev, st.st_ino) in seen:
+                    continue
+                seen.add((st.st_dev, st.st_ino))
+            total += st.st_size
+    return total

@@ -9,18 +9,18 @@ from tests.support.rootfs import GROUP, PASSWD
 
 
 def test_empty_user_is_root_with_its_home():
-    assert resolve_user("", PASSWD, GROUP) == ExecUser(uid=0, gid=0, groups=(0,), home="/root")
+    assert resolve_user("", PASSWD, GROUP) == ExecUser(uid=0, gid=0, groups=(), home="/root")
 
 
 def test_root_without_passwd_file():
-    assert resolve_user("", None, None) == ExecUser(0, 0, (0,), "/root")
-    assert resolve_user("root", None, None) == ExecUser(0, 0, (0,), "/root")
+    assert resolve_user("", None, None) == ExecUser(0, 0, (), "/root")
+    assert resolve_user("root", None, None) == ExecUser(0, 0, (), "/root")
 
 
 def test_name_gets_primary_and_supplementary_groups():
     user = resolve_user("app", PASSWD, GROUP)
     assert (user.uid, user.gid, user.home) == (1000, 1000, "/home/app")
-    assert user.groups == (1000, 100)  # primary first, then "users" which lists app
+    assert user.groups == (100,)  # only "users", which lists app: runc's setgroups, as BuildKit measured
 
 
 def test_numeric_uid_found_in_passwd_uses_its_entry():
@@ -28,12 +28,12 @@ def test_numeric_uid_found_in_passwd_uses_its_entry():
 
 
 def test_numeric_uid_missing_from_passwd_gets_gid_0_and_root_dir_home():
-    assert resolve_user("4242", PASSWD, GROUP) == ExecUser(4242, 0, (0,), "/")
+    assert resolve_user("4242", PASSWD, GROUP) == ExecUser(4242, 0, (), "/")
 
 
 def test_explicit_group_by_name_or_number_drops_supplementary_groups():
-    assert resolve_user("app:users", PASSWD, GROUP) == ExecUser(1000, 100, (100,), "/home/app")
-    assert resolve_user("1000:4242", PASSWD, GROUP) == ExecUser(1000, 4242, (4242,), "/home/app")
+    assert resolve_user("app:users", PASSWD, GROUP) == ExecUser(1000, 100, (), "/home/app")
+    assert resolve_user("1000:4242", PASSWD, GROUP) == ExecUser(1000, 4242, (), "/home/app")
     assert resolve_user("nobody:nogroup", PASSWD, GROUP).gid == 65534
 
 

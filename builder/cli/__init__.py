@@ -2,6 +2,20 @@
 
     build-image [build] [OPTIONS] CONTEXT      build an image (docker build's flags)
     build-image parse [-f FILE]                print a Dockerfile's instructions as JSON
+    build-image images [-q] [--digests] [--filter F]   list images
+    build-image tag SOURCE TARGET              name an image
+    build-image rmi [-f] IMAGE...              remove names, and images nothing names
+    build-image inspect IMAGE...               an image's config and layers as JSON
+    build-image history [--no-trunc] IMAGE     the steps that made an image
+    build-image save [-o FILE] [--format docker|oci] IMAGE...   images to a tar archive
+    build-image load [-i FILE]                 images from a docker or OCI archive
+    build-image import FILE|- [NAME] [-c CHANGE]   a root filesystem tar as an image
+    build-image export -o FILE IMAGE           an image's flattened root filesystem as a tar
+    build-image pull NAME / push NAME          to and from registries
+    build-image login [-u USER] SERVER / logout SERVER   registry credentials
+    build-image prune [-a] [--cache] [-f]      remove dangling images, unused blobs and snapshots
+    build-image df                             disk usage of the store
+    build-image fsck [--repair]                verify every blob and reference
 """
 
 from __future__ import annotations
@@ -11,8 +25,15 @@ import sys
 
 def _commands() -> dict:
     from builder.cli import build, parse
+    from builder.cli import images
 
-    return {"build": build.cmd_build, "parse": parse.cmd_parse}
+    return {"build": build.cmd_build, "parse": parse.cmd_parse,
+            "images": images.cmd_images, "tag": images.cmd_tag, "rmi": images.cmd_rmi,
+            "inspect": images.cmd_inspect, "history": images.cmd_history,
+            "save": images.cmd_save, "load": images.cmd_load, "import": images.cmd_import,
+            "export": images.cmd_export, "pull": images.cmd_pull, "push": images.cmd_push,
+            "login": images.cmd_login, "logout": images.cmd_logout,
+            "prune": images.cmd_prune, "df": images.cmd_df, "fsck": images.cmd_fsck}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,8 +27,37 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--platform", default="linux/amd64", help="target platform (default linux/amd64)")
     p.add_argument("--root", help="store root (default: $BUILD_IMAGE_ROOT or ~/.local/share/build-image)")
     p.add_argument("--insecure-registry", action="append", default=[], help="use plain HTTP for this registry")
+    p.add_argument("--secret", action="append", default=[], type=_flag_value(_secret_source),
+                   metavar="id=ID[,src=FILE|,env=VAR]", help="a secret RUN --mount=type=secret can read")
+    p.add_argument("--ssh", action="append", default=[], type=_flag_value(_ssh_source),
+                   metavar="default|ID=SOCKET", help="an SSH agent socket RUN --mount=type=ssh forwards "
+                   "(default: $SSH_AUTH_SOCK)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
+
+
+def _flag_value(parse):
+    """An argparse type: a malformed value is a usage error naming the flag."""
+    from builder.errors import BuildError
+
+    def convert(text: str):
+        try:
+            return parse(text)
+        except BuildError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+    return convert
+
+
+def _secret_source(text: str):
+    from builder.solver.mounts import SecretSource
+
+    return SecretSource.parse(text)
+
+
+def _ssh_source(text: str):
+    from builder.solver.mounts import SSHSource
+
+    return SSHSource.parse(text)
 
 
 def _build_args(values: list[str]) -> dict[str, str]:
@@ -63,6 +92,8 @@ def cmd_build(argv: list[str]) -> int:
         root=ns.root,
         platform=ns.platform,
         insecure_registries=tuple(ns.insecure_registry),
+        secrets=tuple(ns.secret),
+        ssh=tuple(ns.ssh),
     )
     return run_command(lambda: _report_build(build(options, progress), quiet), ns.debug)
 

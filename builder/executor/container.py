@@ -56,9 +56,10 @@ from typing import NoReturn
 
 from builder.errors import BuildError, SolveError
 from builder.executor import linux
-from builder.executor.mounts import (MountStub, make_mountpoint, mount_dev, mount_proc, mount_sys,
-                                     remove_stubs, restrict_proc)
-from builder.executor.spec import (DEFAULT_PATH, BindMount, OutputCallback, ProcessSpec, RootFS)
+from builder.executor.mounts import (MountStub, layered_mount_fd, make_mountpoint, mount_dev, mount_proc,
+                                     mount_sys, mount_tmpfs, remove_stubs, restrict_proc, secret_file_fds)
+from builder.executor.spec import (DEFAULT_PATH, BindMount, LayeredMount, Mount, OutputCallback, ProcessSpec,
+                                   RootFS, SecretFile, TmpfsMount)
 from builder.executor.users import UserNotFound, resolve_user
 from builder.snapshot.overlay import clone_tree, mount_overlay, move_mount
 
@@ -104,8 +105,9 @@ class _Plan:
 
     rootfs: RootFS
     process: ProcessSpec
-    binds: tuple[tuple[BindMount, bool], ...]   # (mount, source is a directory)
-    runtime_dir: str                            # scratch: root/ (mount point), empty/, hosts, resolv.conf
+    mounts: tuple[tuple[Mount, bool], ...]      # (mount, a BindMount's source is a directory)
+    runtime_dir: str                            # scratch: root/ (mount point), empty/, hosts, resolv.conf,
+                                                # view-N/ (LayeredMount N), secrets/
     env: tuple[tuple[str, str], ...]            # the process env without HOME defaulted
     caller_pid: int
     cap_last: int
@@ -115,9 +117,13 @@ class _Plan:
         return os.path.join(self.runtime_dir, "root")
 
     @property
+    def empty_dir(self) -> str:
+        return os.path.join(self.runtime_dir, "empty")
+
+    @property
     def lowerdirs(self) -> tuple[str, ...]:
         # FROM scratch: overlay needs a lower dir, an empty one gives an empty root.
-        return self.rootfs.lowerdirs or (os.path.join(self.runtime_dir, "empty"),)
+        return self.rootfs.lowerdirs or (self.empty_dir,)
 
 
 class NamespaceExecutor:
@@ -135,14 +141,14 @@ class NamespaceExecutor:
 
     # ---- run ---------------------------------------------------------------------------------
 
-    def run(self, rootfs: RootFS, process: ProcessSpec, mounts: Sequence[BindMount] = (),
+    def run(self, rootfs: RootFS, process: ProcessSpec, mounts: Sequence[Mount] = (),
             output: OutputCallback | None = None) -> int:
-        _validate(process)
-        binds = tuple((m, _bind_source_is_dir(m)) for m in mounts)
-        runtime_dir = self._make_runtime_dir(rootfs, process)
+        _validate(process, mounts)
+        planned = tuple((m, isinstance(m, BindMount) and _bind_source_is_dir(m)) for m in mounts)
+        runtime_dir = self._make_runtime_dir(rootfs, process, mounts)
         stubs: list[MountStub] = []
         try:
-            plan = _Plan(rootfs, process, binds, runtime_dir, _base_env(process.env),
+            plan = _Plan(rootfs, process, planned, runtime_dir, _base_env(process.env),
                          os.getpid(), self._cap_last)
             return _run_container(plan, output, stubs, self._running)
         finally:
@@ -150,12 +156,16 @@ class NamespaceExecutor:
             remove_stubs(rootfs.upperdir, stubs, rootfs.lowerdirs)
             shutil.rmtree(runtime_dir, ignore_errors=True)
 
-    def _make_runtime_dir(self, rootfs: RootFS, process: ProcessSpec) -> str:
+    def _make_runtime_dir(self, rootfs: RootFS, process: ProcessSpec, mounts: Sequence[Mount]) -> str:
         runtime_dir = tempfile.mkdtemp(prefix="build-image-run-", dir=self._runtime_root)
         try:
             os.mkdir(os.path.join(runtime_dir, "root"))
-            if not rootfs.lowerdirs:
-                os.mkdir(os.path.join(runtime_dir, "empty"))
+            os.mkdir(os.path.join(runtime_dir, "empty"))
+            for i, mount in enumerate(mounts):
+                if isinstance(mount, LayeredMount):
+                    os.mkdir(os.path.join(runtime_dir, f"view-{i}"))
+            if any(isinstance(m, SecretFile) for m in mounts):
+                os.mkdir(os.path.join(runtime_dir, "secrets"))
             _write(os.path.join(runtime_dir, "hosts"),
                    f"127.0.0.1\tlocalhost {process.hostname}\n"
                    "::1\tlocalhost ip6-localhost ip6-loopback\n")
@@ -206,13 +216,16 @@ class NamespaceExecutor:
 
 # ---- parent side ---------------------------------------------------------------------------
 
-def _validate(process: ProcessSpec) -> None:
+def _validate(process: ProcessSpec, mounts: Sequence[Mount]) -> None:
     if not process.args:
         raise SolveError("cannot run a process with an empty command")
     if process.network not in ("none", "host"):
         raise SolveError(f'network mode "{process.network}" is not supported (use none or host)')
     if not process.cwd.startswith("/"):
         raise SolveError(f'working directory "{process.cwd}" must be absolute')
+    for mount in mounts:
+        if not mount.target.startswith("/") or mount.target.strip("/") == "":
+            raise SolveError(f'invalid mount target "{mount.target}"')
 
 
 def _bind_source_is_dir(mount: BindMount) -> bool:
@@ -515,7 +528,7 @@ def _enter_root(plan: _Plan, stubs: list[MountStub], status_w: int) -> None:
     # Host paths, resolved while the host is still visible; attached after pivot_root.
     hosts = clone_tree(os.path.join(plan.runtime_dir, "hosts"), readonly=True)
     resolv = clone_tree(os.path.join(plan.runtime_dir, "resolv.conf"), readonly=True)
-    binds = [(m, is_dir, clone_tree(m.source, readonly=m.readonly)) for m, is_dir in plan.binds]
+    attachments = _detached_mounts(plan)
 
     os.chdir(plan.merged_dir)
     linux.pivot_root(".", ".")
@@ -529,12 +542,37 @@ def _enter_root(plan: _Plan, stubs: list[MountStub], status_w: int) -> None:
     for path, fd in (("/etc/hosts", hosts), ("/etc/resolv.conf", resolv)):
         move_mount(fd, make_mountpoint(path, False, stubs))
         os.close(fd)
-    for mount, is_dir, fd in binds:
-        move_mount(fd, make_mountpoint(mount.target, is_dir, stubs))
-        os.close(fd)
+    # By target, as BuildKit does, so that a mount can sit inside another one.
+    for target, fd, is_dir, tmpfs_size in sorted(attachments, key=lambda a: a[0]):
+        mountpoint = make_mountpoint(target, is_dir, stubs)
+        if fd is None:
+            mount_tmpfs(mountpoint, tmpfs_size)
+        else:
+            move_mount(fd, mountpoint)
+            os.close(fd)
     # Everything taken from the scratch dir is attached now (a detached clone of a file that is
     # unlinked can no longer be attached): the parent may delete it.
     _send(status_w, _SCRATCH_RELEASED)
+
+
+def _detached_mounts(plan: _Plan) -> list[tuple[str, int | None, bool, int]]:
+    """(target, detached mount fd or None for a tmpfs, is a directory, tmpfs size) per mount,
+    made while host paths are still visible (before pivot_root)."""
+    attachments: list[tuple[str, int | None, bool, int]] = []
+    secrets = [m for m, _ in plan.mounts if isinstance(m, SecretFile)]
+    if secrets:
+        fds = secret_file_fds(secrets, os.path.join(plan.runtime_dir, "secrets"))
+        attachments += [(s.target, fd, False, 0) for s, fd in zip(secrets, fds)]
+    for i, (mount, is_dir) in enumerate(plan.mounts):
+        if isinstance(mount, BindMount):
+            attachments.append((mount.target, clone_tree(mount.source, readonly=mount.readonly), is_dir, 0))
+        elif isinstance(mount, LayeredMount):
+            view = os.path.join(plan.runtime_dir, f"view-{i}")
+            fd, is_dir = layered_mount_fd(mount, view, plan.empty_dir)
+            attachments.append((mount.target, fd, is_dir, 0))
+        elif isinstance(mount, TmpfsMount):
+            attachments.append((mount.target, None, True, mount.size))
+    return attachments
 
 
 def _read_text(path: str) -> str | None:

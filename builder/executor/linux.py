@@ -37,6 +37,9 @@ PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_CLEAR_ALL = 4
 
 SYS_PIVOT_ROOT = 155
+SYS_OPENAT2 = 437
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_IN_ROOT = 0x10
 SYS_CAPSET = 126
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
@@ -80,6 +83,23 @@ def umount2(target: str, flags: int = 0) -> None:
 
 def pivot_root(new_root: str, put_old: str) -> None:
     syscall("pivot_root", SYS_PIVOT_ROOT, new_root, put_old)
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+
+def open_in_root(root_fd: int, path: str) -> int:
+    """An O_PATH descriptor for PATH resolved as if ROOT_FD were "/": absolute symlinks and ".."
+    stay inside it (openat2 with RESOLVE_IN_ROOT), so a tree's own links cannot reach the host."""
+    how = _OpenHow(os.O_PATH | os.O_CLOEXEC, 0, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)
+    relative = path.strip("/") or "."
+    ret = _libc.syscall(ctypes.c_long(SYS_OPENAT2), ctypes.c_long(root_fd), ctypes.c_char_p(os.fsencode(relative)),
+                        ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how)))
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), path)
+    return ret
 
 
 def sethostname(name: str) -> None:

@@ -1,4 +1,4 @@
-"""The container's file system view: /proc, /dev, /sys, bind mounts, and their mount points.
+"""The container's file system view: /proc, /dev, /sys, RUN --mount mounts, and their mount points.
 
 Everything except ``remove_stubs`` runs inside the container's init after ``pivot_root``, so
 every container path (symlinks included) resolves inside the container and never on the host.
@@ -12,14 +12,19 @@ add empty /proc or /etc/hosts entries to its layer (BuildKit cleans up the same 
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from builder.executor.linux import (MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY,
-                                    MS_REC, MS_REMOUNT, mount)
+from builder.executor.linux import (MNT_DETACH, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY,
+                                    MS_REC, MS_REMOUNT, mount, open_in_root, umount2)
+from builder.executor.spec import LayeredMount, SecretFile
+from builder.snapshot.overlay import (AT_EMPTY_PATH, AT_RECURSIVE, MOUNT_ATTR_RDONLY, OPEN_TREE_CLOEXEC,
+                                      OPEN_TREE_CLONE, SYS_MOUNT_SETATTR, SYS_OPEN_TREE, clone_tree,
+                                      move_mount, overlay_mount_fd, syscall)
 
 _DEVICES = (("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9),
             ("tty", 5, 0))
@@ -49,6 +54,89 @@ class MountStub:
     def decode(cls, raw: bytes) -> MountStub:
         kind, atime, mtime, after, path = os.fsdecode(raw).split("\t", 4)
         return cls(path, kind == "d", (int(atime), int(mtime)), int(after))
+
+
+class MountSourceError(Exception):
+    """A mount's source cannot be mounted (missing path, refused by the kernel)."""
+
+
+def _clone_at(fd: int, readonly: bool) -> int:
+    """A detached recursive copy of the mount tree at the O_PATH descriptor FD."""
+    tree = syscall("open_tree", SYS_OPEN_TREE, fd, "", OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_EMPTY_PATH
+                   | AT_RECURSIVE)
+    if readonly:
+        # struct mount_attr { u64 attr_set, attr_clr, propagation, userns_fd; }
+        attr = (ctypes.c_uint64 * 4)(MOUNT_ATTR_RDONLY, 0, 0, 0)
+        try:
+            syscall("mount_setattr(ro)", SYS_MOUNT_SETATTR, tree, b"", AT_EMPTY_PATH | AT_RECURSIVE,
+                    ctypes.addressof(attr), ctypes.sizeof(attr))
+        except BaseException:
+            os.close(tree)
+            raise
+    return tree
+
+
+def layered_mount_fd(spec: LayeredMount, view: str, empty: str) -> tuple[int, bool]:
+    """A detached mount of SPEC's SUBPATH and whether it is a directory. Runs on the host side of
+    init (before pivot_root): the whole stack is attached at the empty dir VIEW just long enough
+    to resolve SUBPATH inside it, so that only that part is ever visible in the container."""
+    lowers = spec.lowerdirs or (empty,)
+    try:
+        if spec.upperdir is not None:
+            tree = overlay_mount_fd(lowers, spec.upperdir, spec.workdir)
+        elif len(lowers) == 1:
+            tree = clone_tree(lowers[0], readonly=True)
+        else:
+            tree = overlay_mount_fd(lowers, None, None)  # no upper dir: read-only
+    except OSError as exc:
+        raise MountSourceError(f"mount for {spec.target}: {exc.strerror or exc}") from None
+    try:
+        move_mount(tree, view)
+    finally:
+        os.close(tree)
+    try:
+        root = os.open(view, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            source = open_in_root(root, spec.subpath)
+        except OSError as exc:
+            raise MountSourceError(f'mount source "{spec.subpath}" for {spec.target}: '
+                                   f"{os.strerror(exc.errno).lower()}") from None
+        finally:
+            os.close(root)
+        try:
+            is_dir = stat.S_ISDIR(os.fstat(source).st_mode)
+            return _clone_at(source, readonly=spec.upperdir is None), is_dir
+        finally:
+            os.close(source)
+    finally:
+        umount2(view, MNT_DETACH)
+
+
+def secret_file_fds(secrets: list[SecretFile], scratch: str) -> list[int]:
+    """Detached read-only mounts of one file per secret, written to a tmpfs at SCRATCH that is
+    unmounted again at once: the values live only in memory, reachable only through the clones."""
+    mount("tmpfs", scratch, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=0711")
+    fds = []
+    try:
+        for i, secret in enumerate(secrets):
+            path = os.path.join(scratch, str(i))
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o600)
+            try:
+                data = memoryview(secret.data)
+                while data:
+                    data = data[os.write(fd, data):]
+                os.fchown(fd, secret.uid, secret.gid)
+                os.fchmod(fd, secret.mode)
+            finally:
+                os.close(fd)
+            fds.append(clone_tree(path, readonly=True))
+    finally:
+        umount2(scratch, MNT_DETACH)
+    return fds
+
+
+def mount_tmpfs(target: str, size: int) -> None:
+    mount("tmpfs", target, "tmpfs", MS_NOSUID, f"size={size}" if size else None)
 
 
 def make_mountpoint(path: str, is_dir: bool, stubs: list[MountStub]) -> str:

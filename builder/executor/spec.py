@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -30,16 +30,53 @@ class ProcessSpec:
 
 @dataclass(frozen=True)
 class BindMount:
+    """A host path at TARGET; the caller trusts SOURCE (it is never resolved in a container)."""
+
     source: str                  # host path
     target: str                  # path inside the container
     readonly: bool = True
 
 
+@dataclass(frozen=True)
+class LayeredMount:
+    """A stack of layer directories (a stage, an image, the context) at TARGET, or only the
+    part of it at SUBPATH, resolved as if the stack were the root: its symlinks cannot reach
+    the host. Read-only unless UPPERDIR (with WORKDIR on its filesystem) is given: writes then
+    land there, and the caller throws them away."""
+
+    lowerdirs: tuple[str, ...]   # base first; may be empty (an empty directory)
+    target: str
+    subpath: str = "/"
+    upperdir: str | None = None
+    workdir: str | None = None
+
+
+@dataclass(frozen=True)
+class TmpfsMount:
+    target: str
+    size: int = 0                # bytes; 0 = the kernel's default
+
+
+@dataclass(frozen=True)
+class SecretFile:
+    """DATA as a read-only file at TARGET, kept in memory (a tmpfs), never on disk."""
+
+    target: str
+    data: bytes = field(repr=False)
+    mode: int = 0o400
+    uid: int = 0
+    gid: int = 0
+
+
+Mount = BindMount | LayeredMount | TmpfsMount | SecretFile
+
+
 class Executor(Protocol):
-    def run(self, rootfs: RootFS, process: ProcessSpec, mounts: Sequence[BindMount] = (),
+    def run(self, rootfs: RootFS, process: ProcessSpec, mounts: Sequence[Mount] = (),
             output: OutputCallback | None = None) -> int:
         """Run PROCESS to completion over ROOTFS and return its exit code (128+signal if killed).
 
+        MOUNTS are attached in order of their targets, so a mount may sit inside another.
         OUTPUT(fd, chunk) receives the process's stdout (fd 1) and stderr (fd 2) as it writes.
         """
         ...

@@ -27,7 +27,7 @@ class UserNotFound(SolveError):
 class ExecUser:
     uid: int
     gid: int
-    groups: tuple[int, ...]   # supplementary groups for setgroups(), primary gid first
+    groups: tuple[int, ...]   # supplementary groups for setgroups(): the memberships /etc/group lists
     home: str
 
 
@@ -115,5 +115,5 @@ def resolve_user(spec: str, passwd: str | None, group: str | None) -> ExecUser:
     elif match is not None:
         supplementary = tuple(g.gid for g in groups if match.name in g.members)
 
-    ordered = (gid,) + tuple(g for g in dict.fromkeys(supplementary) if g != gid)
-    return ExecUser(uid=uid, gid=gid, groups=ordered, home=home)
+    # As BuildKit's runc: the supplementary groups are only those /etc/group lists the user in.
+    return ExecUser(uid=uid, gid=gid, groups=tuple(dict.fromkeys(supplementary)), home=home)

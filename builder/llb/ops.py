@@ -48,8 +48,104 @@ class LocalSource(Op):
 
 
 @dataclass(frozen=True)
+class BindMountSpec:
+    """RUN --mount=type=bind: `path` of input `source` at `target`. Writes to a read-write bind
+    are discarded after the step; nothing under `target` is part of the layer."""
+
+    target: str
+    source: int                     # index into the vertex inputs (the input may be None: empty)
+    path: str = "/"
+    readonly: bool = True
+
+
+@dataclass(frozen=True)
+class CacheMountSpec:
+    """RUN --mount=type=cache: a directory kept in the store across builds, never in a layer.
+
+    A new cache directory starts as `path` of input `source` (None: empty) with `mode`,
+    `uid` and `gid` on its root."""
+
+    target: str
+    id: str
+    sharing: str = "shared"         # shared | private | locked
+    source: int | None = None
+    path: str = "/"
+    mode: int = 0o755
+    uid: int = 0
+    gid: int = 0
+    readonly: bool = False
+
+
+@dataclass(frozen=True)
+class TmpfsMountSpec:
+    target: str
+    size: int = 0                   # bytes; 0 = the kernel's default (half of RAM)
+
+
+@dataclass(frozen=True)
+class SecretMountSpec:
+    """RUN --mount=type=secret: the value of secret `id` as a file at `target` and/or in the
+    environment variable `env`. Only the id is here: values never reach a digest or a key."""
+
+    id: str
+    target: str = ""                # "" with `env` set: environment only
+    env: str = ""
+    required: bool = False
+    mode: int = 0o400
+    uid: int = 0
+    gid: int = 0
+
+
+@dataclass(frozen=True)
+class SSHMountSpec:
+    """RUN --mount=type=ssh: the agent socket forwarded as `id` at `target`."""
+
+    id: str = "default"
+    target: str = "/run/buildkit/ssh_agent.0"
+    required: bool = False
+    mode: int = 0o600
+    uid: int = 0
+    gid: int = 0
+
+
+MountSpec = BindMountSpec | CacheMountSpec | TmpfsMountSpec | SecretMountSpec | SSHMountSpec
+
+
+@dataclass(frozen=True)
+class HttpSource(Op):
+    """ADD <url>: one file, fetched when the build is keyed; its key is the content digest.
+
+    `filename` is what the file is called in the source tree (BuildKit: the URL path's base name,
+    or `__unnamed__`); `checksum` (sha256:...) pins the content."""
+
+    kind = "source.http"
+    url: str
+    filename: str
+    checksum: str = ""
+
+
+@dataclass(frozen=True)
+class InlineFile(Op):
+    """A heredoc of COPY/ADD as a source tree of one file (mode 0644) named `name`."""
+
+    kind = "source.inline"
+    name: str
+    data: str
+
+
+@dataclass(frozen=True)
+class MergeOp(Op):
+    """The inputs' layers stacked in order, adding none (COPY --link puts its independent layer on
+    the stage this way, as BuildKit's MergeOp does)."""
+
+    kind = "merge"
+
+
+@dataclass(frozen=True)
 class ExecOp(Op):
-    """Run a process over input 0 (the root filesystem); its changes become one layer."""
+    """Run a process over input 0 (the root filesystem); its changes become one layer.
+
+    Mount sources (other stages, images, the context) are further inputs, named by index."""
 
     kind = "exec"
     args: tuple[str, ...]
@@ -58,6 +154,13 @@ class ExecOp(Op):
     user: str = ""
     network: str = "none"
     hostname: str = "buildkitsandbox"
+    mounts: tuple[MountSpec, ...] = ()
+
+    def definition(self) -> dict:
+        body = super().definition()
+        # asdict drops the mount's class; two mount types with equal fields must not collide.
+        body["mounts"] = [{"type": type(m).__name__, **asdict(m)} for m in self.mounts]
+        return body
 
 
 @dataclass(frozen=True)
@@ -68,9 +171,10 @@ class CopyAction:
     paths: tuple[str, ...]          # source paths (may hold wildcards), relative to the source root
     dest: str                       # absolute, or ending in '/' for "into this directory"
     chown: str = ""                 # user[:group], resolved in the destination image
-    chmod: str = ""                 # octal
+    chmod: str = ""                 # octal, or symbolic (u+x,go-w) applied to each copied mode
     extract_archives: bool = False  # ADD: local tar archives are unpacked
-    exclude: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()   # patternmatcher patterns, relative to each copied source
+    parents: bool = False           # COPY --parents: keep the path below the "/./" pivot (or all of it)
 
 
 @dataclass(frozen=True)

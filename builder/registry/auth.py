@@ -11,10 +11,12 @@ the first request to a repository pays for the round trips.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import re
 import subprocess
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -41,6 +43,115 @@ class Credentials:
         return "Basic " + base64.b64encode(pair).decode("ascii")
 
 
+def docker_config_path() -> str:
+    """`$DOCKER_CONFIG/config.json`, else `~/.docker/config.json` (where docker login writes)."""
+    config_dir = os.environ.get("DOCKER_CONFIG") or os.path.join(os.path.expanduser("~"), ".docker")
+    return os.path.join(config_dir, "config.json")
+
+
+def registry_host(server: str) -> str:
+    """The registry a `docker login` argument names: `https://host:5000/`, `host:5000` -> `host:5000`;
+    Docker Hub's aliases -> `docker.io`."""
+    return _normalise_host(server)
+
+
+def config_key(registry: str) -> str:
+    """The key docker login files REGISTRY's credentials under (Docker Hub has its historic URL)."""
+    return _HUB_CONFIG_KEY if _normalise_host(registry) == "docker.io" else _normalise_host(registry)
+
+
+def save_credentials(registry: str, credentials: Credentials, config_path: str | None = None) -> str:
+    """Record CREDENTIALS for REGISTRY as `docker login` does: in the credential helper the config
+    names for it, else base64 in `auths`. Returns where they went (a helper name or the file)."""
+    path = config_path or docker_config_path()
+    config = _read_config(path)
+    helper = _helper_for(config, registry)
+    if helper:
+        secret = {"ServerURL": config_key(registry), "Username": credentials.username,
+                  "Secret": credentials.password}
+        _run_helper(helper, "store", json.dumps(secret), registry)
+        return f"docker-credential-{helper}"
+    auths = {k: v for k, v in (config.get("auths") or {}).items() if _normalise_host(k) != _normalise_host(registry)}
+    pair = f"{credentials.username}:{credentials.password}".encode()
+    auths[config_key(registry)] = {"auth": base64.b64encode(pair).decode("ascii")}
+    config["auths"] = auths
+    _write_config(path, config)
+    return path
+
+
+def erase_credentials(registry: str, config_path: str | None = None) -> bool:
+    """Forget REGISTRY's credentials (`docker logout`); False if there were none."""
+    path = config_path or docker_config_path()
+    config = _read_config(path)
+    helper = _helper_for(config, registry)
+    if helper:
+        return _run_helper(helper, "erase", config_key(registry), registry, missing_ok=True)
+    auths = config.get("auths") or {}
+    kept = {k: v for k, v in auths.items() if _normalise_host(k) != _normalise_host(registry)}
+    if len(kept) == len(auths):
+        return False
+    config["auths"] = kept
+    _write_config(path, config)
+    return True
+
+
+def _read_config(path: str) -> dict:
+    try:
+        with open(path, "rb") as f:
+            config = json.load(f)
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as e:
+        raise AuthenticationError(f"cannot read Docker config {path}: {e}") from None
+    if not isinstance(config, dict):
+        raise AuthenticationError(f"cannot read Docker config {path}: not a JSON object")
+    return config
+
+
+def _write_config(path: str, config: dict) -> None:
+    """Replace the config atomically, readable by its owner only (it holds passwords)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".config-", suffix=".tmp")
+    except OSError as e:
+        raise AuthenticationError(f"cannot write Docker config {path}: {e.strerror or e}") from None
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(config, f, indent="\t")
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise AuthenticationError(f"cannot write Docker config {path}: {e.strerror or e}") from None
+
+
+def _helper_for(config: dict, registry: str) -> str:
+    host = _normalise_host(registry)
+    helpers = config.get("credHelpers") or {}
+    return helpers.get(host) or _hub_alias_lookup(helpers, host) or config.get("credsStore") or ""
+
+
+def _run_helper(helper: str, action: str, data: str, registry: str, missing_ok: bool = False) -> bool:
+    program = f"docker-credential-{helper}"
+    try:
+        result = subprocess.run([program, action], input=data, capture_output=True, text=True,
+                                timeout=_HELPER_TIMEOUT)
+    except FileNotFoundError:
+        raise AuthenticationError(f"credential helper {program} is not installed") from None
+    except subprocess.TimeoutExpired:
+        raise AuthenticationError(f"credential helper {program} did not answer for {registry}") from None
+    if result.returncode != 0:
+        output = (result.stdout + result.stderr).strip()
+        if missing_ok and "not found" in output.lower():
+            return False
+        raise AuthenticationError(f"credential helper {program} could not {action} credentials for {registry}: {output}")
+    return True
+
+
 class CredentialStore:
     """Credentials for registries, from Docker's config.json plus any given explicitly.
 
@@ -50,10 +161,7 @@ class CredentialStore:
     """
 
     def __init__(self, config_path: str | None = None, explicit: dict[str, Credentials] | None = None):
-        if config_path is None:
-            config_dir = os.environ.get("DOCKER_CONFIG") or os.path.join(os.path.expanduser("~"), ".docker")
-            config_path = os.path.join(config_dir, "config.json")
-        self.config_path = config_path
+        self.config_path = config_path or docker_config_path()
         self._explicit = {_normalise_host(k): v for k, v in (explicit or {}).items()}
         self._config: dict | None = None
         self._found: dict[str, Credentials | None] = {}

@@ -10,8 +10,8 @@ import ipaddress
 import json
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Callable, Sequence
-from urllib.parse import urljoin, urlsplit
+from typing import Callable, Mapping, Sequence
+from urllib.parse import urlencode, urljoin, urlsplit
 
 from builder.cache.blobs import BlobStore, sha256_digest
 from builder.errors import (AuthenticationError, DigestMismatch, NotFoundError, RegistryError,
@@ -31,8 +31,11 @@ _SCHEMA1_TYPES = ("application/vnd.docker.distribution.manifest.v1+json",
 _MAX_MANIFEST = 4 << 20   # containerd's limit too: a bigger "manifest" is a misbehaving server
 _MAX_CONFIG = 32 << 20
 _DOWNLOADS = 3
+CHUNK_SIZE = 32 << 20     # blobs larger than this are uploaded in PATCH chunks of this size
 
 Progress = Callable[[str, int, int], None]  # (digest, bytes done, bytes total); called from worker threads
+# (digest, what happened) for each blob of a push: "exists", "mounted" or "pushed"; from worker threads
+BlobStatus = Callable[[str, str], None]
 
 
 @dataclass(frozen=True)
@@ -48,11 +51,14 @@ class PulledImage:
 
 class RegistryClient:
     def __init__(self, *, insecure_registries: Sequence[str] = (), credentials: CredentialStore | None = None,
-                 timeout: float = 30.0, progress: Progress | None = None):
+                 timeout: float = 30.0, progress: Progress | None = None, blob_status: BlobStatus | None = None,
+                 chunk_size: int = CHUNK_SIZE):
         self._insecure = frozenset(insecure_registries)
         self._transport = Transport(timeout=timeout, plain_http=self._plain_http)
         self._auth = Authorizer(self._transport, credentials or CredentialStore())
         self._progress = progress or (lambda digest, done, total: None)
+        self._blob_status = blob_status or (lambda digest, status: None)
+        self._chunk_size = chunk_size
 
     def close(self) -> None:
         self._transport.close()
@@ -158,52 +164,112 @@ class RegistryClient:
 
     # -- push -------------------------------------------------------------------------------
 
-    def push(self, ref: Reference, blobs: BlobStore, manifest: bytes, media_type: str) -> str:
+    def push(self, ref: Reference, blobs: BlobStore, manifest: bytes, media_type: str,
+             mount_from: Mapping[str, str] | None = None) -> str:
         """Upload what the registry lacks, then put MANIFEST under REF's tag; returns its digest.
 
         An index is pushed with each of its manifests (read from BLOBS) and their blobs.
+        MOUNT_FROM maps a blob digest to another repository of the same registry that has it: the
+        registry is asked to mount it from there instead of receiving it again.
         """
+        mount_from = mount_from or {}
         if media_type in INDEX_TYPES:
             for entry in _json(manifest, ref, "index").get("manifests") or ():
                 child = Descriptor.from_json(entry)
                 if child.media_type not in MANIFEST_TYPES:
                     raise UnsupportedMediaType(f"{ref.familiar}: cannot push index entry of type {child.media_type!r}")
                 child_bytes = blobs.get_bytes(child.digest)
-                self._push_image_blobs(ref, blobs, child_bytes)
+                self._push_image_blobs(ref, blobs, child_bytes, mount_from)
                 self._put_manifest(ref, child.digest, child_bytes, child.media_type)
         elif media_type in MANIFEST_TYPES:
-            self._push_image_blobs(ref, blobs, manifest)
+            self._push_image_blobs(ref, blobs, manifest, mount_from)
         else:
             raise UnsupportedMediaType(f"{ref.familiar}: cannot push a manifest of type {media_type!r}")
         return self._put_manifest(ref, ref.tag or sha256_digest(manifest), manifest, media_type)
 
-    def _push_image_blobs(self, ref: Reference, blobs: BlobStore, manifest: bytes) -> None:
+    def _push_image_blobs(self, ref: Reference, blobs: BlobStore, manifest: bytes,
+                          mount_from: Mapping[str, str]) -> None:
         doc = _json(manifest, ref, "manifest")
         descs = [Descriptor.from_json(doc["config"])] + [Descriptor.from_json(d) for d in doc.get("layers") or ()]
         unique = {d.digest: d for d in descs}
-        self._concurrently([lambda d=d: self._upload(ref, blobs, d) for d in unique.values()])
+        self._concurrently([lambda d=d: self._upload(ref, blobs, d, mount_from.get(d.digest))
+                            for d in unique.values()])
 
-    def _upload(self, ref: Reference, blobs: BlobStore, desc: Descriptor) -> None:
+    def _upload(self, ref: Reference, blobs: BlobStore, desc: Descriptor, mount_source: str | None) -> None:
         blob_url = self._url(ref, f"blobs/{desc.digest}")
         with self._request(ref, "HEAD", blob_url, push=True) as response:
             if response.status == 200:
                 self._progress(desc.digest, desc.size, desc.size)
+                self._blob_status(desc.digest, "exists")
                 return
             if response.status != 404:
                 self._check(response, ref, f"blob {desc.digest}")
         size = blobs.size(desc.digest)  # BlobNotFound if the local store lacks it
-        with self._request(ref, "POST", self._url(ref, "blobs/uploads/"), push=True) as response:
-            self._check(response, ref, "upload", expect=(202,))
+        start_url = self._url(ref, "blobs/uploads/")
+        if mount_source and mount_source != ref.repository:
+            # 201: mounted, nothing to send; 202: the registry declined and started an upload instead.
+            start_url += "?" + urlencode({"mount": desc.digest, "from": mount_source})
+        with self._request(ref, "POST", start_url, push=True) as response:
+            self._check(response, ref, "upload", expect=(201, 202))
             location = response.header("Location")
+            mounted = response.status == 201
+        if mounted:
+            self._progress(desc.digest, size, size)
+            self._blob_status(desc.digest, "mounted")
+            return
         if not location:
             raise RegistryError(f"{ref.registry}: upload started without a Location header")
         location = urljoin(self._url(ref, "blobs/uploads/"), location)
+        if size > self._chunk_size:
+            location = self._upload_chunks(ref, blobs, desc, size, location)
+            headers, body = {"Content-Length": "0"}, None
+        else:
+            headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
+            body = lambda: blobs.open(desc.digest)  # noqa: E731
         put_url = f"{location}{'&' if urlsplit(location).query else '?'}digest={desc.digest}"
-        headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
-        with self._request(ref, "PUT", put_url, push=True, headers=headers,
-                           body=lambda: blobs.open(desc.digest)) as response:
+        with self._request(ref, "PUT", put_url, push=True, headers=headers, body=body) as response:
             self._check(response, ref, f"upload of {desc.digest}", expect=(201, 204))
         self._progress(desc.digest, size, size)
+        self._blob_status(desc.digest, "pushed")
+
+    def _upload_chunks(self, ref: Reference, blobs: BlobStore, desc: Descriptor, size: int, location: str) -> str:
+        """Send the blob in PATCH requests of chunk_size bytes; returns the location to finish at.
+        A chunk is resent whole when its connection drops (the transport retries)."""
+        offset = 0
+        while offset < size:
+            length = min(self._chunk_size, size - offset)
+            headers = {"Content-Type": "application/octet-stream", "Content-Length": str(length),
+                       "Content-Range": f"{offset}-{offset + length - 1}"}
+            body = lambda start=offset, n=length: _FileRange(blobs.open(desc.digest), start, n)  # noqa: E731
+            with self._request(ref, "PATCH", location, push=True, headers=headers, body=body) as response:
+                self._check(response, ref, f"upload of {desc.digest} (bytes {offset}-{offset + length - 1})",
+                            expect=(202,))
+                location = urljoin(location, response.header("Location") or location)
+            offset += length
+            self._progress(desc.digest, offset, size)
+        return location
+
+    def ping(self, registry: str) -> None:
+        """Check that REGISTRY accepts this client's credentials (`docker login`): GET /v2/,
+        answering a Basic challenge with the password, a Bearer one with a token for no scope."""
+        host = "registry-1.docker.io" if registry == DOCKER_HUB else registry
+        url = f"{self._transport.base_url(host)}/v2/"
+        try:
+            response = self._transport.request("GET", url)
+            if response.status == 401:
+                challenge = response.header("WWW-Authenticate")
+                response.close()
+                header = self._auth.answer(registry, "", challenge, None)
+                response = self._transport.request("GET", url, {"Authorization": header})
+                if response.status == 401:
+                    response.close()
+                    raise AuthenticationError(f"login to {registry} failed: incorrect username or password")
+        except _CONNECTION_ERRORS as e:
+            raise RegistryError(f"cannot reach registry {registry}: {e}") from None
+        with response:
+            if response.status != 200:
+                raise RegistryError(f"{registry}: GET /v2/ answered HTTP {response.status} {response.reason}"
+                                    f"{_error_detail(response)}")
 
     def _put_manifest(self, ref: Reference, tag_or_digest: str, manifest: bytes, media_type: str) -> str:
         declared = _json(manifest, ref, "manifest").get("mediaType")
@@ -278,6 +344,31 @@ class RegistryClient:
         for future in futures:
             if not future.cancelled() and future.exception() is not None:
                 raise future.exception()
+
+
+class _FileRange:
+    """LENGTH bytes of FILE from START, as a closable stream (the body of one PATCH)."""
+
+    def __init__(self, file, start: int, length: int):
+        self._file = file
+        self._file.seek(start)
+        self._left = length
+
+    def read(self, n: int = -1) -> bytes:
+        if self._left <= 0:
+            return b""
+        data = self._file.read(self._left if n is None or n < 0 else min(n, self._left))
+        self._left -= len(data)
+        return data
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> "_FileRange":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def _json(data: bytes, ref: Reference, what: str) -> dict:

@@ -99,7 +99,14 @@ class Transport:
         self._sleep = sleep
         self._idle: dict[tuple[str, str], list[http.client.HTTPConnection]] = {}
         self._lock = threading.Lock()
-        self._ssl = ssl.create_default_context()
+        self._ssl_context: ssl.SSLContext | None = None
+
+    @property
+    def _ssl(self) -> ssl.SSLContext:
+        # Loading the system's CA certificates takes ~30 ms: only for registries spoken to over TLS.
+        if self._ssl_context is None:
+            self._ssl_context = ssl.create_default_context()
+        return self._ssl_context
 
     def base_url(self, host: str) -> str:
         return f"{'http' if self.plain_http(host) else 'https'}://{host}"

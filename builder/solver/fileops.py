@@ -1,86 +1,202 @@
-"""COPY/ADD and mkdir, applied to a mounted root filesystem.
+"""COPY/ADD and mkdir, applied to a mounted root filesystem, with BuildKit's rules.
 
-These functions run inside the step's private mount namespace with the destination overlay
-mounted at `dest_root`; every path they touch is resolved inside that root (symlinks in the
-image are followed as the container would see them, never out to the host).
+These functions run inside the step's private mount namespace with the destination mounted at
+`dest_root`; every destination path is resolved inside that root (symlinks in the image are
+followed as the container would see them, never out to the host). The copy follows
+tonistiigi/fsutil's `Copy`, which BuildKit uses:
+
+- a source directory copies its contents; the destination directory is created when missing
+  (root-owned 0755, or the --chown owner and octal --chmod mode) and left as it is when present;
+- a file onto an existing directory (or a destination ending in '/') goes inside it, keeping its
+  name; otherwise it becomes the destination path;
+- copied entries keep their mode, mtime, xattrs, symlinks and hard links; their owner is the
+  source's (0:0 for the build context) unless --chown; --chmod applies to every copied entry and
+  to the directories created for the destination;
+- --exclude patterns are relative to each copied source; --parents keeps the path below the
+  pivot, creating the parent directories with their source metadata.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import posixpath
 import shutil
 import stat
-import tarfile
+from dataclasses import dataclass
 
-from builder.context import BuildContext, has_wildcards
+from builder.context import (BuildContext, PatternMatcher, clean_path, has_wildcards, resolve_in_root,
+                             split_parents)
 from builder.errors import SolveError
-from builder.llb import CopyAction, MkdirAction
+from builder.llb.ops import CopyAction, MkdirAction
 
-_MAX_SYMLINKS = 40
+CHMOD_ERROR = "invalid chmod parameter: '{}'. it should be octal string and between 0 and 07777"
 
 
-def resolve_in_root(root: str, path: str, follow_last: bool = True) -> str:
-    """The host path for container path `path`, following symlinks as if `root` were '/'."""
-    parts = [p for p in path.split("/") if p not in ("", ".")]
-    resolved: list[str] = []
-    hops = 0
-    while parts:
-        part = parts.pop(0)
-        if part == "..":
-            if resolved:
-                resolved.pop()
-            continue
-        candidate = os.path.join(root, *resolved, part)
-        if os.path.islink(candidate) and (parts or follow_last):
-            hops += 1
-            if hops > _MAX_SYMLINKS:
-                raise SolveError(f"too many levels of symbolic links in {path}")
-            target = os.readlink(candidate)
-            if target.startswith("/"):
-                resolved = []
-            parts = [p for p in target.split("/") if p not in ("", ".")] + parts
-            continue
-        resolved.append(part)
-    return os.path.join(root, *resolved)
+# ---- --chown --------------------------------------------------------------------------------
+
+def _read_text(root: str, path: str) -> str | None:
+    try:
+        with open(resolve_in_root(root, path), encoding="utf-8", errors="replace") as f:
+            return f.read()
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        return None
+
+
+def _as_id(text: str) -> int | None:
+    """BuildKit's parseUID: "root" is 0, a number is an id, anything else a name."""
+    if text == "root":
+        return 0
+    try:
+        return int(text)
+    except ValueError:
+        return None
 
 
 def parse_ids(spec: str, root: str) -> tuple[int, int]:
-    """--chown USER[:GROUP] -> (uid, gid), names looked up in the image at `root`."""
-    from builder.executor.users import lookup_group, lookup_user
+    """--chown USER[:GROUP] -> (uid, gid), names looked up in the destination image at `root`.
 
-    user, _, group = spec.partition(":")
-    if user.isdigit():
-        uid, gid = int(user), int(user)
+    As BuildKit's WithUser: a user id alone also sets the gid; a user name alone takes its primary
+    group; "uid:" (an empty group) means gid 0. Unknown names fail, as the Dockerfile reference says.
+    """
+    from builder.executor.users import parse_group, parse_passwd
+
+    user, has_group, group = spec.partition(":")
+    uid = _as_id(user)
+    if uid is not None:
+        gid = uid
     else:
-        entry = lookup_user(resolve_in_root(root, "/etc/passwd"), user)
+        entry = next((u for u in parse_passwd(_read_text(root, "/etc/passwd") or "") if u.name == user), None)
         if entry is None:
             raise SolveError(f"unable to find user {user}: no matching entries in passwd file")
         uid, gid = entry.uid, entry.gid
-    if group:
-        if group.isdigit():
-            gid = int(group)
+    if has_group:
+        known = _as_id(group) if group else 0
+        if known is not None:
+            gid = known
         else:
-            found = lookup_group(resolve_in_root(root, "/etc/group"), group)
+            found = next((g for g in parse_group(_read_text(root, "/etc/group") or "") if g.name == group), None)
             if found is None:
                 raise SolveError(f"unable to find group {group}: no matching entries in group file")
             gid = found.gid
     return uid, gid
 
 
-def make_dirs(root: str, path: str, mode: int = 0o755, uid: int = 0, gid: int = 0) -> str:
-    """mkdir -p inside root; only directories it creates get mode and owner."""
+def chown_names(spec: str) -> list[str]:
+    """The user and group names (not ids) in a --chown value."""
+    user, _, group = spec.partition(":")
+    return [part for part in (user, group) if part and _as_id(part) is None]
+
+
+# ---- --chmod --------------------------------------------------------------------------------
+
+_WHO_BITS = {"u": 0o4700, "g": 0o2070, "o": 0o1007}
+
+
+@dataclass(frozen=True)
+class ModeSpec:
+    """--chmod: an octal mode, or chmod(1) symbolic clauses applied to each entry's own mode."""
+
+    text: str
+    octal: int | None
+
+    @classmethod
+    def parse(cls, text: str) -> "ModeSpec":
+        if text and all(c in "01234567" for c in text):
+            value = int(text, 8)
+            if value > 0o7777:
+                raise ValueError(CHMOD_ERROR.format(text))
+            return cls(text, value)
+        if not text or text.isdigit() or not _valid_symbolic(text):
+            raise ValueError(CHMOD_ERROR.format(text))
+        return cls(text, None)
+
+    def apply(self, mode: int, is_dir: bool) -> int:
+        """The permission bits (with setuid/setgid/sticky) for an entry whose mode is `mode`."""
+        if self.octal is not None:
+            return self.octal
+        perm = stat.S_IMODE(mode)
+        for clause in self.text.split(","):
+            i = 0
+            who = 0
+            while i < len(clause) and clause[i] in "ugoa":
+                who |= 0o7777 if clause[i] == "a" else _WHO_BITS[clause[i]]
+                i += 1
+            if not who:
+                who = 0o7777  # no "who": all (with a zero umask, as BuildKit parses it)
+            while i < len(clause):
+                op = clause[i]
+                i += 1
+                bits = 0
+                if i < len(clause) and clause[i] in "ugo":
+                    source = clause[i]
+                    i += 1
+                    shift = {"u": 6, "g": 3, "o": 0}[source]
+                    rwx = (perm >> shift) & 0o7
+                    bits = rwx << 6 | rwx << 3 | rwx
+                else:
+                    while i < len(clause) and clause[i] in "rwxXst":
+                        bits |= _perm_bits(clause[i], perm, is_dir)
+                        i += 1
+                bits &= who
+                if op == "+":
+                    perm |= bits
+                elif op == "-":
+                    perm &= ~bits
+                else:
+                    perm = (perm & ~who) | bits
+        return perm
+
+
+def _perm_bits(letter: str, current: int, is_dir: bool) -> int:
+    if letter == "r":
+        return 0o444
+    if letter == "w":
+        return 0o222
+    if letter == "x":
+        return 0o111
+    if letter == "X":
+        return 0o111 if is_dir or current & 0o111 else 0
+    if letter == "s":
+        return 0o6000
+    return 0o1000  # t
+
+
+def _valid_symbolic(text: str) -> bool:
+    for clause in text.split(","):
+        i = 0
+        while i < len(clause) and clause[i] in "ugoa":
+            i += 1
+        if i == len(clause):
+            return False
+        while i < len(clause):
+            if clause[i] not in "+-=":
+                return False
+            i += 1
+            if i < len(clause) and clause[i] in "ugo":
+                i += 1
+            else:
+                while i < len(clause) and clause[i] in "rwxXst":
+                    i += 1
+    return True
+
+
+# ---- mkdir ----------------------------------------------------------------------------------
+
+def make_dirs(root: str, path: str, mode: int = 0o755, uid: int | None = 0, gid: int | None = 0) -> str:
+    """mkdir -p inside root; only directories it creates get mode and owner (None: leave root's)."""
     current = "/"
-    for part in [p for p in path.split("/") if p]:
-        current = posixpath.join(current, part)
+    for part in [p for p in path.split("/") if p not in ("", ".")]:
+        current = posixpath.normpath(posixpath.join(current, part))
         host = resolve_in_root(root, current)
         if os.path.isdir(host):
             continue
         if os.path.lexists(host):
-            raise SolveError(f"cannot create directory {current}: a file is in the way")
+            raise SolveError(f"mkdir {current}: not a directory")
         os.mkdir(host)
         os.chmod(host, mode)
-        os.lchown(host, uid, gid)
+        if uid is not None:
+            os.lchown(host, uid, gid if gid is not None else uid)
     return resolve_in_root(root, path)
 
 
@@ -89,134 +205,232 @@ def apply_mkdir(root: str, action: MkdirAction) -> None:
     make_dirs(root, action.path, action.mode, uid, gid)
 
 
-class _Copier:
-    def __init__(self, uid: int, gid: int, chmod: int | None, skip=lambda rel: False):
-        self.uid, self.gid, self.chmod = uid, gid, chmod
-        self.skip = skip  # .dockerignore and --exclude, by path relative to the source root
-        self.links: dict[tuple[int, int], str] = {}
+# ---- copy -----------------------------------------------------------------------------------
 
-    def _finish(self, path: str, st: os.stat_result) -> None:
-        os.lchown(path, self.uid, self.gid)
-        if not stat.S_ISLNK(st.st_mode):
-            os.chmod(path, self.chmod if self.chmod is not None else stat.S_IMODE(st.st_mode))
-        os.utime(path, ns=(st.st_mtime_ns, st.st_mtime_ns), follow_symlinks=False)
+def apply_copy(dest_root: str, src_root: str, action: CopyAction, *, rules=(), reset_owner: bool = False) -> None:
+    """Copies `action.paths` from the tree at `src_root` into `dest_root` at `action.dest`.
 
-    def copy(self, src: str, dst: str, rel: str, follow: bool) -> None:
-        st = os.stat(src) if follow else os.lstat(src)
-        if stat.S_ISDIR(st.st_mode):
-            if os.path.lexists(dst) and not os.path.isdir(dst):
-                _remove(dst)
-            if not os.path.isdir(dst):
-                os.mkdir(dst)
-            for name in sorted(os.listdir(src)):
-                child = f"{rel}/{name}" if rel else name
-                if not self.skip(child):
-                    self.copy(os.path.join(src, name), os.path.join(dst, name), child, follow=False)
-            self._finish(dst, st)
-            return
-        if os.path.lexists(dst):
-            _remove(dst)
-        if stat.S_ISLNK(st.st_mode):
-            os.symlink(os.readlink(src), dst)
-        elif stat.S_ISREG(st.st_mode):
-            key = (st.st_dev, st.st_ino)
-            if st.st_nlink > 1 and key in self.links:
-                os.link(self.links[key], dst)
-                return
-            shutil.copyfile(src, dst, follow_symlinks=False)
-            if st.st_nlink > 1:
-                self.links[key] = dst
-        elif stat.S_ISFIFO(st.st_mode):
-            os.mkfifo(dst)
-        elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
-            os.mknod(dst, st.st_mode, st.st_rdev)
-        else:
-            return  # sockets are not copied
-        self._finish(dst, st)
-
-
-def _remove(path: str) -> None:
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path)
-    else:
-        os.unlink(path)
-
-
-_ARCHIVE_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00", b"\x28\xb5\x2f\xfd")
-
-
-def _is_archive(path: str) -> bool:
+    `rules` are the build context's .dockerignore rules; `reset_owner` makes sources root-owned,
+    as BuildKit's context transfer does (a stage's files keep their owners)."""
+    source = BuildContext(src_root, rules)
+    owner = parse_ids(action.chown, dest_root) if action.chown else None
     try:
-        with open(path, "rb") as f:
-            head = f.read(512)
-    except OSError:
-        return False
-    if any(head.startswith(m) for m in _ARCHIVE_MAGIC):
-        return True
-    return len(head) >= 262 and head[257:262] == b"ustar"
+        mode = ModeSpec.parse(action.chmod) if action.chmod else None
+    except ValueError as error:
+        raise SolveError(str(error)) from None
+    exclude = PatternMatcher(action.exclude) if action.exclude else None
 
-
-def _extract(archive: str, dest_dir: str) -> None:
-    if open(archive, "rb").read(4) == b"\x28\xb5\x2f\xfd":
-        import subprocess
-
-        data = subprocess.run(["zstd", "-dc", archive], check=True, capture_output=True).stdout
-        import io
-
-        tf = tarfile.open(fileobj=io.BytesIO(data))
-    else:
-        tf = tarfile.open(archive)
-    with tf:
-        tf.extractall(dest_dir, filter="tar", numeric_owner=True)
-
-
-def apply_copy(dest_root: str, src_root: str, action: CopyAction, context_rules=()) -> None:
-    """BuildKit's COPY rules: a directory source copies its contents; several sources (or a
-    wildcard matching several) need a destination ending in '/'; a file onto 'dir/' keeps its name."""
-    source = BuildContext(src_root, context_rules)
-    matches: list[str] = []
+    planned = []
     for path in action.paths:
-        matches.extend(source.match(path))
-    many = len(matches) > 1
+        include = None
+        pivot = path
+        if action.parents:
+            pivot, include = split_parents(path)
+            if not has_wildcards(path):
+                source.match(path.replace("/./", "/"))  # raises if the named path is missing
+        planned.append((source.match(pivot), include))
+
     dest = action.dest
-    dest_is_dir = dest.endswith("/")
-    if many and not dest_is_dir:
+    dest_is_dir = dest.endswith("/") or dest.endswith("/.")
+    total = sum(len(matches) for matches, _ in planned)
+    if total > 1 and not dest_is_dir and not action.parents and not os.path.isdir(resolve_in_root(dest_root, dest)):
         raise SolveError("When using COPY with more than one source file, the destination must be a "
                          "directory and end with a /")
-    uid, gid = parse_ids(action.chown, dest_root) if action.chown else (0, 0)
-    chmod = int(action.chmod, 8) if action.chmod else None
-    exclude = BuildContext(src_root, tuple(_exclude_rules(action.exclude)))
-    copier = _Copier(uid, gid, chmod, skip=lambda rel: source.excluded(rel) or exclude.excluded(rel))
-    for rel in matches:
-        src = os.path.join(src_root, rel)
-        real = os.path.realpath(src)
-        if not (real == os.path.realpath(src_root) or real.startswith(os.path.realpath(src_root) + os.sep)):
-            raise SolveError(f'"/{rel}" points outside the build source')
-        if os.path.isdir(real):
-            target = make_dirs(dest_root, dest, 0o755, uid, gid)
-            for name in sorted(os.listdir(real)):
-                child = f"{rel}/{name}" if rel else name
-                if not copier.skip(child):
-                    copier.copy(os.path.join(real, name), os.path.join(target, name), child, follow=False)
-            continue
-        if action.extract_archives and _is_archive(real):
-            _extract(real, make_dirs(dest_root, dest, 0o755, uid, gid))
-            continue
-        if dest_is_dir or many:
-            parent = make_dirs(dest_root, dest, 0o755, uid, gid)
-            target = os.path.join(parent, os.path.basename(rel))
+    for matches, include in planned:
+        for rel in matches:
+            copier = _Copier(dest_root, source, owner, mode, reset_owner, include, exclude)
+            if action.extract_archives and _try_unpack(source, rel, dest_root, dest, owner):
+                continue
+            copier.copy_source(rel, dest, dest_is_dir)
+
+
+def _try_unpack(source: BuildContext, rel: str, dest_root: str, dest: str, owner) -> bool:
+    from builder.solver.archive import extract, is_archive
+
+    path = resolve_in_root(source.root, rel)
+    if not is_archive(path):
+        return False
+    uid, gid = owner if owner is not None else (None, None)
+    target = make_dirs(dest_root, dest, 0o755, uid, gid)
+    extract(path, target, owner)
+    return True
+
+
+class _Copier:
+    """One fsutil Copy: a matched source (file or directory) into the destination."""
+
+    def __init__(self, dest_root: str, source: BuildContext, owner: tuple[int, int] | None,
+                 mode: ModeSpec | None, reset_owner: bool, include: PatternMatcher | None,
+                 exclude: PatternMatcher | None):
+        self.dest_root = dest_root
+        self.source = source
+        self.owner = owner
+        self.mode = mode
+        self.reset_owner = reset_owner
+        self.include = include
+        self.exclude = exclude
+        self.inodes: dict[tuple[int, int], str] = {}
+        self.pending: list[list] = []  # [src, dst, created] of directories passed but not yet made
+        self.top_rel = ""
+
+    def _dir_mode(self) -> int:
+        return self.mode.octal if self.mode is not None and self.mode.octal is not None else 0o755
+
+    def _mkdir_all(self, host_path: str) -> None:
+        rel = os.path.relpath(host_path, self.dest_root)
+        uid, gid = self.owner if self.owner is not None else (None, None)
+        make_dirs(self.dest_root, "/" if rel == "." else "/" + rel, self._dir_mode(), uid, gid)
+
+    def copy_source(self, rel: str, dest: str, dest_is_dir: bool) -> None:
+        clean_dest = clean_path("/" + dest)
+        self._mkdir_all(resolve_in_root(self.dest_root, clean_dest if dest_is_dir else posixpath.dirname(clean_dest)))
+        src = resolve_in_root(self.source.root, rel)
+        top = os.path.relpath(src, self.source.root)
+        self.top_rel = "" if top == "." else top
+        target = resolve_in_root(self.dest_root, clean_dest)
+        src_is_dir = stat.S_ISDIR(os.lstat(src).st_mode)
+        target_exists = os.path.exists(target)
+        if not src_is_dir and target_exists and os.path.isdir(target):
+            target = os.path.join(target, posixpath.basename(rel) or posixpath.basename(src))
+        self._mkdir_all(target if src_is_dir and not target_exists else os.path.dirname(target))
+        self.copy(src, "", target, overwrite=False)
+
+    def _where(self, host_path: str) -> str:
+        rel = os.path.relpath(host_path, self.dest_root)
+        return "/" if rel == "." else "/" + rel
+
+    def _hidden(self, comps: str, is_dir: bool) -> bool:
+        if not self.source.rules or not comps:
+            return False
+        rel = f"{self.top_rel}/{comps}" if self.top_rel else comps
+        return self.source.hidden(rel, is_dir)
+
+    def copy(self, src: str, comps: str, target: str, overwrite: bool) -> None:
+        include, excluded = True, False
+        if comps:
+            if self.include is not None and not self.include.matches(comps):
+                include = False
+            if self.exclude is not None and self.exclude.matches(comps):
+                include, excluded = False, True
+            if not include and self.include is None and not (self.exclude is not None and self.exclude.exclusions):
+                return
+        st = os.lstat(src)
+        is_dir = stat.S_ISDIR(st.st_mode)
+        if self._hidden(comps, is_dir) or (not include and not is_dir):
+            return
+        target_existed = os.path.lexists(target)
+        if include:
+            self._create_pending()
+        if not is_dir:
+            self._ensure_file_target(target)
+
+        copy_info = include
+        if is_dir:
+            created = self._copy_directory(src, comps, target, st, overwrite, include, excluded)
+            if not overwrite:
+                copy_info = created
+                if not created and target_existed:
+                    _set_times(target, st)
+        elif stat.S_ISREG(st.st_mode):
+            key = (st.st_dev, st.st_ino)
+            first = self.inodes.get(key) if st.st_nlink > 1 else None
+            if first is not None:
+                os.link(first, target)
+            else:
+                shutil.copyfile(src, target, follow_symlinks=False)
+                if st.st_nlink > 1:
+                    self.inodes[key] = target
+        elif stat.S_ISLNK(st.st_mode):
+            os.symlink(os.readlink(src), target)
+        elif stat.S_ISFIFO(st.st_mode):
+            os.mkfifo(target)
+        elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+            os.mknod(target, st.st_mode, st.st_rdev)
         else:
-            parent_path, name = posixpath.split(dest.rstrip("/"))
-            target = os.path.join(make_dirs(dest_root, parent_path or "/", 0o755, uid, gid), name)
-            if os.path.isdir(target) and not os.path.islink(target):
-                target = os.path.join(target, os.path.basename(rel))
-        copier.copy(real, target, rel, follow=True)
+            open(target, "wb").close()  # a socket arrives as an empty file, as through BuildKit's transfer
+        if copy_info:
+            self._copy_info(st, src, target)
+
+    def _ensure_file_target(self, target: str) -> None:
+        try:
+            st = os.lstat(target)
+        except FileNotFoundError:
+            return
+        if stat.S_ISDIR(st.st_mode):
+            raise SolveError(f"cannot replace to directory {self._where(target)} with file")
+        os.unlink(target)
+
+    def _copy_directory(self, src, comps, target, st, overwrite, include, excluded) -> bool:
+        created = False
+        if include:
+            created = self._directory_only(target, st, overwrite)
+        self.pending.append([src, target, include])
+        try:
+            if excluded and not (self.exclude is not None and self.exclude.exclusions):
+                return created
+            for name in sorted(os.listdir(src)):
+                self.copy(os.path.join(src, name), f"{comps}/{name}" if comps else name,
+                          os.path.join(target, name), overwrite=True)
+        finally:
+            self.pending.pop()
+        return created
+
+    def _directory_only(self, target: str, st: os.stat_result, overwrite: bool) -> bool:
+        try:
+            existing = os.lstat(target)
+        except FileNotFoundError:
+            os.mkdir(target, stat.S_IMODE(st.st_mode))
+            return True
+        if not stat.S_ISDIR(existing.st_mode):
+            raise SolveError(f"cannot copy to non-directory: {self._where(target)}")
+        if overwrite:
+            os.chmod(target, stat.S_IMODE(st.st_mode))
+        return False
+
+    def _create_pending(self) -> None:
+        for entry in self.pending:
+            src, target, done = entry
+            if done:
+                continue
+            st = os.stat(src)
+            if self._directory_only(target, st, overwrite=False):
+                self._copy_info(st, src, target)
+            entry[2] = True
+
+    def _copy_info(self, st: os.stat_result, src: str, target: str) -> None:
+        if self.owner is not None:
+            uid, gid = self.owner
+        elif self.reset_owner:
+            uid, gid = 0, 0
+        else:
+            uid, gid = st.st_uid, st.st_gid
+        os.lchown(target, uid, gid)
+        if not stat.S_ISLNK(st.st_mode):
+            mode = self.mode.apply(st.st_mode, stat.S_ISDIR(st.st_mode)) if self.mode else stat.S_IMODE(st.st_mode)
+            os.chmod(target, mode)
+        _copy_xattrs(src, target)
+        _set_times(target, st)
 
 
-def _exclude_rules(patterns):
-    from builder.context import IgnoreRule
-
-    return [IgnoreRule(os.path.normpath(p).lstrip("/"), False) for p in patterns]
+def _set_times(target: str, st: os.stat_result) -> None:
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
 
 
-__all__ = ["apply_copy", "apply_mkdir", "has_wildcards", "make_dirs", "parse_ids", "resolve_in_root"]
+def _copy_xattrs(src: str, target: str) -> None:
+    """Best effort, as BuildKit (it logs failures); overlayfs' own attributes are never copied."""
+    try:
+        names = os.listxattr(src, follow_symlinks=False)
+    except OSError:
+        return
+    for name in names:
+        if name.startswith("trusted.overlay.") or name.startswith("user.overlay."):
+            continue
+        try:
+            os.setxattr(target, name, os.getxattr(src, name, follow_symlinks=False), follow_symlinks=False)
+        except OSError as error:
+            if error.errno not in (errno.ENOTSUP, errno.EPERM, errno.EINVAL):
+                raise
+
+
+__all__ = ["ModeSpec", "apply_copy", "apply_mkdir", "chown_names", "has_wildcards", "make_dirs", "parse_ids",
+           "resolve_in_root"]

@@ -8,23 +8,28 @@ at most `jobs` at a time.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import threading
 import time
 from collections import deque
+from collections.abc import Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+from builder.cache.mounts import CacheMountStore
 from builder.cache.records import CacheRecord
 from builder.context import BuildContext
-from builder.errors import BuildError, ExecutionError, SolveError
+from builder.errors import BuildError, ExecutionError, SolveError, SourceNotFound
 from builder.llb import CopyAction, ExecOp, FileOp, ImageSource, LocalSource, MkdirAction, Vertex, canonical_json
+from builder.llb.ops import BindMountSpec, HttpSource, InlineFile, MergeOp
 from builder.solver import progress as events
 from builder.executor.linux import MNT_DETACH, umount2
 from builder.snapshot.overlay import clone_tree, mount_overlay, move_mount
 from builder.solver.fileops import apply_copy, apply_mkdir
+from builder.solver.mounts import MountInput, RunMounts, SecretStore
 from builder.solver.sources import ImageSources
 
 _TAIL_LINES = 10
@@ -65,7 +70,8 @@ def _key(*parts) -> str:
 class Solver:
     def __init__(self, store, executor, sources: ImageSources, context: BuildContext, *,
                  jobs: int | None = None, no_cache: bool = False, progress: events.Progress = events.ignore,
-                 names: dict[str, str] | None = None, source_date_epoch: int | None = None):
+                 names: dict[str, str] | None = None, source_date_epoch: int | None = None,
+                 secrets: SecretStore | None = None, ssh: Mapping[str, str] | None = None):
         self.store = store
         self.executor = executor
         self.sources = sources
@@ -78,6 +84,9 @@ class Solver:
         self.keys: dict[Vertex, str] = {}
         self.results: dict[Vertex, Result] = {}
         self._cancelled = threading.Event()
+        self._downloads: dict[Vertex, object] = {}   # ADD <url>: the fetched file of each HttpSource
+        self.secrets = secrets or SecretStore()   # RUN --mount=type=secret values, never in a key
+        self.ssh = dict(ssh or {})                # RUN --mount=type=ssh: agent id -> socket path
 
     # -- keys
     def compute_keys(self, vertices: tuple[Vertex, ...]) -> None:
@@ -94,21 +103,67 @@ class Solver:
         if isinstance(op, LocalSource):
             return _key("local", op.name)
         if isinstance(op, ExecOp):
-            return _key(op.definition(), self._input_key(vertex.inputs[0]))
+            # Mount sources are keyed like COPY sources; cache contents, secrets and agents are not.
+            return _key(op.definition(), self._input_key(vertex.inputs[0]), *self._mount_keys(vertex, op))
         if isinstance(op, FileOp):
             content = []
             for action in op.actions:
                 if isinstance(action, CopyAction):
                     source = vertex.inputs[action.source]
                     if source is not None and isinstance(source.op, LocalSource):
-                        try:
-                            content.append(self.context.checksum(action.paths))
-                        except BuildError as error:
-                            raise SolveError(f"{self._name(vertex)}: {error}") from None
+                        content.append(self._context_checksum(vertex, action))
                     else:
                         content.append(self._input_key(source))
             return _key(op.definition(), self._input_key(vertex.inputs[0]), content)
+        if isinstance(op, HttpSource):
+            download = self._fetch(vertex, op)
+            # As BuildKit's HTTP source: the content, the file name and mtime, not the URL.
+            return _key(op.kind, op.filename, download.digest, download.last_modified)
+        if isinstance(op, InlineFile):
+            return _key(op.definition())
+        if isinstance(op, MergeOp):
+            return _key(op.definition(), [self._input_key(i) for i in vertex.inputs])
         raise SolveError(f"unknown op {type(op).__name__}")
+
+    def _context_checksum(self, vertex: Vertex, action: CopyAction) -> str:
+        """The checksum of what a COPY reads from the context. For --parents the files are those
+        below the pivot that the pattern selects: the same as the path without the "/./" pivot,
+        except with '**' (which only patternmatcher knows), where the whole pivot counts."""
+        paths = action.paths
+        if action.parents:
+            paths = tuple(p.partition("/./")[0] or "/" if "**" in p else p.replace("/./", "/") for p in paths)
+        try:
+            return self.context.checksum(paths)
+        except SourceNotFound as error:
+            raise SourceNotFound(f"{self._name(vertex)}: {error}") from None
+        except BuildError as error:
+            raise SolveError(f"{self._name(vertex)}: {error}") from None
+
+    def _fetch(self, vertex: Vertex, op: HttpSource):
+        from builder.solver.http import fetch
+
+        download = self._downloads.get(vertex)
+        if download is None:
+            try:
+                download = fetch(op.url, op.filename, op.checksum, os.path.join(self.store.root, "http"))
+            except BuildError as error:
+                raise SolveError(f"{self._name(vertex)}: {error}") from None
+            self._downloads[vertex] = download
+        return download
+
+    def _mount_keys(self, vertex: Vertex, op: ExecOp) -> list[str | None]:
+        keys: list[str | None] = []
+        for spec in op.mounts:
+            index = getattr(spec, "source", None)
+            source = vertex.inputs[index] if index is not None else None
+            if isinstance(spec, BindMountSpec) and source is not None and isinstance(source.op, LocalSource):
+                try:
+                    keys.append(self.context.checksum((spec.path,)))
+                except BuildError as error:
+                    raise SolveError(f"{self._name(vertex)}: {error}") from None
+            else:
+                keys.append(self._input_key(source))
+        return keys
 
     # -- running
     def solve(self, vertices: tuple[Vertex, ...]) -> dict[Vertex, Result]:
@@ -159,6 +214,12 @@ class Solver:
             return EMPTY
         if isinstance(op, ImageSource):
             return self._image_source(vertex, op)
+        if isinstance(op, (HttpSource, InlineFile)):
+            return EMPTY  # read by the file ops that copy from them (see _file)
+        if isinstance(op, MergeOp):
+            merged = [self._input(i) for i in vertex.inputs]
+            return Result(tuple(layer for r in merged for layer in r.layers), merged[-1].created,
+                          cached=all(r.cached for r in merged))
         key = self.keys[vertex]
         parent = self._input(vertex.inputs[0])
         name = self._name(vertex)
@@ -238,30 +299,84 @@ class Solver:
                 tail.append(line.decode(errors="replace"))
             partial[:] = rest
 
-        spec = ProcessSpec(args=op.args, env=op.env, cwd=op.cwd, user=op.user, hostname=op.hostname,
-                           network=op.network)
-        code = self.executor.run(rootfs, spec, output=output)
+        with contextlib.ExitStack() as held:
+            try:
+                prepared = held.enter_context(self._run_mounts().prepare(op.mounts, self._mount_inputs(vertex)))
+            except SolveError as error:
+                raise SolveError(f"{self._name(vertex)}: {error}") from None
+            spec = ProcessSpec(args=op.args, env=op.env + prepared.env, cwd=op.cwd, user=op.user,
+                               hostname=op.hostname, network=op.network)
+            code = self.executor.run(rootfs, spec, prepared.mounts, output=output)
         if partial:
             tail.append(partial.decode(errors="replace"))
         if code != 0:
             raise ExecutionError(" ".join(op.args), code, list(tail), step=self._name(vertex))
 
+    def _run_mounts(self) -> RunMounts:
+        return RunMounts(snapshots=self.store.snapshots, executor=self.executor,
+                         caches=CacheMountStore(os.path.join(self.store.root, "cache", "mounts")),
+                         secrets=self.secrets, ssh=self.ssh, cancelled=self._cancelled.is_set)
+
+    def _mount_inputs(self, vertex: Vertex) -> list[MountInput]:
+        """What each vertex input is at run time, by input index (0, the root, is unused)."""
+        inputs = [MountInput(None)]
+        for source in vertex.inputs[1:]:
+            if source is None:
+                inputs.append(MountInput(None))
+            elif isinstance(source.op, LocalSource):
+                inputs.append(MountInput(self.keys[source], context=self.context))
+            else:
+                inputs.append(MountInput(self.keys[source], self._lowerdirs(self.results[source].layers)))
+        return inputs
+
     def _file(self, vertex: Vertex, op: FileOp, rootfs) -> None:
-        sources: dict[int, str | tuple[str, ...]] = {}
-        for action in op.actions:
-            if isinstance(action, CopyAction):
+        import shutil
+        import tempfile
+
+        sources: dict[int, _CopySource] = {}
+        scratch = tempfile.mkdtemp(prefix="build-image-inline-")
+        try:
+            for action in op.actions:
+                if not isinstance(action, CopyAction) or action.source in sources:
+                    continue
                 source = vertex.inputs[action.source]
                 if source is None:
-                    sources[action.source] = ()
+                    sources[action.source] = _CopySource(())
                 elif isinstance(source.op, LocalSource):
-                    sources[action.source] = self.context.root
+                    # The context arrives root-owned, as BuildKit's file transfer resets owners.
+                    sources[action.source] = _CopySource(self.context.root, self.context.rules, reset_owner=True)
+                elif isinstance(source.op, HttpSource):
+                    sources[action.source] = _CopySource(self._fetch(source, source.op).directory)
+                elif isinstance(source.op, InlineFile):
+                    sources[action.source] = _CopySource(_write_inline(source.op, scratch, action.source))
                 else:
-                    sources[action.source] = self._lowerdirs(self.results[source].layers)
-        rules = self.context.rules
-        self.executor.run_in_rootfs(rootfs, lambda merged: _apply_file_actions(merged, op, sources, rules))
+                    sources[action.source] = _CopySource(self._lowerdirs(self.results[source].layers))
+            self.executor.run_in_rootfs(rootfs, lambda merged: _apply_file_actions(merged, op, sources))
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _apply_file_actions(merged: str, op: FileOp, sources, context_rules) -> None:
+@dataclass(frozen=True)
+class _CopySource:
+    """Where a copy action reads from: a host directory, or a stage's layers to mount read-only."""
+
+    tree: str | tuple[str, ...]
+    rules: tuple = ()              # the context's .dockerignore rules
+    reset_owner: bool = False      # copied entries become 0:0 (the context)
+
+
+def _write_inline(op: InlineFile, scratch: str, index: int) -> str:
+    """A heredoc's one-file tree: mode 0644 and the current time, as BuildKit's Mkfile."""
+    tree = os.path.join(scratch, str(index))
+    path = os.path.join(tree, op.name.lstrip("/"))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(op.data)
+    os.chmod(path, 0o644)
+    return tree
+
+
+def _apply_file_actions(merged: str, op: FileOp, sources: dict[int, _CopySource]) -> None:
     """Runs in the step's private mount namespace (see Executor.run_in_rootfs): other stages'
     filesystems are mounted read-only for the copy and unmounted before returning."""
     import shutil
@@ -271,20 +386,26 @@ def _apply_file_actions(merged: str, op: FileOp, sources, context_rules) -> None
     mounted: dict[int, str] = {}
     try:
         for index, source in sources.items():
-            if isinstance(source, str):
-                mounted[index] = source
+            if isinstance(source.tree, str):
+                mounted[index] = source.tree
             else:
-                mounted[index] = _mount_layers(source, os.path.join(mount_root, str(index)))
+                mounted[index] = os.path.join(mount_root, str(index))
+                _mount_layers(source.tree, mounted[index])
         for action in op.actions:
             if isinstance(action, MkdirAction):
                 apply_mkdir(merged, action)
             else:
-                rules = context_rules if isinstance(sources[action.source], str) else ()
-                apply_copy(merged, mounted[action.source], action, rules)
+                source = sources[action.source]
+                apply_copy(merged, mounted[action.source], action, rules=source.rules,
+                           reset_owner=source.reset_owner)
     finally:
+        # Not os.path.ismount: a bind of a directory on the same filesystem does not look like one.
         for index, path in mounted.items():
-            if not isinstance(sources[index], str) and os.path.ismount(path):
-                umount2(path, MNT_DETACH)
+            if sources[index].tree and not isinstance(sources[index].tree, str):
+                try:
+                    umount2(path, MNT_DETACH)
+                except OSError:
+                    pass  # the mount failed before it was made
         shutil.rmtree(mount_root, ignore_errors=True)
 
 

@@ -78,6 +78,12 @@ class ImageSources:
         image = self.resolve(name, platform)
         return image.ref, image.config
 
+    def resolved_digests(self) -> tuple[tuple[str, str, str], ...]:
+        """(name, platform, manifest digest) of every base image this build resolved."""
+        with self._lock:
+            return tuple(sorted((name, platform, image.manifest_digest)
+                                for (name, platform), image in self._resolved.items()))
+
     def by_ref(self, ref: str) -> BaseImage:
         return self._by_ref[ref]
 

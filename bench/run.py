@@ -1,0 +1,195 @@
+"""Time the same Dockerfiles with build-image and with BuildKit on this machine, and compare.
+
+    python3 bench/run.py [--repeat N] [--build-image CMD] [--json FILE] [--skip-buildkit]
+
+Scenarios (see bench/README.md): cold-20-run and cold-1-run (--no-cache; their difference / 19
+is the per-RUN overhead), cached-20-run (a fully cached rebuild) and two-stages (two independent
+~1 s CPU stages, --no-cache). Both tools build FROM a busybox image in a private local registry;
+BuildKit runs in a private dockerd. Progress goes to stderr, the table to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import shlex
+import shutil
+import signal
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+from bench import report                                           # noqa: E402
+from bench.dockerd import DockerdUnavailable, PrivateDockerd        # noqa: E402
+from bench.measure import Series, measure                           # noqa: E402
+from bench.mounts import unmount_under                              # noqa: E402
+from bench.scenarios import calibrate_loop, scenarios, time_loop, write_context  # noqa: E402
+from bench.tools import BuildImage, BuildKit, BuildOutcome          # noqa: E402
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def indent(text: str) -> str:
+    return "\n".join("    | " + line for line in text.splitlines())
+
+
+def default_build_image_command() -> str:
+    """The console script beside this interpreter: calling it directly skips the pyenv shim on PATH
+    (a bash script that costs about 65 ms a call here), which would be charged to build-image."""
+    beside = os.path.join(os.path.dirname(sys.executable), "build-image")
+    if os.access(beside, os.X_OK):
+        return beside
+    return shutil.which("build-image") or "build-image"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="bench/run.py", description=__doc__.strip().splitlines()[0])
+    p.add_argument("--repeat", type=int, default=5, help="timed builds per scenario and tool (default 5)")
+    p.add_argument("--build-image", default=default_build_image_command(), metavar="CMD",
+                   help="build-image command line, split like a shell would (default: %(default)s)")
+    p.add_argument("--json", metavar="FILE", help="also write the raw numbers to FILE")
+    p.add_argument("--skip-buildkit", action="store_true", help="time build-image only (no dockerd)")
+    ns = p.parse_args(argv)
+    if ns.repeat < 1:
+        p.error("--repeat must be at least 1")
+    return ns
+
+
+def machine_facts(build_image_command: str) -> dict[str, str]:
+    facts = {
+        "nproc": str(len(os.sched_getaffinity(0))),
+        "cpu": _cpu_model(),
+        "kernel": f"{platform.system()} {platform.release()} {platform.machine()}",
+        "python": platform.python_version(),
+        "build-image": build_image_command,
+    }
+    return facts
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _report_outcome(scenario: str, tool: str, index: int | None, outcome: BuildOutcome, repeat: int) -> None:
+    which = "prime" if index is None else f"{index + 1}/{repeat}"
+    if outcome.ok:
+        log(f"  {scenario:<14} {tool:<12} {which:<6} {outcome.seconds:7.3f} s")
+    else:
+        log(f"  {scenario:<14} {tool:<12} {which:<6} FAILED after {outcome.seconds:.3f} s; "
+            f"last lines of stderr:\n{indent(outcome.error)}")
+
+
+def run(ns: argparse.Namespace) -> int:
+    facts = machine_facts(ns.build_image)
+    log("calibrating the CPU loop (busybox sh on the host)...")
+    loop_count = calibrate_loop(1.0)
+    loop_seconds = time_loop(loop_count)
+    facts["cpu loop"] = f"{loop_count} iterations = {loop_seconds:.2f} s in busybox sh on the host"
+
+    from tests.support.baseimage import push_busybox_image
+    from tests.support.registry import Registry
+
+    results: dict[str, dict[str, Series]] = {}
+    with contextlib.ExitStack() as stack:
+        work = tempfile.mkdtemp(prefix="bench-run-")
+        stack.callback(shutil.rmtree, work, True)
+        stack.callback(unmount_under, work)       # runs first: nothing mounted may be left in it
+
+        registry = stack.enter_context(Registry())
+        push_busybox_image(registry.host)
+        base = f"{registry.host}/busybox:latest"
+        log(f"base image: {base}")
+
+        cases = scenarios(base, loop_count)
+        contexts = {case.name: write_context(os.path.join(work, case.name), case.dockerfile) for case in cases}
+        warmup_context = contexts["cold-1-run"]
+
+        tools = []
+        build_image = BuildImage(shlex.split(ns.build_image), os.path.join(work, "store"))
+        log("build-image: untimed first build (fetches the base)...")
+        warm = build_image.prepare(base, warmup_context)
+        if not warm.ok:
+            log(f"build-image: the untimed first build failed; timed runs will be tried anyway:\n"
+                f"{indent(warm.error)}")
+        tools.append(build_image)
+
+        buildkit_available = False
+        if ns.skip_buildkit:
+            facts["docker"] = "skipped (--skip-buildkit)"
+        else:
+            try:
+                log("starting a private dockerd...")
+                daemon = stack.enter_context(PrivateDockerd())
+                version = daemon.server_version()
+                facts["docker"] = f"dockerd {version} ({daemon.client})"
+                facts["buildkit"] = f"the BuildKit built into dockerd {version}"
+                log("buildkit: docker pull + untimed first build...")
+                warm = BuildKit(daemon).prepare(base, warmup_context)
+                if warm.ok:
+                    tools.append(BuildKit(daemon))
+                    buildkit_available = True
+                else:
+                    facts["docker"] += "; its first build failed, BuildKit not timed"
+                    log(f"buildkit: the untimed first build failed, BuildKit is not timed:\n{indent(warm.error)}")
+            except DockerdUnavailable as error:
+                facts["docker"] = "unavailable: dockerd did not start"
+                log(f"dockerd is unavailable, timing build-image only:\n{indent(str(error))}")
+
+        for case in cases:
+            log(f"{case.name}: {case.description}")
+            results[case.name] = measure(
+                case, tools, contexts[case.name], ns.repeat,
+                lambda s, t, i, o: _report_outcome(s, t, i, o, ns.repeat))
+
+    rows = report.build_rows(results, buildkit_available=buildkit_available)
+    print(report.format_facts(facts))
+    print()
+    print(report.format_table(rows))
+    if ns.json:
+        settings = {"repeat": ns.repeat, "loop_count": loop_count, "build_image_command": ns.build_image,
+                    "targets": report.TARGETS}
+        with open(ns.json, "w") as f:
+            json.dump(report.to_json(results, rows, facts, settings), f, indent=2)
+            f.write("\n")
+        log(f"raw numbers written to {ns.json}")
+    return 0
+
+
+def _interrupt(signum, frame) -> None:
+    """SIGTERM cleans up (dockerd, registry, temp dirs) the way Ctrl-C does."""
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    ns = parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    started = time.monotonic()
+    try:
+        status = run(ns)
+    except KeyboardInterrupt:
+        log("interrupted; everything started has been stopped and removed")
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    log(f"benchmark took {time.monotonic() - started:.0f} s")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

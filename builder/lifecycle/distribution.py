@@ -1,0 +1,161 @@
+"""`pull`, `push`, `login` and `logout`: the store and registries.
+
+A pulled image is named by its tag and by its repo digest (`name@sha256:...`), as docker records
+both; a pushed one gains the repo digest too. Those repo digests are also how a push knows that a
+blob is already in another repository of the same registry, so it can ask for a cross-repository
+mount instead of uploading the blob again.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+from builder.errors import ImageNotFound, StoreError
+from builder.image.manifest import read_image
+from builder.image.media import Platform
+from builder.registry.auth import (CredentialStore, Credentials, erase_credentials, registry_host,
+                                   save_credentials)
+from builder.registry.reference import Reference, parse_reference
+from builder.store import Store
+
+
+@dataclass(frozen=True)
+class LayerEvent:
+    digest: str
+    status: str          # docker's words: "Pulling fs layer", "Already exists", "Download complete",
+                         # "Pull complete", "Preparing", "Pushed", "Layer already exists", "Mounted from R"
+
+
+LayerEvents = Callable[[LayerEvent], None]
+
+
+@dataclass(frozen=True)
+class PullResult:
+    reference: Reference
+    manifest_digest: str
+    image_id: str
+    up_to_date: bool     # the name already pointed at this image and every blob was here
+
+
+@dataclass(frozen=True)
+class PushResult:
+    reference: Reference
+    manifest_digest: str
+    manifest_size: int
+
+
+def pull(store: Store, name: str, *, platform: Platform = Platform(), insecure_registries: Sequence[str] = (),
+         events: LayerEvents = lambda event: None) -> PullResult:
+    """Fetch NAME's image for PLATFORM into the store and name it."""
+    from builder.registry.client import RegistryClient
+
+    ref = parse_reference(name)
+    completed: set[str] = set()
+    lock = threading.Lock()
+
+    def progress(digest: str, done: int, total: int) -> None:
+        with lock:
+            if done >= total and digest not in completed:
+                completed.add(digest)
+                events(LayerEvent(digest, "Download complete"))
+
+    with store, RegistryClient(insecure_registries=insecure_registries, progress=progress) as client:
+        previous = store.images.resolve(str(ref))
+        digest, manifest, _ = client.resolve(ref, platform)
+        pinned = ref.with_digest(digest)
+        layers = _layer_digests(manifest)
+        present = {d for d in layers if store.blobs.has(d)}
+        for layer in layers:
+            events(LayerEvent(layer, "Already exists" if layer in present else "Pulling fs layer"))
+        pulled = client.pull(pinned, store.blobs, platform)
+        for layer in layers:
+            if layer not in present:
+                events(LayerEvent(layer, "Pull complete"))
+        image = read_image(store.blobs, pulled.manifest_digest)
+        if ref.tag and not ref.digest:
+            store.images.tag(str(ref), pulled.manifest_digest)
+        store.images.tag(f"{ref.name}@{pulled.manifest_digest}", pulled.manifest_digest)
+        up_to_date = previous == pulled.manifest_digest and len(present) == len(layers)
+        return PullResult(ref, pulled.manifest_digest, image.image_id, up_to_date)
+
+
+def _layer_digests(manifest: bytes) -> list[str]:
+    try:
+        doc = json.loads(manifest)
+        return list(dict.fromkeys(layer["digest"] for layer in doc.get("layers") or ()))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return []  # the client's pull reports a malformed manifest properly
+
+
+def push(store: Store, name: str, *, insecure_registries: Sequence[str] = (),
+         events: LayerEvents = lambda event: None) -> PushResult:
+    """Upload the image named NAME to NAME's registry and repository."""
+    from builder.registry.client import RegistryClient
+
+    ref = parse_reference(name)
+    with store:
+        manifest_digest = store.images.resolve(str(ref))
+        if manifest_digest is None:
+            raise ImageNotFound(f"An image does not exist locally with the tag: {ref.familiar}")
+        image = read_image(store.blobs, manifest_digest)
+        layers = {layer.digest for layer in image.layers}
+        mount_from = _mount_sources(store, ref)
+
+        def status(digest: str, what: str) -> None:
+            if digest in layers:
+                words = {"exists": "Layer already exists", "pushed": "Pushed"}
+                events(LayerEvent(digest, words.get(what) or f"Mounted from {mount_from.get(digest, '')}"))
+
+        for layer in image.layers:
+            events(LayerEvent(layer.digest, "Preparing"))
+        manifest = store.blobs.get_bytes(manifest_digest)
+        with RegistryClient(insecure_registries=insecure_registries, blob_status=status) as client:
+            pushed = client.push(ref, store.blobs, manifest, image.manifest.media_type, mount_from)
+        store.images.tag(f"{ref.name}@{pushed}", manifest_digest)
+        return PushResult(ref, pushed, len(manifest))
+
+
+def _mount_sources(store: Store, ref: Reference) -> dict[str, str]:
+    """Blob digest -> another repository of REF's registry known to hold it: the repositories this
+    store pulled from or pushed to (its repo digests)."""
+    sources: dict[str, str] = {}
+    for name, digest in store.images.list():
+        if "@" not in name:
+            continue
+        other = parse_reference(name)
+        if other.registry != ref.registry or other.repository == ref.repository:
+            continue
+        try:
+            image = read_image(store.blobs, digest)
+        except StoreError:  # an unreadable image only loses a mount
+            continue
+        for blob in (image.config_descriptor, *image.layers):
+            sources.setdefault(blob.digest, other.repository)
+    return sources
+
+
+@dataclass(frozen=True)
+class LoginResult:
+    registry: str
+    saved_to: str        # the config file, or the credential helper's program name
+
+
+def login(server: str, username: str, password: str, *, insecure_registries: Sequence[str] = ()) -> LoginResult:
+    """Check USERNAME and PASSWORD against SERVER's registry, then keep them as docker login does."""
+    from builder.registry.client import RegistryClient
+
+    registry = registry_host(server)
+    credentials = Credentials(username, password)
+    store = CredentialStore(explicit={registry: credentials})
+    with RegistryClient(insecure_registries=insecure_registries, credentials=store, timeout=15.0) as client:
+        client.ping(registry)
+    return LoginResult(registry, save_credentials(registry, credentials))
+
+
+def logout(server: str) -> tuple[str, bool]:
+    """Forget SERVER's credentials; (registry, whether there were any)."""
+    registry = registry_host(server)
+    return registry, erase_credentials(registry)

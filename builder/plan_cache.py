@@ -1,0 +1,139 @@
+"""Remembers which image a build produced from which inputs, so that an unchanged rebuild skips
+parsing, planning and solving altogether.
+
+A build's result is a pure function of the Dockerfile text, the options that change its meaning
+(build args, target, platform, SOURCE_DATE_EPOCH), the base images' manifest digests and the
+content of what its COPY/ADD steps read from the context. A record at
+ROOT/cache/plans/<inputs key>.json keeps the last two with the image they produced. A rebuild
+re-resolves every base image and re-checksums every context source; only if all of them are
+unchanged, and every blob of the image is still in the store, is the recorded image reused.
+Anything else (a moved tag, an edited file, a pruned blob) falls through to a full build.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+
+from builder.context import BuildContext
+
+FORMAT = 1  # bump when the converter's output for the same inputs changes
+
+
+@dataclass(frozen=True)
+class PlanRecord:
+    manifest_digest: str
+    bases: tuple[tuple[str, str, str], ...]               # (name, platform, manifest digest)
+    sources: tuple[tuple[tuple[str, ...], str], ...]      # (COPY paths, content checksum)
+    steps: tuple[str, ...]                                # progress names, in order
+    warnings: tuple[str, ...] = ()
+
+    def to_json(self) -> dict:
+        return {"format": FORMAT, "image": self.manifest_digest, "bases": [list(b) for b in self.bases],
+                "sources": [[list(p), c] for p, c in self.sources], "steps": list(self.steps),
+                "warnings": list(self.warnings)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "PlanRecord":
+        return cls(data["image"], tuple(tuple(b) for b in data["bases"]),
+                   tuple((tuple(p), c) for p, c in data["sources"]), tuple(data["steps"]),
+                   tuple(data.get("warnings", ())))
+
+
+class RecordingContext(BuildContext):
+    """A build context that remembers every checksum the cache keys were computed from."""
+
+    def __init__(self, root: str, rules=()):
+        super().__init__(root, rules)
+        self.reads: dict[tuple[str, ...], str] = {}
+
+    def checksum(self, sources: tuple[str, ...]) -> str:
+        digest = super().checksum(sources)
+        self.reads[tuple(sources)] = digest
+        return digest
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("build-image")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def inputs_key(dockerfile_text: str, dockerfile_name: str, context: BuildContext, *, build_args, target,
+               platform: str, source_date_epoch: int | None) -> str:
+    body = {
+        "format": FORMAT,
+        "version": _version(),
+        "dockerfile": [dockerfile_name, dockerfile_text],
+        "ignore": [[r.pattern, r.negated] for r in context.rules],
+        "build_args": sorted(build_args.items()),
+        "target": target,
+        "platform": platform,
+        "epoch": source_date_epoch,
+    }
+    encoded = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(encoded).hexdigest()
+
+
+class PlanCache:
+    def __init__(self, root: str):
+        self.dir = os.path.join(root, "cache", "plans")
+
+    def _path(self, key: str) -> str:
+        return os.path.join(self.dir, key + ".json")
+
+    def get(self, key: str) -> PlanRecord | None:
+        try:
+            with open(self._path(key)) as f:
+                data = json.load(f)
+            if data.get("format") != FORMAT:
+                return None
+            return PlanRecord.from_json(data)
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def put(self, key: str, record: PlanRecord) -> None:
+        os.makedirs(self.dir, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(record.to_json(), f, sort_keys=True)
+            os.rename(tmp, self._path(key))
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    def still_valid(self, record: PlanRecord, sources, context: BuildContext, blobs) -> bool:
+        """True when the recorded image is what a full build would produce now."""
+        from builder.errors import BuildError
+
+        try:
+            for name, platform, digest in record.bases:
+                if sources.resolve(name, platform).manifest_digest != digest:
+                    return False
+            for paths, checksum in record.sources:
+                if context.checksum(paths) != checksum:
+                    return False
+        except BuildError:
+            return False  # a source went missing: the full build reports it properly
+        return _image_complete(record.manifest_digest, blobs)
+
+
+def _image_complete(manifest_digest: str, blobs) -> bool:
+    if not blobs.has(manifest_digest):
+        return False
+    manifest = json.loads(blobs.get_bytes(manifest_digest, verify=False))
+    needed = [manifest["config"]["digest"]] + [layer["digest"] for layer in manifest.get("layers", [])]
+    return all(blobs.has(d) for d in needed)
+
+
+def memoizable(plan) -> bool:
+    """Only plans whose inputs the record captures: no sources fetched from elsewhere (ADD URL)."""
+    return all(v.op.kind in ("source.image", "source.local", "exec", "file") for v in plan.vertices)
