@@ -15,7 +15,7 @@ import stat
 import subprocess
 import tarfile
 from contextlib import contextmanager
-from typing import BinaryIO, Iterator
+from typing import Iterator
 
 from builder.context import clean_path, resolve_in_root
 from builder.errors import SolveError
