@@ -134,6 +134,10 @@ def _image_complete(manifest_digest: str, blobs) -> bool:
     return all(blobs.has(d) for d in needed)
 
 
+# Ops whose inputs a record captures: their definition (in the Dockerfile text), base images and
+# context checksums. An ADD URL (source.http) depends on a server's answer, so it is never skipped.
+_MEMOIZABLE_KINDS = frozenset({"source.image", "source.local", "source.inline", "exec", "file", "merge"})
+
+
 def memoizable(plan) -> bool:
-    """Only plans whose inputs the record captures: no sources fetched from elsewhere (ADD URL)."""
-    return all(v.op.kind in ("source.image", "source.local", "exec", "file") for v in plan.vertices)
+    return all(v.op.kind in _MEMOIZABLE_KINDS for v in plan.vertices)
