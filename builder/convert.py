@@ -18,7 +18,8 @@ from builder.grammar import nodes
 from builder.grammar import Dockerfile
 from builder.image.config import Healthcheck, HistoryEntry, ImageConfig, RuntimeConfig
 from builder.llb import CopyAction, ExecOp, FileOp, ImageSource, LocalSource, MkdirAction, Vertex
-from builder.llb.ops import (BindMountSpec, CacheMountSpec, MountSpec, SSHMountSpec, TmpfsMountSpec)
+from builder.llb.ops import (BindMountSpec, CacheMountSpec, MountSpec, ScriptMountSpec, SSHMountSpec,
+                             TmpfsMountSpec)
 from builder.solver.mounts import MountSyntaxError, parse_mount, secret_spec, ssh_spec
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -362,10 +363,13 @@ class Converter:
     # -- instructions
     def _do_run(self, stage: Stage, node: nodes.Run, label: str, stages=None, stage_nodes=()) -> None:
         run_node = expand_instruction(node, self._expansion_env(stage), self.escape)
-        args = self._command_args(stage, self._with_heredocs(run_node))
+        command, script = self._with_heredocs(run_node)
+        args = self._command_args(stage, command)
         config = stage.config.config
         cwd = config.working_dir or "/"
         specs, mount_inputs = self._run_mounts(stage, run_node, cwd, stages or {}, stage_nodes)
+        if script is not None:
+            specs = specs + (script,)
         env = self._run_env(stage)
         ssh = [m for m in specs if isinstance(m, SSHMountSpec)]
         if ssh and not any(e.partition("=")[0] == "SSH_AUTH_SOCK" for e in env):
@@ -445,18 +449,23 @@ class Converter:
         ref, _config = self.resolver.resolve_config(mount.from_, self.platform)
         return Vertex(ImageSource(ref, self.platform))
 
-    def _with_heredocs(self, node: nodes.Run):
-        """A RUN whose command is only a heredoc runs that heredoc as the script; otherwise the
-        shell gets the heredoc bodies inline, as it would read them from a script."""
+    def _with_heredocs(self, node: nodes.Run) -> tuple[nodes.Command, ScriptMountSpec | None]:
+        """BuildKit's rules: a RUN that is only a heredoc runs its body with the shell, or, when
+        the body starts with #!, as an executable file at /dev/pipes/<name>; otherwise the shell
+        gets the heredoc bodies inline, as it would read them from a script."""
         if not node.heredocs or isinstance(node.command, nodes.ExecCommand):
-            return node.command
+            return node.command, None
         text = node.command.text.strip()
         if len(node.heredocs) == 1 and text.startswith("<<") and len(text.split()) == 1:
-            return nodes.ShellCommand(node.heredocs[0].data)
+            doc = node.heredocs[0]
+            if doc.data.startswith("#!"):
+                path = f"/dev/pipes/{doc.name}"
+                return nodes.ShellCommand(path), ScriptMountSpec(path, doc.data)
+            return nodes.ShellCommand(doc.data), None
         body = node.command.text
         for doc in node.heredocs:
             body += "\n" + doc.content.rstrip("\n") + "\n" + doc.name
-        return nodes.ShellCommand(body)
+        return nodes.ShellCommand(body), None
 
     def _copy_source(self, stage: Stage, node, stages, stage_nodes) -> Vertex | None:
         """What COPY reads local paths from: the context, an earlier stage, or an image."""

@@ -115,7 +115,10 @@ def layered_mount_fd(spec: LayeredMount, view: str, empty: str) -> tuple[int, bo
 def secret_file_fds(secrets: list[SecretFile], scratch: str) -> list[int]:
     """Detached read-only mounts of one file per secret, written to a tmpfs at SCRATCH that is
     unmounted again at once: the values live only in memory, reachable only through the clones."""
-    mount("tmpfs", scratch, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=0711")
+    # noexec unless a file is meant to run (a RUN heredoc script with #!, mode 0755).
+    executable = any(secret.mode & 0o111 for secret in secrets)
+    flags = MS_NOSUID | MS_NODEV | (0 if executable else MS_NOEXEC)
+    mount("tmpfs", scratch, "tmpfs", flags, "mode=0711")
     fds = []
     try:
         for i, secret in enumerate(secrets):

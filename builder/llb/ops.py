@@ -108,7 +108,17 @@ class SSHMountSpec:
     gid: int = 0
 
 
-MountSpec = BindMountSpec | CacheMountSpec | TmpfsMountSpec | SecretMountSpec | SSHMountSpec
+@dataclass(frozen=True)
+class ScriptMountSpec:
+    """A RUN heredoc that starts with #!, mounted read-only as an executable file at `target`
+    (/dev/pipes/<name>) and run from there, as BuildKit does. Its text is part of the digest."""
+
+    target: str
+    data: str
+    mode: int = 0o755
+
+
+MountSpec = BindMountSpec | CacheMountSpec | TmpfsMountSpec | SecretMountSpec | SSHMountSpec | ScriptMountSpec
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from builder.cache.mounts import CacheMountStore
 from builder.errors import BuildError, SolveError
-from builder.llb.ops import (BindMountSpec, CacheMountSpec, MountSpec, SecretMountSpec, SSHMountSpec,
+from builder.llb.ops import (BindMountSpec, CacheMountSpec, MountSpec, ScriptMountSpec, SecretMountSpec, SSHMountSpec,
                              TmpfsMountSpec)
 
 MOUNT_TYPES = ("bind", "cache", "tmpfs", "secret", "ssh")
@@ -364,6 +364,9 @@ class RunMounts:
                         mounts.append(SecretFile(spec.target, value, spec.mode, spec.uid, spec.gid))
                     if spec.env:
                         env.append(f"{spec.env}={os.fsdecode(value)}")
+                elif isinstance(spec, ScriptMountSpec):
+                    # An in-memory file, like a secret: the script never touches the layer.
+                    mounts.append(SecretFile(spec.target, spec.data.encode(), spec.mode, 0, 0))
                 elif isinstance(spec, SSHMountSpec):
                     socket = self.ssh.get(spec.id)
                     if socket is None:
