@@ -99,6 +99,7 @@ def test_prune_cache_and_df(store_root, busybox_registry, tmp_path):
     out = cli(store_root, "prune", "-f", "--cache").stdout
     assert out.count("\n") >= 5 and "Deleted build cache objects:" in out
     assert blob_files(store_root) == set() and store.records.keys() == [] and store.snapshot_keys() == []
+    assert os.listdir(os.path.join(store_root, "cache", "plans")) == []  # unchanged-rebuild records too
     assert cli(store_root, "fsck").returncode == 0
 
 

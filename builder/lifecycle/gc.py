@@ -14,11 +14,12 @@ import datetime
 import json
 import os
 import re
+import shutil
 from dataclasses import dataclass
 
 from builder.errors import BlobNotFound, StoreError
 from builder.image.manifest import read_image
-from builder.store import Store
+from builder.store import Store, tree_size
 
 from .inventory import ImageRecord, familiar, image_manifest_digests, list_images, parse_time
 from .tagging import short_id
@@ -62,6 +63,7 @@ def prune(store: Store, *, all_images: bool = False, cache: bool = False,
                     reclaimed += _file_size(os.path.join(store.records.root, key.partition(":")[2] + ".json"))
                     store.records.delete(key)
                     deleted_cache.append(key)
+            reclaimed += _prune_build_files(store.root, old_enough)
         doomed_digests = {r.manifest_digest for r in doomed}
         kept = [r for r in images if r.manifest_digest not in doomed_digests]
         marked = _mark(store, kept)
@@ -76,6 +78,32 @@ def prune(store: Store, *, all_images: bool = False, cache: bool = False,
                 store.remove_snapshot(key)
         deleted_ids = tuple(dict.fromkeys(r.image_id for r in doomed))
         return PruneReport(tuple(untagged), deleted_ids, tuple(deleted_cache), reclaimed)
+
+
+# Build-cache files beside the records: unchanged-rebuild plans, RUN cache mounts, ADD downloads.
+_BUILD_CACHE_DIRS = (("cache", "plans"), ("cache", "mounts"), ("http",))
+
+
+def _prune_build_files(root: str, old_enough) -> int:
+    """Removes the build-cache entries (files or directories) last changed before the cut-off."""
+    reclaimed = 0
+    for parts in _BUILD_CACHE_DIRS:
+        base = os.path.join(root, *parts)
+        try:
+            names = os.listdir(base)
+        except FileNotFoundError:
+            continue
+        for name in names:
+            path = os.path.join(base, name)
+            changed = datetime.datetime.fromtimestamp(os.lstat(path).st_mtime, datetime.timezone.utc)
+            if not old_enough(changed):
+                continue
+            reclaimed += tree_size(path)
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                os.unlink(path)
+    return reclaimed
 
 
 def _mark(store: Store, kept: list[ImageRecord]) -> set[str]:
