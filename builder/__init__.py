@@ -5,6 +5,8 @@ The public API is small: `build()` with `BuildOptions`, `parse()`, and the error
 
 from builder.errors import BuildError, ExecutionError, ParseError
 
+__version__ = "0.1.0"
+
 
 def build(options, progress=None, executor=None):
     """Builds an image; see `builder.build.BuildOptions` and `BuildResult`."""

@@ -18,6 +18,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 
+from builder import __version__
 from builder.context import BuildContext
 
 FORMAT = 1  # bump when the converter's output for the same inputs changes
@@ -56,20 +57,11 @@ class RecordingContext(BuildContext):
         return digest
 
 
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("build-image")
-    except PackageNotFoundError:
-        return "unknown"
-
-
 def inputs_key(dockerfile_text: str, dockerfile_name: str, context: BuildContext, *, build_args, target,
                platform: str, source_date_epoch: int | None) -> str:
     body = {
         "format": FORMAT,
-        "version": _version(),
+        "version": __version__,
         "dockerfile": [dockerfile_name, dockerfile_text],
         "ignore": [[r.pattern, r.negated] for r in context.rules],
         "build_args": sorted(build_args.items()),

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
+import os
+import tempfile
 from importlib import resources
 from typing import TYPE_CHECKING
 
@@ -32,9 +36,78 @@ def grammar_text(escape: str = "\\") -> str:
 
 @functools.cache
 def _parser(escape: str) -> Lark:
+    """The LALR parser for ESCAPE. Building its tables takes ~60 ms on every run, so they are kept
+    in the user's cache directory as tagged JSON (data only: never pickle) and loaded in ~10 ms."""
+    import lark
     from lark import Lark
 
-    return Lark(grammar_text(escape), parser="lalr", lexer="contextual", start="start")
+    text = grammar_text(escape)
+    key = hashlib.sha256(f"{lark.__version__}\0{text}".encode()).hexdigest()
+    path = os.path.join(tables_dir(), f"{key}.json")
+    parser = _load_tables(path)
+    if parser is None:
+        parser = Lark(text, parser="lalr", lexer="contextual", start="start")
+        _save_tables(parser, path)
+    return parser
+
+
+def tables_dir() -> str:
+    cache_home = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(cache_home, "build-image", "grammar")
+
+
+def _load_tables(path: str) -> Lark | None:
+    from lark import Lark
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            tables = _untag(json.load(f))
+        return Lark._load_from_dict(tables["data"], tables["memo"])
+    except FileNotFoundError:
+        return None
+    except Exception:  # a damaged or foreign file: rebuild and overwrite it
+        return None
+
+
+def _save_tables(parser: Lark, path: str) -> None:
+    from lark.grammar import Rule
+    from lark.lexer import TerminalDef
+
+    data, memo = parser.memo_serialize([TerminalDef, Rule])
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(_tag({"data": data, "memo": memo}), f, separators=(",", ":"))
+        os.replace(tmp, path)
+    except OSError:
+        pass  # no writable cache directory: the next run builds the tables again
+
+
+# JSON keeps neither int dict keys nor tuples, which Lark's tables use: every container is tagged.
+def _tag(value):
+    if isinstance(value, dict):
+        return {"d": [[_tag(k), _tag(v)] for k, v in value.items()]}
+    if isinstance(value, list):
+        return {"l": [_tag(v) for v in value]}
+    if isinstance(value, tuple):
+        return {"t": [_tag(v) for v in value]}
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    raise TypeError(f"cannot store {type(value).__name__} in parser tables")
+
+
+def _untag(value):
+    if isinstance(value, dict):
+        (tag, items), = value.items()
+        if tag == "d":
+            return {_untag(k): _untag(v) for k, v in items}
+        if tag == "l":
+            return [_untag(v) for v in items]
+        if tag == "t":
+            return tuple(_untag(v) for v in items)
+        raise ValueError(f"unknown tag {tag!r} in parser tables")
+    return value
 
 
 def parse_line(text: str, escape: str = "\\") -> Tree:

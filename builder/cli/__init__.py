@@ -23,25 +23,26 @@ from __future__ import annotations
 import sys
 
 
-def _commands() -> dict:
-    from builder.cli import build, parse
-    from builder.cli import images
+# Command name -> module under builder.cli; only the one asked for is imported.
+_COMMANDS = {
+    "build": "build", "parse": "parse",
+    **{name: "images" for name in ("images", "tag", "rmi", "inspect", "history", "save", "load", "import",
+                                   "export", "pull", "push", "login", "logout", "prune", "df", "fsck")},
+}
 
-    return {"build": build.cmd_build, "parse": parse.cmd_parse,
-            "images": images.cmd_images, "tag": images.cmd_tag, "rmi": images.cmd_rmi,
-            "inspect": images.cmd_inspect, "history": images.cmd_history,
-            "save": images.cmd_save, "load": images.cmd_load, "import": images.cmd_import,
-            "export": images.cmd_export, "pull": images.cmd_pull, "push": images.cmd_push,
-            "login": images.cmd_login, "logout": images.cmd_logout,
-            "prune": images.cmd_prune, "df": images.cmd_df, "fsck": images.cmd_fsck}
+
+def _command(name: str):
+    import importlib
+
+    module = importlib.import_module(f"builder.cli.{_COMMANDS[name]}")
+    return getattr(module, f"cmd_{name}")
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = _commands()
-    if argv and argv[0] in commands:
-        return commands[argv[0]](argv[1:])
+    if argv and argv[0] in _COMMANDS:
+        return _command(argv[0])(argv[1:])
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__.strip())
         return 0 if argv else 2
-    return commands["build"](argv)
+    return _command("build")(argv)
