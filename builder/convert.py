@@ -270,20 +270,19 @@ class Converter:
     def _convert_stage(self, index, from_node, body, global_args, stages, stage_nodes) -> Stage:
         meta = self._meta_env(global_args)
         from_node = expand_instruction(from_node, meta, self.escape)
-        if from_node.platform:
-            self.platform = from_node.platform
+        platform = from_node.platform or self.platform  # FROM --platform: this stage's base only
         base = self._stage_lookup(stage_nodes, from_node.image, index)
         if base is not None:
             parent = stages[base]
             stage = Stage(index, from_node.stage_name, parent.vertex, parent.config,
                           steps=list(parent.steps), base_ref=parent.base_ref)
         elif from_node.image.lower() == "scratch":
-            config = ImageConfig(os="linux", architecture=self.platform.split("/")[1],
+            config = ImageConfig(os="linux", architecture=platform.split("/")[1],
                                  config=RuntimeConfig(env=(f"PATH={DEFAULT_PATH}",), working_dir="/"))
             stage = Stage(index, from_node.stage_name, None, config)
         else:
-            ref, config = self.resolver.resolve_config(from_node.image, self.platform)
-            vertex = Vertex(ImageSource(ref, self.platform))
+            ref, config = self.resolver.resolve_config(from_node.image, platform)
+            vertex = Vertex(ImageSource(ref, platform))
             self.names.setdefault(vertex.digest, f"[{from_node.stage_name or f'stage-{index}'} 1/{len(body) + 1}] "
                                                  f"FROM {ref}")
             if not any(e.partition("=")[0] == "PATH" for e in config.config.env):
@@ -320,13 +319,20 @@ class Converter:
 
     def _expansion_env(self, stage: Stage) -> dict[str, str]:
         # ENV always wins over ARG of the same name.
-        return {**self.auto_args, **stage.args, **_env_map(stage.config.config.env)}
+        # Platform ARGs live in the global scope: a stage sees them only once it declares them.
+        return {**stage.args, **_env_map(stage.config.config.env)}
 
     def _run_env(self, stage: Stage) -> tuple[str, ...]:
         env = stage.config.config.env
         image_keys = {e.partition("=")[0] for e in env}
         extra = tuple(f"{k}={v}" for k, v in stage.args.items() if k not in image_keys)
-        return env + extra
+        # Proxy settings given with --build-arg reach every RUN without an ARG (and stay out of
+        # the history), as in BuildKit.
+        proxies = tuple(f"{k}={v}" for k, v in sorted(self.build_args.items())
+                        if k in PROXY_ARGS and k not in stage.args and k not in image_keys)
+        if proxies:
+            self.used_args.update(k for k in self.build_args if k in PROXY_ARGS)
+        return env + extra + proxies
 
     def _dispatch(self, stage: Stage, node, global_args, stages, stage_nodes, label: str) -> None:
         handler = getattr(self, "_do_" + type(node).__name__.lower(), None)
