@@ -16,7 +16,7 @@ from builder.errors import ParseError, SolveError
 from builder.expand import expand_instruction, expand_word
 from builder.grammar import nodes
 from builder.grammar import Dockerfile
-from builder.image.config import Healthcheck, HistoryEntry, ImageConfig, RuntimeConfig
+from builder.image.config import Healthcheck, ImageConfig, RuntimeConfig
 from builder.llb import CopyAction, ExecOp, FileOp, ImageSource, LocalSource, MkdirAction, Vertex
 from builder.llb.ops import (BindMountSpec, CacheMountSpec, MountSpec, ScriptMountSpec, SSHMountSpec,
                              TmpfsMountSpec)

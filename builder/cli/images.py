@@ -185,32 +185,14 @@ def _passes(record, filters: dict[str, list[str]]) -> bool:
 def _matches(pattern: str, familiar_name: str) -> bool:
     """docker's reference filter: Go's path.Match on the familiar name with its tag, then without."""
     name = re.split(r"[:@](?=[^/]*$)", familiar_name, maxsplit=1)[0]
-    regex = re.compile(_path_match_regex(pattern))
-    return bool(regex.fullmatch(familiar_name) or regex.fullmatch(name))
+    from builder.context import go_match_regex
+    from builder.errors import SolveError
 
-
-def _path_match_regex(pattern: str) -> str:
-    out, i = [], 0
-    while i < len(pattern):
-        c = pattern[i]
-        if c == "*":
-            out.append("[^/]*")
-        elif c == "?":
-            out.append("[^/]")
-        elif c == "[":
-            end = pattern.find("]", i + 1)
-            if end < 0:
-                raise BuildError(f"invalid filter 'reference={pattern}': syntax error in pattern")
-            body = pattern[i + 1:end]
-            out.append("[" + ("^" + body[1:] if body.startswith("^") else body) + "]")
-            i = end
-        elif c == "\\" and i + 1 < len(pattern):
-            i += 1
-            out.append(re.escape(pattern[i]))
-        else:
-            out.append(re.escape(c))
-        i += 1
-    return "".join(out)
+    try:
+        regex = go_match_regex(pattern)
+    except SolveError:
+        raise BuildError(f"invalid filter 'reference={pattern}': syntax error in pattern") from None
+    return bool(regex.match(familiar_name) or regex.match(name))
 
 
 def _image_rows(record, digests: bool, patterns: list[str] | None) -> list[tuple[str, str, str]]:

@@ -243,7 +243,7 @@ def _write_archive(dest: str, files: dict[str, bytes], blob_descs: list[Descript
                 else:
                     _add_blob(tar, name, content, blobs)
 
-    _write_file_atomically(dest, write)
+    write_file_atomically(dest, write)
 
 
 def _tarinfo(name: str, kind: bytes, mode: int, size: int = 0) -> tarfile.TarInfo:
@@ -283,7 +283,8 @@ class _HashingReader:
         return "sha256:" + self._hash.hexdigest()
 
 
-def _write_file_atomically(dest: str, write: Callable[[BinaryIO], None]) -> None:
+def write_file_atomically(dest: str, write: Callable[[BinaryIO], None]) -> None:
+    """Call WRITE with a temp file beside DEST, renamed over DEST only when it succeeded."""
     directory = os.path.dirname(os.path.abspath(dest))
     try:
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(dest)}.", suffix=".tmp")
@@ -320,13 +321,13 @@ def _fill_layout(root: str, image: StoredImage, names: Sequence[str], blobs: Blo
         target = os.path.join(root, _blob_path(desc.digest))
         if os.path.isfile(target) and os.path.getsize(target) == desc.size:
             continue
-        _write_file_atomically(target, lambda out, d=desc: _copy_blob(blobs, d, out))
+        write_file_atomically(target, lambda out, d=desc: _copy_blob(blobs, d, out))
     layout_file = os.path.join(root, "oci-layout")
     if not os.path.exists(layout_file):
-        _write_file_atomically(layout_file, lambda out: out.write(OCI_LAYOUT_FILE))
+        write_file_atomically(layout_file, lambda out: out.write(OCI_LAYOUT_FILE))
     entries = _merge_index_entries(existing, _index_entries(image, names))
     # index.json last: until it is replaced, readers see the layout as it was.
-    _write_file_atomically(os.path.join(root, "index.json"), lambda out: out.write(index_bytes(entries)))
+    write_file_atomically(os.path.join(root, "index.json"), lambda out: out.write(index_bytes(entries)))
 
 
 def _copy_blob(blobs: BlobStore, desc: Descriptor, out: BinaryIO) -> None:

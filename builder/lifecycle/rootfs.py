@@ -24,11 +24,12 @@ import tarfile
 import tempfile
 import zlib
 from dataclasses import dataclass, replace
-from typing import BinaryIO, Callable, Sequence
+from typing import BinaryIO, Sequence
 
 from builder.errors import BuildError, ExportError, ParseError, StoreError
 from builder.image import media
 from builder.image.config import HistoryEntry, ImageConfig, RuntimeConfig
+from builder.image.exporters import write_file_atomically
 from builder.image.manifest import write_image
 from builder.image.media import Descriptor, Platform
 from builder.registry.platforms import normalize_platform
@@ -193,7 +194,7 @@ def export_rootfs(store: Store, name: str, dest: str) -> None:
             for layer in record.image.layers:
                 with store.blobs.open(layer.digest) as stream:
                     apply_layer(stream, stage)
-            write_atomically(dest, lambda out: _write_tree_tar(stage, out))
+            write_file_atomically(dest, lambda out: _write_tree_tar(stage, out))
         finally:
             shutil.rmtree(stage, ignore_errors=True)
 
@@ -214,25 +215,3 @@ def _write_tree_tar(root: str, out: BinaryIO) -> None:
                         tar.addfile(info, f)
                 else:
                     tar.addfile(info)
-
-
-def write_atomically(dest: str, write: Callable[[BinaryIO], None]) -> None:
-    """Call WRITE with a temp file beside DEST, renamed over DEST only when it succeeded."""
-    directory = os.path.dirname(os.path.abspath(dest))
-    try:
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(dest)}.", suffix=".tmp")
-    except OSError as e:
-        raise ExportError(f"cannot write {dest}: {e.strerror or e}") from None
-    try:
-        with os.fdopen(fd, "wb") as out:
-            write(out)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, 0o644)
-        os.rename(tmp, dest)
-    except BaseException as e:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        if isinstance(e, OSError):
-            raise ExportError(f"cannot write {dest}: {e.strerror or e}") from None
-        raise

@@ -12,7 +12,6 @@ import contextlib
 import hashlib
 import os
 import threading
-import time
 from collections import deque
 from collections.abc import Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -267,7 +266,7 @@ class Solver:
         return tuple(dirs)
 
     def _run(self, vertex: Vertex, parent: Result) -> LayerRef:
-        from builder.executor import ProcessSpec, RootFS
+        from builder.executor import RootFS
         from builder.snapshot.layers import chain_ids, write_layer
 
         lowerdirs = self._lowerdirs(parent.layers)
