@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 from urllib.parse import urlencode, urljoin, urlsplit
@@ -336,6 +335,8 @@ class RegistryClient:
             for job in jobs:
                 job()
             return
+        from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+
         with ThreadPoolExecutor(max_workers=min(_DOWNLOADS, len(jobs))) as pool:
             futures = [pool.submit(job) for job in jobs]
             done, pending = wait(futures, return_when=FIRST_EXCEPTION)
