@@ -115,15 +115,9 @@ class PlanCache:
                     return False
         except BuildError:
             return False  # a source went missing: the full build reports it properly
-        return _image_complete(record.manifest_digest, blobs)
+        from builder.image.manifest import image_complete
 
-
-def _image_complete(manifest_digest: str, blobs) -> bool:
-    if not blobs.has(manifest_digest):
-        return False
-    manifest = json.loads(blobs.get_bytes(manifest_digest, verify=False))
-    needed = [manifest["config"]["digest"]] + [layer["digest"] for layer in manifest.get("layers", [])]
-    return all(blobs.has(d) for d in needed)
+        return image_complete(blobs, record.manifest_digest)
 
 
 # Ops whose inputs a record captures: their definition (in the Dockerfile text), base images and

@@ -179,5 +179,6 @@ def test_history_of_a_build(store_root, busybox_registry, tmp_path):
     assert env[2:4] == ["ENV A=1", "0B"]
     full = cli(store_root, "history", "--no-trunc", "hist").stdout
     assert image_id in full and "echo a long command line that docker truncates # buildkit" in full
-    # the base image pulled for the build is in the store without a name: dangling
-    assert "<none>" in cli(store_root, "images", "--filter", "dangling=true").stdout
+    # the base image pulled for the build is a named local image, as after `docker pull`
+    assert "<none>" not in cli(store_root, "images", "--filter", "dangling=true").stdout
+    assert "/busybox " in cli(store_root, "images").stdout

@@ -85,18 +85,18 @@ def test_prune_cache_and_df(store_root, busybox_registry, tmp_path):
     df = cli(store_root, "df").stdout.splitlines()
     assert df[0].split() == ["TYPE", "TOTAL", "ACTIVE", "SIZE", "RECLAIMABLE"]
     kinds = {re.split(r" {3,}", line)[0]: re.split(r" {3,}", line)[1:] for line in df[1:]}
-    assert kinds["Images"][:2] == ["2", "1"]          # app, and the base image pulled without a name
+    assert kinds["Images"][:2] == ["2", "2"]          # app, and the base image the build pulled
     assert kinds["Build Cache"][:2] == ["2", "2"]     # both cached layers are in app
     assert set(kinds) == {"Images", "Build Cache", "Snapshots"}
 
-    out = cli(store_root, "prune", "-f").stdout      # the nameless base image goes, the cache stays
-    assert "deleted: sha256:" in out and len(store.records.keys()) == 2
+    out = cli(store_root, "prune", "-f").stdout      # nothing dangling: images and cache stay
+    assert "deleted: sha256:" not in out and len(store.records.keys()) == 2
     rebuilt = build_image("--root", store_root, "-t", "app", "--progress", "plain", context)
     assert rebuilt.stderr.count("CACHED") >= 2
 
     cli(store_root, "rmi", "app")
     assert len(blob_files(store_root)) >= 2           # the cache records still hold their layers
-    out = cli(store_root, "prune", "-f", "--cache").stdout
+    out = cli(store_root, "prune", "-f", "-a", "--cache").stdout
     assert out.count("\n") >= 5 and "Deleted build cache objects:" in out
     assert blob_files(store_root) == set() and store.records.keys() == [] and store.snapshot_keys() == []
     assert os.listdir(os.path.join(store_root, "cache", "plans")) == []  # unchanged-rebuild records too

@@ -22,7 +22,7 @@ def push_base(host: str, root: str, tmp_path, content: str) -> None:
     build(context, root, "-o", f"type=image,name={host}/moving:latest,push=true")
 
 
-def test_moved_base_tag_is_noticed(tmp_path, store_root, busybox_registry):
+def test_moved_base_tag_is_noticed_with_pull(tmp_path, store_root, busybox_registry):
     host = busybox_registry.host
     push_base(host, str(tmp_path / "pusher"), tmp_path, "one")
     context = write_context(tmp_path / "ctx", {"Dockerfile": f"FROM {host}/moving:latest\nRUN cp /base.txt /copy\n"})
@@ -32,8 +32,11 @@ def test_moved_base_tag_is_noticed(tmp_path, store_root, busybox_registry):
 
     push_base(host, str(tmp_path / "pusher"), tmp_path, "two")
     out2 = str(tmp_path / "out2")
-    build(context, store_root, "-o", f"type=local,dest={out2}")
-    assert open(os.path.join(out2, "copy")).read() == "two\n"
+    build(context, store_root, "-o", f"type=local,dest={out2}")   # as docker: the local copy
+    assert open(os.path.join(out2, "copy")).read() == "one\n"
+    out3 = str(tmp_path / "out3")
+    build(context, store_root, "--pull", "-o", f"type=local,dest={out3}")
+    assert open(os.path.join(out3, "copy")).read() == "two\n"
 
 
 def test_edited_context_file_and_build_args_are_noticed(tmp_path, store_root, busybox_registry):

@@ -133,3 +133,15 @@ def _check_layers(blobs: BlobStore, config: ImageConfig, layers: tuple[Descripto
         size = blobs.size(layer.digest)
         if size != layer.size:
             raise InvalidImage(f"layer {layer.digest} is {size} bytes but its descriptor says {layer.size}")
+
+
+def image_complete(blobs: BlobStore, manifest_digest: str) -> bool:
+    """Whether the manifest, its config and every layer it names are all in BLOBS."""
+    if not blobs.has(manifest_digest):
+        return False
+    try:
+        manifest = json.loads(blobs.get_bytes(manifest_digest, verify=False))
+        needed = [manifest["config"]["digest"]] + [layer["digest"] for layer in manifest.get("layers", [])]
+    except (ValueError, KeyError, TypeError):
+        return False
+    return all(blobs.has(d) for d in needed)

@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from typing import BinaryIO, Callable, Iterator
 
 from builder.errors import StoreError
-from builder.snapshot.layers import unpack_layer
 
 _KEY_LEN = 32
 
@@ -114,6 +113,8 @@ class SnapshotStore:
                 os.mkdir(fs, 0o755)
                 os.chmod(fs, 0o755)  # becomes the merged root's mode when it is the top layer
                 with open_layer() as stream:
+                    from builder.snapshot.layers import unpack_layer  # tarfile & co. only when unpacking
+
                     unpack_layer(stream, fs)
                 os.rename(fs, dest)
         return dest

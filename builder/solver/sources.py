@@ -22,6 +22,7 @@ class BaseImage:
     config: ImageConfig
     layers: tuple[Descriptor, ...]
     local: bool                    # found in the local image store (no registry needed)
+    name: str = ""                 # the tag it goes by locally once its layers are all here
 
 
 def parse_platform(text: str) -> Platform:
@@ -88,13 +89,15 @@ class ImageSources:
         return self._by_ref[ref]
 
     def _resolve(self, name: str, platform: str) -> BaseImage:
-        from builder.image.manifest import read_image
+        from builder.image.manifest import image_complete, read_image
         from builder.registry.reference import parse_reference
 
         ref = parse_reference(name)
         if not self.pull_always:
-            local = self.images.resolve(str(ref))
-            if local and self.blobs.has(local):
+            # As docker build: an image already in the local store is used as it is; --pull
+            # asks the registry whether its tag has moved.
+            local = ref.digest or self.images.resolve(str(ref))
+            if local and image_complete(self.blobs, local):
                 stored = read_image(self.blobs, local)
                 return BaseImage(f"{_without_digest(ref)}@{local}", local, stored.config, stored.layers, True)
         digest, manifest, media_type = self.client.resolve(ref, parse_platform(platform))
@@ -107,7 +110,8 @@ class ImageSources:
             self.client.fetch_blob(ref, config_desc, self.blobs)
         config = ImageConfig.from_json(self.blobs.get_bytes(config_desc.digest))
         layers = tuple(Descriptor.from_json(d) for d in document.get("layers", []))
-        return BaseImage(f"{_without_digest(ref)}@{digest}", digest, config, layers, False)
+        name = str(ref) if ref.tag and not ref.digest else ""
+        return BaseImage(f"{_without_digest(ref)}@{digest}", digest, config, layers, False, name)
 
     def ensure_layers(self, ref: str) -> bool:
         """Makes sure every layer blob of a resolved base image is in the blob store; says
@@ -122,6 +126,8 @@ class ImageSources:
             from builder.registry.reference import parse_reference
 
             self.client.fetch_blobs(parse_reference(ref), missing, self.blobs)
+        if image.name:  # pulled whole: it is a local image now, as after `docker pull`
+            self.images.tag(image.name, image.manifest_digest)
         return bool(missing)
 
 
