@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from builder.cli.progress import PlainProgress
+from builder.cli.progress import make_progress
 from builder.cli.runner import run_command
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -77,7 +77,7 @@ def cmd_build(argv: list[str]) -> int:
 
     ns = _build_parser().parse_args(argv)
     quiet = ns.quiet or ns.progress == "quiet"
-    progress = (lambda event: None) if quiet else PlainProgress()
+    progress = (lambda event: None) if quiet else make_progress(ns.progress)
     options = BuildOptions(
         context=ns.context,
         dockerfile=ns.dockerfile,
@@ -95,7 +95,16 @@ def cmd_build(argv: list[str]) -> int:
         secrets=tuple(ns.secret),
         ssh=tuple(ns.ssh),
     )
-    return run_command(lambda: _report_build(build(options, progress), quiet), ns.debug)
+    def run() -> int:
+        try:
+            result = build(options, progress)
+        finally:
+            close = getattr(progress, "close", None)
+            if close is not None:  # the tty view draws its last frame before any error line
+                close()
+        return _report_build(result, quiet)
+
+    return run_command(run, ns.debug)
 
 
 def _report_build(result, quiet: bool) -> int:

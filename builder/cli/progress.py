@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 import threading
 import time
+from dataclasses import dataclass, field
+
 
 class PlainProgress:
     """BuildKit's plain progress format: `#N name`, `#N 0.123 output`, `#N DONE 0.3s` / `#N CACHED`."""
@@ -56,3 +59,95 @@ class PlainProgress:
                     self._write(f"#{n} DONE {elapsed:.1f}s\n")
 
 
+@dataclass
+class _Step:
+    name: str
+    started: float
+    ended: float | None = None
+    state: str = "running"          # running | done | cached | error
+    lines: list[str] = field(default_factory=list)
+    partial: bytes = b""
+
+
+class TtyProgress:
+    """BuildKit's tty view: a live list of steps redrawn in place, the last output lines of the
+    running ones beneath them, and a header with the elapsed time and the finished count."""
+
+    REFRESH = 0.1
+    OUTPUT_LINES = 6
+
+    def __init__(self, stream=sys.stderr):
+        self.stream = stream
+        self.steps: dict[str, _Step] = {}
+        self.lock = threading.Lock()
+        self.begun = time.monotonic()
+        self.drawn = 0                 # lines the last frame took, to move back over them
+        self.stopped = threading.Event()
+        self.ticker = threading.Thread(target=self._tick, name="progress", daemon=True)
+        self.ticker.start()
+
+    def __call__(self, event) -> None:
+        from builder.solver import progress as ev
+
+        with self.lock:
+            now = time.monotonic()
+            if isinstance(event, ev.Started):
+                self.steps.setdefault(event.id, _Step(event.name, now))
+                return
+            step = self.steps.get(event.id)
+            if step is None:
+                return
+            if isinstance(event, ev.Output):
+                *complete, step.partial = (step.partial + event.data).split(b"\n")
+                step.lines.extend(line.decode(errors="replace") for line in complete)
+                del step.lines[:-self.OUTPUT_LINES]
+            elif isinstance(event, ev.Log):
+                step.lines = (step.lines + [event.text])[-self.OUTPUT_LINES:]
+            elif isinstance(event, ev.Finished):
+                step.ended = now
+                step.state = "cached" if event.cached else "error" if event.error else "done"
+                if event.error:
+                    step.lines = (step.lines + [f"ERROR: {event.error}"])[-self.OUTPUT_LINES:]
+
+    def close(self) -> None:
+        """Draws the final frame; call it once the build has ended, however it ended."""
+        self.stopped.set()
+        self.ticker.join()
+        with self.lock:
+            self._draw()
+
+    def _tick(self) -> None:
+        while not self.stopped.wait(self.REFRESH):
+            with self.lock:
+                self._draw()
+
+    def _draw(self) -> None:
+        width = shutil.get_terminal_size((100, 24)).columns
+        now = time.monotonic()
+        done = sum(1 for s in self.steps.values() if s.state != "running")
+        rows = [f"[+] Building {now - self.begun:.1f}s ({done}/{len(self.steps)})"
+                + (" FINISHED" if self.stopped.is_set() else "")]
+        for step in self.steps.values():
+            seconds = (step.ended or now) - step.started
+            status = {"cached": "CACHED", "error": "ERROR"}.get(step.state, f"{seconds:.1f}s")
+            label = f" => {step.name}"
+            room = max(10, width - len(status) - 2)
+            rows.append(f"{label[:room]:<{room}} {status}")
+            if step.state in ("running", "error"):
+                rows.extend(f" => => # {line}"[:width - 1] for line in step.lines)
+        frame = "".join(f"\x1b[2K{row}\n" for row in rows)
+        self.stream.write(f"\x1b[{self.drawn}F" if self.drawn else "")
+        self.stream.write(frame)
+        # Clear what is left of a longer previous frame.
+        extra = self.drawn - len(rows)
+        if extra > 0:
+            self.stream.write("\x1b[2K\n" * extra + f"\x1b[{extra}F")
+        self.stream.flush()
+        self.drawn = len(rows)
+
+
+def make_progress(mode: str, stream=sys.stderr):
+    """The progress display for --progress: tty when asked (or `auto` on a terminal), else plain."""
+    if mode == "tty" or (mode == "auto" and stream.isatty()):
+        return TtyProgress(stream)
+    return PlainProgress(stream)
