@@ -5,7 +5,7 @@ Re-exports are resolved on first use, so reading a config does not pay for the e
 
 from __future__ import annotations
 
-import importlib
+from builder._lazy import lazy_exports
 
 _EXPORTS = {
     "HistoryEntry": "config", "Healthcheck": "config", "ImageConfig": "config", "RuntimeConfig": "config",
@@ -19,10 +19,4 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -5,7 +5,7 @@ Re-exports are resolved on first use, so parsing a reference does not pay for ht
 
 from __future__ import annotations
 
-import importlib
+from builder._lazy import lazy_exports
 
 _EXPORTS = {
     "CredentialStore": "auth", "Credentials": "auth",
@@ -15,10 +15,4 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

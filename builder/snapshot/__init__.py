@@ -6,7 +6,7 @@ does not pay for tarfile, gzip and subprocess.
 
 from __future__ import annotations
 
-import importlib
+from builder._lazy import lazy_exports
 
 _EXPORTS = {
     "Layer": "layers", "LayerError": "layers", "apply_layer": "layers", "chain_ids": "layers",
@@ -15,10 +15,4 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)
