@@ -725,20 +725,22 @@ class Converter:
 
     # -- graph
     def _topological(self, final: Vertex | None) -> tuple[Vertex, ...]:
+        """Every vertex the final one needs, inputs before their users (ties broken by digest,
+        so the order, and with it the progress numbering, is stable)."""
         import networkx as nx
 
         graph = nx.DiGraph()
-        todo = [final] if final is not None else []
+        todo, seen = ([final] if final is not None else []), set()
         while todo:
             vertex = todo.pop()
-            if vertex in graph and graph.in_degree(vertex) == len([i for i in vertex.inputs if i is not None]):
+            if vertex in seen:
                 continue
+            seen.add(vertex)
             graph.add_node(vertex)
             for dep in vertex.inputs:
                 if dep is not None:
-                    if dep not in graph:
-                        todo.append(dep)
                     graph.add_edge(dep, vertex)
+                    todo.append(dep)
         return tuple(nx.lexicographical_topological_sort(graph, key=lambda v: v.digest))
 
 

@@ -1,0 +1,69 @@
+"""Planning: instructions become a vertex graph; unneeded stages are pruned, identical steps shared."""
+
+from __future__ import annotations
+
+import pytest
+
+from builder.convert import convert
+from builder.errors import ParseError, SolveError
+from builder.grammar import parse_dockerfile
+from builder.image.config import ImageConfig, RuntimeConfig
+from builder.llb import ExecOp, FileOp, ImageSource
+
+
+class FakeResolver:
+    """Base images without a registry: every name resolves to a fixed digest and config."""
+
+    def __init__(self):
+        self.asked: list[str] = []
+
+    def resolve_config(self, ref: str, platform: str):
+        self.asked.append(ref)
+        return f"docker.io/library/{ref}@sha256:{'a' * 64}", ImageConfig(config=RuntimeConfig(env=("A=1",)))
+
+
+def plan(text: str, **options):
+    resolver = FakeResolver()
+    return convert(parse_dockerfile(text), resolver=resolver, **options), resolver
+
+
+def test_unneeded_stages_are_not_planned_nor_resolved():
+    p, resolver = plan("FROM alpine AS unused\nRUN exit 1\nFROM busybox AS used\nRUN echo hi\n")
+    assert resolver.asked == ["busybox"]
+    assert not any(isinstance(v.op, ExecOp) and "exit 1" in v.op.args[-1] for v in p.vertices)
+
+
+def test_identical_steps_in_two_stages_are_one_vertex():
+    p, _ = plan("FROM busybox AS a\nRUN make\nFROM busybox AS b\nRUN make\n"
+                "FROM busybox\nCOPY --from=a /x /a\nCOPY --from=b /x /b\n")
+    runs = [v for v in p.vertices if isinstance(v.op, ExecOp)]
+    assert len(runs) == 1                               # a and b are the same vertex
+    assert len([v for v in p.vertices if isinstance(v.op, ImageSource)]) == 1
+    assert len([v for v in p.vertices if isinstance(v.op, FileOp)]) == 2
+
+
+def test_vertices_come_inputs_first_with_stable_digests():
+    text = "FROM busybox\nENV X=1\nRUN echo $X\nWORKDIR /app\nCOPY . .\n"
+    first, _ = plan(text)
+    second, _ = plan(text)
+    assert [v.digest for v in first.vertices] == [v.digest for v in second.vertices]
+    position = {v: i for i, v in enumerate(first.vertices)}
+    assert all(position[i] < position[v] for v in first.vertices for i in v.inputs if i is not None)
+    run = next(v for v in first.vertices if isinstance(v.op, ExecOp))
+    assert "X=1" in run.op.env and "A=1" in run.op.env  # base image ENV and the stage's ENV
+
+
+def test_build_args_change_the_digest_only_where_used():
+    text = "FROM busybox\nRUN echo first\nARG V\nRUN echo $V\n"
+    one, _ = plan(text, build_args={"V": "1"})
+    two, _ = plan(text, build_args={"V": "2"})
+    digests_one = [v.digest for v in one.vertices]
+    digests_two = [v.digest for v in two.vertices]
+    assert digests_one[:-1] == digests_two[:-1] and digests_one[-1] != digests_two[-1]
+
+
+def test_unknown_target_and_bad_mount_are_errors():
+    with pytest.raises(SolveError, match='target stage "nope" could not be found'):
+        plan("FROM busybox AS a\n", target="nope")
+    with pytest.raises(ParseError, match=r"Dockerfile:2: "):
+        plan("FROM busybox\nRUN --mount=type=bogus echo\n")
