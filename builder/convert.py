@@ -253,7 +253,7 @@ class Converter:
             refs = [expand_word(from_node.image, meta, self.escape)]
             for node in body:
                 if isinstance(node, nodes.Copy) and node.from_:
-                    refs.append(expand_word(node.from_, meta, self.escape))
+                    refs.append(node.from_)  # never expanded: see _copy_source
                 if isinstance(node, nodes.Run):
                     for mount in node.mounts:
                         for part in mount.split(","):
@@ -478,6 +478,9 @@ class Converter:
         from_ = getattr(node, "from_", None)
         if not from_:
             return self.context
+        if "$" in from_:
+            raise self._error("variable expansion is not supported for --from, define a new stage with FROM "
+                              "using ARG from global scope as a workaround", node)
         index = self._stage_lookup(stage_nodes, from_, stage.index)
         if index is not None:
             return stages[index].vertex

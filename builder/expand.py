@@ -107,12 +107,14 @@ def _optional(value: str | None, expand: Callable[[str], str]) -> str | None:
 
 
 def _expand_mount(value: str, expand: Callable[[str], str]) -> str:
-    """Expand each ``key=value`` field of a ``--mount`` CSV, as BuildKit does after splitting."""
+    """Expand each ``key=value`` field of a ``--mount`` CSV, as BuildKit does after splitting.
+
+    ``from`` is left as written: BuildKit resolves a mount's stage or image before expansion."""
     fields = next(csv.reader([value]), [])
     expanded = []
     for field in fields:
         key, eq, val = field.partition("=")
-        expanded.append(f"{key}={expand(val)}" if eq else field)
+        expanded.append(f"{key}={expand(val)}" if eq and key.strip().lower() != "from" else field)
     out = io.StringIO()
     csv.writer(out, lineterminator="").writerow(expanded)
     return out.getvalue()
@@ -144,11 +146,10 @@ def _expand(node: Instruction, expand: Callable[[str], str], env: Mapping[str, s
                 chown=_optional(node.chown, expand),
                 chmod=_optional(node.chmod, expand),
                 heredocs=_expand_heredocs(node.heredocs, env),
-                flags=_with_flags(node.flags, expand, {"chown", "chmod", "from", "checksum"}),
+                # --from is never expanded: BuildKit rejects variables there (see the converter).
+                flags=_with_flags(node.flags, expand, {"chown", "chmod", "checksum"}),
             )
-            if isinstance(node, Copy):
-                changes["from_"] = _optional(node.from_, expand)
-            else:
+            if isinstance(node, Add):
                 changes["checksum"] = _optional(node.checksum, expand)
             return replace(node, **changes)
         case Env() | Label():

@@ -1,8 +1,9 @@
 """Conformance with BuildKit: each case in tests/conformance/cases builds with build-image, and the image's
 summary (changed files, config, history pattern) must equal the one BuildKit produced (expected.json,
-written by tests/conformance/regenerate.py). Known differences are strict xfails, listed with their reason
-in tests/conformance/known_differences.json: fixing one turns its xfail into a failure until the entry
-goes."""
+written by tests/conformance/regenerate.py), with none of the case's secrets in it; a Dockerfile BuildKit
+refused ("expect_error" cases) must be refused too. Known differences are strict xfails, listed with their
+reason in tests/conformance/known_differences.json: fixing one turns its xfail into a failure until the
+entry goes."""
 
 from __future__ import annotations
 
@@ -37,21 +38,38 @@ def base_tree():
 @pytest.mark.parametrize("name", _cases())
 def test_conformance(name, busybox_registry, base_tree, store_root, tmp_path):
     case = load_case(name)
-    expected = case.expected_summary()
-    context = stage_context(case, str(tmp_path / "context"))
+    context = stage_context(case, str(tmp_path / "context"), busybox_registry.host)
     archive = str(tmp_path / "image.tar")
     built = build_image("--root", store_root, "--progress", "plain",
                         "--build-arg", f"BASE={busybox_registry.reference}", *case.build_flags(),
-                        "-o", f"type=oci,dest={archive}", context, check=False)
+                        *case.secret_flags(str(tmp_path)), "-o", f"type=oci,dest={archive}", context,
+                        check=False)
+    if case.expect_error:
+        if built.returncode == 0:
+            pytest.fail(f"{name}: build-image built it; {_engine(case)} refused it with:\n"
+                        f"{case.expected()['error']}", pytrace=False)
+        assert built.stderr.splitlines()[-1].startswith("ERROR: "), built.stderr
+        return
     if built.returncode != 0:
         tail = "\n".join(built.stderr.splitlines()[-_ERROR_LINES:])
         pytest.fail(f"{name}: build-image failed where {_engine(case)} built it:\n{tail}", pytrace=False)
 
-    actual = summarize(read_image(archive), base_tree, busybox_registry.host)
+    image = read_image(archive)
+    _assert_no_secret_leaked(case, image)
+    actual = summarize(image, base_tree, busybox_registry.host)
+    expected = case.expected_summary()
 
     if actual != expected:
         pytest.fail(f"{name}: build-image differs from {_engine(case)}:\n"
                     + _diff(expected, actual), pytrace=False)
+
+
+def _assert_no_secret_leaked(case, image) -> None:
+    """A secret reaches a RUN only through its mount: its value is in no layer and not in the config."""
+    blobs = [*image.layers, json.dumps(image.config).encode()]
+    for secret_id, value in case.secrets.items():
+        leaked = [i for i, blob in enumerate(blobs) if value.encode() in blob]
+        assert not leaked, f"secret {secret_id} is in the image (blobs {leaked}; the last one is the config)"
 
 
 def _engine(case) -> str:
