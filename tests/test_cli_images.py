@@ -66,7 +66,8 @@ def test_images_columns_ids_and_sizes(store_root, tmp_path):
     image_id = import_image(store_root, tmp_path, "app:1", {"etc/hello": b"hello\n", "bin/tool": b"x" * 1500})
     out = cli(store_root, "images").stdout
     assert out.splitlines()[0].split() == ["REPOSITORY", "TAG", "IMAGE", "ID", "CREATED", "SIZE"]
-    assert rows(out) == [["app", "1", image_id[7:19], "Less than a second ago", "1.51kB"]]
+    [[repo, tag, short, created, size]] = rows(out)
+    assert (repo, tag, short, size) == ("app", "1", image_id[7:19], "1.51kB") and created.endswith(" ago")
     assert cli(store_root, "images", "-q").stdout.split() == [image_id[7:19]]
     assert cli(store_root, "images", "-q", "--no-trunc").stdout.split() == [image_id]
     line = json.loads(cli(store_root, "images", "--format", "json").stdout)
@@ -90,6 +91,103 @@ def test_tag_and_filters(store_root, tmp_path):
     # an image can be named by a unique prefix of its ID
     cli(store_root, "tag", first[7:13], "old")
     assert cli(store_root, "images", "-q", "old").stdout.split() == [first[7:19]]
+
+
+def test_filters_before_since_and_combined(store_root, tmp_path):
+    old = import_image(store_root, tmp_path, "old:1", {"a": b"1"}, "LABEL tier=web")[7:19]
+    mid = import_image(store_root, tmp_path, "mid:1", {"b": b"2"}, "LABEL tier=web", "LABEL team=x")[7:19]
+    new = import_image(store_root, tmp_path, "new:1", {"c": b"3"}, "LABEL tier=db")[7:19]
+
+    def ids(*filters: str) -> list[str]:
+        return cli(store_root, "images", "-q", *[a for f in filters for a in ("--filter", f)]).stdout.split()
+
+    assert ids() == [new, mid, old]
+    assert ids("before=new:1") == [mid, old]
+    assert ids("since=old:1") == [new, mid]
+    assert ids(f"since={old}", "before=new:1") == [mid]         # by ID prefix and by name
+    assert ids("before=new:1", "before=mid:1") == [old]         # every before= holds
+    assert ids("since=old:1", "since=mid:1") == [new]           # every since= holds
+    assert ids("since=old:1", "label=tier=web") == [mid]        # different keys: AND
+    assert ids("label=tier=web", "label=team") == [mid]         # labels: AND
+    assert ids("reference=old", "reference=new:*") == [new, old]  # references: OR
+    assert ids("dangling=false", "before=mid:1") == [old]
+    assert ids("before=old:1") == []
+    for bad, message in (("before=nothere", "No such image: nothere:latest"),
+                         ("colour=red", "invalid filter 'colour'"),
+                         ("dangling", "bad format of filter (expected name=value): dangling"),
+                         ("dangling=maybe", "invalid filter 'dangling=maybe'")):
+        proc = cli(store_root, "images", "--filter", bad, check=False)
+        assert proc.returncode == 1 and proc.stderr == f"ERROR: {message}\n", bad
+
+
+def test_images_format_table_and_templates(store_root, tmp_path):
+    image_id = import_image(store_root, tmp_path, "app:1", {"f": b"x"})
+    cli(store_root, "tag", "app:1", "127.0.0.1:5999/team/app:v2")
+    short = image_id[7:19]
+    out = cli(store_root, "images", "--format", "table {{.Repository}}\\t{{.Tag}}\\t{{.ID}}").stdout
+    assert out.splitlines() == ["REPOSITORY                TAG       IMAGE ID",
+                                f"127.0.0.1:5999/team/app   v2        {short}",
+                                f"app                       1         {short}"]
+    out = cli(store_root, "images", "--format", "{{.Repository}}:{{.Tag}} {{.ID}}", "--no-trunc").stdout
+    assert out == f"127.0.0.1:5999/team/app:v2 {image_id}\napp:1 {image_id}\n"
+    out = cli(store_root, "images", "--format", "{{if eq .Tag \"1\"}}{{.Repository | upper}}{{end}}").stdout
+    assert out == "\nAPP\n"
+    # a format names what is shown: -q only shortens the default table
+    assert cli(store_root, "images", "-q", "--format", "{{.Tag}}").stdout == "v2\n1\n"
+    proc = cli(store_root, "images", "--format", "{{.Repo}}", check=False)
+    assert proc.returncode == 1
+    assert proc.stderr == ('ERROR: template parsing error: template: :1:2: executing "" at <.Repo>: '
+                           "can't evaluate field Repo in type image\n")
+    proc = cli(store_root, "images", "--format", "{{range .Tag}}", check=False)
+    assert proc.returncode == 1 and proc.stderr == "ERROR: template parsing error: template: :1: unexpected EOF\n"
+
+
+def test_history_format_quiet_and_human(store_root, tmp_path):
+    image_id = import_image(store_root, tmp_path, "app:1", {"f": b"x" * 1500})
+    created = json.loads(cli(store_root, "inspect", "app:1").stdout)[0]["Created"]
+    short = image_id[7:19]
+    assert cli(store_root, "history", "-q", "app:1").stdout == f"{short}\n"
+    assert cli(store_root, "history", "-q", "--no-trunc", "app:1").stdout == f"{image_id}\n"
+    out = cli(store_root, "history", "--format", "{{.ID}}|{{.Size}}|{{.Comment}}|{{.CreatedSince}}", "app:1").stdout
+    assert out.startswith(f"{short}|1.5kB|Imported from -|") and out.endswith(" ago\n")
+    utc = {"TZ": "UTC"}
+    out = cli(store_root, "history", "-H=false", "--format", "{{.Size}}|{{.CreatedSince}}|{{.CreatedAt}}", "app:1",
+              env=utc).stdout
+    assert out == f"1500|{created[:19]}Z|{created[:19]}Z\n"
+    table_lines = cli(store_root, "history", "--human=false", "app:1", env=utc).stdout.splitlines()
+    assert re.split(r" {3,}", table_lines[0]) == ["IMAGE", "CREATED AT", "CREATED BY", "SIZE", "COMMENT"]
+    assert rows("\n".join(table_lines)) == [[short, f"{created[:19]}Z", "1500", "Imported from -"]]
+    assert rows(cli(store_root, "history", "-H", "app:1").stdout)[0][-2:] == ["1.5kB", "Imported from -"]
+    [line] = cli(store_root, "history", "--format", "json", "app:1", env=utc).stdout.splitlines()
+    row = json.loads(line)
+    assert list(row) == ["Comment", "CreatedAt", "CreatedBy", "CreatedSince", "ID", "Size"]
+    assert (row["ID"], row["Size"], row["CreatedAt"], row["CreatedBy"]) == (short, "1.5kB", f"{created[:19]}Z", "")
+    out = cli(store_root, "history", "--format", "table {{.ID}}\\t{{.Comment}}", "app:1").stdout
+    assert out.splitlines() == ["IMAGE          COMMENT", f"{short}   Imported from -"]
+    proc = cli(store_root, "history", "-H=maybe", "app:1", check=False)
+    assert proc.returncode == 1 and "strconv.ParseBool: parsing \"maybe\": invalid syntax" in proc.stderr
+
+
+def test_inspect_format(store_root, tmp_path):
+    image_id = import_image(store_root, tmp_path, "app:1", {"etc/x": b"1"}, "ENV A=1", "ENV B=2",
+                            'ENTRYPOINT ["/bin/app"]', "EXPOSE 8080", "LABEL a=b", "LABEL c=d")
+
+    def inspect(template: str, *names: str) -> str:
+        return cli(store_root, "inspect", "--format", template, *(names or ("app:1",))).stdout
+
+    assert inspect("{{.Config.Env}}") == "[A=1 B=2]\n"
+    assert inspect("{{json .Config.Labels}}") == '{"a":"b","c":"d"}\n'
+    assert inspect("{{.Id}}", "app:1", image_id[7:15]) == f"{image_id}\n{image_id}\n"
+    assert inspect("{{.Config.Cmd}}|{{json .Config.Cmd}}|{{.Config.ExposedPorts}}|{{.Config.Entrypoint}}") == \
+        "[]|null|map[8080/tcp:{}]|[/bin/app]\n"
+    assert inspect("{{range $k, $v := .Config.Labels}}{{$k}}={{$v}},{{end}}") == "a=b,c=d,\n"
+    assert inspect('{{index .Config.Labels "c"}} {{len .RootFS.Layers}} {{.Os}}/{{.Architecture}}') == "d 1 linux/amd64\n"
+    assert inspect("{{.Config.NoSuchField}}") == "<no value>\n"   # docker falls back to the raw JSON
+    assert json.loads(cli(store_root, "inspect", "-f", "{{json .}}", "app:1").stdout) == \
+        json.loads(cli(store_root, "inspect", "app:1").stdout)[0]
+    proc = cli(store_root, "inspect", "--format", "{{.Id", "app:1", check=False)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr == "ERROR: template parsing error: template: :1: unclosed action\n"
 
 
 def test_rmi_untags_then_deletes_keeping_shared_layers(store_root, tmp_path):
@@ -177,6 +275,9 @@ def test_history_of_a_build(store_root, busybox_registry, tmp_path):
     assert cmd[2:] == ['CMD ["sh"]', "0B", "buildkit.dockerfile.v0"]
     assert run[2].endswith("…") and len(run[2]) == 45 and run[3] == "11B"
     assert env[2:4] == ["ENV A=1", "0B"]
+    assert cli(store_root, "history", "-q", "hist").stdout.split() == [image_id[7:19]] + ["<missing>"] * 3
+    created_by = cli(store_root, "history", "--format", "{{.CreatedBy}}", "hist").stdout.splitlines()
+    assert created_by[:2] == ['CMD ["sh"]', listed[1][2]] and created_by[2] == "ENV A=1"
     full = cli(store_root, "history", "--no-trunc", "hist").stdout
     assert image_id in full and "echo a long command line that docker truncates # buildkit" in full
     # the base image pulled for the build is a named local image, as after `docker pull`

@@ -6,12 +6,16 @@ import base64
 import json
 import os
 import subprocess
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
 from tests.support.images import skopeo_inspect
 from tests.support.registry import Registry
-from tests.test_cli_images import cli, import_image
+from tests.support.tokenauth import token_auth_registry
+from tests.test_cli_images import cli, import_image, rootfs_tar
 
 pytestmark = [pytest.mark.registry, pytest.mark.tools]
 
@@ -132,3 +136,131 @@ def test_registry_errors_are_one_line(store_root, registry, tmp_path):
         error = [line for line in proc.stderr.splitlines() if line.startswith("ERROR")]
         assert len(error) == 1 and message in error[0], (args, proc.stderr)
     assert os.listdir(os.path.join(store_root, "blobs", "sha256")) == []
+
+
+def test_pull_all_tags(store_root, registry, tmp_path):
+    repository = f"{registry.host}/team/app"
+    shared = rootfs_tar(str(tmp_path / "shared.tar"), {"etc/app": b"shared layer\n" * 300})
+    ids = {tag: cli(store_root, "import", shared, f"{repository}:{tag}", "-c", f"ENV V={tag}").stdout.strip()
+           for tag in ("v1", "v2")}
+    ids["v3"] = import_image(store_root, tmp_path, f"{repository}:v3", {"etc/other": b"y" * 3000})
+    for tag in ids:
+        cli(store_root, "push", f"{repository}:{tag}")
+    layer = {tag: _layer_digest(store_root, f"{repository}:{tag}")[7:19] for tag in ids}
+    assert layer["v1"] == layer["v2"] != layer["v3"]
+
+    fresh = str(tmp_path / "fresh")
+    lines = cli(fresh, "pull", "--all-tags", repository).stdout.splitlines()
+    assert lines[-2:] == [f"Status: Downloaded newer image for {repository}", repository]
+    # one block per tag, in the registry's order (distribution 2.8 lists them in directory order)
+    blocks = [lines[i:i + 3] for i in range(0, len(lines) - 2, 3)]
+    order = [block[0].partition(":")[0] for block in blocks]
+    assert sorted(order) == ["v1", "v2", "v3"]
+    for tag, block in zip(order, blocks):
+        [doc] = json.loads(cli(fresh, "inspect", f"{repository}:{tag}").stdout)
+        assert doc["Id"] == ids[tag]
+        shared_seen_before = tag != "v3" and order.index(tag) > min(order.index("v1"), order.index("v2"))
+        status = "Already exists" if shared_seen_before else "Pull complete"
+        assert block == [f"{tag}: Pulling from team/app", f"{layer[tag]}: {status}",
+                         f"Digest: {doc['RepoDigests'][0].partition('@')[2]}"]
+
+    again = cli(fresh, "pull", "-a", repository).stdout
+    assert set(layer_lines(again).values()) == {"Already exists"}
+    assert again.splitlines()[-2:] == [f"Status: Image is up to date for {repository}", repository]
+    assert cli(fresh, "pull", "-a", "-q", repository).stdout == f"{repository}\n"
+
+    proc = cli(fresh, "pull", "-a", f"{repository}:v1", check=False)
+    assert proc.returncode == 1 and proc.stderr == "ERROR: tag can't be used with --all-tags/-a\n"
+    proc = cli(fresh, "pull", "-a", f"{registry.host}/no/such", check=False)
+    assert proc.returncode == 1 and "tag list not found" in proc.stderr
+
+
+def _layer_digest(root: str, name: str) -> str:
+    from builder.image.manifest import read_image
+    from builder.store import Store
+
+    store = Store(root)
+    return read_image(store.blobs, store.images.resolve(name)).layers[0].digest
+
+
+class PagedTags:
+    """A registry stand-in serving one repository's tag list in pages linked by `Link` headers
+    (distribution 2.8 does not page), the first link relative, the second absolute."""
+
+    def __init__(self, pages: list[list[str]]):
+        self.requests: list[str] = []
+        paged = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                paged.requests.append(self.path)
+                query = parse_qs(urlsplit(self.path).query)
+                index = int(query.get("page", ["0"])[0])
+                body = json.dumps({"name": "paged", "tags": pages[index]}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                if index + 1 < len(pages):
+                    target = f"/v2/paged/tags/list?n=2&page={index + 1}"
+                    if index:
+                        target = f"http://{paged.host}{target}"
+                    self.send_header("Link", f'<{target}>; rel="next"')
+                self.end_headers()
+                self.wfile.write(body)
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.host = f"127.0.0.1:{self._httpd.server_port}"
+        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,), daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join()
+
+
+def test_tag_list_follows_link_pages(tmp_path):
+    from builder.registry import CredentialStore, RegistryClient, parse_reference
+
+    with PagedTags([["1.0", "1.1"], ["2.0", "latest"], ["zz"]]) as server:
+        with RegistryClient(credentials=CredentialStore(config_path=str(tmp_path / "none.json"))) as client:
+            tags = client.list_tags(parse_reference(f"{server.host}/paged"), page_size=2)
+    assert tags == ["1.0", "1.1", "2.0", "latest", "zz"]
+    assert server.requests == ["/v2/paged/tags/list?n=2", "/v2/paged/tags/list?n=2&page=1",
+                               "/v2/paged/tags/list?n=2&page=2"]
+
+
+def test_login_logout_with_token_auth(store_root, tmp_path):
+    env = {"DOCKER_CONFIG": str(tmp_path / "docker-config")}
+    config_path = tmp_path / "docker-config" / "config.json"
+    with token_auth_registry(str(tmp_path), ("erin", "t0ken-pw")) as (reg, tokens):
+        proc = cli(store_root, "login", "-u", "erin", "-p", "wrong", reg.host, check=False, env=env)
+        assert proc.returncode == 1
+        assert proc.stderr.splitlines()[-1].startswith(f"ERROR: authentication to {reg.host} failed: token server")
+        assert "incorrect username or password" in proc.stderr and not config_path.exists()
+
+        proc = cli(store_root, "login", "-u", "erin", "--password-stdin", reg.host, stdin=b"t0ken-pw\n", env=env)
+        assert proc.stdout == b"Login Succeeded\n"
+        # docker login asks the token server for a token with no scope, for the registry's service
+        assert tokens.requests[-1] == {"scope": [], "service": ["test-registry"]}
+        auths = json.loads(config_path.read_text())["auths"]
+        assert base64.b64decode(auths[reg.host]["auth"]) == b"erin:t0ken-pw"
+
+        # the saved credentials get the tokens push and pull need
+        import_image(store_root, tmp_path, f"{reg.host}/private/app:1", {"f": b"secret data"})
+        cli(store_root, "push", f"{reg.host}/private/app:1", env=env)
+        assert ["repository:private/app:pull,push"] in [r["scope"] for r in tokens.requests]
+        cli(str(tmp_path / "fresh"), "pull", f"{reg.host}/private/app:1", env=env)
+
+        assert cli(store_root, "logout", reg.host, env=env).stdout == f"Removing login credentials for {reg.host}\n"
+        assert reg.host not in json.loads(config_path.read_text()).get("auths", {})
+        proc = cli(str(tmp_path / "fresh2"), "pull", f"{reg.host}/private/app:1", env=env, check=False)
+        assert proc.returncode == 1
+        assert proc.stderr.startswith(f"ERROR: authentication to {reg.host} failed: token server")
+        assert "(credentials required)" in proc.stderr

@@ -9,10 +9,8 @@ import os
 import socket
 import subprocess
 import threading
-import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
@@ -23,6 +21,7 @@ from builder.image.media import OCI_INDEX, OCI_MANIFEST, Descriptor, Platform
 from builder.registry import CredentialStore, Credentials, RegistryClient, parse_reference, select_manifest
 from tests.support.baseimage import push_busybox_image, skopeo_copy, write_busybox_oci_layout
 from tests.support.registry import Registry
+from tests.support.tokenauth import token_auth_registry
 
 registry_tests = pytest.mark.registry
 tools = pytest.mark.tools
@@ -272,80 +271,11 @@ def test_credential_helper_programs_are_asked(tmp_path, monkeypatch):
 
 # -- Bearer tokens from a token server the registry trusts ----------------------------------------
 
-class TokenServer:
-    """Issues registry JWTs (RS256, x5c header) for one user, signed with openssl; logs requests."""
-
-    def __init__(self, key: str, cert_der: bytes, issuer: str, service: str, user: tuple[str, str]):
-        self.requests: list[dict] = []
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                query = parse_qs(urlsplit(self.path).query)
-                sent = self.headers.get("Authorization", "")
-                expected = "Basic " + base64.b64encode(f"{user[0]}:{user[1]}".encode()).decode()
-                server.requests.append({"scope": query.get("scope", []), "service": query.get("service")})
-                if sent != expected:
-                    self.send_response(401)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                access = []
-                for scope in query.get("scope", []):
-                    kind, name, actions = scope.split(":")
-                    access.append({"type": kind, "name": name, "actions": actions.split(",")})
-                body = json.dumps({"token": server.sign(access), "expires_in": 300}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        self._key, self._cert_der, self._issuer, self._service = key, cert_der, issuer, service
-        self._user = user[0]
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.realm = f"http://127.0.0.1:{self._httpd.server_port}/token"
-        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,), daemon=True)
-
-    def sign(self, access: list[dict]) -> str:
-        def b64(data: bytes) -> str:
-            return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-        now = int(time.time())
-        header = {"typ": "JWT", "alg": "RS256", "x5c": [base64.b64encode(self._cert_der).decode()]}
-        claims = {"iss": self._issuer, "sub": self._user, "aud": self._service, "exp": now + 300,
-                  "nbf": now - 10, "iat": now, "jti": uuid.uuid4().hex, "access": access}
-        signing_input = f"{b64(json.dumps(header).encode())}.{b64(json.dumps(claims).encode())}"
-        signature = subprocess.run(["openssl", "dgst", "-sha256", "-sign", self._key], input=signing_input.encode(),
-                                   check=True, capture_output=True).stdout
-        return f"{signing_input}.{b64(signature)}"
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join()
-
-
 @pytest.fixture
 def token_registry(tmp_path):
     """A docker-registry with `auth: token:` trusting a fresh self-signed cert, and its token server."""
-    key, cert = str(tmp_path / "token.key"), str(tmp_path / "token.crt")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
-                    "-days", "1", "-subj", "/CN=test-token-issuer"], check=True, capture_output=True)
-    cert_der = subprocess.run(["openssl", "x509", "-in", cert, "-outform", "DER"], check=True,
-                              capture_output=True).stdout
-    with TokenServer(key, cert_der, "test-issuer", "test-registry", ("erin", "t0ken-pw")) as tokens:
-        auth = {"token": {"realm": tokens.realm, "service": "test-registry", "issuer": "test-issuer",
-                          "rootcertbundle": cert}}
-        with Registry(auth=auth) as reg:
-            yield reg, tokens
+    with token_auth_registry(str(tmp_path), ("erin", "t0ken-pw")) as (reg, tokens):
+        yield reg, tokens
 
 
 @registry_tests

@@ -2,16 +2,16 @@
 
     build-image [build] [OPTIONS] CONTEXT      build an image (docker build's flags)
     build-image parse [-f FILE]                print a Dockerfile's instructions as JSON
-    build-image images [-q] [--digests] [--filter F]   list images
+    build-image images [-q] [--digests] [--filter F] [--format F]   list images
     build-image tag SOURCE TARGET              name an image
     build-image rmi [-f] IMAGE...              remove names, and images nothing names
-    build-image inspect IMAGE...               an image's config and layers as JSON
-    build-image history [--no-trunc] IMAGE     the steps that made an image
+    build-image inspect [-f F] IMAGE...        an image's config and layers as JSON
+    build-image history [-q] [--format F] IMAGE   the steps that made an image
     build-image save [-o FILE] [--format docker|oci] IMAGE...   images to a tar archive
     build-image load [-i FILE]                 images from a docker or OCI archive
     build-image import FILE|- [NAME] [-c CHANGE]   a root filesystem tar as an image
     build-image export -o FILE IMAGE           an image's flattened root filesystem as a tar
-    build-image pull NAME / push NAME          to and from registries
+    build-image pull [-a] NAME / push NAME     to and from registries
     build-image login [-u USER] SERVER / logout SERVER   registry credentials
     build-image prune [-a] [--cache] [-f]      remove dangling images, unused blobs and snapshots
     build-image df                             disk usage of the store

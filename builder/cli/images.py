@@ -72,16 +72,11 @@ def since(created: datetime.datetime | None) -> str:
 
 
 def table(rows: list[list[str]]) -> str:
-    """Columns as Go's tabwriter aligns docker's tables (min width 10, padding 3); the last column
-    is not padded."""
-    if not rows:
-        return ""
-    widths = [max(10, max(len(row[i]) for row in rows) + 3) for i in range(len(rows[0]) - 1)]
-    lines = []
-    for row in rows:
-        cells = [cell.ljust(width) for cell, width in zip(row, widths)] + [row[-1]]
-        lines.append("".join(cells).rstrip() if not row[-1] else "".join(cells))
-    return "\n".join(lines)
+    """Columns as docker's tables align them (Go's tabwriter, min width 10, padding 3); the last
+    column is not padded."""
+    from builder.cli.formatter import tabwrite
+
+    return tabwrite("\n".join("\t".join(row) for row in rows)) if rows else ""
 
 
 def short_id(image_id: str, no_trunc: bool = False) -> str:
@@ -108,98 +103,62 @@ def _store(ns):
 # --- images -----------------------------------------------------------------------------------
 
 
+_IMAGE_HEADERS = {
+    "Containers": "CONTAINERS", "CreatedAt": "CREATED AT", "CreatedSince": "CREATED", "Digest": "DIGEST",
+    "ID": "IMAGE ID", "Repository": "REPOSITORY", "SharedSize": "SHARED SIZE", "Size": "SIZE", "Tag": "TAG",
+    "UniqueSize": "UNIQUE SIZE", "VirtualSize": "VIRTUAL SIZE",
+}
+_IMAGES_TABLE = "table {{.Repository}}\t{{.Tag}}\t{{.ID}}\t{{.CreatedSince}}\t{{.Size}}"
+_IMAGES_TABLE_DIGESTS = "table {{.Repository}}\t{{.Tag}}\t{{.Digest}}\t{{.ID}}\t{{.CreatedSince}}\t{{.Size}}"
+_QUIET = "{{.ID}}"
+
+
 def cmd_images(argv: list[str]) -> int:
     p = _parser("images", "List images.")
     p.add_argument("repository", nargs="?", help="only this repository[:tag]")
     p.add_argument("-a", "--all", action="store_true", help="accepted for docker compatibility")
     p.add_argument("--digests", action="store_true", help="show digests")
-    p.add_argument("-f", "--filter", action="append", default=[], help="dangling=true|false, label=K[=V], reference=PATTERN")
-    p.add_argument("--format", help="json, or a template of {{.Field}} / {{json .}}")
+    p.add_argument("-f", "--filter", action="append", default=[],
+                   help="dangling=true|false, label=K[=V], reference=PATTERN, before=IMAGE, since=IMAGE")
+    p.add_argument("--format", help="table, json, or a Go template: 'table {{.Repository}}\\t{{.Tag}}'")
     p.add_argument("--no-trunc", action="store_true", help="do not truncate output")
     p.add_argument("-q", "--quiet", action="store_true", help="only show image IDs")
     ns = p.parse_args(argv)
 
     def run() -> int:
+        from builder.cli.formatter import format_rows
+        from builder.lifecycle.filters import parse_image_filters, select_images
         from builder.lifecycle.inventory import list_images
         from builder.lifecycle.layertar import LayerSizes
 
-        filters = _image_filters(ns.filter)
-        if ns.repository:
-            filters.setdefault("reference", []).append(ns.repository)
+        format_ = ns.format or "table"
+        if format_ == "table":
+            format_ = _QUIET if ns.quiet else _IMAGES_TABLE_DIGESTS if ns.digests else _IMAGES_TABLE
+        digests = ns.digests or "{{.Digest}}" in format_
+        filters = parse_image_filters(ns.filter, ns.repository)
         store = _store(ns)
         with store:
-            records = list_images(store)
+            records = select_images(store, list_images(store), filters)
             sizes = LayerSizes(store)
             rows = []
             for record in records:
-                if not _passes(record, filters):
-                    continue
                 size = sizes.of_image(record.image)
-                for repo, tag, digest in _image_rows(record, ns.digests, filters.get("reference")):
+                for repo, tag, digest in _image_rows(record, digests, filters.references):
                     rows.append(_image_row(record, repo, tag, digest, size, ns.no_trunc))
             sizes.save()
-        if ns.quiet:
-            for row in rows:
-                print(row["ID"])
-        elif ns.format:
-            for row in rows:
-                print(_render(ns.format, row))
-        else:
-            header = ["REPOSITORY", "TAG"] + (["DIGEST"] if ns.digests else []) + ["IMAGE ID", "CREATED", "SIZE"]
-            body = [[r["Repository"], r["Tag"]] + ([r["Digest"]] if ns.digests else [])
-                    + [r["ID"], r["CreatedSince"], r["Size"]] for r in rows]
-            print(table([header] + body))
+        sys.stdout.write(format_rows(format_, rows, _IMAGE_HEADERS, _IMAGES_TABLE))
         return 0
 
     return run_command(run, ns.debug)
 
 
-def _image_filters(values: list[str]) -> dict[str, list[str]]:
-    filters: dict[str, list[str]] = {}
-    for item in values:
-        key, sep, value = item.partition("=")
-        key = key.strip().lower()
-        if not sep or key not in ("dangling", "label", "reference"):
-            raise BuildError(f"invalid filter '{item}'")
-        if key == "dangling" and value.lower() not in ("true", "false", "1", "0"):
-            raise BuildError(f"invalid filter 'dangling={value}': use true or false")
-        filters.setdefault(key, []).append(value)
-    return filters
-
-
-def _passes(record, filters: dict[str, list[str]]) -> bool:
-    for value in filters.get("dangling", ()):
-        if record.dangling != (value.lower() in ("true", "1")):
-            return False
-    labels = dict(record.image.config.config.labels)
-    for value in filters.get("label", ()):
-        key, sep, wanted = value.partition("=")
-        if key not in labels or (sep and labels[key] != wanted):
-            return False
-    if "reference" in filters and not any(_matches(p, n) for p in filters["reference"]
-                                          for n in record.repo_tags + record.repo_digests):
-        return False
-    return True
-
-
-def _matches(pattern: str, familiar_name: str) -> bool:
-    """docker's reference filter: Go's path.Match on the familiar name with its tag, then without."""
-    name = re.split(r"[:@](?=[^/]*$)", familiar_name, maxsplit=1)[0]
-    from builder.context import go_match_regex
-    from builder.errors import SolveError
-
-    try:
-        regex = go_match_regex(pattern)
-    except SolveError:
-        raise BuildError(f"invalid filter 'reference={pattern}': syntax error in pattern") from None
-    return bool(regex.match(familiar_name) or regex.match(name))
-
-
-def _image_rows(record, digests: bool, patterns: list[str] | None) -> list[tuple[str, str, str]]:
+def _image_rows(record, digests: bool, patterns: tuple[str, ...]) -> list[tuple[str, str, str]]:
     """(repository, tag, digest) rows for one image, as docker's image formatter lays them out."""
+    from builder.lifecycle.filters import reference_matches
+
     if record.dangling:
         return [("<none>", "<none>", "<none>")]
-    keep = (lambda n: any(_matches(p, n) for p in patterns)) if patterns else (lambda n: True)
+    keep = (lambda n: any(reference_matches(p, n) for p in patterns)) if patterns else (lambda n: True)
     tags: dict[str, list[str]] = {}
     repo_digests: dict[str, list[str]] = {}
     for name in filter(keep, record.repo_tags):
@@ -225,9 +184,13 @@ def _image_rows(record, digests: bool, patterns: list[str] | None) -> list[tuple
     return rows
 
 
-def _image_row(record, repo: str, tag: str, digest: str, size: int, no_trunc: bool) -> dict[str, str]:
+def _image_row(record, repo: str, tag: str, digest: str, size: int, no_trunc: bool):
+    """One row as docker's image formatter context offers it to templates (fields sorted, as its
+    JSON is)."""
+    from builder.cli.gotemplate import Struct
+
     created = record.created
-    return {
+    return Struct("image", {
         "Containers": "N/A",
         "CreatedAt": created.strftime("%Y-%m-%d %H:%M:%S +0000 UTC") if created else "",
         "CreatedSince": since(created),
@@ -239,20 +202,7 @@ def _image_row(record, repo: str, tag: str, digest: str, size: int, no_trunc: bo
         "Tag": tag,
         "UniqueSize": "N/A",
         "VirtualSize": human_size(size),
-    }
-
-
-def _render(template: str, row: dict[str, str]) -> str:
-    """`--format`: "json" (or `{{json .}}`) is the row as JSON; otherwise `{{.Field}}` substituted."""
-    if template.strip() in ("json", "{{json .}}"):
-        return json.dumps(row, separators=(",", ":"))
-
-    def field(m: re.Match) -> str:
-        if m.group(1) not in row:
-            raise BuildError(f"template: can't evaluate field {m.group(1)}")
-        return row[m.group(1)]
-
-    return re.sub(r"\{\{\s*\.(\w+)\s*\}\}", field, template.replace("\\t", "\t").replace("\\n", "\n"))
+    })
 
 
 # --- tag, rmi ---------------------------------------------------------------------------------
@@ -303,14 +253,21 @@ def cmd_rmi(argv: list[str]) -> int:
 def cmd_inspect(argv: list[str]) -> int:
     p = _parser("inspect", "Display detailed information on one or more images.")
     p.add_argument("images", nargs="+", metavar="IMAGE")
-    p.add_argument("--format", help="accepted values: json (the default)")
+    p.add_argument("-f", "--format", help="json (the default), or a Go template: '{{.Config.Env}}'")
     ns = p.parse_args(argv)
 
     def run() -> int:
+        from builder.cli.gotemplate import Template, TemplateError
         from builder.lifecycle.describe import inspect_document
         from builder.lifecycle.inventory import find_image
         from builder.lifecycle.layertar import LayerSizes
 
+        template = None
+        if ns.format and ns.format != "json":
+            try:
+                template = Template(ns.format)
+            except TemplateError as error:
+                raise TemplateError(f"template parsing error: {error}") from None
         store = _store(ns)
         documents, errors = [], []
         with store:
@@ -321,7 +278,14 @@ def cmd_inspect(argv: list[str]) -> int:
                 except BuildError as error:
                     errors.append(error)
             sizes.save()
-        print(json.dumps(documents, indent=4, ensure_ascii=False))
+        if template is None:
+            print(json.dumps(documents, indent=4, ensure_ascii=False))
+        else:
+            for document in documents:
+                try:
+                    print(template.execute(_inspect_value(document)))
+                except TemplateError as error:
+                    raise TemplateError(f"template parsing error: {error}") from None
         for error in errors:
             print(f"ERROR: {error}", file=sys.stderr)
         return EXIT_ERROR if errors else 0
@@ -329,43 +293,115 @@ def cmd_inspect(argv: list[str]) -> int:
     return run_command(run, ns.debug)
 
 
+# Fields of docker's image inspect types that are Go slices or maps: a null one prints `[]` or
+# `map[]` in a template (and stays null in its JSON); a map[string]struct{} entry prints `{}`.
+_SLICE_FIELDS = frozenset({"RepoTags", "RepoDigests", "Env", "Cmd", "Entrypoint", "OnBuild", "Shell", "Layers"})
+_MAP_FIELDS = frozenset({"Labels", "Volumes", "ExposedPorts"})
+
+
+def _inspect_value(value, name: str = ""):
+    """An inspect document as the Go values docker runs --format over: objects are structs, except
+    the maps among them; an unknown field is `<no value>` (docker falls back to the raw JSON)."""
+    from builder.cli.gotemplate import NIL_MAP, NIL_SLICE, Struct
+
+    if value is None:
+        return NIL_SLICE if name in _SLICE_FIELDS else NIL_MAP if name in _MAP_FIELDS else None
+    if isinstance(value, list):
+        return [_inspect_value(v) for v in value]
+    if isinstance(value, dict):
+        if name in _MAP_FIELDS:
+            empty = Struct("struct {}", {})
+            return {k: empty if v == {} and name != "Labels" else _inspect_value(v) for k, v in value.items()}
+        return Struct(name or "image", {k: _inspect_value(v, k) for k, v in value.items()}, lenient=True)
+    return value
+
+
+_HISTORY_HEADERS = {"ID": "IMAGE", "CreatedSince": "CREATED", "CreatedAt": "CREATED AT", "CreatedBy": "CREATED BY",
+                    "Size": "SIZE", "Comment": "COMMENT"}
+_HISTORY_TABLE = "table {{.ID}}\t{{.CreatedSince}}\t{{.CreatedBy}}\t{{.Size}}\t{{.Comment}}"
+_HISTORY_TABLE_NOT_HUMAN = "table {{.ID}}\t{{.CreatedAt}}\t{{.CreatedBy}}\t{{.Size}}\t{{.Comment}}"
+
+
 def cmd_history(argv: list[str]) -> int:
     p = _parser("history", "Show the history of an image.")
     p.add_argument("image", metavar="IMAGE")
+    p.add_argument("--format", help="table, json, or a Go template: 'table {{.ID}}\\t{{.CreatedBy}}'")
     p.add_argument("--no-trunc", action="store_true", help="do not truncate output")
     p.add_argument("-q", "--quiet", action="store_true", help="only show image IDs")
-    p.add_argument("-H", "--human", default="true", help="sizes and dates in human-readable form (default true)")
+    argv, human = _bool_flag(argv, ("-H", "--human"), default=True)  # -H=false, as Go's bool flags take it
+    p.add_argument("-H", "--human", action="store_true", help="sizes and dates in human-readable form "
+                   "(default true; -H=false for RFC 3339 dates and sizes in bytes)")
     ns = p.parse_args(argv)
 
     def run() -> int:
+        from builder.cli.formatter import format_rows
         from builder.lifecycle.describe import history_rows
         from builder.lifecycle.inventory import find_image
         from builder.lifecycle.layertar import LayerSizes
 
+        format_ = ns.format or "table"
+        if format_ == "table":
+            format_ = _QUIET if ns.quiet else _HISTORY_TABLE if human else _HISTORY_TABLE_NOT_HUMAN
         store = _store(ns)
         with store:
             sizes = LayerSizes(store)
             rows = history_rows(find_image(store, ns.image), sizes)
             sizes.save()
-        human = ns.human.lower() not in ("false", "0")
-        if ns.quiet:
-            for row in rows:
-                print(short_id(row.image_id, ns.no_trunc) if row.image_id else "<missing>")
-            return 0
-        body = [["IMAGE", "CREATED", "CREATED BY", "SIZE", "COMMENT"]]
-        for row in rows:
-            created_by = row.created_by.replace("\t", " ")
-            if human:
-                created = since(row.created)
-            else:
-                created = row.created.strftime("%Y-%m-%dT%H:%M:%SZ") if row.created else "N/A"
-            body.append([short_id(row.image_id, ns.no_trunc) if row.image_id else "<missing>", created,
-                         created_by if ns.no_trunc else ellipsis(created_by, 45),
-                         human_size(row.size) if human else str(row.size), row.comment])
-        print(table(body))
+        contexts = [_history_row(row, human, ns.no_trunc) for row in rows]
+        sys.stdout.write(format_rows(format_, contexts, _HISTORY_HEADERS, _HISTORY_TABLE))
         return 0
 
     return run_command(run, ns.debug)
+
+
+def _history_row(row, human: bool, no_trunc: bool):
+    """One history entry as docker's history formatter context offers it to templates."""
+    from builder.cli.gotemplate import Struct
+
+    created_at = _rfc3339(row.created) if row.created else "0001-01-01T00:00:00Z"
+    created_by = row.created_by.replace("\t", " ")
+    return Struct("history", {
+        "Comment": row.comment,
+        "CreatedAt": created_at,
+        "CreatedBy": created_by if no_trunc else ellipsis(created_by, 45),
+        "CreatedSince": since(row.created) if human else created_at,
+        "ID": short_id(row.image_id, no_trunc) if row.image_id else "<missing>",
+        "Size": human_size(row.size) if human else str(row.size),
+    })
+
+
+def _rfc3339(moment: datetime.datetime) -> str:
+    """Go's time.RFC3339 in local time, as docker prints CreatedAt."""
+    local = moment.astimezone()
+    text = local.strftime("%Y-%m-%dT%H:%M:%S%z")
+    if text.endswith("+0000"):
+        return text[:-5] + "Z"
+    return f"{text[:-2]}:{text[-2:]}"
+
+
+def _bool_flag(argv: list[str], names: tuple[str, ...], default: bool) -> tuple[list[str], bool]:
+    """Take a Go-style bool flag out of ARGV: `-H` is true, `-H=false` / `--human=0` set it; argparse
+    then only sees the bare flag."""
+    value = default
+    rest = []
+    for arg in argv:
+        name, sep, text = arg.partition("=")
+        if name in names and sep:
+            parsed = {"1": True, "t": True, "true": True, "0": False, "f": False, "false": False}.get(text.lower())
+            if parsed is None or text not in (text.lower(), text.upper(), text.capitalize()):
+                raise SystemExit(_usage_error(f'invalid argument "{text}" for "{", ".join(names)}" flag: '
+                                              f'strconv.ParseBool: parsing "{text}": invalid syntax'))
+            value = parsed
+            continue
+        if arg in names:
+            value = True
+        rest.append(arg)
+    return rest, value
+
+
+def _usage_error(message: str) -> int:
+    print(f"ERROR: {message}", file=sys.stderr)
+    return EXIT_ERROR
 
 
 # --- save, load, import, export ---------------------------------------------------------------
@@ -505,6 +541,7 @@ def _layer_printer(quiet: bool):
 def cmd_pull(argv: list[str]) -> int:
     p = _parser("pull", "Download an image from a registry.")
     p.add_argument("name", metavar="NAME[:TAG|@DIGEST]")
+    p.add_argument("-a", "--all-tags", action="store_true", help="download all tagged images in the repository")
     p.add_argument("--platform", default="linux/amd64", help="platform (default linux/amd64)")
     p.add_argument("--insecure-registry", action="append", default=[], help="use plain HTTP for this registry")
     p.add_argument("-q", "--quiet", action="store_true", help="suppress verbose output")
@@ -512,18 +549,22 @@ def cmd_pull(argv: list[str]) -> int:
 
     def run() -> int:
         from builder.image.media import Platform
-        from builder.lifecycle.distribution import pull
+        from builder.lifecycle.distribution import pull, pull_all_tags
         from builder.registry.reference import parse_reference
 
         os_, _, rest = ns.platform.partition("/")
         arch, _, variant = rest.partition("/")
+        platform = Platform(os_ or "linux", arch or "amd64", variant)
+        if ns.all_tags:
+            return _pull_all_tags(pull_all_tags(_store(ns), ns.name, platform=platform,
+                                                insecure_registries=ns.insecure_registry), ns.quiet)
         ref = parse_reference(ns.name)
         last = ns.name.rpartition("/")[2]
         if not ns.quiet:
             if ":" not in last and "@" not in last:
                 print("Using default tag: latest")
             print(f"{ref.digest or ref.tag}: Pulling from {ref.repository}", flush=True)
-        result = pull(_store(ns), ns.name, platform=Platform(os_ or "linux", arch or "amd64", variant),
+        result = pull(_store(ns), ns.name, platform=platform,
                       insecure_registries=ns.insecure_registry, events=_layer_printer(ns.quiet))
         if not ns.quiet:
             print(f"Digest: {result.manifest_digest}")
@@ -535,6 +576,22 @@ def cmd_pull(argv: list[str]) -> int:
         return 0
 
     return run_command(run, ns.debug)
+
+
+def _pull_all_tags(pulled, quiet: bool) -> int:
+    """docker's output for `pull -a`: each tag's block in the registry's order, one status line,
+    then the repository's name."""
+    if not quiet:
+        show = _layer_printer(False)
+        for tag in pulled.tags:
+            print(f"{tag.result.reference.tag}: Pulling from {pulled.repository.repository}")
+            for event in tag.layers:
+                show(event)
+            print(f"Digest: {tag.result.manifest_digest}")
+        status = "Image is up to date for" if pulled.up_to_date else "Downloaded newer image for"
+        print(f"Status: {status} {pulled.repository.familiar}")
+    print(str(pulled.repository))
+    return 0
 
 
 def cmd_push(argv: list[str]) -> int:

@@ -1,11 +1,12 @@
 """User-level operations over the store (dulwich's `porcelain` over its plumbing).
 
     inventory     which images the store holds; finding one by name or ID as docker does
+    filters       `images --filter`: dangling, label, reference, before, since
     tagging       tag, rmi
     describe      inspect, history
     archive       save, load (docker-archive and OCI image-layout tars)
     rootfs        import (a root filesystem tar -> image), export (image -> flat tar)
-    distribution  pull, push, login, logout
+    distribution  pull (one tag or --all-tags), push, login, logout
     gc            prune, df, fsck
     layertar      reading layer tars: decompression and content sizes
 

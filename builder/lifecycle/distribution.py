@@ -8,12 +8,13 @@ mount instead of uploading the blob again.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from builder.errors import ImageNotFound, StoreError
+from builder.errors import BuildError, ImageNotFound, StoreError
 from builder.image.manifest import read_image
 from builder.image.media import Platform
 from builder.registry.auth import (CredentialStore, Credentials, erase_credentials, registry_host,
@@ -80,6 +81,78 @@ def pull(store: Store, name: str, *, platform: Platform = Platform(), insecure_r
         store.images.tag(f"{ref.name}@{pulled.manifest_digest}", pulled.manifest_digest)
         up_to_date = previous == pulled.manifest_digest and len(present) == len(layers)
         return PullResult(ref, pulled.manifest_digest, image.image_id, up_to_date)
+
+
+@dataclass(frozen=True)
+class TagPull:
+    result: PullResult
+    layers: tuple[LayerEvent, ...]   # each layer's outcome: "Already exists" or "Pull complete"
+
+
+@dataclass(frozen=True)
+class AllTagsPull:
+    repository: Reference            # the repository, without a tag
+    tags: tuple[TagPull, ...]        # in the registry's order
+
+    @property
+    def up_to_date(self) -> bool:
+        return all(t.result.up_to_date for t in self.tags)
+
+
+def pull_all_tags(store: Store, name: str, *, platform: Platform = Platform(),
+                  insecure_registries: Sequence[str] = (), page_size: int | None = None) -> AllTagsPull:
+    """`docker pull --all-tags NAME`: every tag the registry lists for NAME's repository, for
+    PLATFORM. Tags are resolved concurrently, then the blobs of all of them are fetched once each,
+    a few at a time; the first tag that fails stops the pull, as in docker."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from builder.registry.client import RegistryClient
+
+    if _names_tag_or_digest(name):
+        raise BuildError("tag can't be used with --all-tags/-a")
+    repository = dataclasses.replace(parse_reference(name), tag=None, digest=None)
+    with store, RegistryClient(insecure_registries=insecure_registries) as client:
+        tags = client.list_tags(repository, page_size)
+        refs = [dataclasses.replace(repository, tag=tag) for tag in tags]
+        previous = {str(ref): store.images.resolve(str(ref)) for ref in refs}
+        with ThreadPoolExecutor(max_workers=_RESOLVERS) as pool:
+            manifests = list(pool.map(lambda ref: client.resolve(ref, platform), refs))
+        present = {d for _, manifest, _ in manifests for d in _blob_descriptors(manifest) if store.blobs.has(d)}
+        wanted = {d: desc for _, manifest, _ in manifests for d, desc in _blob_descriptors(manifest).items()}
+        client.fetch_blobs(repository, [desc for d, desc in wanted.items() if d not in present], store.blobs)
+        pulls = []
+        for ref, (digest, manifest, _) in zip(refs, manifests):
+            layers = _layer_digests(manifest)
+            events = tuple(LayerEvent(d, "Already exists" if d in present else "Pull complete") for d in layers)
+            fresh = not all(d in present for d in _blob_descriptors(manifest))
+            present.update(_blob_descriptors(manifest))
+            pulled = client.pull(ref.with_digest(digest), store.blobs, platform)  # every blob is here now
+            store.images.tag(str(ref), pulled.manifest_digest)
+            store.images.tag(f"{ref.name}@{pulled.manifest_digest}", pulled.manifest_digest)
+            image = read_image(store.blobs, pulled.manifest_digest)
+            up_to_date = previous[str(ref)] == pulled.manifest_digest and not fresh
+            pulls.append(TagPull(PullResult(ref, pulled.manifest_digest, image.image_id, up_to_date), events))
+        return AllTagsPull(repository, tuple(pulls))
+
+
+_RESOLVERS = 3
+
+
+def _names_tag_or_digest(name: str) -> bool:
+    last = name.rpartition("/")[2]
+    return ":" in last or "@" in last
+
+
+def _blob_descriptors(manifest: bytes) -> dict:
+    """Digest -> Descriptor of a manifest's config and layers."""
+    from builder.image.media import Descriptor
+
+    try:
+        doc = json.loads(manifest)
+        descs = [Descriptor.from_json(doc["config"])] + [Descriptor.from_json(d) for d in doc.get("layers") or ()]
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return {}  # the client's pull reports a malformed manifest properly
+    return {d.digest: d for d in descs}
 
 
 def _layer_digests(manifest: bytes) -> list[str]:

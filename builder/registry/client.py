@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 from urllib.parse import urlencode, urljoin, urlsplit
@@ -114,6 +115,27 @@ class RegistryClient:
         """fetch_blob for each of DESCS, a few at a time; the first failure stops the rest."""
         missing = {d.digest: d for d in descs if not blobs.has(d.digest)}
         self._concurrently([lambda d=d: self._download(ref, d, blobs) for d in missing.values()])
+
+    def list_tags(self, ref: Reference, page_size: int | None = None) -> list[str]:
+        """Every tag of REF's repository (`GET /v2/<name>/tags/list`), following the `Link: <...>;
+        rel="next"` pages in the registry's order. PAGE_SIZE asks for pages of that many (`n=`)."""
+        url = self._url(ref, "tags/list") + (f"?{urlencode({'n': page_size})}" if page_size else "")
+        tags: list[str] = []
+        seen: set[str] = set()
+        while url:
+            if url in seen:
+                raise RegistryError(f"{ref.registry}: the tag list of {ref.repository} links back to {url}")
+            seen.add(url)
+            with self._request(ref, "GET", url) as response:
+                self._check(response, ref, "tag list")
+                data = _read_limited(response, _MAX_MANIFEST, f"{ref.familiar}: tag list")
+                link = response.header("Link")
+            page = _json(data, ref, "tag list").get("tags") or []
+            if not isinstance(page, list) or not all(isinstance(t, str) for t in page):
+                raise RegistryError(f"{ref.familiar}: tag list is not a list of strings")
+            tags.extend(page)
+            url = _next_link(link, url)
+        return tags
 
     def _get_manifest(self, ref: Reference, tag_or_digest: str) -> tuple[str, bytes, str]:
         url = self._url(ref, f"manifests/{tag_or_digest}")
@@ -400,6 +422,15 @@ def _media_type(content_type: str, data: bytes, ref: Reference) -> str:
     if not declared and "config" in doc and "layers" in doc:
         return OCI_MANIFEST
     raise UnsupportedMediaType(f"{ref.familiar}: unsupported manifest type {served or declared or 'unknown'!r}")
+
+
+def _next_link(header: str, current: str) -> str:
+    """The `rel="next"` target of a Link header (RFC 8288), resolved against CURRENT; "" if none."""
+    for m in re.finditer(r'<([^>]*)>\s*((?:;\s*[^;,]*)*)', header):
+        params = re.findall(r';\s*([\w-]+)\s*=\s*"?([^";,]*)"?', m.group(2))
+        if any(key.lower() == "rel" and "next" in value.lower().split() for key, value in params):
+            return urljoin(current, m.group(1))
+    return ""
 
 
 def _read_limited(response: Response, limit: int, what: str) -> bytes:
