@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in _COMMANDS:
         return _command(argv[0])(argv[1:])
     if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__.strip())
+        # The docstring's first paragraph is for developers; the command list is the usage.
+        print("usage:\n" + __doc__.split("\n\n", 1)[1].rstrip())
         return 0 if argv else 2
     return _command("build")(argv)
