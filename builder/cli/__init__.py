@@ -44,6 +44,6 @@ def main(argv: list[str] | None = None) -> int:
         return _command(argv[0])(argv[1:])
     if not argv or argv[0] in ("-h", "--help"):
         # The docstring's first paragraph is for developers; the command list is the usage.
-        print("usage:\n" + __doc__.split("\n\n", 1)[1].rstrip())
+        print("usage:\n" + __doc__.split("\n\n", 1)[1].rstrip(), file=sys.stdout if argv else sys.stderr)
         return 0 if argv else 2
     return _command("build")(argv)
