@@ -80,10 +80,10 @@ def test_interrupted_build_cleans_up(tmp_path, store_root, busybox_registry):
     marker = f"build-image-interrupt-{os.getpid()}-{time.monotonic_ns()}"
     context = write_context(tmp_path / "ctx", {"Dockerfile": f"""\
 FROM {busybox_registry.reference} AS one
-RUN echo started; exec sleep 300 {marker}
+RUN echo started; sleep 300; echo never {marker}
 
 FROM {busybox_registry.reference} AS two
-RUN echo started; exec sleep 301 {marker}
+RUN echo started; sleep 301; echo never {marker}
 
 FROM scratch
 COPY --from=one /etc/passwd /a
@@ -96,6 +96,9 @@ COPY --from=two /etc/passwd /b
     while seen.count("started") < 2 and time.monotonic() < deadline:
         seen += proc.stderr.readline()
     assert seen.count("started") == 2, seen
+    time.sleep(0.5)  # both steps are well into their sleep: only the interrupt can end them
+    assert proc.poll() is None
+    assert len(subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True).stdout.split()) == 2
     proc.send_signal(signal.SIGINT)
     rest = proc.communicate(timeout=30)[1]
     assert proc.returncode == 130
