@@ -167,7 +167,7 @@ def _solve(options, text, dockerfile_name, store, sources, context, epoch, progr
     if executor is None:
         from builder.executor import NamespaceExecutor
 
-        executor = NamespaceExecutor()
+        executor = NamespaceExecutor(runtime_root=store.run_dir)
     solver = Solver(store, executor, sources, context, jobs=options.jobs, no_cache=options.no_cache,
                     progress=progress, names=dict(plan.names), source_date_epoch=epoch,
                     secrets=SecretStore(options.secrets), ssh={s.id: s.path for s in options.ssh})

@@ -5,6 +5,7 @@
     ROOT/snapshots/               unpacked layers by chain ID, used as overlay lower dirs
     ROOT/images/                  the image index: name:tag and name@digest -> manifest digest
     ROOT/cache/records/<key>.json build cache: cache key -> layer it produced
+    ROOT/run/                     per-step scratch (container roots, mount points), gone after the step
     ROOT/lock                     held shared by every process using the root, exclusively by GC
 """
 
@@ -41,6 +42,8 @@ class Store:
         self.snapshots = SnapshotStore(self.root)
         self.images = ImageStore(self.root)
         self.records = CacheRecords(os.path.join(self.root, "cache", "records"))
+        self.run_dir = os.path.join(self.root, "run")
+        os.makedirs(self.run_dir, exist_ok=True)
         self._lock_file = None
 
     def __enter__(self) -> "Store":
@@ -58,6 +61,7 @@ class Store:
             # Nobody else is using the root: temp files left by a killed process can go.
             self.blobs.clean_temp()
             self.snapshots.clean_stale()
+            self._clean_run_dir()
             if shared:
                 fcntl.flock(self._lock_file, fcntl.LOCK_SH)
         except BlockingIOError:
@@ -65,6 +69,14 @@ class Store:
                 fcntl.flock(self._lock_file, fcntl.LOCK_EX)
             else:
                 fcntl.flock(self._lock_file, fcntl.LOCK_SH)
+
+    def _clean_run_dir(self) -> None:
+        # Only plain directories: a step's mounts live in its own mount namespace and die with it.
+        for name in os.listdir(self.run_dir):
+            path = os.path.join(self.run_dir, name)
+            if os.path.ismount(path):
+                continue
+            shutil.rmtree(path, ignore_errors=True)
 
     def release(self) -> None:
         if self._lock_file is not None:

@@ -107,3 +107,34 @@ COPY --from=two /etc/passwd /b
     assert sleepers == []
     assert leftovers(store_root) == []
     assert mounts_mentioning(store_root) == []
+
+
+@pytest.mark.root
+@pytest.mark.overlay
+@pytest.mark.registry
+def test_sigkilled_build_leaves_nothing_running_and_the_next_build_cleans_up(tmp_path, store_root,
+                                                                            busybox_registry):
+    marker = f"build-image-sigkill-{os.getpid()}-{time.monotonic_ns()}"
+    context = write_context(tmp_path / "ctx", {"Dockerfile": f"""\
+FROM {busybox_registry.reference}
+RUN echo started; sleep 300; echo never {marker}
+"""})
+    proc = subprocess.Popen([sys.executable, "-m", "builder.cli", "--root", store_root, "--progress", "plain",
+                             context], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    seen = ""
+    deadline = time.monotonic() + 60
+    while "started" not in seen and time.monotonic() < deadline:
+        seen += proc.stderr.readline()
+    proc.kill()                                   # no chance to clean up: SIGKILL
+    proc.wait(timeout=30)
+    proc.stderr.close()
+    deadline = time.monotonic() + 10              # the container dies with its parent (PDEATHSIG)
+    while subprocess.run(["pgrep", "-f", marker], capture_output=True).returncode == 0:
+        assert time.monotonic() < deadline, "the RUN outlived a SIGKILLed build-image"
+        time.sleep(0.1)
+    assert mounts_mentioning(store_root) == []
+    # What the killed process left on disk (scratch dirs) goes when the root is next opened.
+    write_context(tmp_path / "ctx", {"Dockerfile": f"FROM {busybox_registry.reference}\nRUN true\n"})
+    build_image("--root", store_root, context)
+    assert leftovers(store_root) == []
+    assert os.listdir(os.path.join(store_root, "run")) == []

@@ -333,7 +333,7 @@ class Solver:
         import tempfile
 
         sources: dict[int, _CopySource] = {}
-        scratch = tempfile.mkdtemp(prefix="build-image-inline-")
+        scratch = tempfile.mkdtemp(prefix="inline-", dir=self.store.run_dir)
         try:
             for action in op.actions:
                 if not isinstance(action, CopyAction) or action.source in sources:
@@ -350,7 +350,8 @@ class Solver:
                     sources[action.source] = _CopySource(_write_inline(source.op, scratch, action.source))
                 else:
                     sources[action.source] = _CopySource(self._lowerdirs(self.results[source].layers))
-            self.executor.run_in_rootfs(rootfs, lambda merged: _apply_file_actions(merged, op, sources))
+            self.executor.run_in_rootfs(
+                rootfs, lambda merged: _apply_file_actions(merged, op, sources, self.store.run_dir))
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 
@@ -375,13 +376,13 @@ def _write_inline(op: InlineFile, scratch: str, index: int) -> str:
     return tree
 
 
-def _apply_file_actions(merged: str, op: FileOp, sources: dict[int, _CopySource]) -> None:
+def _apply_file_actions(merged: str, op: FileOp, sources: dict[int, _CopySource], scratch_dir: str) -> None:
     """Runs in the step's private mount namespace (see Executor.run_in_rootfs): other stages'
     filesystems are mounted read-only for the copy and unmounted before returning."""
     import shutil
     import tempfile
 
-    mount_root = tempfile.mkdtemp(prefix="build-image-src-")
+    mount_root = tempfile.mkdtemp(prefix="src-", dir=scratch_dir)
     mounted: dict[int, str] = {}
     try:
         for index, source in sources.items():
