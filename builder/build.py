@@ -173,8 +173,9 @@ def _solve(options, text, dockerfile_name, store, sources, context, epoch, progr
                     secrets=SecretStore(options.secrets), ssh={s.id: s.path for s in options.ssh})
     results = solver.solve(plan.vertices)
     image = _assemble(plan, results, store, epoch)
-    warnings = tuple(f'[Warning] One or more build-args [{" ".join(plan.unused_build_args)}] were not consumed'
-                     for _ in [0] if plan.unused_build_args)
+    warnings: tuple[str, ...] = ()
+    if plan.unused_build_args:
+        warnings = (f'[Warning] One or more build-args [{" ".join(plan.unused_build_args)}] were not consumed',)
     if memoizable(plan):
         steps = tuple(plan.names[v.digest] for v in plan.vertices if v.digest in plan.names)
         plans.put(key, PlanRecord(image.manifest.digest, sources.resolved_digests(),
