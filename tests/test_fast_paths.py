@@ -1,0 +1,42 @@
+"""The paths that must be fast stay off the heavy imports (MACHINE.md: networkx ~0.6 s, lark ~0.25 s
+under load): `--help`, and a rebuild whose inputs have not changed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.support.images import build_image, write_context
+
+HEAVY = ("lark", "networkx", "pyroute2", "dill")
+
+
+def imported_modules(*args: str) -> set[str]:
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "builder.cli", *args],
+                          capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    return {line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines()
+            if line.startswith("import time:") and "|" in line}
+
+
+def test_help_imports_nothing_heavy():
+    modules = imported_modules("--help")
+    assert "builder.cli" in modules
+    assert not any(m.split(".")[0] in HEAVY for m in modules)
+
+
+@pytest.mark.root
+@pytest.mark.overlay
+@pytest.mark.registry
+def test_unchanged_rebuild_neither_parses_plans_nor_asks_the_registry(tmp_path, store_root, busybox_registry):
+    context = write_context(tmp_path / "ctx", {
+        "Dockerfile": f"FROM {busybox_registry.reference}\nCOPY a.txt /\nRUN cat /a.txt > /b.txt\n",
+        "a.txt": "a\n"})
+    build_image("--root", store_root, context)
+    modules = imported_modules("--root", store_root, "-q", context)
+    assert "builder.build" in modules and "builder.plan_cache" in modules
+    heavy = sorted(m for m in modules if m.split(".")[0] in HEAVY)
+    assert heavy == []
+    assert "builder.convert" not in modules and "builder.executor" not in modules
+    assert "http.client" not in modules            # the base image is a local image now
