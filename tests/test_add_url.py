@@ -8,18 +8,19 @@ import gzip
 import hashlib
 import http.server
 import os
-import threading
 
 import pytest
 
+from tests.support.httpserver import LoopbackHTTPServer
 from tests.support.images import build_image, step_lines, write_context
+
 
 pytestmark = [pytest.mark.root, pytest.mark.overlay]
 
 MODIFIED = 1_600_000_000
 
 
-class Server:
+class Server(LoopbackHTTPServer):
     """Serves `files` (path -> bytes) with Last-Modified; counts GETs per path."""
 
     def __init__(self):
@@ -44,18 +45,7 @@ class Server:
             def log_message(self, *args):
                 pass
 
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self) -> "Server":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join()
+        super().__init__(Handler)
 
 
 @pytest.fixture

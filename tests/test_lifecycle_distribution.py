@@ -6,12 +6,12 @@ import base64
 import json
 import os
 import subprocess
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from tests.support.httpserver import LoopbackHTTPServer
 from tests.support.images import skopeo_inspect
 from tests.support.registry import Registry
 from tests.support.tokenauth import token_auth_registry
@@ -183,7 +183,7 @@ def _layer_digest(root: str, name: str) -> str:
     return read_image(store.blobs, store.images.resolve(name)).layers[0].digest
 
 
-class PagedTags:
+class PagedTags(LoopbackHTTPServer):
     """A registry stand-in serving one repository's tag list in pages linked by `Link` headers
     (distribution 2.8 does not page), the first link relative, the second absolute."""
 
@@ -211,18 +211,7 @@ class PagedTags:
                 self.end_headers()
                 self.wfile.write(body)
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.host = f"127.0.0.1:{self._httpd.server_port}"
-        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,), daemon=True)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join()
+        super().__init__(Handler)
 
 
 def test_tag_list_follows_link_pages(tmp_path):

@@ -8,9 +8,8 @@ import json
 import os
 import socket
 import subprocess
-import threading
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
@@ -20,6 +19,7 @@ from builder.errors import (AuthenticationError, DigestMismatch, NotFoundError, 
 from builder.image.media import OCI_INDEX, OCI_MANIFEST, Descriptor, Platform
 from builder.registry import CredentialStore, Credentials, RegistryClient, parse_reference, select_manifest
 from tests.support.baseimage import push_busybox_image, skopeo_copy, write_busybox_oci_layout
+from tests.support.httpserver import LoopbackHTTPServer
 from tests.support.registry import Registry
 from tests.support.tokenauth import token_auth_registry
 
@@ -317,7 +317,7 @@ def test_bearer_token_flow_pull_push_and_token_cache(token_registry, tmp_path, s
 DROP = 0  # a FakeRegistry status: send half the body, then drop the connection
 
 
-class FakeRegistry:
+class FakeRegistry(LoopbackHTTPServer):
     """A registry stand-in: ROUTES maps a path to a list of (status, headers, body) answers, the
     last one repeating; every request path and Accept header is logged."""
 
@@ -354,18 +354,7 @@ class FakeRegistry:
                 self.end_headers()
                 self.wfile.write(body)
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.host = f"127.0.0.1:{self._httpd.server_port}"
-        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,), daemon=True)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join()
+        super().__init__(Handler)
 
 
 def _image(layer: bytes, served_layer: bytes | None = None) -> tuple[bytes, dict]:

@@ -16,20 +16,20 @@ import contextlib
 import json
 import os
 import subprocess
-import threading
 import time
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Iterator
 from urllib.parse import parse_qs, urlsplit
 
+from .httpserver import LoopbackHTTPServer
 from .registry import Registry
 
 ISSUER = "test-issuer"
 SERVICE = "test-registry"
 
 
-class TokenServer:
+class TokenServer(LoopbackHTTPServer):
     """Issues registry JWTs (RS256, x5c header) for one user, signed with openssl; logs requests."""
 
     def __init__(self, key: str, cert_der: bytes, issuer: str, service: str, user: tuple[str, str]):
@@ -63,9 +63,8 @@ class TokenServer:
 
         self._key, self._cert_der, self._issuer, self._service = key, cert_der, issuer, service
         self._user = user[0]
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.realm = f"http://127.0.0.1:{self._httpd.server_port}/token"
-        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,), daemon=True)
+        super().__init__(Handler)
+        self.realm = f"{self.url}/token"
 
     def sign(self, access: list[dict]) -> str:
         def b64(data: bytes) -> str:
@@ -79,15 +78,6 @@ class TokenServer:
         signature = subprocess.run(["openssl", "dgst", "-sha256", "-sign", self._key], input=signing_input.encode(),
                                    check=True, capture_output=True).stdout
         return f"{signing_input}.{b64(signature)}"
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join()
 
 
 @contextlib.contextmanager
