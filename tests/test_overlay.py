@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from builder.executor import linux
+from builder.plumbing import linux
 from builder.snapshot.overlay import OverlayError, mount_overlay
 
 pytestmark = [pytest.mark.root, pytest.mark.overlay]

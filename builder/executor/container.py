@@ -55,13 +55,14 @@ from dataclasses import dataclass
 from typing import NoReturn
 
 from builder.errors import BuildError, SolveError
-from builder.executor import linux
 from builder.executor.mounts import (MountStub, layered_mount_fd, make_mountpoint, mount_dev, mount_proc,
                                      mount_sys, mount_tmpfs, remove_stubs, restrict_proc, secret_file_fds)
 from builder.executor.spec import (DEFAULT_PATH, BindMount, LayeredMount, Mount, OutputCallback, ProcessSpec,
                                    RootFS, SecretFile, TmpfsMount)
 from builder.executor.users import UserNotFound, resolve_user
-from builder.snapshot.overlay import clone_tree, mount_overlay, move_mount
+from builder.plumbing import linux
+from builder.plumbing.linux import clone_tree, move_mount
+from builder.snapshot.overlay import mount_overlay
 
 # Docker's default capability set for containers and build steps (see capabilities(7) numbers).
 DEFAULT_CAPABILITIES = frozenset({

@@ -19,12 +19,12 @@ import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from builder.executor.linux import (MNT_DETACH, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY,
-                                    MS_REC, MS_REMOUNT, mount, open_in_root, umount2)
 from builder.executor.spec import LayeredMount, SecretFile
-from builder.snapshot.overlay import (AT_EMPTY_PATH, AT_RECURSIVE, MOUNT_ATTR_RDONLY, OPEN_TREE_CLOEXEC,
-                                      OPEN_TREE_CLONE, SYS_MOUNT_SETATTR, SYS_OPEN_TREE, clone_tree,
-                                      move_mount, overlay_mount_fd, syscall)
+from builder.plumbing.linux import (AT_EMPTY_PATH, AT_RECURSIVE, MNT_DETACH, MOUNT_ATTR_RDONLY, MS_BIND,
+                                    MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY, MS_REC, MS_REMOUNT,
+                                    OPEN_TREE_CLOEXEC, OPEN_TREE_CLONE, SYS_MOUNT_SETATTR, SYS_OPEN_TREE,
+                                    clone_tree, mount, move_mount, open_in_root, syscall, umount2)
+from builder.snapshot.overlay import overlay_mount_fd
 
 _DEVICES = (("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9),
             ("tty", 5, 0))

@@ -25,8 +25,8 @@ from builder.errors import BuildError, ExecutionError, SolveError, SourceNotFoun
 from builder.llb import CopyAction, ExecOp, FileOp, ImageSource, LocalSource, MkdirAction, Vertex, canonical_json
 from builder.llb.ops import BindMountSpec, HttpSource, InlineFile, MergeOp
 from builder.solver import progress as events
-from builder.executor.linux import MNT_DETACH, umount2
-from builder.snapshot.overlay import clone_tree, mount_overlay, move_mount
+from builder.plumbing.linux import MNT_DETACH, clone_tree, move_mount, umount2
+from builder.snapshot.overlay import mount_overlay
 from builder.solver.fileops import apply_copy, apply_mkdir
 from builder.solver.mounts import MountInput, RunMounts, SecretStore
 from builder.solver.sources import ImageSources

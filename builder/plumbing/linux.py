@@ -1,4 +1,5 @@
-"""The Linux calls Python 3.11 lacks: namespaces, mounts, pivot_root, capabilities, loopback.
+"""The Linux calls Python 3.11 lacks: namespaces, mounts (classic and the new mount API),
+pivot_root, capabilities, loopback. The executor, the snapshotter and the network all use these.
 
 Each wrapper is one ctypes call with errno turned into OSError. None of them takes a Python-level
 lock, so they may run in a child forked from a multi-threaded process.
@@ -11,8 +12,6 @@ import fcntl
 import os
 import socket
 import struct
-
-from builder.snapshot.overlay import syscall
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWCGROUP = 0x02000000
@@ -168,3 +167,92 @@ def reset_signal_dispositions() -> None:
     (Python ignores SIGPIPE and SIGXFSZ), which would surprise the build step."""
     for signum in range(1, 65):
         _libc.signal(signum, 0)  # SIG_DFL; EINVAL for SIGKILL, SIGSTOP and glibc's own is fine
+
+
+# ---- the new mount API and raw syscalls ---------------------------------------------------
+
+# x86_64 syscall numbers (the same on every architecture that has the new mount API, except alpha).
+SYS_OPEN_TREE = 428
+SYS_MOVE_MOUNT = 429
+SYS_FSOPEN = 430
+SYS_FSCONFIG = 431
+SYS_FSMOUNT = 432
+SYS_MOUNT_SETATTR = 442
+
+FSOPEN_CLOEXEC = 0x1
+FSCONFIG_SET_FLAG = 0
+FSCONFIG_SET_STRING = 1
+FSCONFIG_CMD_CREATE = 6
+FSMOUNT_CLOEXEC = 0x1
+MOVE_MOUNT_F_EMPTY_PATH = 0x4
+OPEN_TREE_CLONE = 0x1
+OPEN_TREE_CLOEXEC = os.O_CLOEXEC
+AT_FDCWD = -100
+AT_EMPTY_PATH = 0x1000
+AT_RECURSIVE = 0x8000
+MOUNT_ATTR_RDONLY = 0x1
+
+_syscall = _libc.syscall
+_syscall.restype = ctypes.c_long
+
+
+def _call(what: str, *args) -> int:
+    ret = _syscall(*args)
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+    return ret
+
+
+def _arg(value) -> ctypes.c_long | ctypes.c_char_p:
+    # syscall(2) is variadic: pass every integer as a full register, every string as a pointer.
+    if isinstance(value, bytes):
+        return ctypes.c_char_p(value)
+    if isinstance(value, str):
+        return ctypes.c_char_p(os.fsencode(value))
+    if value is None:
+        return ctypes.c_char_p(None)
+    return ctypes.c_long(value)
+
+
+def syscall(what: str, number: int, *args) -> int:
+    return _call(what, ctypes.c_long(number), *(_arg(a) for a in args))
+
+
+def fsopen(fstype: str) -> int:
+    return syscall(f"fsopen({fstype})", SYS_FSOPEN, fstype, FSOPEN_CLOEXEC)
+
+
+def fsconfig_string(fs_fd: int, key: str, value: str) -> None:
+    syscall(f"fsconfig({key}={value})", SYS_FSCONFIG, fs_fd, FSCONFIG_SET_STRING, key, value, 0)
+
+
+def fsconfig_create(fs_fd: int) -> None:
+    syscall("fsconfig(create)", SYS_FSCONFIG, fs_fd, FSCONFIG_CMD_CREATE, None, None, 0)
+
+
+def fsmount(fs_fd: int, attr_flags: int = 0) -> int:
+    return syscall("fsmount", SYS_FSMOUNT, fs_fd, FSMOUNT_CLOEXEC, attr_flags)
+
+
+def move_mount(mount_fd: int, target: str) -> None:
+    """Attach a detached mount (from fsmount or open_tree) at TARGET."""
+    syscall(f"move_mount({target})", SYS_MOVE_MOUNT, mount_fd, "", AT_FDCWD, target,
+            MOVE_MOUNT_F_EMPTY_PATH)
+
+
+def clone_tree(source: str, *, readonly: bool) -> int:
+    """A detached recursive bind of SOURCE (like ``mount --rbind``), optionally read-only."""
+    fd = syscall(f"open_tree({source})", SYS_OPEN_TREE, AT_FDCWD, source,
+                 OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE)
+    if readonly:
+        # struct mount_attr { u64 attr_set, attr_clr, propagation, userns_fd; }
+        attr = (ctypes.c_uint64 * 4)(MOUNT_ATTR_RDONLY, 0, 0, 0)
+        try:
+            _call(f"mount_setattr({source}, ro)", ctypes.c_long(SYS_MOUNT_SETATTR), ctypes.c_long(fd),
+                  ctypes.c_char_p(b""), ctypes.c_long(AT_EMPTY_PATH | AT_RECURSIVE),
+                  ctypes.byref(attr), ctypes.c_long(ctypes.sizeof(attr)))
+        except BaseException:
+            os.close(fd)
+            raise
+    return fd

@@ -1,0 +1,1 @@
+"""Plumbing every layer uses: Linux syscalls (more leaf modules join it as they are split out)."""
