@@ -304,7 +304,8 @@ class Solver:
             except SolveError as error:
                 raise SolveError(f"{self._name(vertex)}: {error}") from None
             spec = ProcessSpec(args=op.args, env=op.env + prepared.env, cwd=op.cwd, user=op.user,
-                               hostname=op.hostname, network=op.network)
+                               hostname=op.hostname, network=op.network,
+                               extra_hosts=op.extra_hosts)
             code = self.executor.run(rootfs, spec, prepared.mounts, output=output)
         if partial:
             tail.append(partial.decode(errors="replace"))
