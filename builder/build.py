@@ -48,9 +48,10 @@ class OutputSpec:
             raise BuildError(f"invalid output {text!r}: type must be oci, docker, local, image or registry")
         if kind in ("oci", "docker", "local") and not attrs.get("dest"):
             raise BuildError(f"invalid output {text!r}: type={kind} needs dest=PATH")
-        spec = cls(kind, tuple(sorted(attrs.items())))
-        spec.oci_mediatypes  # a bad value fails here, before anything is built
-        return spec
+        if attrs.get("oci-mediatypes", "").lower() not in _BOOLEANS:  # fail now, before anything is built
+            raise BuildError(f"invalid output {text!r}: oci-mediatypes must be true or false, "
+                             f"not {attrs['oci-mediatypes']!r}")
+        return cls(kind, tuple(sorted(attrs.items())))
 
 
 _BOOLEANS = {"": True, "true": True, "1": True, "t": True, "false": False, "0": False, "f": False}
