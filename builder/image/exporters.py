@@ -15,10 +15,11 @@ write it): manifest.json points at the layout's blobs, `blobs/sha256/<hex>`, whi
 detect compression by content); zstd layers, which Docker 20.10 cannot load, are shipped decompressed as well,
 named by their diff_id, while the OCI side keeps the zstd blobs its manifest names.
 
-Media types follow BuildKit's `oci-mediatypes` (manifest.for_output does the converting): OCI's in the
-OCI layout and archive, Docker's in the docker archive (as `docker save` writes them), whichever family
-the base image came with. Either exporter takes the other family when asked; the image ID and layer
-digests are the same in all of them.
+Media types follow BuildKit's `oci-mediatypes` defaults (manifest.for_output does the converting): OCI's in
+the OCI layout and archive, Docker's in the docker archive (BuildKit's documented docker exporter default),
+whichever family the base image came with. Either takes the other family when asked; the image ID and layer
+digests are the same in all of them. (A docker archive with Docker types is still a valid layout, but skopeo's
+`oci-archive:` only finds OCI-typed index entries: `oci-mediatypes=true` makes one it reads, as Docker 25's.)
 """
 
 from __future__ import annotations
