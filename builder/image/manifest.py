@@ -53,6 +53,7 @@ def for_output(blobs: BlobStore, image: StoredImage, oci: bool) -> OutputManifes
         raise InvalidImage(f"manifest {image.manifest.digest} is not JSON: {e}") from None
     if converted is data:
         return OutputManifest(image, data)
+
     def convert(desc: Descriptor) -> Descriptor:
         return replace(desc, media_type=media.convert_media_type(desc.media_type, oci))
 
