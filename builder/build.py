@@ -27,6 +27,15 @@ class OutputSpec:
     def get(self, name: str, default: str = "") -> str:
         return dict(self.attrs).get(name, default)
 
+    @property
+    def oci_mediatypes(self) -> bool:
+        """BuildKit's `oci-mediatypes`: OCI types unless type=docker (and for type=image as BuildKit
+        v0.31 defaults); an empty value means true, as in BuildKit."""
+        value = self.get("oci-mediatypes", "true" if self.type != "docker" else "false")
+        if value.lower() not in _BOOLEANS:
+            raise BuildError(f"invalid output type={self.type}: oci-mediatypes must be true or false, not {value!r}")
+        return _BOOLEANS[value.lower()]
+
     @classmethod
     def parse(cls, text: str) -> "OutputSpec":
         """`type=oci,dest=out.tar`, or a bare path meaning `type=local,dest=PATH` (as buildx)."""
@@ -43,7 +52,13 @@ class OutputSpec:
             raise BuildError(f"invalid output {text!r}: type must be oci, docker, local, image or registry")
         if kind in ("oci", "docker", "local") and not attrs.get("dest"):
             raise BuildError(f"invalid output {text!r}: type={kind} needs dest=PATH")
+        if attrs.get("oci-mediatypes", "").lower() not in _BOOLEANS:  # fail now, before anything is built
+            raise BuildError(f"invalid output {text!r}: oci-mediatypes must be true or false, "
+                             f"not {attrs['oci-mediatypes']!r}")
         return cls(kind, tuple(sorted(attrs.items())))
+
+
+_BOOLEANS = {"": True, "true": True, "1": True, "t": True, "false": False, "0": False, "f": False}
 
 
 @dataclass(frozen=True)
@@ -274,10 +289,10 @@ def _export(output, image, store, tags, progress, export_id) -> None:
 
     dest = output.get("dest")
     if output.type == "oci":
-        exporter = (exporters.OCIArchiveExporter(dest, tags) if output.get("tar", "true") != "false"
-                    else exporters.OCILayoutExporter(dest, tags))
+        layout = exporters.OCIArchiveExporter if output.get("tar", "true") != "false" else exporters.OCILayoutExporter
+        exporter = layout(dest, tags, output.oci_mediatypes)
     elif output.type == "docker":
-        exporter = exporters.DockerArchiveExporter(dest, tags)
+        exporter = exporters.DockerArchiveExporter(dest, tags, output.oci_mediatypes)
     elif output.type == "local":
         exporter = exporters.LocalExporter(dest)
     elif output.type in ("image", "registry"):
@@ -291,16 +306,17 @@ def _export(output, image, store, tags, progress, export_id) -> None:
 
 
 def _push(image, store, tags, progress, export_id, output) -> None:
+    from builder.image.manifest import for_output
     from builder.registry.client import RegistryClient
     from builder.registry.reference import parse_reference
 
     insecure = (output.get("registry.insecure") == "true")
+    out = for_output(store.blobs, image, output.oci_mediatypes)
     for tag in tags:
         ref = parse_reference(tag)
         client = RegistryClient(insecure_registries=(ref.registry,) if insecure else ())
         try:
-            manifest = store.blobs.get_bytes(image.manifest.digest)
-            client.push(ref, store.blobs, manifest, image.manifest.media_type)
+            client.push(ref, store.blobs, out.data, out.image.manifest.media_type)
         finally:
             client.close()
         progress(events.Log(export_id, f"pushing {tag} done"))

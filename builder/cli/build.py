@@ -78,10 +78,19 @@ def _build_args(values: list[str]) -> dict[str, str]:
     return args
 
 
+def _raise(error: BaseException):
+    raise error
+
+
 def cmd_build(argv: list[str]) -> int:
     from builder.build import BuildOptions, OutputSpec, build
+    from builder.errors import BuildError
 
     ns = _build_parser().parse_args(argv)
+    try:
+        outputs = tuple(OutputSpec.parse(o) for o in ns.output)
+    except BuildError as error:  # a malformed -o is one line too, like every build error
+        return run_command(lambda: _raise(error), ns.debug)
     quiet = ns.quiet or ns.progress == "quiet"
     progress = (lambda event: None) if quiet else make_progress(ns.progress)
     options = BuildOptions(
@@ -92,7 +101,7 @@ def cmd_build(argv: list[str]) -> int:
         target=ns.target,
         no_cache=ns.no_cache,
         pull=ns.pull,
-        outputs=tuple(OutputSpec.parse(o) for o in ns.output),
+        outputs=outputs,
         iidfile=ns.iidfile,
         jobs=ns.jobs,
         root=ns.root,
