@@ -78,22 +78,30 @@ def _build_args(values: list[str]) -> dict[str, str]:
     return args
 
 
-def _raise(error: BaseException):
-    raise error
-
-
 def cmd_build(argv: list[str]) -> int:
-    from builder.build import BuildOptions, OutputSpec, build
-    from builder.errors import BuildError
-
     ns = _build_parser().parse_args(argv)
-    try:
-        outputs = tuple(OutputSpec.parse(o) for o in ns.output)
-    except BuildError as error:  # a malformed -o is one line too, like every build error
-        return run_command(lambda: _raise(error), ns.debug)
     quiet = ns.quiet or ns.progress == "quiet"
-    progress = (lambda event: None) if quiet else make_progress(ns.progress)
-    options = BuildOptions(
+
+    def run() -> int:
+        from builder.build import build
+
+        options = _options(ns)  # inside run_command: a malformed -o is one error line too
+        progress = (lambda event: None) if quiet else make_progress(ns.progress)
+        try:
+            result = build(options, progress)
+        finally:
+            close = getattr(progress, "close", None)
+            if close is not None:  # the tty view draws its last frame before any error line
+                close()
+        return _report_build(result, quiet)
+
+    return run_command(run, ns.debug)
+
+
+def _options(ns: argparse.Namespace):
+    from builder.build import BuildOptions, OutputSpec
+
+    return BuildOptions(
         context=ns.context,
         dockerfile=ns.dockerfile,
         tags=tuple(ns.tag),
@@ -101,7 +109,7 @@ def cmd_build(argv: list[str]) -> int:
         target=ns.target,
         no_cache=ns.no_cache,
         pull=ns.pull,
-        outputs=outputs,
+        outputs=tuple(OutputSpec.parse(o) for o in ns.output),
         iidfile=ns.iidfile,
         jobs=ns.jobs,
         root=ns.root,
@@ -113,16 +121,6 @@ def cmd_build(argv: list[str]) -> int:
         add_hosts=tuple(ns.add_host),
         allow=tuple(e for value in ns.allow for e in value.split(",") if e),
     )
-    def run() -> int:
-        try:
-            result = build(options, progress)
-        finally:
-            close = getattr(progress, "close", None)
-            if close is not None:  # the tty view draws its last frame before any error line
-                close()
-        return _report_build(result, quiet)
-
-    return run_command(run, ns.debug)
 
 
 def _report_build(result, quiet: bool) -> int:
