@@ -10,7 +10,7 @@ from builder.errors import BuildError, ExportError
 from builder.solver import progress as events
 
 if TYPE_CHECKING:
-    from builder.solver.mounts import SecretSource, SSHSource
+    from builder.session import SecretSource, SSHSource
 
 
 @dataclass(frozen=True)
@@ -158,7 +158,7 @@ def _solve(options, text, dockerfile_name, store, sources, context, epoch, progr
     from builder.convert import convert
     from builder.grammar import parse_dockerfile
     from builder.plan_cache import PlanRecord, memoizable
-    from builder.solver.mounts import SecretStore
+    from builder.session import SecretStore
     from builder.solver.solver import Solver
 
     dockerfile = parse_dockerfile(text, dockerfile_name)

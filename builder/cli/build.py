@@ -49,13 +49,13 @@ def _flag_value(parse):
 
 
 def _secret_source(text: str):
-    from builder.solver.mounts import SecretSource
+    from builder.session import SecretSource
 
     return SecretSource.parse(text)
 
 
 def _ssh_source(text: str):
-    from builder.solver.mounts import SSHSource
+    from builder.session import SSHSource
 
     return SSHSource.parse(text)
 

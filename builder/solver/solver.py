@@ -26,9 +26,10 @@ from builder.llb import CopyAction, ExecOp, FileOp, ImageSource, LocalSource, Mk
 from builder.llb.ops import BindMountSpec, HttpSource, InlineFile, MergeOp
 from builder.solver import progress as events
 from builder.plumbing.linux import MNT_DETACH, clone_tree, move_mount, umount2
+from builder.session import SecretStore
 from builder.snapshot.overlay import mount_overlay
 from builder.solver.fileops import apply_copy, apply_mkdir
-from builder.solver.mounts import MountInput, RunMounts, SecretStore
+from builder.solver.mounts import MountInput, RunMounts
 from builder.solver.sources import ImageSources
 
 _TAIL_LINES = 10
