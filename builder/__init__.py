@@ -10,7 +10,7 @@ from builder.version import __version__
 def build(options, progress=None, executor=None):
     """Builds an image; see `builder.build.BuildOptions` and `BuildResult`."""
     from builder.build import build as _build
-    from builder.solver.progress import ignore
+    from builder.events import ignore
 
     return _build(options, progress or ignore, executor)
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Mapping
 
 from builder.errors import BuildError, ExportError
-from builder.solver import progress as events
+from builder import events
 
 if TYPE_CHECKING:
     from builder.session import SecretSource, SSHSource

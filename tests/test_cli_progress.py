@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 
 from builder.cli.progress import PlainProgress, TtyProgress, make_progress
-from builder.solver import progress as ev
+from builder import events as ev
 
 
 def feed(view):

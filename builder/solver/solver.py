@@ -24,7 +24,7 @@ from builder.context import BuildContext
 from builder.errors import BuildError, ExecutionError, SolveError, SourceNotFound
 from builder.llb import CopyAction, ExecOp, FileOp, ImageSource, LocalSource, MkdirAction, Vertex, canonical_json
 from builder.llb.ops import BindMountSpec, HttpSource, InlineFile, MergeOp
-from builder.solver import progress as events
+from builder import events
 from builder.plumbing.linux import MNT_DETACH, clone_tree, move_mount, umount2
 from builder.session import SecretStore
 from builder.snapshot.overlay import mount_overlay
