@@ -218,7 +218,9 @@ def _export(output, image, store, tags, progress, export_id) -> None:
     elif output.type == "docker":
         exporter = exporters.DockerArchiveExporter(dest, tags)
     elif output.type == "local":
-        exporter = exporters.LocalExporter(dest)
+        from builder.snapshot.layers import apply_layer
+
+        exporter = exporters.LocalExporter(dest, apply_layer)
     elif output.type in ("image", "registry"):
         if output.get("push", "false" if output.type == "image" else "true") == "true":
             _push(image, store, tags, progress, export_id, output)

@@ -131,15 +131,15 @@ class LocalExporter:
 
     Layers are applied in a staging directory beside DEST, so a failure leaves DEST as it was; the result
     is then renamed into place, or merged into DEST when it already has content (existing files of the
-    same name are replaced, others kept, symlinks in DEST never followed).
+    same name are replaced, others kept, symlinks in DEST never followed). APPLY_LAYER flattens one
+    layer's tar stream onto a directory (the snapshot package's apply_layer: image does not import it).
     """
 
-    def __init__(self, dest: str):
+    def __init__(self, dest: str, apply_layer: Callable[[BinaryIO, str], None]):
         self.dest = dest
+        self._apply_layer = apply_layer
 
     def export(self, image: StoredImage, blobs: BlobStore) -> None:
-        from builder.snapshot.layers import apply_layer  # the snapshot package imports heavier things
-
         if os.path.lexists(self.dest) and (os.path.islink(self.dest) or not os.path.isdir(self.dest)):
             raise ExportError(f"{self.dest} exists and is not a directory")
         try:
@@ -147,7 +147,7 @@ class LocalExporter:
                 os.chmod(stage, 0o755)
                 for layer in image.layers:
                     with _uncompressed(blobs, layer) as stream:
-                        apply_layer(stream, stage)
+                        self._apply_layer(stream, stage)
                 if _is_empty_or_missing(self.dest):
                     os.rename(stage, self.dest)
                 else:
