@@ -6,7 +6,7 @@ does not pay for tarfile, gzip and subprocess.
 
 from __future__ import annotations
 
-from builder._lazy import lazy_exports
+from builder.plumbing.lazy import lazy_exports
 
 _EXPORTS = {
     "Layer": "layers", "LayerError": "layers", "apply_layer": "layers", "chain_ids": "layers",
