@@ -10,14 +10,13 @@ names. Names are plain strings here; normalising references is the caller's busi
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
-from typing import Callable, Iterator
+from typing import Callable
 
 from builder.errors import StoreError
 from builder.plumbing.canonical import canonical_json
-from builder.plumbing.files import write_atomically
+from builder.plumbing.files import locked, write_atomically
 
 _INDEX_VERSION = 1
 
@@ -72,14 +71,8 @@ class ImageStore:
             if names != before:
                 self._write(names)
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)  # closing the only descriptor releases the flock
+    def _locked(self) -> contextlib.AbstractContextManager[None]:
+        return locked(self._lock_path, 0o644)
 
     def _write(self, names: dict[str, str]) -> None:
         write_atomically(self.index_path, canonical_json({"version": _INDEX_VERSION, "images": names}))

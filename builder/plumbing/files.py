@@ -1,4 +1,5 @@
-"""Atomic file writes: readers see the old file or the new one, never a part, even after a crash.
+"""Atomic file writes (readers see the old file or the new one, never a part, even after a crash)
+and the exclusive lock file writers take around a read-modify-write.
 
 The one recipe every caller uses: a temp file in the target's directory (so the rename stays on
 one filesystem), fsync of the file, rename over the target, fsync of the directory (the rename
@@ -7,9 +8,11 @@ is durable only once the directory entry is).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import tempfile
-from typing import BinaryIO, Callable
+from typing import BinaryIO, Callable, Iterator
 
 
 def fsync_directory(path: str) -> None:
@@ -45,3 +48,15 @@ def write_atomically(path: str, content: bytes | Callable[[BinaryIO], None], *, 
             pass
         raise
     fsync_directory(directory)
+
+
+@contextlib.contextmanager
+def locked(path: str, mode: int = 0o600) -> Iterator[None]:
+    """Hold an exclusive flock on the lock file PATH (made with MODE if missing) for the block;
+    other processes that lock the same path wait."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, mode)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the only descriptor releases the flock
