@@ -33,7 +33,7 @@ def default_root() -> str:
 
 class Store:
     def __init__(self, root: str | None = None):
-        from builder.image.store import ImageStore
+        from builder.image.names import ImageStore
         from builder.snapshot.store import SnapshotStore
 
         self.root = os.path.abspath(root or default_root())

@@ -15,7 +15,7 @@ _EXPORTS = {
     "InvalidImage": "manifest", "StoredImage": "manifest", "index_bytes": "manifest",
     "manifest_bytes": "manifest", "read_image": "manifest", "write_image": "manifest",
     "Descriptor": "media", "Platform": "media",
-    "ImageStore": "store",
+    "ImageStore": "names",
 }
 
 __all__ = sorted(_EXPORTS)

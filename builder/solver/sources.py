@@ -38,7 +38,7 @@ class ImageSources:
 
         self.progress = progress or ignore
         self.blobs = blobs
-        self.images = images              # builder.image.store.ImageStore
+        self.images = images              # builder.image.names.ImageStore
         self._client_factory = client_factory
         self._client = None
         self.pull_always = pull
