@@ -19,7 +19,7 @@ import subprocess
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
-from builder.cache.mounts import CacheMountStore
+from builder.cache.cache_mounts import CacheMountStore
 from builder.errors import SolveError
 from builder.llb.ops import (BindMountSpec, CacheMountSpec, MountSpec, ScriptMountSpec, SecretMountSpec, SSHMountSpec,
                              TmpfsMountSpec)

@@ -18,7 +18,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from builder.cache.mounts import CacheMountStore
+from builder.cache.cache_mounts import CacheMountStore
 from builder.cache.records import CacheRecord
 from builder.context import BuildContext
 from builder.errors import BuildError, ExecutionError, SolveError, SourceNotFound
