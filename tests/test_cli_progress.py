@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from builder.cli.progress import PlainProgress, TtyProgress, make_progress
+from builder.cli.progress_view import PlainProgress, TtyProgress, make_progress
 from builder import events as ev
 
 

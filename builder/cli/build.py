@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from builder.cli.progress import make_progress
+from builder.cli.progress_view import make_progress
 from builder.cli.runner import run_command
 
 def _build_parser() -> argparse.ArgumentParser:
