@@ -4,14 +4,13 @@ The public API is small: `build()` with `BuildOptions`, `parse()`, and the error
 """
 
 from builder.errors import BuildError, ExecutionError, ParseError
-
-__version__ = "0.1.0"
+from builder.version import __version__
 
 
 def build(options, progress=None, executor=None):
     """Builds an image; see `builder.build.BuildOptions` and `BuildResult`."""
     from builder.build import build as _build
-    from builder.solver.progress import ignore
+    from builder.events import ignore
 
     return _build(options, progress or ignore, executor)
 
@@ -23,4 +22,4 @@ def parse(text: str, filename: str = "Dockerfile"):
     return parse_dockerfile(text, filename)
 
 
-__all__ = ["BuildError", "ExecutionError", "ParseError", "build", "parse"]
+__all__ = ["BuildError", "ExecutionError", "ParseError", "__version__", "build", "parse"]

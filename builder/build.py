@@ -8,10 +8,10 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Mapping
 
 from builder.errors import BuildError, ExportError
-from builder.solver import progress as events
+from builder import events
 
 if TYPE_CHECKING:
-    from builder.solver.mounts import SecretSource, SSHSource
+    from builder.session import SecretSource, SSHSource
 
 NETWORK_MODES = ("default", "none", "host")
 ENTITLEMENTS = ("network.host",)
@@ -223,7 +223,7 @@ def _solve(options, text, dockerfile_name, store, sources, context, epoch, progr
     from builder.grammar import parse_dockerfile
     from builder.llb import ExecOp
     from builder.plan_cache import PlanRecord, memoizable
-    from builder.solver.mounts import SecretStore
+    from builder.session import SecretStore
     from builder.solver.solver import Solver
 
     dockerfile = parse_dockerfile(text, dockerfile_name)
@@ -294,7 +294,9 @@ def _export(output, image, store, tags, progress, export_id) -> None:
     elif output.type == "docker":
         exporter = exporters.DockerArchiveExporter(dest, tags, output.oci_mediatypes)
     elif output.type == "local":
-        exporter = exporters.LocalExporter(dest)
+        from builder.snapshot.layers import apply_layer
+
+        exporter = exporters.LocalExporter(dest, apply_layer)
     elif output.type in ("image", "registry"):
         if output.get("push", "false" if output.type == "image" else "true") == "true":
             _push(image, store, tags, progress, export_id, output)

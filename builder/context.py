@@ -24,8 +24,8 @@ from functools import lru_cache
 from typing import Iterable, Sequence
 
 from builder.errors import SolveError, SourceNotFound
+from builder.plumbing import paths
 
-_MAX_SYMLINKS = 40
 
 
 # ---- Go filepath.Match (COPY sources) -------------------------------------------------------
@@ -272,27 +272,10 @@ def read_dockerignore(context_dir: str, dockerfile: str | None = None) -> tuple[
 def resolve_in_root(root: str, path: str, follow_last: bool = True) -> str:
     """The host path for `path` inside `root`, following symlinks as if `root` were '/' (never out
     of it: '..' stops at the root and absolute link targets restart there)."""
-    parts = [p for p in path.split("/") if p not in ("", ".")]
-    resolved: list[str] = []
-    hops = 0
-    while parts:
-        part = parts.pop(0)
-        if part == "..":
-            if resolved:
-                resolved.pop()
-            continue
-        candidate = os.path.join(root, *resolved, part)
-        if (parts or follow_last) and os.path.islink(candidate):
-            hops += 1
-            if hops > _MAX_SYMLINKS:
-                raise SolveError(f"too many levels of symbolic links in {path}")
-            target = os.readlink(candidate)
-            if target.startswith("/"):
-                resolved = []
-            parts = [p for p in target.split("/") if p not in ("", ".")] + parts
-            continue
-        resolved.append(part)
-    return os.path.join(root, *resolved)
+    try:
+        return paths.resolve_in_root(root, path, follow_last=follow_last)
+    except paths.SymlinkLoop:
+        raise SolveError(f"too many levels of symbolic links in {path}") from None
 
 
 def _relative(root: str, host_path: str) -> str:

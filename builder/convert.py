@@ -16,11 +16,12 @@ from builder.errors import ParseError, SolveError
 from builder.expand import expand_instruction, expand_word
 from builder.grammar import nodes
 from builder.grammar import Dockerfile
+from builder.grammar.flags import FlagSyntaxError, ModeSpec, chown_names, parse_checksum, url_filename
+from builder.grammar.runmount import parse_mount, secret_defaults, ssh_defaults
 from builder.image.config import Healthcheck, ImageConfig, RuntimeConfig
 from builder.llb import CopyAction, ExecOp, FileOp, ImageSource, LocalSource, MkdirAction, Vertex
-from builder.llb.ops import (BindMountSpec, CacheMountSpec, MountSpec, ScriptMountSpec, SSHMountSpec,
+from builder.llb.ops import (BindMountSpec, CacheMountSpec, MountSpec, ScriptMountSpec, SecretMountSpec, SSHMountSpec,
                              TmpfsMountSpec)
-from builder.solver.mounts import MountSyntaxError, parse_mount, secret_spec, ssh_spec
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_SHELL = ("/bin/sh", "-c")
@@ -423,12 +424,16 @@ class Converter:
             try:
                 mount = parse_mount(value)
                 if mount.type == "secret":
-                    specs.append(secret_spec(mount))
+                    m = secret_defaults(mount)
+                    specs.append(SecretMountSpec(id=m.id, target=m.target, env=m.env or "", required=m.required,
+                                                 mode=m.mode, uid=m.uid, gid=m.gid))
                     continue
                 if mount.type == "ssh":
-                    specs.append(ssh_spec(mount, sum(isinstance(s, SSHMountSpec) for s in specs)))
+                    m = ssh_defaults(mount, sum(isinstance(s, SSHMountSpec) for s in specs))
+                    specs.append(SSHMountSpec(id=m.id, target=m.target, required=m.required, mode=m.mode,
+                                              uid=m.uid, gid=m.gid))
                     continue
-            except MountSyntaxError as exc:
+            except FlagSyntaxError as exc:
                 raise self._error(str(exc), node) from None
             target = posixpath.normpath(posixpath.join(cwd, mount.target))
             if target == "/":
@@ -512,15 +517,13 @@ class Converter:
         actions copy into an empty tree whose layer is then stacked on the stage (a MergeOp), so
         the layer and its cache key do not depend on what is below it."""
         from builder.llb.ops import HttpSource, InlineFile, MergeOp
-        from builder.solver.fileops import ModeSpec, chown_names
-        from builder.solver.http import url_filename
 
         is_add = isinstance(node, nodes.Add)
         self._check_transfer_flags(node, is_add)
         if node.chmod:
             try:
                 ModeSpec.parse(node.chmod)
-            except ValueError as error:
+            except FlagSyntaxError as error:
                 raise self._error(str(error), node) from None
         # BuildKit copies with --link only without --chmod (it falls back to a plain copy).
         link = node.link and not node.chmod
@@ -576,11 +579,10 @@ class Converter:
             raise self._error("checksum can't be specified for multiple sources", node)
         if not self._is_url(node.sources[0]):
             raise self._error("checksum requires HTTP(S) or Git sources", node)
-        algorithm, sep, hex_ = checksum.partition(":")
-        if not sep or algorithm != "sha256":
-            raise self._error(f"unsupported digest algorithm: {checksum}", node)
-        if len(hex_) != 64 or any(c not in "0123456789abcdef" for c in hex_):
-            raise self._error(f"invalid checksum digest format: {checksum}", node)
+        try:
+            parse_checksum(checksum)
+        except FlagSyntaxError as error:
+            raise self._error(str(error), node) from None
 
     def _transfer_display(self, stage: Stage, node) -> str:
         """The progress name, as BuildKit prints it: the instruction's first line, variables

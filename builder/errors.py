@@ -1,21 +1,37 @@
 """Every error build-image raises on purpose, in one tree.
 
+The classes defined in this module, and those defined beside the code that raises them
+(their module in brackets):
+
     BuildError
-    ├── ParseError            a Dockerfile that does not parse: file, line, message
-    ├── SolveError            a build step that cannot be planned or keyed
-    │   ├── SourceNotFound    a COPY/ADD source missing from the context or a stage
-    │   └── ExecutionError    a RUN whose process failed: command, exit code, last output
-    ├── RegistryError         talking to a registry failed
+    ├── ParseError              a Dockerfile that does not parse: file, line, message
+    │   └── ExpansionError      [expand] ${V:?message} with V unset, bad substitution syntax
+    ├── SolveError              a build step that cannot be planned or keyed
+    │   ├── SourceNotFound      a COPY/ADD source missing from the context or a stage
+    │   ├── ExecutionError      a RUN whose process failed: command, exit code, last output
+    │   ├── UserNotFound        [executor.users] USER names a user or group the image lacks
+    │   └── NetworkError        [executor.network] the default network could not be set up
+    ├── RegistryError           talking to a registry failed
     │   ├── AuthenticationError
-    │   ├── NotFoundError     unknown repository, manifest or blob
+    │   ├── NotFoundError       unknown repository, manifest or blob
     │   └── UnsupportedMediaType
-    ├── StoreError            the local store cannot do what was asked
+    ├── StoreError              the local store cannot do what was asked
     │   ├── BlobNotFound
-    │   ├── DigestMismatch    content does not hash to the digest it claims
-    │   └── ImageNotFound
-    └── ExportError           writing an output failed
+    │   ├── DigestMismatch      content does not hash to the digest it claims
+    │   ├── ImageNotFound
+    │   ├── InvalidImage        [image.manifest] a manifest or config that is no runnable image
+    │   ├── LayerError          [snapshot.layers] a layer that cannot be written or read safely
+    │   ├── CorruptLayer        [lifecycle.layertar] a layer blob that does not decompress
+    │   ├── ImageConflict       [lifecycle.tagging] an image rmi cannot remove without --force
+    │   ├── InvalidArchive      [lifecycle.archive] not (entirely) a docker or OCI image archive
+    │   └── InvalidRootfs       [lifecycle.rootfs] input to `import` that is not a tar archive
+    ├── ExportError             writing an output failed
+    ├── InvalidReference        [registry.reference] an image name Docker would refuse
+    ├── InvalidFilter           [lifecycle.filters] a --filter docker would refuse
+    └── TemplateError           [cli.gotemplate] a --format template that does not parse or run
 
 The CLI turns any of these into one line and a non-zero exit code; other exceptions are bugs.
+tests/test_error_tree.py keeps this drawing complete.
 """
 
 from __future__ import annotations

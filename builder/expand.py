@@ -19,7 +19,7 @@ import io
 from typing import Callable, Mapping
 
 from builder.errors import ParseError
-from builder.grammar.instructions import NETWORK_MODES
+from builder.grammar.flags import NETWORK_MODES
 from builder.grammar.nodes import (
     Add,
     Arg,

@@ -15,11 +15,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 
-from builder import __version__
 from builder.context import BuildContext
+from builder.plumbing.files import write_atomically
+from builder.version import __version__
 
 FORMAT = 1  # bump when the converter's output for the same inputs changes
 
@@ -93,15 +93,7 @@ class PlanCache:
 
     def put(self, key: str, record: PlanRecord) -> None:
         os.makedirs(self.dir, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".tmp-")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(record.to_json(), f, sort_keys=True)
-            os.rename(tmp, self._path(key))
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        write_atomically(self._path(key), json.dumps(record.to_json(), sort_keys=True).encode())
 
     def still_valid(self, record: PlanRecord, sources, context: BuildContext, blobs) -> bool:
         """True when the recorded image is what a full build would produce now."""

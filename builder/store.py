@@ -33,8 +33,8 @@ def default_root() -> str:
 
 class Store:
     def __init__(self, root: str | None = None):
-        from builder.image.store import ImageStore
-        from builder.snapshot.store import SnapshotStore
+        from builder.image.names import ImageStore
+        from builder.snapshot.snapshots import SnapshotStore
 
         self.root = os.path.abspath(root or default_root())
         os.makedirs(self.root, exist_ok=True)

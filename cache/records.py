@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
+
+from builder.plumbing.files import write_atomically
 
 
 @dataclass(frozen=True)
@@ -52,17 +53,7 @@ class CacheRecords:
             return None
 
     def put(self, record: CacheRecord) -> None:
-        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".tmp-")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(record.to_json(), f, sort_keys=True)
-                f.flush()
-                os.fsync(f.fileno())
-            os.rename(tmp, self._path(record.key))
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        write_atomically(self._path(record.key), json.dumps(record.to_json(), sort_keys=True).encode())
 
     def delete(self, key: str) -> None:
         try:

@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
+from builder.grammar.flags import NETWORK_MODES, SECURITY_MODES
 from builder.grammar.heredoc import HeredocMarker, parse_marker
 from builder.grammar.nodes import (
     Add,
@@ -48,8 +49,6 @@ KEYWORDS = (
 )  # fmt: skip
 
 HEREDOC_KEYWORDS = frozenset({"RUN", "COPY", "ADD"})
-NETWORK_MODES = ("default", "none", "host")
-SECURITY_MODES = ("insecure", "sandbox")
 _STAGE_NAME = re.compile(r"^[a-z][a-z0-9-_.]*\Z")
 _ONBUILD_PREFIX = re.compile(r"^\s*ONBUILD\s*", re.IGNORECASE)
 

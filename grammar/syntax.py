@@ -6,9 +6,10 @@ import functools
 import hashlib
 import json
 import os
-import tempfile
 from importlib import resources
 from typing import TYPE_CHECKING
+
+from builder.plumbing.files import write_atomically
 
 if TYPE_CHECKING:  # lark costs ~0.25 s to import: only pay for it when a Dockerfile is parsed
     from lark import Lark, Tree
@@ -76,10 +77,7 @@ def _save_tables(parser: Lark, path: str) -> None:
     data, memo = parser.memo_serialize([TerminalDef, Rule])
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(_tag({"data": data, "memo": memo}), f, separators=(",", ":"))
-        os.replace(tmp, path)
+        write_atomically(path, json.dumps(_tag({"data": data, "memo": memo}), separators=(",", ":")).encode())
     except OSError:
         pass  # no writable cache directory: the next run builds the tables again
 

@@ -9,7 +9,7 @@ import pytest
 
 from builder import build
 from builder.build import BuildOptions, OutputSpec
-from builder.solver import progress as events
+from builder import events
 from tests.support.images import write_context
 
 pytestmark = [pytest.mark.root, pytest.mark.overlay, pytest.mark.registry]

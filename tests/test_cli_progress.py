@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import io
 
-from builder.cli.progress import PlainProgress, TtyProgress, make_progress
-from builder.solver import progress as ev
+from builder.cli.progress_view import PlainProgress, TtyProgress, make_progress
+from builder import events as ev
 
 
 def feed(view):

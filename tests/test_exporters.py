@@ -325,9 +325,9 @@ def test_export_into_unwritable_directory_fails_cleanly(built, tmp_path):
 
 @pytest.mark.root
 def test_local_export_flattens_the_layers(built, tmp_path):
-    pytest.importorskip("builder.snapshot.layers")
+    from builder.snapshot.layers import apply_layer
     dest = tmp_path / "rootfs-out"
-    LocalExporter(str(dest)).export(built.image, built.blobs)
+    LocalExporter(str(dest), apply_layer).export(built.image, built.blobs)
     assert (dest / "hello.txt").read_bytes() == HELLO
     assert os.readlink(dest / "bin/sh") == "/bin/busybox"
     assert os.path.isfile(dest / "bin/busybox") and os.access(dest / "bin/busybox", os.X_OK)
@@ -338,14 +338,14 @@ def test_local_export_flattens_the_layers(built, tmp_path):
 
 @pytest.mark.root
 def test_local_export_merges_into_a_directory_without_following_its_symlinks(built, tmp_path):
-    pytest.importorskip("builder.snapshot.layers")
+    from builder.snapshot.layers import apply_layer
     outside = tmp_path / "outside"
     outside.mkdir()
     dest = tmp_path / "dest"
     dest.mkdir()
     (dest / "keep.txt").write_text("mine")
     os.symlink(outside, dest / "etc")  # a trap: merging must not write through it
-    LocalExporter(str(dest)).export(built.image, built.blobs)
+    LocalExporter(str(dest), apply_layer).export(built.image, built.blobs)
     assert (dest / "keep.txt").read_text() == "mine"
     assert not os.path.islink(dest / "etc") and (dest / "etc/passwd").is_file()
     assert os.listdir(outside) == []

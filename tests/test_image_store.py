@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from builder.errors import StoreError
-from builder.image.store import ImageStore
+from builder.image.names import ImageStore
 
 A = "sha256:" + "a" * 64
 B = "sha256:" + "b" * 64
@@ -56,7 +56,7 @@ def test_bad_input_and_corrupt_index_are_reported(tmp_path):
 
 TAGGER = """
 import sys
-from builder.image.store import ImageStore
+from builder.image.names import ImageStore
 store = ImageStore(sys.argv[1])
 for i in range(int(sys.argv[3])):
     store.tag(f"localhost/{sys.argv[2]}:{i}", "sha256:" + format(i, "064x"))

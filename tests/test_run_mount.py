@@ -10,7 +10,7 @@ import tarfile
 import pytest
 
 from builder.errors import ParseError
-from builder.solver.mounts import MountSyntaxError, RunMount, parse_mount
+from builder.grammar.runmount import MountSyntaxError, RunMount, parse_mount
 from tests.support.images import build_image, step_lines, write_context
 
 

@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from builder.cache.mounts import CacheMountStore
+from builder.cache.cache_mounts import CacheMountStore
 from tests.support.images import step_lines, write_context
 from tests.test_run_mount import added_layer_entries, build, builds, output_lines
 

@@ -9,7 +9,7 @@ import socket
 import pytest
 
 from builder.errors import BuildError
-from builder.solver.mounts import SecretSource, SecretStore, SSHSource
+from builder.session import SecretSource, SecretStore, SSHSource
 from tests.support.images import step_lines, write_context
 from tests.test_run_mount import added_layer_entries, build, builds, oci_archive_blobs, output_lines
 

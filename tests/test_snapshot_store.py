@@ -15,7 +15,7 @@ import pytest
 
 from builder.errors import StoreError
 from builder.snapshot.layers import LayerError
-from builder.snapshot.store import SnapshotStore
+from builder.snapshot.snapshots import SnapshotStore
 
 CHAIN = "sha256:" + "ab" * 32
 OTHER = "sha256:" + "cd" * 32
@@ -141,7 +141,7 @@ def _run_children(code: str, args: list[list[str]]) -> list[str]:
 
 COMMIT_RACE = """
     import os, sys, time
-    from builder.snapshot.store import SnapshotStore
+    from builder.snapshot.snapshots import SnapshotStore
     root, me, go, chains = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
     store = SnapshotStore(root)
     scratches = []
@@ -188,7 +188,7 @@ def test_concurrent_commits_of_one_chain_id_keep_exactly_one(store, tmp_path):
 
 ENSURE_RACE = """
     import io, os, sys, tarfile
-    from builder.snapshot.store import SnapshotStore
+    from builder.snapshot.snapshots import SnapshotStore
     root, chain, log = sys.argv[1:4]
     def open_layer():
         with open(log, "a") as f:
@@ -217,7 +217,7 @@ def test_concurrent_ensure_unpacks_once(store, tmp_path):
 
 KILLED = """
     import os, signal, sys
-    from builder.snapshot.store import SnapshotStore
+    from builder.snapshot.snapshots import SnapshotStore
     s = SnapshotStore(sys.argv[1]).scratch()
     open(os.path.join(s.upperdir, "half-done"), "w").close()
     os.kill(os.getpid(), signal.SIGKILL)

@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from builder.cli.progress import make_progress
+from builder.cli.progress_view import make_progress
 from builder.cli.runner import run_command
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -55,13 +55,13 @@ def _flag_value(parse):
 
 
 def _secret_source(text: str):
-    from builder.solver.mounts import SecretSource
+    from builder.session import SecretSource
 
     return SecretSource.parse(text)
 
 
 def _ssh_source(text: str):
-    from builder.solver.mounts import SSHSource
+    from builder.session import SSHSource
 
     return SSHSource.parse(text)
 

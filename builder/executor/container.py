@@ -56,8 +56,8 @@ from typing import NoReturn
 
 from builder.errors import BuildError, SolveError
 from builder.executor import network as net
-from builder.executor.mounts import (MountStub, layered_mount_fd, make_mountpoint, mount_dev, mount_proc,
-                                     mount_sys, mount_tmpfs, remove_stubs, restrict_proc, secret_file_fds)
+from builder.executor.container_mounts import (MountStub, layered_mount_fd, make_mountpoint, mount_dev, mount_proc,
+                                               mount_sys, mount_tmpfs, remove_stubs, restrict_proc, secret_file_fds)
 from builder.executor.spec import (DEFAULT_PATH, BindMount, LayeredMount, Mount, OutputCallback, ProcessSpec,
                                    RootFS, SecretFile, TmpfsMount)
 from builder.executor.users import UserNotFound, resolve_user

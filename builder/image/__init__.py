@@ -5,7 +5,7 @@ Re-exports are resolved on first use, so reading a config does not pay for the e
 
 from __future__ import annotations
 
-from builder._lazy import lazy_exports
+from builder.plumbing.lazy import lazy_exports
 
 _EXPORTS = {
     "HistoryEntry": "config", "Healthcheck": "config", "ImageConfig": "config", "RuntimeConfig": "config",
@@ -15,7 +15,7 @@ _EXPORTS = {
     "InvalidImage": "manifest", "StoredImage": "manifest", "index_bytes": "manifest",
     "manifest_bytes": "manifest", "read_image": "manifest", "write_image": "manifest",
     "Descriptor": "media", "Platform": "media",
-    "ImageStore": "store",
+    "ImageStore": "names",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -16,6 +16,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from builder.plumbing.canonical import canonical_json
+
 
 def _tuple(value: Any) -> tuple:
     return tuple(value) if value is not None else ()
@@ -224,8 +226,3 @@ class ImageConfig:
 
     def with_config(self, **changes: Any) -> "ImageConfig":
         return dataclasses.replace(self, config=dataclasses.replace(self.config, **changes))
-
-
-def canonical_json(value: Any) -> bytes:
-    """The bytes every digest in this package is taken over: sorted keys, no spaces, UTF-8."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")

@@ -25,23 +25,22 @@ digests are the same in all of them. (A docker archive with Docker types is stil
 from __future__ import annotations
 
 import contextlib
-import gzip
 import hashlib
 import io
 import json
 import os
 import shutil
 import stat
-import subprocess
 import tarfile
 import tempfile
 from typing import BinaryIO, Callable, Iterator, Protocol, Sequence
 
 from builder.cache.blobs import BlobStore
 from builder.errors import DigestMismatch, ExportError
-from builder.image.config import canonical_json
 from builder.image.manifest import OutputManifest, StoredImage, for_output, index_bytes
 from builder.image.media import Descriptor
+from builder.plumbing import compression, files
+from builder.plumbing.canonical import canonical_json
 
 ANNOTATION_REF_NAME = "org.opencontainers.image.ref.name"
 ANNOTATION_CONTAINERD_NAME = "io.containerd.image.name"
@@ -147,15 +146,15 @@ class LocalExporter:
 
     Layers are applied in a staging directory beside DEST, so a failure leaves DEST as it was; the result
     is then renamed into place, or merged into DEST when it already has content (existing files of the
-    same name are replaced, others kept, symlinks in DEST never followed).
+    same name are replaced, others kept, symlinks in DEST never followed). APPLY_LAYER flattens one
+    layer's tar stream onto a directory (the snapshot package's apply_layer: image does not import it).
     """
 
-    def __init__(self, dest: str):
+    def __init__(self, dest: str, apply_layer: Callable[[BinaryIO, str], None]):
         self.dest = dest
+        self._apply_layer = apply_layer
 
     def export(self, image: StoredImage, blobs: BlobStore) -> None:
-        from builder.snapshot.layers import apply_layer  # the snapshot package imports heavier things
-
         if os.path.lexists(self.dest) and (os.path.islink(self.dest) or not os.path.isdir(self.dest)):
             raise ExportError(f"{self.dest} exists and is not a directory")
         try:
@@ -163,7 +162,7 @@ class LocalExporter:
                 os.chmod(stage, 0o755)
                 for layer in image.layers:
                     with _uncompressed(blobs, layer) as stream:
-                        apply_layer(stream, stage)
+                        self._apply_layer(stream, stage)
                 if _is_empty_or_missing(self.dest):
                     os.rename(stage, self.dest)
                 else:
@@ -306,24 +305,10 @@ class _HashingReader:
 
 def write_file_atomically(dest: str, write: Callable[[BinaryIO], None]) -> None:
     """Call WRITE with a temp file beside DEST, renamed over DEST only when it succeeded."""
-    directory = os.path.dirname(os.path.abspath(dest))
     try:
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(dest)}.", suffix=".tmp")
+        files.write_atomically(dest, write)
     except OSError as e:
         raise ExportError(f"cannot write {dest}: {e.strerror or e}") from e
-    try:
-        with os.fdopen(fd, "wb") as out:
-            write(out)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; an exported archive is an ordinary file
-        os.rename(tmp, dest)
-    except OSError as e:
-        _unlink_quietly(tmp)
-        raise ExportError(f"cannot write {dest}: {e.strerror or e}") from e
-    except BaseException:
-        _unlink_quietly(tmp)
-        raise
 
 
 def _unlink_quietly(path: str) -> None:
@@ -393,32 +378,20 @@ def _merge_index_entries(existing: list[Descriptor], new: list[Descriptor]) -> l
 
 
 def _compression(blobs: BlobStore, desc: Descriptor) -> str:
-    """"gzip", "zstd" or "" by the blob's first bytes (media types from other tools are not trusted)."""
+    """"gzip", "zstd", ... or "" by the blob's first bytes (media types from other tools are not trusted)."""
     with blobs.open(desc.digest) as f:
-        magic = f.read(4)
-    if magic[:2] == b"\x1f\x8b":
-        return "gzip"
-    return "zstd" if magic == b"\x28\xb5\x2f\xfd" else ""
+        return compression.sniff(f.read(compression.MAGIC_SIZE))
 
 
 @contextlib.contextmanager
 def _uncompressed(blobs: BlobStore, desc: Descriptor) -> Iterator[BinaryIO]:
     """The layer's tar stream, decompressed as it is read."""
-    kind = _compression(blobs, desc)
     with blobs.open(desc.digest) as f:
-        if kind == "gzip":
-            with gzip.GzipFile(fileobj=f, mode="rb") as stream:
+        try:
+            with compression.decompressed(f) as stream:
                 yield stream
-        elif kind == "zstd":
-            proc = subprocess.Popen(["zstd", "-dcq"], stdin=f, stdout=subprocess.PIPE)
-            try:
-                yield proc.stdout
-            finally:
-                proc.stdout.close()
-                if proc.wait() not in (0, -13):  # -13: SIGPIPE after the reader stopped early
-                    raise ExportError(f"zstd could not decompress layer {desc.digest}")
-        else:
-            yield f
+        except compression.CorruptStream:
+            raise ExportError(f"zstd could not decompress layer {desc.digest}") from None
 
 
 @contextlib.contextmanager

@@ -14,8 +14,9 @@ from typing import Mapping, Sequence
 from builder.cache.blobs import BlobStore, sha256_digest
 from builder.errors import BlobNotFound, StoreError
 from builder.image import media
-from builder.image.config import ImageConfig, canonical_json
+from builder.image.config import ImageConfig
 from builder.image.media import Descriptor, Platform
+from builder.plumbing.canonical import canonical_json
 
 
 class InvalidImage(StoreError):

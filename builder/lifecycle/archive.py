@@ -27,7 +27,7 @@ from typing import BinaryIO, Iterator, Sequence
 
 from builder.errors import DigestMismatch, ExportError, StoreError
 from builder.image import media
-from builder.image.config import ImageConfig, canonical_json
+from builder.image.config import ImageConfig
 from builder.image.exporters import (
     ANNOTATION_CONTAINERD_NAME, ANNOTATION_REF_NAME, OCI_LAYOUT_FILE,
     _blob_path, _compression, _decompressed_copy, _docker_repo_tag, _image_blobs, _index_entries,
@@ -35,12 +35,14 @@ from builder.image.exporters import (
 )
 from builder.image.manifest import OutputManifest, StoredImage, for_output, manifest_bytes
 from builder.image.media import Descriptor, Platform
+from builder.plumbing.canonical import canonical_json
+from builder.plumbing.compression import sniff_file
 from builder.registry.platforms import select_manifest
 from builder.registry.reference import InvalidReference, parse_reference
 from builder.store import Store
 
 from .inventory import ImageRecord, find_image, record_for, repository_tags
-from .layertar import CorruptLayer, compression_of, decompressed
+from .layertar import CorruptLayer, decompressed
 
 _CHUNK = 1 << 20
 _MAX_JSON = 32 << 20
@@ -469,7 +471,7 @@ def _check_diff_ids(source: str, config: ImageConfig, layers: Sequence[_Staged])
     if len(config.diff_ids) != len(layers):
         raise InvalidArchive(f"{source}: the config lists {len(config.diff_ids)} layers, the manifest {len(layers)}")
     for staged, diff_id in zip(layers, config.diff_ids):
-        if compression_of(_head(staged.path)) == "":
+        if sniff_file(staged.path) == "":
             actual = staged.digest
         else:
             actual = _uncompressed_digest(staged, source)
@@ -488,11 +490,6 @@ def _uncompressed_digest(staged: _Staged, source: str) -> str:
     return "sha256:" + digest.hexdigest()
 
 
-def _head(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read(8)
-
-
 def _layer_media_type(staged: _Staged) -> str:
     return {"gzip": media.OCI_LAYER_GZIP, "zstd": media.OCI_LAYER_ZSTD}.get(
-        compression_of(_head(staged.path)), media.OCI_LAYER)
+        sniff_file(staged.path), media.OCI_LAYER)

@@ -9,115 +9,31 @@ atomically, where a lost update only costs one more read.
 from __future__ import annotations
 
 import contextlib
-import gzip
 import json
 import os
-import subprocess
 import tarfile
-import tempfile
-import threading
 import zlib
 from typing import BinaryIO, Iterator
 
 from builder.errors import StoreError
 from builder.image.media import Descriptor
+from builder.plumbing import compression
+from builder.plumbing.files import write_atomically
 from builder.store import Store
-
-_CHUNK = 1 << 20
 
 
 class CorruptLayer(StoreError):
     """A layer blob that does not decompress or is not a tar."""
 
 
-def compression_of(head: bytes) -> str:
-    """"gzip", "zstd", "bzip2", "xz" or "" (a plain tar) from a stream's first bytes."""
-    if head[:2] == b"\x1f\x8b":
-        return "gzip"
-    if head[:4] == b"\x28\xb5\x2f\xfd":
-        return "zstd"
-    if head[:3] == b"BZh":
-        return "bzip2"
-    if head[:6] == b"\xfd7zXZ\x00":
-        return "xz"
-    return ""
-
-
 @contextlib.contextmanager
 def decompressed(stream: BinaryIO, what: str) -> Iterator[BinaryIO]:
     """STREAM (seekable or not) decompressed as it is read; CorruptLayer when zstd fails."""
-    head = _Peek(stream)
-    kind = compression_of(head.peek(6))
-    if kind == "gzip":
-        with gzip.GzipFile(fileobj=head, mode="rb") as out:
+    try:
+        with compression.decompressed(stream) as out:
             yield out
-    elif kind == "bzip2":
-        import bz2
-
-        with bz2.BZ2File(head, "rb") as out:
-            yield out
-    elif kind == "xz":
-        import lzma
-
-        with lzma.LZMAFile(head, "rb") as out:
-            yield out
-    elif kind == "zstd":
-        proc = subprocess.Popen(["zstd", "-dcq"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.DEVNULL)
-
-        def feed() -> None:
-            try:
-                for chunk in iter(lambda: head.read(_CHUNK), b""):
-                    proc.stdin.write(chunk)
-            except (BrokenPipeError, OSError, ValueError):
-                pass
-            finally:
-                with contextlib.suppress(OSError):
-                    proc.stdin.close()
-
-        feeder = threading.Thread(target=feed, daemon=True)
-        feeder.start()
-        try:
-            yield proc.stdout
-            proc.stdout.read()
-            if proc.wait() != 0:
-                raise CorruptLayer(f"{what}: corrupt zstd data")
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
-            feeder.join()
-            proc.stdout.close()
-    else:
-        yield head
-
-
-class _Peek:
-    """A read-only stream whose first bytes can be looked at without consuming them."""
-
-    def __init__(self, stream: BinaryIO):
-        self._stream = stream
-        self._head = b""
-
-    def peek(self, n: int) -> bytes:
-        while len(self._head) < n:
-            chunk = self._stream.read(n - len(self._head))
-            if not chunk:
-                break
-            self._head += chunk
-        return self._head[:n]
-
-    def read(self, n: int = -1) -> bytes:
-        if self._head:
-            if n is None or n < 0:
-                data, self._head = self._head + self._stream.read(), b""
-            else:
-                data, self._head = self._head[:n], self._head[n:]
-            return data
-        return self._stream.read(n)
-
-    def readable(self) -> bool:
-        return True
+    except compression.CorruptStream as e:
+        raise CorruptLayer(f"{what}: {e}") from None
 
 
 def content_size(stream: BinaryIO, what: str) -> int:
@@ -174,14 +90,7 @@ class LayerSizes:
     def save(self) -> None:
         if not self._dirty:
             return
-        directory = os.path.dirname(self._path)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".layer-sizes-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(self._known, f, sort_keys=True)
-            os.chmod(tmp, 0o644)
-            os.rename(tmp, self._path)
-        except OSError:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)  # only a cache: never fail a listing for it
+        data = json.dumps(self._known, sort_keys=True).encode()
+        with contextlib.suppress(OSError):  # only a cache: never fail a listing for it
+            write_atomically(self._path, data)
         self._dirty = False

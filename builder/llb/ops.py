@@ -8,13 +8,10 @@ source lines are kept out of the digest (they live in the plan, not here).
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 
-
-def canonical_json(value) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+from builder.plumbing.canonical import canonical_json
 
 
 class Op:

@@ -5,7 +5,7 @@ Re-exports are resolved on first use, so parsing a reference does not pay for ht
 
 from __future__ import annotations
 
-from builder._lazy import lazy_exports
+from builder.plumbing.lazy import lazy_exports
 
 _EXPORTS = {
     "CredentialStore": "auth", "Credentials": "auth",

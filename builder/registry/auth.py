@@ -11,18 +11,17 @@ the first request to a repository pays for the round trips.
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import os
 import re
 import subprocess
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
 from urllib.parse import urlencode, urlsplit
 
 from builder.errors import AuthenticationError, RegistryError
+from builder.plumbing.files import write_atomically
 
 from .transport import Transport
 
@@ -85,7 +84,7 @@ def erase_credentials(registry: str, config_path: str | None = None) -> bool:
     config = _read_config(path)
     helper = _helper_for(config, registry)
     if helper:
-        return _run_helper(helper, "erase", config_key(registry), registry, missing_ok=True)
+        return _run_helper(helper, "erase", config_key(registry), registry, missing_ok=True) is not None
     auths = config.get("auths") or {}
     kept = {k: v for k, v in auths.items() if _normalise_host(k) != _normalise_host(registry)}
     if len(kept) == len(auths):
@@ -110,22 +109,11 @@ def _read_config(path: str) -> dict:
 
 def _write_config(path: str, config: dict) -> None:
     """Replace the config atomically, readable by its owner only (it holds passwords)."""
-    directory = os.path.dirname(os.path.abspath(path))
+    data = (json.dumps(config, indent="\t") + "\n").encode()
     try:
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".config-", suffix=".tmp")
+        os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
+        write_atomically(path, data, mode=0o600)
     except OSError as e:
-        raise AuthenticationError(f"cannot write Docker config {path}: {e.strerror or e}") from None
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(config, f, indent="\t")
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.rename(tmp, path)
-    except OSError as e:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
         raise AuthenticationError(f"cannot write Docker config {path}: {e.strerror or e}") from None
 
 
@@ -135,7 +123,9 @@ def _helper_for(config: dict, registry: str) -> str:
     return helpers.get(host) or _hub_alias_lookup(helpers, host) or config.get("credsStore") or ""
 
 
-def _run_helper(helper: str, action: str, data: str, registry: str, missing_ok: bool = False) -> bool:
+def _run_helper(helper: str, action: str, data: str, registry: str, missing_ok: bool = False) -> str | None:
+    """Run `docker-credential-HELPER ACTION` with DATA on stdin; its stdout, or None when
+    MISSING_OK and the helper has no credentials for REGISTRY."""
     program = f"docker-credential-{helper}"
     try:
         result = subprocess.run([program, action], input=data, capture_output=True, text=True,
@@ -147,9 +137,9 @@ def _run_helper(helper: str, action: str, data: str, registry: str, missing_ok: 
     if result.returncode != 0:
         output = (result.stdout + result.stderr).strip()
         if missing_ok and "not found" in output.lower():
-            return False
+            return None
         raise AuthenticationError(f"credential helper {program} could not {action} credentials for {registry}: {output}")
-    return True
+    return result.stdout
 
 
 class CredentialStore:
@@ -219,19 +209,11 @@ class CredentialStore:
     def _from_helper(self, helper: str, host: str) -> Credentials | None:
         program = f"docker-credential-{helper}"
         server = _HUB_CONFIG_KEY if host == "docker.io" else host
+        output = _run_helper(helper, "get", server, host, missing_ok=True)
+        if output is None:
+            return None
         try:
-            result = subprocess.run([program, "get"], input=server, capture_output=True, text=True,
-                                    timeout=_HELPER_TIMEOUT)
-        except FileNotFoundError:
-            raise AuthenticationError(f"credential helper {program} (configured in {self.config_path}) is not installed") from None
-        except subprocess.TimeoutExpired:
-            raise AuthenticationError(f"credential helper {program} did not answer for {host}") from None
-        if result.returncode != 0:
-            if "credentials not found" in (result.stdout + result.stderr).lower():
-                return None
-            raise AuthenticationError(f"credential helper {program} failed for {host}: {result.stderr.strip() or result.stdout.strip()}")
-        try:
-            answer = json.loads(result.stdout)
+            answer = json.loads(output)
             user, secret = answer["Username"], answer["Secret"]
         except (ValueError, KeyError, TypeError):
             raise AuthenticationError(f"credential helper {program} gave an unreadable answer for {host}") from None

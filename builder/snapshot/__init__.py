@@ -1,4 +1,5 @@
-"""Copy-on-write filesystems: layer diffs (layers) and unpacked snapshots on disk (store).
+"""Copy-on-write filesystems: layer diffs (layers) and unpacked snapshots on disk (snapshots),
+overlay mounts (overlay).
 
 Re-exports are resolved on first use, so importing a sibling module (overlay, for the executor)
 does not pay for tarfile, gzip and subprocess.
@@ -6,12 +7,12 @@ does not pay for tarfile, gzip and subprocess.
 
 from __future__ import annotations
 
-from builder._lazy import lazy_exports
+from builder.plumbing.lazy import lazy_exports
 
 _EXPORTS = {
     "Layer": "layers", "LayerError": "layers", "apply_layer": "layers", "chain_ids": "layers",
     "unpack_layer": "layers", "write_layer": "layers",
-    "Scratch": "store", "SnapshotStore": "store",
+    "Scratch": "snapshots", "SnapshotStore": "snapshots",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -12,36 +12,20 @@ from __future__ import annotations
 import os
 import shutil
 import stat
-import subprocess
 import tarfile
 from contextlib import contextmanager
 from typing import Iterator
 
 from builder.context import clean_path, resolve_in_root
 from builder.errors import SolveError
-
-_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
-_COMPRESSED_MAGIC = (b"\x1f\x8b\x08", b"BZh", b"\xfd7zXZ\x00")
-
+from builder.plumbing import compression
 
 @contextmanager
 def _tar_stream(path: str) -> Iterator[tarfile.TarFile]:
-    """The archive as a streaming TarFile, decompressed by its magic number (zstd via the zstd tool)."""
-    with open(path, "rb") as f:
-        head = f.read(6)
-    if head.startswith(_ZSTD_MAGIC):
-        proc = subprocess.Popen(["zstd", "-dcq", path], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-        try:
-            with tarfile.open(fileobj=proc.stdout, mode="r|") as tf:
-                yield tf
-        finally:
-            proc.kill()
-            proc.wait()
-            proc.stdout.close()
-        return
-    mode = "r|*" if head.startswith(_COMPRESSED_MAGIC) else "r|"
-    with open(path, "rb") as f, tarfile.open(fileobj=f, mode=mode) as tf:
-        yield tf
+    """The archive as a streaming TarFile, decompressed by its magic number."""
+    with open(path, "rb") as f, compression.decompressed(f, verify=False) as stream:
+        with tarfile.open(fileobj=stream, mode="r|") as tf:
+            yield tf
 
 
 def is_archive(path: str) -> bool:

@@ -23,15 +23,12 @@ import os
 import posixpath
 import shutil
 import stat
-from dataclasses import dataclass
 
 from builder.context import (BuildContext, PatternMatcher, clean_path, has_wildcards, resolve_in_root,
                              split_parents)
 from builder.errors import SolveError
+from builder.grammar.flags import ModeSpec, parse_user_id
 from builder.llb.ops import CopyAction, MkdirAction
-
-CHMOD_ERROR = "invalid chmod parameter: '{}'. it should be octal string and between 0 and 07777"
-
 
 # ---- --chown --------------------------------------------------------------------------------
 
@@ -40,16 +37,6 @@ def _read_text(root: str, path: str) -> str | None:
         with open(resolve_in_root(root, path), encoding="utf-8", errors="replace") as f:
             return f.read()
     except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
-        return None
-
-
-def _as_id(text: str) -> int | None:
-    """BuildKit's parseUID: "root" is 0, a number is an id, anything else a name."""
-    if text == "root":
-        return 0
-    try:
-        return int(text)
-    except ValueError:
         return None
 
 
@@ -62,7 +49,7 @@ def parse_ids(spec: str, root: str) -> tuple[int, int]:
     from builder.executor.users import parse_group, parse_passwd
 
     user, has_group, group = spec.partition(":")
-    uid = _as_id(user)
+    uid = parse_user_id(user)
     if uid is not None:
         gid = uid
     else:
@@ -71,7 +58,7 @@ def parse_ids(spec: str, root: str) -> tuple[int, int]:
             raise SolveError(f"unable to find user {user}: no matching entries in passwd file")
         uid, gid = entry.uid, entry.gid
     if has_group:
-        known = _as_id(group) if group else 0
+        known = parse_user_id(group) if group else 0
         if known is not None:
             gid = known
         else:
@@ -80,105 +67,6 @@ def parse_ids(spec: str, root: str) -> tuple[int, int]:
                 raise SolveError(f"unable to find group {group}: no matching entries in group file")
             gid = found.gid
     return uid, gid
-
-
-def chown_names(spec: str) -> list[str]:
-    """The user and group names (not ids) in a --chown value."""
-    user, _, group = spec.partition(":")
-    return [part for part in (user, group) if part and _as_id(part) is None]
-
-
-# ---- --chmod --------------------------------------------------------------------------------
-
-_WHO_BITS = {"u": 0o4700, "g": 0o2070, "o": 0o1007}
-
-
-@dataclass(frozen=True)
-class ModeSpec:
-    """--chmod: an octal mode, or chmod(1) symbolic clauses applied to each entry's own mode."""
-
-    text: str
-    octal: int | None
-
-    @classmethod
-    def parse(cls, text: str) -> "ModeSpec":
-        if text and all(c in "01234567" for c in text):
-            value = int(text, 8)
-            if value > 0o7777:
-                raise ValueError(CHMOD_ERROR.format(text))
-            return cls(text, value)
-        if not text or text.isdigit() or not _valid_symbolic(text):
-            raise ValueError(CHMOD_ERROR.format(text))
-        return cls(text, None)
-
-    def apply(self, mode: int, is_dir: bool) -> int:
-        """The permission bits (with setuid/setgid/sticky) for an entry whose mode is `mode`."""
-        if self.octal is not None:
-            return self.octal
-        perm = stat.S_IMODE(mode)
-        for clause in self.text.split(","):
-            i = 0
-            who = 0
-            while i < len(clause) and clause[i] in "ugoa":
-                who |= 0o7777 if clause[i] == "a" else _WHO_BITS[clause[i]]
-                i += 1
-            if not who:
-                who = 0o7777  # no "who": all (with a zero umask, as BuildKit parses it)
-            while i < len(clause):
-                op = clause[i]
-                i += 1
-                bits = 0
-                if i < len(clause) and clause[i] in "ugo":
-                    source = clause[i]
-                    i += 1
-                    shift = {"u": 6, "g": 3, "o": 0}[source]
-                    rwx = (perm >> shift) & 0o7
-                    bits = rwx << 6 | rwx << 3 | rwx
-                else:
-                    while i < len(clause) and clause[i] in "rwxXst":
-                        bits |= _perm_bits(clause[i], perm, is_dir)
-                        i += 1
-                bits &= who
-                if op == "+":
-                    perm |= bits
-                elif op == "-":
-                    perm &= ~bits
-                else:
-                    perm = (perm & ~who) | bits
-        return perm
-
-
-def _perm_bits(letter: str, current: int, is_dir: bool) -> int:
-    if letter == "r":
-        return 0o444
-    if letter == "w":
-        return 0o222
-    if letter == "x":
-        return 0o111
-    if letter == "X":
-        return 0o111 if is_dir or current & 0o111 else 0
-    if letter == "s":
-        return 0o6000
-    return 0o1000  # t
-
-
-def _valid_symbolic(text: str) -> bool:
-    for clause in text.split(","):
-        i = 0
-        while i < len(clause) and clause[i] in "ugoa":
-            i += 1
-        if i == len(clause):
-            return False
-        while i < len(clause):
-            if clause[i] not in "+-=":
-                return False
-            i += 1
-            if i < len(clause) and clause[i] in "ugo":
-                i += 1
-            else:
-                while i < len(clause) and clause[i] in "rwxXst":
-                    i += 1
-    return True
 
 
 # ---- mkdir ----------------------------------------------------------------------------------
@@ -432,5 +320,4 @@ def _copy_xattrs(src: str, target: str) -> None:
                 raise
 
 
-__all__ = ["ModeSpec", "apply_copy", "apply_mkdir", "chown_names", "has_wildcards", "make_dirs", "parse_ids",
-           "resolve_in_root"]
+__all__ = ["apply_copy", "apply_mkdir", "has_wildcards", "make_dirs", "parse_ids", "resolve_in_root"]

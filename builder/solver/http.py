@@ -12,13 +12,11 @@ from __future__ import annotations
 import email.utils
 import hashlib
 import os
-import posixpath
 import shutil
 import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
-from urllib.parse import unquote, urlsplit
 
 from builder.errors import SolveError
 
@@ -79,10 +77,3 @@ def _download(url: str, path: str) -> tuple[str, int | None]:
         except (TypeError, ValueError):
             last_modified = None
     return "sha256:" + h.hexdigest(), last_modified
-
-
-def url_filename(url: str) -> str:
-    """The name ADD gives a downloaded file, as dockerfile2llb: the URL path's base name, or
-    `__unnamed__` when the path has none (Content-Disposition is not consulted)."""
-    base = posixpath.basename(unquote(urlsplit(url).path).rstrip("/"))
-    return base if base not in ("", ".") else "__unnamed__"

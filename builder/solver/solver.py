@@ -18,17 +18,18 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from builder.cache.mounts import CacheMountStore
+from builder.cache.cache_mounts import CacheMountStore
 from builder.cache.records import CacheRecord
 from builder.context import BuildContext
 from builder.errors import BuildError, ExecutionError, SolveError, SourceNotFound
 from builder.llb import CopyAction, ExecOp, FileOp, ImageSource, LocalSource, MkdirAction, Vertex, canonical_json
 from builder.llb.ops import BindMountSpec, HttpSource, InlineFile, MergeOp
-from builder.solver import progress as events
+from builder import events
 from builder.plumbing.linux import MNT_DETACH, clone_tree, move_mount, umount2
+from builder.session import SecretStore
 from builder.snapshot.overlay import mount_overlay
 from builder.solver.fileops import apply_copy, apply_mkdir
-from builder.solver.mounts import MountInput, RunMounts, SecretStore
+from builder.solver.mounts import MountInput, RunMounts
 from builder.solver.sources import ImageSources
 
 _TAIL_LINES = 10

@@ -34,11 +34,11 @@ def parse_platform(text: str) -> Platform:
 class ImageSources:
     def __init__(self, blobs: BlobStore, images, client_factory, *, pull: bool = False,
                  progress=None):
-        from builder.solver.progress import ignore
+        from builder.events import ignore
 
         self.progress = progress or ignore
         self.blobs = blobs
-        self.images = images              # builder.image.store.ImageStore
+        self.images = images              # builder.image.names.ImageStore
         self._client_factory = client_factory
         self._client = None
         self.pull_always = pull
@@ -61,7 +61,7 @@ class ImageSources:
         with self._lock:
             key = (name, platform)
             if key not in self._resolved:
-                from builder.solver import progress as events
+                from builder import events
 
                 step = f"metadata:{name}:{platform}"
                 self.progress(events.Started(step, f"[internal] load metadata for {name}"))

@@ -29,7 +29,7 @@ class PlainProgress:
         self.stream.flush()
 
     def __call__(self, event) -> None:
-        from builder.solver import progress as ev
+        from builder import events as ev
 
         with self.lock:
             n = self._number(event.id)
@@ -87,7 +87,7 @@ class TtyProgress:
         self.ticker.start()
 
     def __call__(self, event) -> None:
-        from builder.solver import progress as ev
+        from builder import events as ev
 
         with self.lock:
             now = time.monotonic()

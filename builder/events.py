@@ -1,4 +1,5 @@
-"""Progress events: what the solver reports, for the CLI (or any caller) to show.
+"""Progress events: what a build reports (the solver's steps, the export), for the CLI or any
+caller to show.
 
 The solver never prints; it calls a `Progress` callback with these events, possibly from several
 worker threads at once.

@@ -26,6 +26,8 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 
+from builder.plumbing.files import locked
+
 SHARING_MODES = ("shared", "private", "locked")
 _WAIT_INTERVAL = 0.1
 
@@ -82,7 +84,7 @@ class CacheMountStore:
 
     def _make(self, base: str, seed: Callable[[str], None], mode: int) -> tuple[int, str]:
         """A new numbered directory, locked with MODE."""
-        with _locked(os.path.join(base, "lock")):
+        with locked(os.path.join(base, "lock")):
             if mode == fcntl.LOCK_SH:
                 # Another shared user may have made one while we waited for the key lock.
                 taken = self._take_free(base, mode)
@@ -95,7 +97,7 @@ class CacheMountStore:
     def _wait_for_first(self, base: str, seed: Callable[[str], None],
                         cancelled: Callable[[], bool]) -> tuple[int, str]:
         path = os.path.join(base, "0")
-        with _locked(os.path.join(base, "lock")):
+        with locked(os.path.join(base, "lock")):
             if not os.path.isdir(path):
                 return _new_dir(base, 0, seed, fcntl.LOCK_EX)
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -132,14 +134,6 @@ def _new_dir(base: str, number: int, seed: Callable[[str], None], mode: int) -> 
     return fd, path
 
 
-@contextlib.contextmanager
-def _locked(path: str) -> Iterator[None]:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
 
 
 def _remove_abandoned(base: str) -> None:

@@ -21,9 +21,10 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
-from typing import BinaryIO, Callable, Iterator
+from typing import BinaryIO, Callable
 
 from builder.errors import StoreError
+from builder.plumbing.files import locked
 
 _KEY_LEN = 32
 
@@ -167,11 +168,5 @@ class SnapshotStore:
 
     # -- helpers ---------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _locked(self, chain_id: str) -> Iterator[None]:
-        fd = os.open(os.path.join(self._locks, _key(chain_id)), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
+    def _locked(self, chain_id: str) -> contextlib.AbstractContextManager[None]:
+        return locked(os.path.join(self._locks, _key(chain_id)))

@@ -1,7 +1,7 @@
 """The local image store's index: image names (name:tag, name@digest) -> manifest digests.
 
 The images themselves are blobs in the caller's BlobStore; this module only keeps names. The index is one
-JSON file, ROOT/images/index.json, replaced atomically (temp file, fsync, rename), so readers never lock
+JSON file, ROOT/images/index.json, replaced atomically (temp file, fsync, rename, fsync of the directory), so readers never lock
 and never see a half-written index. Writers take an exclusive `flock` on ROOT/images/lock around their
 read-modify-write, so several build-image processes can tag into one root without losing each other's
 names. Names are plain strings here; normalising references is the caller's business.
@@ -10,14 +10,13 @@ names. Names are plain strings here; normalising references is the caller's busi
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
-import tempfile
-from typing import Callable, Iterator
+from typing import Callable
 
 from builder.errors import StoreError
-from builder.image.config import canonical_json
+from builder.plumbing.canonical import canonical_json
+from builder.plumbing.files import locked, write_atomically
 
 _INDEX_VERSION = 1
 
@@ -72,35 +71,11 @@ class ImageStore:
             if names != before:
                 self._write(names)
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)  # closing the only descriptor releases the flock
+    def _locked(self) -> contextlib.AbstractContextManager[None]:
+        return locked(self._lock_path, 0o644)
 
     def _write(self, names: dict[str, str]) -> None:
-        data = canonical_json({"version": _INDEX_VERSION, "images": names})
-        fd, tmp = tempfile.mkstemp(dir=self.images_dir, prefix=".index-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o644)
-            os.rename(tmp, self.index_path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-        # The rename is durable only once the directory entry is.
-        dir_fd = os.open(self.images_dir, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        write_atomically(self.index_path, canonical_json({"version": _INDEX_VERSION, "images": names}))
 
 
 def _check_name(name: str) -> None:
