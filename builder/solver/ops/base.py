@@ -123,7 +123,8 @@ class SolverOp:
         return CopySource(self.state.lowerdirs(self.state.result(self.vertex).layers))
 
     def mount_input(self) -> MountInput:
-        return MountInput(self.state.key(self.vertex), self.state.lowerdirs(self.state.result(self.vertex).layers))
+        layers = self.state.result(self.vertex).layers
+        return MountInput(self.state.key(self.vertex), self.state.lowerdirs(layers))
 
     # -- helpers for op kinds
     @property
