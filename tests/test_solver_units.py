@@ -227,3 +227,12 @@ def test_an_op_kind_nobody_registered_is_a_solve_error(graph):
 
     with pytest.raises(SolveError, match="unknown op Frobnicate"):
         graph.solve(Vertex(Frobnicate()))
+
+
+def test_every_llb_op_kind_is_registered():
+    from builder.solver.ops import REGISTRY, SolverOp, op_class
+
+    kinds = [cls for cls in Op.__subclasses__() if cls.__module__ == "builder.llb.ops"]
+    assert {cls.kind for cls in kinds} == set(REGISTRY)
+    for cls in kinds:
+        assert issubclass(op_class(cls.__new__(cls)), SolverOp)
