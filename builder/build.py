@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Mapping
@@ -11,6 +12,9 @@ from builder.solver import progress as events
 
 if TYPE_CHECKING:
     from builder.solver.mounts import SecretSource, SSHSource
+
+NETWORK_MODES = ("default", "none", "host")
+ENTITLEMENTS = ("network.host",)
 
 
 @dataclass(frozen=True)
@@ -22,6 +26,15 @@ class OutputSpec:
 
     def get(self, name: str, default: str = "") -> str:
         return dict(self.attrs).get(name, default)
+
+    @property
+    def oci_mediatypes(self) -> bool:
+        """BuildKit's `oci-mediatypes`: OCI types unless type=docker (and for type=image as BuildKit
+        v0.31 defaults); an empty value means true, as in BuildKit."""
+        value = self.get("oci-mediatypes", "true" if self.type != "docker" else "false")
+        if value.lower() not in _BOOLEANS:
+            raise BuildError(f"invalid output type={self.type}: oci-mediatypes must be true or false, not {value!r}")
+        return _BOOLEANS[value.lower()]
 
     @classmethod
     def parse(cls, text: str) -> "OutputSpec":
@@ -39,7 +52,13 @@ class OutputSpec:
             raise BuildError(f"invalid output {text!r}: type must be oci, docker, local, image or registry")
         if kind in ("oci", "docker", "local") and not attrs.get("dest"):
             raise BuildError(f"invalid output {text!r}: type={kind} needs dest=PATH")
+        if attrs.get("oci-mediatypes", "").lower() not in _BOOLEANS:  # fail now, before anything is built
+            raise BuildError(f"invalid output {text!r}: oci-mediatypes must be true or false, "
+                             f"not {attrs['oci-mediatypes']!r}")
         return cls(kind, tuple(sorted(attrs.items())))
+
+
+_BOOLEANS = {"": True, "true": True, "1": True, "t": True, "false": False, "0": False, "f": False}
 
 
 @dataclass(frozen=True)
@@ -59,6 +78,9 @@ class BuildOptions:
     insecure_registries: tuple[str, ...] = ()
     secrets: tuple[SecretSource, ...] = ()   # --secret: values RUN --mount=type=secret can read
     ssh: tuple[SSHSource, ...] = ()          # --ssh: agent sockets RUN --mount=type=ssh forwards
+    network: str = "default"                 # --network: default|none|host for RUNs without their own
+    add_hosts: tuple[str, ...] = ()          # --add-host NAME:IP, written to every RUN's /etc/hosts
+    allow: tuple[str, ...] = ()              # --allow: entitlements (network.host)
 
 
 @dataclass(frozen=True)
@@ -86,6 +108,7 @@ def build(options: BuildOptions, progress: events.Progress = events.ignore, exec
     from builder.solver.sources import ImageSources
     from builder.store import Store
 
+    run_options = _run_options(options)
     context_dir = os.path.abspath(options.context)
     if not os.path.isdir(context_dir):
         raise BuildError(f"unable to prepare context: path {options.context!r} not found")
@@ -115,14 +138,14 @@ def build(options: BuildOptions, progress: events.Progress = events.ignore, exec
         try:
             context = RecordingContext(context_dir, read_dockerignore(context_dir, options.dockerfile))
             key = inputs_key(text, dockerfile_name, context, build_args=options.build_args, target=options.target,
-                             platform=options.platform, source_date_epoch=epoch)
+                             platform=options.platform, source_date_epoch=epoch, run_options=run_options)
             plans = PlanCache(store.root)
             reused = None if options.no_cache else _reuse(plans, key, sources, context, store, progress)
             if reused is not None:
                 image, warnings = reused
             else:
                 image, warnings = _solve(options, text, dockerfile_name, store, sources, context, epoch,
-                                         progress, executor, plans, key)
+                                         progress, executor, plans, key, run_options)
             export_id = "export"
             progress(events.Started(export_id, "exporting to image"))
             progress(events.Log(export_id, f"writing image {image.image_id} done"))
@@ -153,25 +176,78 @@ def _reuse(plans, key, sources, context, store, progress):
     return read_image(store.blobs, record.manifest_digest), record.warnings
 
 
-def _solve(options, text, dockerfile_name, store, sources, context, epoch, progress, executor, plans, key):
+def _run_options(options: BuildOptions) -> dict:
+    """What the CLI says about every RUN: network mode, extra hosts, entitlements (validated)."""
+    if options.network not in NETWORK_MODES:
+        raise BuildError(f'network mode "{options.network}" not supported (use default, none or host)')
+    unknown = sorted(set(options.allow) - set(ENTITLEMENTS))
+    if unknown:
+        raise BuildError(f'invalid entitlement "{unknown[0]}" (supported: {", ".join(ENTITLEMENTS)})')
+    hosts = [list(_parse_add_host(h)) for h in options.add_hosts]
+    # As buildx: asking for host networking on the command line grants it.
+    allowed = sorted(set(options.allow) | ({"network.host"} if options.network == "host" else set()))
+    return {"network": options.network, "extra_hosts": hosts, "allow": allowed}
+
+
+def _parse_add_host(text: str) -> tuple[str, str]:
+    """``NAME:IP`` or ``NAME=IP`` (docker's two spellings) -> (name, ip); ``host-gateway`` is kept."""
+    sep = "=" if "=" in text else ":"
+    name, found, address = text.partition(sep)
+    address = address.strip("[]")
+    if not found or not name or not address:
+        raise BuildError(f'bad format for add-host: "{text}" (use NAME:IP)')
+    if address != "host-gateway":
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            raise BuildError(f'invalid IP address in add-host: "{address}"') from None
+    return name, address
+
+
+def _check_entitlements(plan, run_options: dict) -> None:
+    """A RUN --network=host needs --allow network.host; refused before any step runs."""
+    from builder.llb import ExecOp
+
+    if "network.host" in run_options["allow"]:
+        return
+    for vertex in plan.vertices:
+        if isinstance(vertex.op, ExecOp) and vertex.op.network == "host":
+            step = plan.names.get(vertex.digest, "RUN --network=host")
+            raise BuildError(f"network.host is not allowed: {step} needs --allow network.host")
+
+
+def _solve(options, text, dockerfile_name, store, sources, context, epoch, progress, executor, plans, key,
+           run_options):
     """Parse, plan, solve and assemble: the full build."""
     from builder.convert import convert
     from builder.grammar import parse_dockerfile
+    from builder.llb import ExecOp
     from builder.plan_cache import PlanRecord, memoizable
     from builder.solver.mounts import SecretStore
     from builder.solver.solver import Solver
 
     dockerfile = parse_dockerfile(text, dockerfile_name)
     plan = convert(dockerfile, build_args=options.build_args, target=options.target,
-                   platform=options.platform, resolver=sources)
-    if executor is None:
+                   platform=options.platform, resolver=sources, network=run_options["network"],
+                   extra_hosts=tuple(tuple(h) for h in run_options["extra_hosts"]))
+    _check_entitlements(plan, run_options)
+    own_executor = executor is None
+    if own_executor:
         from builder.executor import NamespaceExecutor
 
-        executor = NamespaceExecutor(runtime_root=store.run_dir)
-    solver = Solver(store, executor, sources, context, jobs=options.jobs, no_cache=options.no_cache,
-                    progress=progress, names=dict(plan.names), source_date_epoch=epoch,
-                    secrets=SecretStore(options.secrets), ssh={s.id: s.path for s in options.ssh})
-    results = solver.solve(plan.vertices)
+        executor = NamespaceExecutor(runtime_root=store.run_dir, network_ready=min(options.jobs or os.cpu_count() or 1, 4))
+    try:
+        if any(isinstance(v.op, ExecOp) and v.op.network == "default" for v in plan.vertices):
+            warm = getattr(executor, "warm_network", None)
+            if warm is not None:
+                warm()  # pyroute2's import and the first namespaces overlap with the first steps
+        solver = Solver(store, executor, sources, context, jobs=options.jobs, no_cache=options.no_cache,
+                        progress=progress, names=dict(plan.names), source_date_epoch=epoch,
+                        secrets=SecretStore(options.secrets), ssh={s.id: s.path for s in options.ssh})
+        results = solver.solve(plan.vertices)
+    finally:
+        if own_executor:
+            executor.close()
     image = _assemble(plan, results, store, epoch)
     warnings: tuple[str, ...] = ()
     if plan.unused_build_args:
@@ -213,10 +289,10 @@ def _export(output, image, store, tags, progress, export_id) -> None:
 
     dest = output.get("dest")
     if output.type == "oci":
-        exporter = (exporters.OCIArchiveExporter(dest, tags) if output.get("tar", "true") != "false"
-                    else exporters.OCILayoutExporter(dest, tags))
+        layout = exporters.OCIArchiveExporter if output.get("tar", "true") != "false" else exporters.OCILayoutExporter
+        exporter = layout(dest, tags, output.oci_mediatypes)
     elif output.type == "docker":
-        exporter = exporters.DockerArchiveExporter(dest, tags)
+        exporter = exporters.DockerArchiveExporter(dest, tags, output.oci_mediatypes)
     elif output.type == "local":
         exporter = exporters.LocalExporter(dest)
     elif output.type in ("image", "registry"):
@@ -230,16 +306,17 @@ def _export(output, image, store, tags, progress, export_id) -> None:
 
 
 def _push(image, store, tags, progress, export_id, output) -> None:
+    from builder.image.manifest import for_output
     from builder.registry.client import RegistryClient
     from builder.registry.reference import parse_reference
 
     insecure = (output.get("registry.insecure") == "true")
+    out = for_output(store.blobs, image, output.oci_mediatypes)
     for tag in tags:
         ref = parse_reference(tag)
         client = RegistryClient(insecure_registries=(ref.registry,) if insecure else ())
         try:
-            manifest = store.blobs.get_bytes(image.manifest.digest)
-            client.push(ref, store.blobs, manifest, image.manifest.media_type)
+            client.push(ref, store.blobs, out.data, out.image.manifest.media_type)
         finally:
             client.close()
         progress(events.Log(export_id, f"pushing {tag} done"))

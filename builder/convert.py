@@ -166,12 +166,16 @@ class Converter:
         platform: str = "linux/amd64",
         resolver: ImageResolver,
         context_excludes: Sequence[str] = (),
+        network: str = "default",
+        extra_hosts: Sequence[tuple[str, str]] = (),
     ):
         self.df = dockerfile
         self.escape = dockerfile.escape
         self.build_args = dict(build_args)
         self.target = target
         self.platform = platform
+        self.network = network            # --network: the mode of every RUN without its own
+        self.extra_hosts = tuple(extra_hosts)
         self.resolver = resolver
         self.context = Vertex(LocalSource("context", tuple(context_excludes)))
         self.used_args: set[str] = set()
@@ -385,8 +389,9 @@ class Converter:
             env=env,
             cwd=cwd,
             user=config.user,
-            # "default" is the builder's own choice; there is no network to give here.
-            network="host" if run_node.network == "host" else "none",
+            # RUN --network=default means the build's mode (--network), as in BuildKit.
+            network=run_node.network if run_node.network not in (None, "default") else self.network,
+            extra_hosts=self.extra_hosts,
             mounts=specs,
         )
         vertex = Vertex(op, (stage.vertex, *mount_inputs))

@@ -58,7 +58,7 @@ class RecordingContext(BuildContext):
 
 
 def inputs_key(dockerfile_text: str, dockerfile_name: str, context: BuildContext, *, build_args, target,
-               platform: str, source_date_epoch: int | None) -> str:
+               platform: str, source_date_epoch: int | None, run_options: dict | None = None) -> str:
     body = {
         "format": FORMAT,
         "version": __version__,
@@ -68,6 +68,7 @@ def inputs_key(dockerfile_text: str, dockerfile_name: str, context: BuildContext
         "target": target,
         "platform": platform,
         "epoch": source_date_epoch,
+        "run": run_options or {},
     }
     encoded = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(encoded).hexdigest()

@@ -35,6 +35,16 @@ def busybox_registry():
         yield BusyboxRegistry(reg, reg.host, reg.url, f"{reg.host}/busybox:latest", digest)
 
 
+@pytest.fixture(scope="session")
+def busybox_docker_v2(busybox_registry):
+    """The same busybox image in busybox_registry's registry as busybox-v2s2:latest, with Docker
+    schema 2 media types (manifest, config and layer), as most public base images still have."""
+    host = busybox_registry.host
+    digest = push_busybox_image(host, repository="busybox-v2s2", docker_v2=True)
+    return BusyboxRegistry(busybox_registry.registry, host, busybox_registry.url,
+                           f"{host}/busybox-v2s2:latest", digest)
+
+
 @pytest.fixture
 def store_root(tmp_path):
     """An empty directory for a build-image store root."""

@@ -40,7 +40,8 @@ def test_conformance(name, busybox_registry, base_tree, store_root, tmp_path):
     case = load_case(name)
     context = stage_context(case, str(tmp_path / "context"), busybox_registry.host)
     archive = str(tmp_path / "image.tar")
-    built = build_image("--root", store_root, "--progress", "plain",
+    # --network none: the recorded BuildKit results were built with `docker build --network=none`.
+    built = build_image("--root", store_root, "--progress", "plain", "--network", "none",
                         "--build-arg", f"BASE={busybox_registry.reference}", *case.build_flags(),
                         *case.secret_flags(str(tmp_path)), "-o", f"type=oci,dest={archive}", context,
                         check=False)

@@ -181,9 +181,24 @@ def test_docker_archive_is_read_by_skopeo(built, tmp_path):
     config = json.loads(_run("skopeo", "inspect", "--config", "--raw", f"oci:{layout}:x"))
     assert config["rootfs"]["diff_ids"] == list(built.image.config.diff_ids)
     assert config["config"]["Env"] == list(built.image.config.config.env)
-    # The docker archive is also an OCI layout, as Docker 25's `docker save` writes it.
+    # The docker archive is also an OCI layout, as Docker 25's `docker save` writes it; with Docker media
+    # types by default (skopeo's oci-archive: reads only OCI-typed entries, so see the test below).
+    with tarfile.open(dest) as tar:
+        entries = json.load(tar.extractfile("index.json"))["manifests"]
+        manifest = json.load(tar.extractfile(f"blobs/sha256/{entries[0]['digest'][7:]}"))
+    docker_manifest = "application/vnd.docker.distribution.manifest.v2+json"
+    assert [e["mediaType"] for e in entries] == [docker_manifest, docker_manifest]  # one per name
+    assert manifest["mediaType"] == docker_manifest
+    assert manifest["config"]["digest"] == built.image.image_id
+
+
+@pytest.mark.tools
+def test_docker_archive_with_oci_mediatypes_is_also_an_oci_archive(built, tmp_path):
+    dest = str(tmp_path / "docker.tar")
+    DockerArchiveExporter(dest, names=[NAME], oci_mediatypes=True).export(built.image, built.blobs)
     raw = _run("skopeo", "inspect", "--raw", f"oci-archive:{dest}:v1")
     assert json.loads(raw)["config"]["digest"] == built.image.image_id
+    assert json.loads(raw)["mediaType"] == "application/vnd.oci.image.manifest.v1+json"
 
 
 @pytest.mark.tools

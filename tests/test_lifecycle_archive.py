@@ -82,7 +82,12 @@ def test_save_load_save_keeps_ids_and_digests(two_images, tmp_path):
         cli(two_images, "save", "--format", fmt, "-o", first, *names)
         out = cli(fresh, "load", "-i", first).stdout
         assert sorted(out.splitlines()) == ["Loaded image: 127.0.0.1:5999/team/tiny:v2", "Loaded image: box:1"]
-        assert ids(fresh, *names) == ids(two_images, *names)
+        if fmt == "oci":
+            assert ids(fresh, *names) == ids(two_images, *names)
+        else:
+            # The docker archive names Docker media types, so the loaded manifest is the Docker-typed
+            # one (its digest differs); the image IDs, as docker keeps them, are the same.
+            assert [i for i, _ in ids(fresh, *names)] == [i for i, _ in ids(two_images, *names)]
         cli(fresh, "save", "--format", fmt, "-o", second, *names)
         with open(first, "rb") as a, open(second, "rb") as b:
             assert a.read() == b.read()  # byte for byte: the same blobs, names and order

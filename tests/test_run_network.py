@@ -1,34 +1,250 @@
-"""RUN --network: none (the default here, and what `default` means: there is no network to give)
-sees only loopback; host shares the host's interfaces."""
+"""RUN's network: `default` (its own namespace, a veth to the host, NAT), `none` (loopback only) and
+`host` (the host's stack, behind --allow network.host); --network, --add-host; nothing left behind."""
 
 from __future__ import annotations
 
+import ipaddress
+import os
+import signal
+import subprocess
+import sys
+
 import pytest
 
+from builder.executor.network import NetworkLease, hosts_file, resolv_conf
 from tests.support.images import write_context
+from tests.support.network import leftovers, nat_table_exists
 from tests.test_run_mount import build, builds, output_lines
+
+LIST_INTERFACES = "tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ' | sort"
 
 
 def _host_interfaces() -> list[str]:
+    """The host's interfaces but the veths of RUNs (other tests' builds come and go meanwhile)."""
     with open("/proc/net/dev") as f:
-        return sorted(line.split(":")[0].strip() for line in f.readlines()[2:])
+        return sorted(name for name in (line.split(":")[0].strip() for line in f.readlines()[2:])
+                      if not name.startswith("bi-"))
 
+
+def _without_veths(names: list[str]) -> list[str]:
+    return [name for name in names if not name.startswith("bi-")]
+
+
+def _eth0_address(lines: list[str]) -> str:
+    """The inet address `ip -4 -o addr show eth0` printed."""
+    return next(word for line in lines for word in line.split() if "/" in word and "." in word).split("/")[0]
+
+
+# ---- modes -------------------------------------------------------------------------------------
 
 @builds
 def test_network_modes(store_root, busybox_registry, tmp_path):
-    list_interfaces = "tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ' | sort"
     context = write_context(tmp_path / "ctx", {"Dockerfile": f"""\
 FROM {busybox_registry.reference}
-RUN --network=host {list_interfaces}
-RUN --network=none {list_interfaces}
-RUN --network=default {list_interfaces}
-RUN {list_interfaces}
+RUN --network=host {LIST_INTERFACES}
+RUN --network=none {LIST_INTERFACES}
+RUN --network=default {LIST_INTERFACES}
+RUN {LIST_INTERFACES}
+"""})
+    result = build(context, store_root, "--allow", "network.host")
+    assert _without_veths(output_lines(result.stderr, "RUN --network=host")) == _host_interfaces()
+    assert len(_host_interfaces()) > 2  # otherwise host and default could look alike
+    assert output_lines(result.stderr, "RUN --network=none") == ["lo"]
+    for step in ("RUN --network=default", f"RUN {LIST_INTERFACES}"):
+        assert output_lines(result.stderr, step) == ["eth0", "lo"]
+    assert leftovers() == []
+
+
+@builds
+def test_default_network_has_an_address_a_route_and_the_hosts_resolvers(store_root, busybox_registry, tmp_path):
+    context = write_context(tmp_path / "ctx", {"Dockerfile": f"""\
+FROM {busybox_registry.reference}
+RUN ip -4 -o addr show eth0 && ip route
+RUN cat /sys/class/net/lo/flags /sys/class/net/eth0/operstate
+RUN cat /etc/resolv.conf
 """})
     result = build(context, store_root)
-    assert output_lines(result.stderr, "RUN --network=host") == _host_interfaces()
-    assert len(_host_interfaces()) > 1  # otherwise host and none look alike
-    for step in ("RUN --network=none", "RUN --network=default", f"RUN {list_interfaces}"):
-        assert output_lines(result.stderr, step) == ["lo"]
+    lines = output_lines(result.stderr, "RUN ip -4 -o addr")
+    address = ipaddress.ip_address(_eth0_address(lines))
+    assert address in ipaddress.ip_network("10.89.0.0/16")
+    gateway = next(line.split()[2] for line in lines if line.startswith("default via"))
+    assert ipaddress.ip_address(gateway) == address - 1
+    flags, state = output_lines(result.stderr, "RUN cat /sys/class/net/lo/flags")
+    assert int(flags, 16) & 0x1 and state == "up"
+    expected = resolv_conf("default").splitlines()
+    assert output_lines(result.stderr, "RUN cat /etc/resolv.conf") == [line for line in expected if line]
+
+
+@builds
+def test_cli_network_none_applies_to_every_run_without_its_own(store_root, busybox_registry, tmp_path):
+    context = write_context(tmp_path / "ctx", {"Dockerfile": f"""\
+FROM {busybox_registry.reference}
+RUN {LIST_INTERFACES}
+RUN --network=default {LIST_INTERFACES} && echo default
+"""})
+    result = build(context, store_root, "--network", "none")
+    assert output_lines(result.stderr, f"RUN {LIST_INTERFACES}") == ["lo"]
+    assert output_lines(result.stderr, "echo default") == ["lo", "default"]
+
+
+@builds
+def test_run_network_host_needs_the_entitlement_before_any_step_runs(store_root, busybox_registry, tmp_path):
+    context = write_context(tmp_path / "ctx", {"Dockerfile": f"""\
+FROM {busybox_registry.reference}
+RUN echo first-step-ran
+RUN --network=host true
+"""})
+    result = build(context, store_root, check=False)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        "ERROR: network.host is not allowed: [stage-0 3/3] RUN --network=host true needs --allow network.host")
+    assert "first-step-ran" not in result.stderr
+
+
+@builds
+def test_cli_network_host_grants_host_networking(store_root, busybox_registry, tmp_path):
+    context = write_context(tmp_path / "ctx", {"Dockerfile": f"FROM {busybox_registry.reference}\nRUN {LIST_INTERFACES}\n"})
+    result = build(context, store_root, "--network", "host")
+    assert _without_veths(output_lines(result.stderr, "RUN tail")) == _host_interfaces()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (("--network", "bridge"), 'ERROR: network mode "bridge" not supported (use default, none or host)'),
+    (("--allow", "network.everything"), 'ERROR: invalid entitlement "network.everything" (supported: network.host)'),
+    (("--add-host", "nocolon"), 'ERROR: bad format for add-host: "nocolon" (use NAME:IP)'),
+    (("--add-host", "db:not-an-ip"), 'ERROR: invalid IP address in add-host: "not-an-ip"'),
+])
+def test_bad_network_flags_are_one_line_errors(tmp_path, flags, message):
+    context = write_context(tmp_path / "ctx", {"Dockerfile": "FROM scratch\n"})
+    result = build(context, str(tmp_path / "store"), *flags, check=False)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [message]
+
+
+# ---- /etc/hosts and /etc/resolv.conf ---------------------------------------------------------------
+
+@builds
+def test_add_host_lines_reach_every_run(store_root, busybox_registry, tmp_path):
+    context = write_context(tmp_path / "ctx", {"Dockerfile": f"""\
+FROM {busybox_registry.reference}
+RUN cat /etc/hosts && ip route | grep default
+RUN --network=none cat /etc/hosts && echo none
+"""})
+    result = build(context, store_root, "--add-host", "db.internal:10.1.2.3", "--add-host", "v6=fd00::7",
+                   "--add-host", "gw:host-gateway")
+    lines = output_lines(result.stderr, "RUN cat /etc/hosts")
+    assert lines[:2] == ["127.0.0.1\tlocalhost buildkitsandbox", "::1\tlocalhost ip6-localhost ip6-loopback"]
+    assert lines[2:4] == ["10.1.2.3\tdb.internal", "fd00::7\tv6"]
+    gateway = lines[5].split()[2]
+    assert lines[4] == f"{gateway}\tgw"   # host-gateway: the host's end of this RUN's link
+    assert output_lines(result.stderr, "echo none")[2:4] == ["10.1.2.3\tdb.internal", "fd00::7\tv6"]
+
+
+def test_hosts_file_is_buildkits_plus_extra_hosts():
+    assert hosts_file("box", (("a", "1.2.3.4"),)) == (
+        "127.0.0.1\tlocalhost box\n::1\tlocalhost ip6-localhost ip6-loopback\n1.2.3.4\ta\n")
+
+
+def test_resolv_conf_drops_loopback_and_ipv6_servers_for_the_default_network():
+    host = "search example.org\nnameserver 127.0.0.53\nnameserver 10.0.0.2\nnameserver fd00::1\noptions ndots:2\n"
+    assert resolv_conf("default", host) == "search example.org\nnameserver 10.0.0.2\noptions ndots:2\n"
+    assert resolv_conf("none", host) == host
+    assert resolv_conf("host", host) == host
+
+
+def test_resolv_conf_falls_back_like_docker_when_only_loopback_remains(monkeypatch):
+    import builder.executor.network as network
+
+    monkeypatch.setattr(network, "_SYSTEMD_RESOLV_CONF", "/nonexistent/resolv.conf")
+    assert resolv_conf("default", "nameserver 127.0.0.53\noptions edns0\n") == (
+        "options edns0\nnameserver 8.8.8.8\nnameserver 8.8.4.4\n")
+
+
+def test_lease_addresses_are_disjoint_slash30_blocks():
+    assert NetworkLease.addresses(0) == ("10.89.0.1", "10.89.0.2")
+    assert NetworkLease.addresses(1) == ("10.89.0.5", "10.89.0.6")
+    assert NetworkLease.addresses(16383) == ("10.89.255.253", "10.89.255.254")
+
+
+# ---- allocation across steps and processes ---------------------------------------------------------
+
+@builds
+def test_concurrent_steps_and_builds_get_distinct_addresses(busybox_registry, tmp_path):
+    """Two build-image processes on two store roots, each running 4 steps at once."""
+    steps = "".join(f"FROM {busybox_registry.reference} AS s{i}\nRUN ip -4 -o addr show eth0 > /s{i} && cat /s{i} && sleep 1 && echo s{i}\n"
+                    for i in range(4))
+    steps += f"FROM {busybox_registry.reference}\n" + "".join(f"COPY --from=s{i} /s{i} /\n" for i in range(4))
+    context = write_context(tmp_path / "ctx", {"Dockerfile": steps})
+    procs = [subprocess.Popen([sys.executable, "-m", "builder.cli", "--root", str(tmp_path / f"store{n}"),
+                               "--progress", "plain", "--jobs", "4", context],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for n in range(2)]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outputs]
+    addresses = [_eth0_address(output_lines(err, f"echo s{i}")) for _, err in outputs for i in range(4)]
+    assert len(set(addresses)) == 8, addresses
+    assert leftovers() == []
+
+
+# ---- nothing is left behind --------------------------------------------------------------------------
+
+@builds
+def test_failed_run_leaves_no_network_objects(store_root, busybox_registry, tmp_path):
+    context = write_context(tmp_path / "ctx", {"Dockerfile": f"FROM {busybox_registry.reference}\nRUN ip link && exit 3\n"})
+    result = build(context, store_root, check=False)
+    assert result.returncode == 1 and "exit code: 3" in result.stderr
+    assert "eth0" in result.stderr
+    assert leftovers() == []
+
+
+def _start_sleeping_build(context: str, root: str) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-m", "builder.cli", "--root", root, "--progress", "plain", context],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in proc.stdout:
+        if "sleeping-now" in line:
+            return proc
+    raise AssertionError(f"the build ended before its RUN started (exit {proc.wait()})")
+
+
+@builds
+@pytest.mark.parametrize("how", ["SIGINT", "SIGKILL"])
+def test_interrupted_build_leaves_no_network_objects(store_root, busybox_registry, tmp_path, how):
+    context = write_context(tmp_path / "ctx", {"Dockerfile": f"""\
+FROM {busybox_registry.reference}
+RUN echo sleeping-now && sleep 60
+"""})
+    proc = _start_sleeping_build(context, store_root)
+    proc.send_signal(getattr(signal, how))
+    proc.wait(timeout=30)
+    if how == "SIGKILL":
+        # The kernel frees the namespace, the veth and the lease; the NAT table is removed by the
+        # next process that uses the network (it finds no user holding it).
+        again = write_context(tmp_path / "again", {"Dockerfile": f"FROM {busybox_registry.reference}\nRUN true\n"})
+        build(again, store_root)
+    else:
+        assert proc.returncode == 130
+    assert leftovers() == []
+
+
+@builds
+def test_nat_table_is_removed_when_the_last_user_leaves(store_root, busybox_registry, tmp_path):
+    context = write_context(tmp_path / "ctx", {"Dockerfile": f"FROM {busybox_registry.reference}\nRUN true\n"})
+    build(context, store_root, "--no-cache")
+    # Another test's build may hold the table right now; what must never happen is a table nobody holds.
+    assert leftovers() == []
+    assert not nat_table_exists() or os.path.exists("/run/build-image/network/nat.users")
+
+
+# ---- the real outside world (package registries only) ------------------------------------------------
+
+@builds
+@pytest.mark.network
+def test_default_network_reaches_the_debian_registry_through_nat(store_root, busybox_registry, tmp_path):
+    context = write_context(tmp_path / "ctx", {"Dockerfile": f"""\
+FROM {busybox_registry.reference}
+RUN wget -q -O- http://deb.debian.org/debian/dists/bookworm/Release | head -n 3
+"""})
+    lines = output_lines(build(context, store_root).stderr, "RUN wget")
+    assert "Origin: Debian" in lines
 
 
 @builds

@@ -204,9 +204,11 @@ def test_a_failed_run_raises_its_exit_code_and_records_nothing(graph):
     assert graph.finished(failing)[0].error
 
 
-def test_the_network_mode_reaches_the_process_unchanged(graph):
-    graph.solve(graph.run(("echo", "hi"), network="host"))
+def test_the_network_mode_and_hosts_reach_the_process_unchanged(graph):
+    hosts = (("db", "10.0.0.2"), ("gateway", "host-gateway"))
+    graph.solve(graph.run(("echo", "hi"), network="host", extra_hosts=hosts))
     assert graph.executor.runs[0].process.network == "host"
+    assert graph.executor.runs[0].process.extra_hosts == hosts
     assert [e.data for e in graph.events if isinstance(e, events.Output)] == [b"hi\n"]
 
 

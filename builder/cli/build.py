@@ -32,6 +32,12 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ssh", action="append", default=[], type=_flag_value(_ssh_source),
                    metavar="default|ID=SOCKET", help="an SSH agent socket RUN --mount=type=ssh forwards "
                    "(default: $SSH_AUTH_SOCK)")
+    p.add_argument("--network", default="default", metavar="default|none|host",
+                   help="network mode of RUN steps without their own --network (default: default)")
+    p.add_argument("--add-host", action="append", default=[], metavar="NAME:IP",
+                   help="add a line to every RUN's /etc/hosts (IP may be host-gateway)")
+    p.add_argument("--allow", action="append", default=[], metavar="ENTITLEMENT",
+                   help="allow an extra privilege: network.host (for RUN --network=host)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
 
@@ -72,10 +78,19 @@ def _build_args(values: list[str]) -> dict[str, str]:
     return args
 
 
+def _raise(error: BaseException):
+    raise error
+
+
 def cmd_build(argv: list[str]) -> int:
     from builder.build import BuildOptions, OutputSpec, build
+    from builder.errors import BuildError
 
     ns = _build_parser().parse_args(argv)
+    try:
+        outputs = tuple(OutputSpec.parse(o) for o in ns.output)
+    except BuildError as error:  # a malformed -o is one line too, like every build error
+        return run_command(lambda: _raise(error), ns.debug)
     quiet = ns.quiet or ns.progress == "quiet"
     progress = (lambda event: None) if quiet else make_progress(ns.progress)
     options = BuildOptions(
@@ -86,7 +101,7 @@ def cmd_build(argv: list[str]) -> int:
         target=ns.target,
         no_cache=ns.no_cache,
         pull=ns.pull,
-        outputs=tuple(OutputSpec.parse(o) for o in ns.output),
+        outputs=outputs,
         iidfile=ns.iidfile,
         jobs=ns.jobs,
         root=ns.root,
@@ -94,6 +109,9 @@ def cmd_build(argv: list[str]) -> int:
         insecure_registries=tuple(ns.insecure_registry),
         secrets=tuple(ns.secret),
         ssh=tuple(ns.ssh),
+        network=ns.network,
+        add_hosts=tuple(ns.add_host),
+        allow=tuple(e for value in ns.allow for e in value.split(",") if e),
     )
     def run() -> int:
         try:

@@ -55,6 +55,7 @@ from dataclasses import dataclass
 from typing import NoReturn
 
 from builder.errors import BuildError, SolveError
+from builder.executor import network as net
 from builder.executor.mounts import (MountStub, layered_mount_fd, make_mountpoint, mount_dev, mount_proc,
                                      mount_sys, mount_tmpfs, remove_stubs, restrict_proc, secret_file_fds)
 from builder.executor.spec import (DEFAULT_PATH, BindMount, LayeredMount, Mount, OutputCallback, ProcessSpec,
@@ -112,6 +113,7 @@ class _Plan:
     env: tuple[tuple[str, str], ...]            # the process env without HOME defaulted
     caller_pid: int
     cap_last: int
+    netns_fd: int | None = None                 # network "default": the prepared namespace to join
 
     @property
     def merged_dir(self) -> str:
@@ -128,17 +130,43 @@ class _Plan:
 
 
 class NamespaceExecutor:
-    """Runs build steps in new mount, PID, UTS, IPC, cgroup and (optionally) network namespaces."""
+    """Runs build steps in new mount, PID, UTS, IPC, cgroup and (optionally) network namespaces.
 
-    def __init__(self, runtime_root: str | None = None):
+    NETWORK provides the "default" network's namespaces; without one, the executor makes its own
+    on the first such RUN (and closes it in ``close()``).
+    """
+
+    def __init__(self, runtime_root: str | None = None, network: net.BridgeNetwork | None = None,
+                 network_ready: int = 1):
         # Per-run scratch directories (overlay mount point, generated /etc/hosts) go here.
         self._runtime_root = runtime_root
         self._cap_last = _read_cap_last_cap()
         self._running = _RunningSupervisors()
+        self._network = network
+        self._owns_network = network is None
+        self._network_ready = network_ready
+        self._network_lock = threading.Lock()
 
     def kill_all(self) -> None:
         """Kills every container this executor is running (their run() calls then return)."""
         self._running.kill_all()
+
+    def warm_network(self) -> None:
+        """Start preparing the default network now (a build that will need it calls this early)."""
+        self._bridge().warm()
+
+    def close(self) -> None:
+        """Tear down the default network this executor made, if any."""
+        with self._network_lock:
+            network, self._network = (self._network, None) if self._owns_network else (None, self._network)
+        if network is not None:
+            network.close()
+
+    def _bridge(self) -> net.BridgeNetwork:
+        with self._network_lock:
+            if self._network is None:
+                self._network = net.BridgeNetwork(ready=self._network_ready)
+            return self._network
 
     # ---- run ---------------------------------------------------------------------------------
 
@@ -146,18 +174,24 @@ class NamespaceExecutor:
             output: OutputCallback | None = None) -> int:
         _validate(process, mounts)
         planned = tuple((m, isinstance(m, BindMount) and _bind_source_is_dir(m)) for m in mounts)
-        runtime_dir = self._make_runtime_dir(rootfs, process, mounts)
-        stubs: list[MountStub] = []
+        lease = self._bridge().acquire() if process.network == "default" else None
         try:
-            plan = _Plan(rootfs, process, planned, runtime_dir, _base_env(process.env),
-                         os.getpid(), self._cap_last)
-            return _run_container(plan, output, stubs, self._running)
+            runtime_dir = self._make_runtime_dir(rootfs, process, mounts, lease)
+            stubs: list[MountStub] = []
+            try:
+                plan = _Plan(rootfs, process, planned, runtime_dir, _base_env(process.env),
+                             os.getpid(), self._cap_last, lease.netns_fd if lease else None)
+                return _run_container(plan, output, stubs, self._running)
+            finally:
+                # Only reached once the container is reaped, so its mounts are gone.
+                remove_stubs(rootfs.upperdir, stubs, rootfs.lowerdirs)
+                shutil.rmtree(runtime_dir, ignore_errors=True)
         finally:
-            # Only reached once the container is reaped, so its mounts are gone.
-            remove_stubs(rootfs.upperdir, stubs, rootfs.lowerdirs)
-            shutil.rmtree(runtime_dir, ignore_errors=True)
+            if lease is not None:
+                self._bridge().release(lease)
 
-    def _make_runtime_dir(self, rootfs: RootFS, process: ProcessSpec, mounts: Sequence[Mount]) -> str:
+    def _make_runtime_dir(self, rootfs: RootFS, process: ProcessSpec, mounts: Sequence[Mount],
+                          lease: net.NetworkLease | None) -> str:
         runtime_dir = tempfile.mkdtemp(prefix="build-image-run-", dir=self._runtime_root)
         try:
             os.mkdir(os.path.join(runtime_dir, "root"))
@@ -167,10 +201,10 @@ class NamespaceExecutor:
                     os.mkdir(os.path.join(runtime_dir, f"view-{i}"))
             if any(isinstance(m, SecretFile) for m in mounts):
                 os.mkdir(os.path.join(runtime_dir, "secrets"))
-            _write(os.path.join(runtime_dir, "hosts"),
-                   f"127.0.0.1\tlocalhost {process.hostname}\n"
-                   "::1\tlocalhost ip6-localhost ip6-loopback\n")
-            _write(os.path.join(runtime_dir, "resolv.conf"), _host_resolv_conf())
+            gateway = lease.gateway if lease is not None else "127.0.0.1"
+            extra = tuple((name, gateway if ip == "host-gateway" else ip) for name, ip in process.extra_hosts)
+            _write(os.path.join(runtime_dir, "hosts"), net.hosts_file(process.hostname, extra))
+            _write(os.path.join(runtime_dir, "resolv.conf"), net.resolv_conf(process.network))
         except BaseException:
             shutil.rmtree(runtime_dir, ignore_errors=True)
             raise
@@ -220,8 +254,8 @@ class NamespaceExecutor:
 def _validate(process: ProcessSpec, mounts: Sequence[Mount]) -> None:
     if not process.args:
         raise SolveError("cannot run a process with an empty command")
-    if process.network not in ("none", "host"):
-        raise SolveError(f'network mode "{process.network}" is not supported (use none or host)')
+    if process.network not in ("default", "none", "host"):
+        raise SolveError(f'network mode "{process.network}" is not supported (use default, none or host)')
     if not process.cwd.startswith("/"):
         raise SolveError(f'working directory "{process.cwd}" must be absolute')
     for mount in mounts:
@@ -244,14 +278,6 @@ def _base_env(env: Sequence[str]) -> tuple[tuple[str, str], ...]:
         merged[key] = value
     merged.setdefault("PATH", DEFAULT_PATH)
     return tuple(merged.items())
-
-
-def _host_resolv_conf() -> str:
-    try:
-        with open("/etc/resolv.conf") as f:
-            return f.read()
-    except OSError:
-        return ""
 
 
 def _write(path: str, text: str) -> None:
@@ -455,7 +481,11 @@ def _supervisor(plan: _Plan, out_w: int, err_w: int, status_w: int, life_r: int)
         linux.set_parent_death_signal(signal.SIGKILL)
         if os.getppid() != plan.caller_pid:
             os._exit(code)  # the caller died before the death signal was armed
-        _close_other_fds((out_w, err_w, status_w, life_r))
+        keep = (out_w, err_w, status_w, life_r)
+        _close_other_fds(keep if plan.netns_fd is None else (*keep, plan.netns_fd))
+        if plan.netns_fd is not None:
+            linux.setns(plan.netns_fd, linux.CLONE_NEWNET)  # "default": the namespace made for this RUN
+            os.close(plan.netns_fd)
         flags = _NAMESPACES | (linux.CLONE_NEWNET if plan.process.network == "none" else 0)
         linux.unshare(flags)
         init_pid = os.fork()

@@ -25,7 +25,10 @@ class ProcessSpec:
     cwd: str = "/"               # created if missing
     user: str = ""               # "", "root", "name", "uid", "name:group", "uid:gid", ...
     hostname: str = "buildkitsandbox"
-    network: str = "none"        # "none" (new netns, loopback up) or "host"
+    network: str = "none"        # "none" (new netns, loopback only), "host", or "default" (own netns,
+                                 # a veth to the host, NAT: see executor/network.py)
+    extra_hosts: tuple[tuple[str, str], ...] = ()   # (name, ip) lines for /etc/hosts (--add-host);
+                                                    # ip "host-gateway" is the host's side of the link
 
 
 @dataclass(frozen=True)

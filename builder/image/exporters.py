@@ -14,6 +14,12 @@ write it): manifest.json points at the layout's blobs, `blobs/sha256/<hex>`, whi
 `docker load` and skopeo's `docker-archive:` both follow. gzip layers are shipped as stored (both loaders
 detect compression by content); zstd layers, which Docker 20.10 cannot load, are shipped decompressed as well,
 named by their diff_id, while the OCI side keeps the zstd blobs its manifest names.
+
+Media types follow BuildKit's `oci-mediatypes` defaults (manifest.for_output does the converting): OCI's in
+the OCI layout and archive, Docker's in the docker archive (BuildKit's documented docker exporter default),
+whichever family the base image came with. Either takes the other family when asked; the image ID and layer
+digests are the same in all of them. (A docker archive with Docker types is still a valid layout, but skopeo's
+`oci-archive:` only finds OCI-typed index entries: `oci-mediatypes=true` makes one it reads, as Docker 25's.)
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ from typing import BinaryIO, Callable, Iterator, Protocol, Sequence
 from builder.cache.blobs import BlobStore
 from builder.errors import DigestMismatch, ExportError
 from builder.image.config import canonical_json
-from builder.image.manifest import StoredImage, index_bytes
+from builder.image.manifest import OutputManifest, StoredImage, for_output, index_bytes
 from builder.image.media import Descriptor
 
 ANNOTATION_REF_NAME = "org.opencontainers.image.ref.name"
@@ -54,23 +60,29 @@ class Exporter(Protocol):
 class OCIArchiveExporter:
     """The OCI image layout (oci-layout, index.json, blobs/sha256/...) as a tar file at DEST."""
 
-    def __init__(self, dest: str, names: Sequence[str] = ()):
+    def __init__(self, dest: str, names: Sequence[str] = (), oci_mediatypes: bool = True):
         self.dest = dest
         self.names = tuple(names)
+        self.oci_mediatypes = oci_mediatypes
 
     def export(self, image: StoredImage, blobs: BlobStore) -> None:
-        files = {"oci-layout": OCI_LAYOUT_FILE, "index.json": _layout_index(image, self.names)}
-        _write_archive(self.dest, files, _image_blobs(image), blobs)
+        out = for_output(blobs, image, self.oci_mediatypes)
+        files = {"oci-layout": OCI_LAYOUT_FILE, "index.json": _layout_index(out.image, self.names),
+                 **_manifest_file(out)}
+        _write_archive(self.dest, files, _image_blobs(out.image), blobs)
 
 
 class DockerArchiveExporter:
     """`docker save` format: manifest.json, repositories, config and layers; also a valid OCI layout."""
 
-    def __init__(self, dest: str, names: Sequence[str] = ()):
+    def __init__(self, dest: str, names: Sequence[str] = (), oci_mediatypes: bool = False):
         self.dest = dest
         self.names = tuple(names)
+        self.oci_mediatypes = oci_mediatypes
 
     def export(self, image: StoredImage, blobs: BlobStore) -> None:
+        out = for_output(blobs, image, self.oci_mediatypes)
+        image = out.image
         with contextlib.ExitStack() as cleanup:
             layer_paths, extra_files = [], {}
             for layer, diff_id in zip(image.layers, image.config.diff_ids):
@@ -88,6 +100,7 @@ class DockerArchiveExporter:
                 "manifest.json": canonical_json([entry]),
                 "oci-layout": OCI_LAYOUT_FILE,
                 "index.json": _layout_index(image, self.names),
+                **_manifest_file(out),
             }
             if repo_tags and layer_paths:
                 # Legacy file for loaders older than manifest.json: repository -> tag -> top layer.
@@ -108,21 +121,23 @@ class OCILayoutExporter:
     name is replaced. Anything else at DEST is refused rather than overwritten.
     """
 
-    def __init__(self, dest: str, names: Sequence[str] = ()):
+    def __init__(self, dest: str, names: Sequence[str] = (), oci_mediatypes: bool = True):
         self.dest = dest
         self.names = tuple(names)
+        self.oci_mediatypes = oci_mediatypes
 
     def export(self, image: StoredImage, blobs: BlobStore) -> None:
+        out = for_output(blobs, image, self.oci_mediatypes)
         try:
             if _is_empty_or_missing(self.dest):
                 with _staging_dir(self.dest) as stage:
-                    _fill_layout(stage, image, self.names, blobs, [])
+                    _fill_layout(stage, out, self.names, blobs, [])
                     os.chmod(stage, 0o755)
                     os.rename(stage, self.dest)
                 return
             if not os.path.isfile(os.path.join(self.dest, "oci-layout")):
                 raise ExportError(f"{self.dest} exists and is not an OCI image layout; refusing to overwrite it")
-            _fill_layout(self.dest, image, self.names, blobs, _read_index_entries(self.dest))
+            _fill_layout(self.dest, out, self.names, blobs, _read_index_entries(self.dest))
         except OSError as e:
             raise ExportError(f"cannot write OCI layout {self.dest}: {e}") from e
 
@@ -207,11 +222,17 @@ def _docker_repo_tag(name: str) -> str:
 
 
 def _image_blobs(image: StoredImage) -> list[Descriptor]:
-    """Every blob the image needs, each once, in a stable order."""
+    """The config and layer blobs the image needs, each once, in a stable order (its manifest is the
+    output's own bytes: see _manifest_file)."""
     seen: dict[str, Descriptor] = {}
-    for desc in (image.manifest, image.config_descriptor, *image.layers):
+    for desc in (image.config_descriptor, *image.layers):
         seen.setdefault(desc.digest, desc)
     return sorted(seen.values(), key=lambda d: d.digest)
+
+
+def _manifest_file(out: OutputManifest) -> dict[str, bytes]:
+    """The manifest as the output writes it, as an archive member."""
+    return {_blob_path(out.image.manifest.digest): out.data}
 
 
 def _blob_path(digest: str) -> str:
@@ -313,8 +334,9 @@ def _unlink_quietly(path: str) -> None:
 # --- layout directories ---------------------------------------------------------------------------
 
 
-def _fill_layout(root: str, image: StoredImage, names: Sequence[str], blobs: BlobStore,
+def _fill_layout(root: str, output: OutputManifest, names: Sequence[str], blobs: BlobStore,
                  existing: list[Descriptor]) -> None:
+    image = output.image
     blob_dir = os.path.join(root, "blobs", "sha256")
     os.makedirs(blob_dir, exist_ok=True)
     for desc in _image_blobs(image):
@@ -322,6 +344,8 @@ def _fill_layout(root: str, image: StoredImage, names: Sequence[str], blobs: Blo
         if os.path.isfile(target) and os.path.getsize(target) == desc.size:
             continue
         write_file_atomically(target, lambda out, d=desc: _copy_blob(blobs, d, out))
+    for name, data in _manifest_file(output).items():
+        write_file_atomically(os.path.join(root, name), lambda out, data=data: out.write(data))
     layout_file = os.path.join(root, "oci-layout")
     if not os.path.exists(layout_file):
         write_file_atomically(layout_file, lambda out: out.write(OCI_LAYOUT_FILE))

@@ -8,10 +8,10 @@ names the image in the store and in registries).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Mapping, Sequence
 
-from builder.cache.blobs import BlobStore
+from builder.cache.blobs import BlobStore, sha256_digest
 from builder.errors import BlobNotFound, StoreError
 from builder.image import media
 from builder.image.config import ImageConfig, canonical_json
@@ -33,6 +33,35 @@ class StoredImage:
     def image_id(self) -> str:
         """The config digest, which is what `docker images` shows as IMAGE ID."""
         return self.config_descriptor.digest
+
+
+@dataclass(frozen=True)
+class OutputManifest:
+    """An image as one output writes it: its manifest in that output's media-type family."""
+    image: StoredImage   # the descriptors (manifest, config, layers) carry the output's types
+    data: bytes          # the manifest bytes; image.manifest.digest names them (not always in the store)
+
+
+def for_output(blobs: BlobStore, image: StoredImage, oci: bool) -> OutputManifest:
+    """IMAGE with OCI media types (OCI true) or Docker ones, for an exporter or a push. Only the
+    manifest changes (and only if a type differs): config and layer bytes, so the image ID and the
+    layer digests, stay the same. Nothing is written to BLOBS."""
+    data = blobs.get_bytes(image.manifest.digest)
+    try:
+        converted = media.convert_manifest_bytes(data, oci)
+    except ValueError as e:
+        raise InvalidImage(f"manifest {image.manifest.digest} is not JSON: {e}") from None
+    if converted is data:
+        return OutputManifest(image, data)
+
+    def convert(desc: Descriptor) -> Descriptor:
+        return replace(desc, media_type=media.convert_media_type(desc.media_type, oci))
+
+    manifest = Descriptor(media.OCI_MANIFEST if oci else media.DOCKER_MANIFEST, sha256_digest(converted),
+                          len(converted), image.manifest.annotations, image.manifest.platform)
+    converted_image = StoredImage(manifest, convert(image.config_descriptor), image.config,
+                                  tuple(convert(layer) for layer in image.layers))
+    return OutputManifest(converted_image, converted)
 
 
 def manifest_bytes(config: Descriptor, layers: Sequence[Descriptor],
@@ -68,8 +97,10 @@ def config_platform(config: ImageConfig) -> Platform:
 
 def write_image(blobs: BlobStore, config: ImageConfig, layers: Sequence[Descriptor],
                 annotations: Mapping[str, str] = {}) -> StoredImage:
-    """Store CONFIG and an OCI manifest over LAYERS (which must already be in BLOBS)."""
-    layers = tuple(layers)
+    """Store CONFIG and an OCI manifest over LAYERS (which must already be in BLOBS). Layers a base
+    image described with Docker types get their OCI types: an OCI manifest names no Docker type."""
+    layers = tuple(replace(layer, media_type=media.convert_media_type(layer.media_type, oci=True))
+                   for layer in layers)
     _check_layers(blobs, config, layers)
     config_data = config.to_bytes()
     config_desc = Descriptor(media.OCI_CONFIG, blobs.put_bytes(config_data), len(config_data))

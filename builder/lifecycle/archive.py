@@ -31,9 +31,9 @@ from builder.image.config import ImageConfig, canonical_json
 from builder.image.exporters import (
     ANNOTATION_CONTAINERD_NAME, ANNOTATION_REF_NAME, OCI_LAYOUT_FILE,
     _blob_path, _compression, _decompressed_copy, _docker_repo_tag, _image_blobs, _index_entries,
-    _write_archive,
+    _manifest_file, _write_archive,
 )
-from builder.image.manifest import StoredImage, manifest_bytes
+from builder.image.manifest import OutputManifest, StoredImage, for_output, manifest_bytes
 from builder.image.media import Descriptor, Platform
 from builder.registry.platforms import select_manifest
 from builder.registry.reference import InvalidReference, parse_reference
@@ -87,44 +87,54 @@ def _lookup_for_save(store: Store, name: str) -> list[tuple[ImageRecord, list[st
 
 
 def save_images(store: Store, names: Sequence[str], dest: str, archive_format: str = "docker") -> list[SaveItem]:
-    """Write the images NAMES mean to DEST as one archive ("docker" or "oci"); atomically."""
+    """Write the images NAMES mean to DEST as one archive ("docker" or "oci"); atomically. The OCI
+    archive has OCI media types only, the docker one Docker's, whatever the images were pulled with."""
     if archive_format not in ("docker", "oci"):
         raise ExportError(f"unknown archive format {archive_format!r}: use docker or oci")
     with store:
         items = select_for_save(store, names)
+        outputs = [(item, for_output(store.blobs, item.image, oci=archive_format == "oci")) for item in items]
         if archive_format == "oci":
-            _write_oci_archive(store, items, dest)
+            _write_oci_archive(store, outputs, dest)
         else:
-            _write_docker_archive(store, items, dest)
+            _write_docker_archive(store, outputs, dest)
     return items
 
 
-def _all_blobs(items: Sequence[SaveItem]) -> list[Descriptor]:
+_Outputs = Sequence[tuple[SaveItem, OutputManifest]]
+
+
+def _all_blobs(outputs: _Outputs) -> list[Descriptor]:
     seen: dict[str, Descriptor] = {}
-    for item in items:
-        for desc in _image_blobs(item.image):
+    for _, out in outputs:
+        for desc in _image_blobs(out.image):
             seen.setdefault(desc.digest, desc)
     return sorted(seen.values(), key=lambda d: d.digest)
 
 
-def _index(items: Sequence[SaveItem]) -> bytes:
+def _files(outputs: _Outputs) -> dict[str, bytes]:
+    """oci-layout, index.json and each image's manifest."""
     from builder.image.manifest import index_bytes
 
-    return index_bytes([entry for item in items for entry in _index_entries(item.image, item.names)])
+    entries = [entry for item, out in outputs for entry in _index_entries(out.image, item.names)]
+    files = {"oci-layout": OCI_LAYOUT_FILE, "index.json": index_bytes(entries)}
+    for _, out in outputs:
+        files.update(_manifest_file(out))
+    return files
 
 
-def _write_oci_archive(store: Store, items: Sequence[SaveItem], dest: str) -> None:
-    files = {"oci-layout": OCI_LAYOUT_FILE, "index.json": _index(items)}
-    _write_archive(dest, files, _all_blobs(items), store.blobs)
+def _write_oci_archive(store: Store, outputs: _Outputs, dest: str) -> None:
+    _write_archive(dest, _files(outputs), _all_blobs(outputs), store.blobs)
 
 
-def _write_docker_archive(store: Store, items: Sequence[SaveItem], dest: str) -> None:
+def _write_docker_archive(store: Store, outputs: _Outputs, dest: str) -> None:
     with contextlib.ExitStack() as cleanup:
         entries, extra_files = [], {}
         repositories: dict[str, dict[str, str]] = {}
-        for item in items:
+        for item, out in outputs:
+            image = out.image
             layer_paths = []
-            for layer, diff_id in zip(item.image.layers, item.image.config.diff_ids):
+            for layer, diff_id in zip(image.layers, image.config.diff_ids):
                 if _compression(store.blobs, layer) == "zstd":
                     # Docker 20.10's `docker load` cannot read zstd: ship the tar itself, named by diff_id.
                     if _blob_path(diff_id) not in extra_files:
@@ -134,17 +144,17 @@ def _write_docker_archive(store: Store, items: Sequence[SaveItem], dest: str) ->
                 else:
                     layer_paths.append(_blob_path(layer.digest))
             repo_tags = [t for t in (_docker_repo_tag(n) for n in item.names) if t]
-            entries.append({"Config": _blob_path(item.image.config_descriptor.digest), "RepoTags": repo_tags,
+            entries.append({"Config": _blob_path(image.config_descriptor.digest), "RepoTags": repo_tags,
                             "Layers": layer_paths})
             if layer_paths:
                 top = layer_paths[-1].rsplit("/", 1)[-1]
                 for repo_tag in repo_tags:
                     repo, _, tag = repo_tag.rpartition(":")
                     repositories.setdefault(repo, {})[tag] = top
-        files = {"manifest.json": canonical_json(entries), "oci-layout": OCI_LAYOUT_FILE, "index.json": _index(items)}
+        files = {"manifest.json": canonical_json(entries), **_files(outputs)}
         if repositories:
             files["repositories"] = canonical_json(repositories)
-        _write_archive(dest, files, _all_blobs(items), store.blobs, extra_files)
+        _write_archive(dest, files, _all_blobs(outputs), store.blobs, extra_files)
 
 
 # --- load -------------------------------------------------------------------------------------

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from builder.errors import BuildError, ImageNotFound, StoreError
-from builder.image.manifest import read_image
-from builder.image.media import Platform
+from builder.image.manifest import for_output, read_image
+from builder.image.media import Platform, is_oci_type
 from builder.registry.auth import (CredentialStore, Credentials, erase_credentials, registry_host,
                                    save_credentials)
 from builder.registry.reference import Reference, parse_reference
@@ -184,11 +184,13 @@ def push(store: Store, name: str, *, insecure_registries: Sequence[str] = (),
 
         for layer in image.layers:
             events(LayerEvent(layer.digest, "Preparing"))
-        manifest = store.blobs.get_bytes(manifest_digest)
+        # The image keeps its family (a pulled Docker image goes back as it came, with the same digest);
+        # an OCI manifest is pushed with OCI types throughout, whatever its base layers were tagged with.
+        out = for_output(store.blobs, image, oci=is_oci_type(image.manifest.media_type))
         with RegistryClient(insecure_registries=insecure_registries, blob_status=status) as client:
-            pushed = client.push(ref, store.blobs, manifest, image.manifest.media_type, mount_from)
+            pushed = client.push(ref, store.blobs, out.data, out.image.manifest.media_type, mount_from)
         store.images.tag(f"{ref.name}@{pushed}", manifest_digest)
-        return PushResult(ref, pushed, len(manifest))
+        return PushResult(ref, pushed, len(out.data))
 
 
 def _mount_sources(store: Store, ref: Reference) -> dict[str, str]:

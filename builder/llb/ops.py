@@ -162,9 +162,10 @@ class ExecOp(Op):
     env: tuple[str, ...] = ()
     cwd: str = "/"
     user: str = ""
-    network: str = "none"
+    network: str = "default"        # default (own network with NAT), none, host
     hostname: str = "buildkitsandbox"
     mounts: tuple[MountSpec, ...] = ()
+    extra_hosts: tuple[tuple[str, str], ...] = ()   # --add-host (name, ip), as BuildKit's ExtraHosts
 
     def definition(self) -> dict:
         body = super().definition()

@@ -101,14 +101,18 @@ def write_busybox_oci_layout(dir: str, tag: str = "latest") -> str:
     return dir
 
 
-def skopeo_copy(source: str, dest: str, *, auth: tuple[str, str] | None = None, all_images: bool = False) -> str:
-    """`skopeo copy SOURCE DEST` to a plain-HTTP registry; returns the digest skopeo wrote."""
+def skopeo_copy(source: str, dest: str, *, auth: tuple[str, str] | None = None, all_images: bool = False,
+                manifest_format: str | None = None) -> str:
+    """`skopeo copy SOURCE DEST` to a plain-HTTP registry; returns the digest skopeo wrote.
+    MANIFEST_FORMAT "v2s2" converts to Docker schema 2 media types, "oci" to OCI ones."""
     with tempfile.TemporaryDirectory(prefix="skopeo-") as tmp:
         digest_file = os.path.join(tmp, "digest")
         cmd = ["skopeo", "--insecure-policy", "copy", "--quiet", "--dest-tls-verify=false",
                "--digestfile", digest_file]
         if all_images:
             cmd.append("--all")
+        if manifest_format:
+            cmd += ["--format", manifest_format]
         if auth:
             cmd += ["--dest-creds", f"{auth[0]}:{auth[1]}"]
         result = subprocess.run(cmd + [source, dest], capture_output=True, text=True)
@@ -119,12 +123,15 @@ def skopeo_copy(source: str, dest: str, *, auth: tuple[str, str] | None = None, 
 
 
 def push_busybox_image(registry_host: str, repository: str = "busybox", tag: str = "latest",
-                       auth: tuple[str, str] | None = None) -> str:
-    """Build the busybox image and push it to REGISTRY_HOST/REPOSITORY:TAG; returns its manifest digest."""
+                       auth: tuple[str, str] | None = None, docker_v2: bool = False) -> str:
+    """Build the busybox image and push it to REGISTRY_HOST/REPOSITORY:TAG; returns its manifest digest.
+    With DOCKER_V2 it is pushed with Docker schema 2 media types (as most public images still are),
+    else with OCI ones."""
     layout = tempfile.mkdtemp(prefix="busybox-oci-")
     try:
         write_busybox_oci_layout(layout, tag)
-        return skopeo_copy(f"oci:{layout}:{tag}", f"docker://{registry_host}/{repository}:{tag}", auth=auth)
+        return skopeo_copy(f"oci:{layout}:{tag}", f"docker://{registry_host}/{repository}:{tag}", auth=auth,
+                           manifest_format="v2s2" if docker_v2 else None)
     finally:
         shutil.rmtree(layout, ignore_errors=True)
 
@@ -135,9 +142,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repository", default="busybox")
     parser.add_argument("--tag", default="latest")
     parser.add_argument("--user", help="user:password for a registry with Basic auth")
+    parser.add_argument("--docker-v2", action="store_true", help="push with Docker schema 2 media types")
     args = parser.parse_args(argv)
     auth = tuple(args.user.split(":", 1)) if args.user else None
-    digest = push_busybox_image(args.registry, args.repository, args.tag, auth=auth)
+    digest = push_busybox_image(args.registry, args.repository, args.tag, auth=auth, docker_v2=args.docker_v2)
     print(f"{args.registry}/{args.repository}:{args.tag}@{digest}")
     return 0
 

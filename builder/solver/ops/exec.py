@@ -53,9 +53,9 @@ class ExecSolverOp(LayerOp):
                 prepared = held.enter_context(self._run_mounts().prepare(op.mounts, self._mount_inputs()))
             except SolveError as error:
                 raise SolveError(f"{self.name}: {error}") from None
-            # The op's network mode goes to the executor unchanged: it is part of the key already.
+            # The op's network mode and hosts go to the executor unchanged: they are in the key already.
             spec = ProcessSpec(args=op.args, env=op.env + prepared.env, cwd=op.cwd, user=op.user,
-                               hostname=op.hostname, network=op.network)
+                               hostname=op.hostname, network=op.network, extra_hosts=op.extra_hosts)
             code = self.state.executor.run(rootfs, spec, prepared.mounts, output=output)
         if partial:
             tail.append(partial.decode(errors="replace"))

@@ -1,0 +1,434 @@
+"""The network of a RUN: ``none``, ``host``, or ``default`` (a private network like Docker's bridge).
+
+``default`` gives each RUN its own network namespace, joined to the host by a veth pair::
+
+    host netns                                   the RUN's netns
+    bi-N   10.89.a.b+1/30   <-- veth pair -->    eth0  10.89.a.b+2/30, default route via bi-N
+      \\--> nftables: ip saddr 10.89.0.0/16 masquerade on the way out (table ip build_image)
+
+Lease N is the /30 block N of 10.89.0.0/16 and the interface name ``bi-N``. It is held machine-wide
+by an ``flock`` on ``/run/build-image/network/lease-N``, so concurrent steps, concurrent build-image
+processes and different store roots never share an address or a name, and a killed process's
+leases free themselves (the kernel drops its locks).
+
+Nothing outlives a step:
+
+- The namespace is never bind-mounted anywhere: it lives only while a descriptor or a process
+  holds it. The container's processes die with build-image (PR_SET_PDEATHSIG), and so do our
+  descriptors, so even after a SIGKILL the kernel destroys the namespace, and with it the veth
+  pair. A clean release deletes the host end at once (the kernel's own teardown is asynchronous).
+  Whoever takes lease N next deletes a ``bi-N`` that is somehow still there.
+- The NAT table is shared by every process that uses the network: each holds a shared ``flock``
+  on ``nat.users``; the last one to leave (the one that gets the lock exclusively) deletes the
+  table. After a SIGKILL the next process to leave deletes it.
+
+pyroute2 does the links, addresses and routes; it is imported here only, on the first ``default``
+RUN (or when the build warms the network up), never for ``none``, ``--help`` or a cached rebuild.
+All netlink work happens on one worker thread: a namespace is made by that thread unsharing its
+own network namespace, opening it and a netlink socket in it, and switching back, so no process is
+forked. A few leases are prepared ahead of time so that a RUN rarely waits for one.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import ipaddress
+import os
+import queue
+import socket
+import subprocess
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from builder.errors import SolveError
+from builder.plumbing import linux
+
+STATE_DIR = "/run/build-image/network"
+POOL = ipaddress.IPv4Network("10.89.0.0/16")
+NAT_TABLE = "build_image"
+HOST_IFNAME_PREFIX = "bi-"
+CONTAINER_IFNAME = "eth0"
+# Docker's resolvers when the host's are all on loopback (unreachable from a container).
+FALLBACK_NAMESERVERS = ("8.8.8.8", "8.8.4.4")
+_SYSTEMD_RESOLV_CONF = "/run/systemd/resolve/resolv.conf"
+_NETLINK_ROUTE = 0
+
+
+class NetworkError(SolveError):
+    """The default network could not be set up for a RUN."""
+
+
+@dataclass(frozen=True)
+class NetworkLease:
+    """A ready network namespace for one RUN: join it with ``setns(netns_fd, CLONE_NEWNET)``."""
+
+    index: int
+    netns_fd: int
+    host_ifname: str
+    address: str            # the container's (eth0)
+    gateway: str            # the host end, the container's default route
+
+    @staticmethod
+    def addresses(index: int) -> tuple[str, str]:
+        """(gateway, container address) of lease INDEX: the /30 block INDEX of the pool."""
+        block = int(POOL.network_address) + 4 * index
+        return str(ipaddress.IPv4Address(block + 1)), str(ipaddress.IPv4Address(block + 2))
+
+
+def lease_count() -> int:
+    return POOL.num_addresses // 4
+
+
+# ---- the machine-wide lease table ------------------------------------------------------------
+
+class _LeaseTable:
+    """Leases as flock'ed files; taking the lowest free one keeps the files few."""
+
+    def __init__(self, state_dir: str):
+        self.state_dir = state_dir
+        os.makedirs(state_dir, mode=0o700, exist_ok=True)
+
+    def take(self) -> tuple[int, int]:
+        """(index, lock fd) of a free lease, now held by this process."""
+        for index in range(lease_count()):
+            fd = os.open(os.path.join(self.state_dir, f"lease-{index}"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+                         0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            return index, fd
+        raise NetworkError(f"no free network address: all {lease_count()} leases of {POOL} are in use")
+
+    @staticmethod
+    def give_back(lock_fd: int) -> None:
+        os.close(lock_fd)  # closing drops the flock
+
+
+class _NatTable:
+    """The masquerade rule for the pool, shared by every process using the default network."""
+
+    _RULESET = (
+        f"table ip {NAT_TABLE} {{\n"
+        "  chain postrouting {\n"
+        "    type nat hook postrouting priority srcnat; policy accept;\n"
+        f'    ip saddr {POOL} oifname != "{HOST_IFNAME_PREFIX}*" masquerade\n'
+        "  }\n"
+        "}\n"
+    )
+
+    def __init__(self, state_dir: str):
+        self._users = os.open(os.path.join(state_dir, "nat.users"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self._mutex_path = os.path.join(state_dir, "nat.lock")
+        fcntl.flock(self._users, fcntl.LOCK_SH)
+        try:
+            with self._mutex():
+                if not self._exists():
+                    _nft(self._RULESET, "add the NAT table")
+        except BaseException:
+            os.close(self._users)
+            raise
+
+    def leave(self) -> None:
+        """Stop using the table; the last user deletes it."""
+        with self._mutex():
+            fcntl.flock(self._users, fcntl.LOCK_UN)
+            try:
+                fcntl.flock(self._users, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                pass  # another process still uses it
+            else:
+                if self._exists():
+                    _nft(f"delete table ip {NAT_TABLE}\n", "delete the NAT table")
+            finally:
+                os.close(self._users)
+
+    def _mutex(self):
+        return _FileLock(self._mutex_path)
+
+    @staticmethod
+    def _exists() -> bool:
+        return _run_nft(["list", "table", "ip", NAT_TABLE]).returncode == 0
+
+
+def _nft(script: str, what: str) -> None:
+    done = _run_nft(["-f", "-"], script)
+    if done.returncode != 0:
+        detail = done.stderr.strip().splitlines()
+        raise NetworkError(f"could not {what}: {detail[-1] if detail else 'nft failed'}")
+
+
+def _run_nft(args: list[str], script: str | None = None) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(["nft", *args], input=script, text=True, capture_output=True)
+    except FileNotFoundError:
+        raise NetworkError("the default network needs nftables (the nft command); "
+                           "install it or use --network=none") from None
+
+
+class _FileLock:
+    def __init__(self, path: str):
+        self.path = path
+
+    def __enter__(self):
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        os.close(self.fd)
+
+
+# ---- the provider ----------------------------------------------------------------------------
+
+class BridgeNetwork:
+    """Leases of the default network for the RUNs of one build-image process."""
+
+    def __init__(self, state_dir: str = STATE_DIR, ready: int = 1):
+        self._state_dir = state_dir
+        self._ready_target = max(ready, 0)
+        self._worker = _Worker()
+        self._lock = threading.Lock()
+        self._ready: list[_Pending] = []
+        self._leases: dict[int, tuple[NetworkLease, int]] = {}  # index -> (lease, lock fd): made, not torn down
+        self._closed = False
+        self._started = False
+        self._setup_error: NetworkError | None = None
+
+    def warm(self) -> None:
+        """Start importing pyroute2 and preparing leases in the background."""
+        with self._lock:
+            self._start()
+            self._refill()
+
+    def acquire(self) -> NetworkLease:
+        with self._lock:
+            if self._closed:
+                raise NetworkError("the network is shut down")
+            self._start()
+            pending = self._ready.pop(0) if self._ready else self._submit_prepare()
+            self._refill()
+        return pending.result()
+
+    def release(self, lease: NetworkLease) -> None:
+        """Tear LEASE down (in the background) and give its address back."""
+        self._worker.submit(lambda: self._teardown(lease))
+
+    def close(self) -> None:
+        """Tear down every lease (ready ones, and any a caller interrupted while waiting for it),
+        leave the NAT table; waits for the worker to finish. Call it once no RUN is running."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._ready = []
+        if self._started:
+            self._worker.submit(self._shutdown)  # runs after every job submitted before it
+        self._worker.stop()
+
+    # ---- on the caller's side (under self._lock) ----
+
+    def _start(self) -> None:
+        if not self._started:
+            self._started = True
+            self._worker.submit(self._setup)
+
+    def _refill(self) -> None:
+        while len(self._ready) < self._ready_target:
+            self._ready.append(self._submit_prepare())
+
+    def _submit_prepare(self) -> "_Pending":
+        return self._worker.submit(self._prepare)
+
+    # ---- on the worker thread ----
+
+    def _setup(self) -> None:
+        try:
+            from pyroute2 import IPRoute  # the only import of pyroute2
+
+            self._IPRoute = IPRoute
+            self._table = _LeaseTable(self._state_dir)
+            self._host_netns = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+            self._host = IPRoute()
+            self._nat = _NatTable(self._state_dir)
+        except NetworkError as exc:
+            self._setup_error = exc
+        except Exception as exc:
+            self._setup_error = NetworkError(f"the default network is not available: {exc}")
+
+    def _shutdown(self) -> None:
+        for lease, _ in list(self._leases.values()):
+            self._teardown(lease)
+        if self._setup_error is not None:
+            return
+        self._nat.leave()
+        self._host.close()
+        os.close(self._host_netns)
+
+    def _prepare(self) -> NetworkLease:
+        if self._setup_error is not None:
+            raise self._setup_error
+        index, lock_fd = self._table.take()
+        host_ifname = f"{HOST_IFNAME_PREFIX}{index}"
+        gateway, address = NetworkLease.addresses(index)
+        netns_fd = inner = None
+        try:
+            self._delete_link(host_ifname)  # left by a process that died mid-teardown
+            netns_fd, inner = self._new_namespace()
+            self._host.link("add", ifname=host_ifname, kind="veth",
+                            peer={"ifname": CONTAINER_IFNAME, "net_ns_fd": netns_fd})
+            host_index = self._host.link_lookup(ifname=host_ifname)[0]
+            self._host.addr("add", index=host_index, address=gateway, prefixlen=30)
+            self._host.link("set", index=host_index, state="up")
+            links = {link.get("ifname"): link["index"] for link in inner.get_links()}
+            inner.link("set", index=links["lo"], state="up")
+            inner.addr("add", index=links[CONTAINER_IFNAME], address=address, prefixlen=30)
+            inner.link("set", index=links[CONTAINER_IFNAME], state="up")
+            inner.route("add", dst="default", gateway=gateway)
+        except BaseException as exc:
+            self._delete_link(host_ifname)
+            if netns_fd is not None:
+                os.close(netns_fd)
+            _LeaseTable.give_back(lock_fd)
+            if isinstance(exc, NetworkError):
+                raise
+            raise NetworkError(f"setting up the network for RUN failed: {exc}") from exc
+        finally:
+            if inner is not None:
+                inner.close()
+        lease = NetworkLease(index, netns_fd, host_ifname, address, gateway)
+        self._leases[index] = (lease, lock_fd)
+        return lease
+
+    def _new_namespace(self):
+        """(fd of a new network namespace, an IPRoute bound inside it); this thread stays put."""
+        linux.unshare(linux.CLONE_NEWNET)
+        try:
+            netns_fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_ROUTE)
+        finally:
+            linux.setns(self._host_netns, linux.CLONE_NEWNET)
+        return netns_fd, self._IPRoute(fileno=sock.detach())
+
+    def _teardown(self, lease: NetworkLease) -> None:
+        entry = self._leases.pop(lease.index, None)
+        if entry is None:
+            return  # torn down already
+        try:
+            self._delete_link(lease.host_ifname)
+        finally:
+            os.close(lease.netns_fd)
+            _LeaseTable.give_back(entry[1])
+
+    def _delete_link(self, ifname: str) -> None:
+        try:
+            found = self._host.link_lookup(ifname=ifname)
+            if found:
+                self._host.link("del", index=found[0])
+        except Exception as exc:  # pyroute2's NetlinkError: gone already is fine
+            if getattr(exc, "code", None) != errno.ENODEV:
+                raise
+
+
+class _Pending:
+    """A job for the worker thread and, once it ran, its result or error."""
+
+    def __init__(self, job: Callable):
+        self.job = job
+        self._done = threading.Event()
+        self._value = None
+        self._error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self._value = self.job()
+        except BaseException as exc:
+            self._error = exc
+        self._done.set()
+
+    def result(self):
+        self._done.wait()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
+class _Worker:
+    """One thread that runs every netlink job in order (pyroute2 objects stay on one thread)."""
+
+    def __init__(self):
+        self._jobs: queue.Queue[_Pending | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+
+    def submit(self, job: Callable) -> _Pending:
+        pending = _Pending(job)
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="build-image-network", daemon=True)
+            self._thread.start()
+        self._jobs.put(pending)
+        return pending
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._jobs.put(None)
+            self._thread.join()
+            self._thread = None
+
+    def _loop(self) -> None:
+        while (pending := self._jobs.get()) is not None:
+            pending.run()
+
+
+# ---- files a RUN sees --------------------------------------------------------------------------
+
+def resolv_conf(network: str, host_text: str | None = None) -> str:
+    """/etc/resolv.conf for a RUN: the host's; for the default network without loopback or IPv6
+    nameservers (unreachable from the container), falling back as Docker does."""
+    if host_text is None:
+        host_text = _read("/etc/resolv.conf")
+    if network != "default":
+        return host_text
+    kept = _reachable_nameservers(host_text)
+    if kept is not None:
+        return kept
+    upstream = _read(_SYSTEMD_RESOLV_CONF)
+    if upstream and (kept := _reachable_nameservers(upstream)) is not None:
+        return kept
+    others = [line for line in host_text.splitlines() if not line.strip().startswith("nameserver")]
+    return "\n".join(others + [f"nameserver {ns}" for ns in FALLBACK_NAMESERVERS]) + "\n"
+
+
+def _reachable_nameservers(text: str) -> str | None:
+    lines, servers = [], 0
+    for line in text.splitlines():
+        words = line.split()
+        if len(words) >= 2 and words[0] == "nameserver":
+            try:
+                address = ipaddress.ip_address(words[1].split("%")[0])
+            except ValueError:
+                continue
+            if address.is_loopback or address.version == 6:
+                continue
+            servers += 1
+        lines.append(line)
+    return "\n".join(lines) + "\n" if servers else None
+
+
+def hosts_file(hostname: str, extra_hosts: tuple[tuple[str, str], ...] = ()) -> str:
+    """/etc/hosts as BuildKit writes it, then one line per ``--add-host``."""
+    text = (f"127.0.0.1\tlocalhost {hostname}\n"
+            "::1\tlocalhost ip6-localhost ip6-loopback\n")
+    return text + "".join(f"{address}\t{name}\n" for name, address in extra_hosts)
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return ""
