@@ -19,8 +19,8 @@ import stat
 import tempfile
 from typing import Iterator
 
-from builder.cache.blobs import BlobStore
-from builder.cache.records import CacheRecords
+from builder.cache.blobs import BaseBlobStore, BlobStore
+from builder.cache.records import BaseCacheRecords, CacheRecords
 
 
 def default_root() -> str:
@@ -32,16 +32,21 @@ def default_root() -> str:
 
 
 class Store:
-    def __init__(self, root: str | None = None):
+    """BLOBS and RECORDS replace the on-disk blob store and cache records (tests give the memory
+    twins); everything else stays under ROOT."""
+
+    def __init__(self, root: str | None = None, *, blobs: BaseBlobStore | None = None,
+                 records: BaseCacheRecords | None = None):
         from builder.image.names import ImageStore
         from builder.snapshot.snapshots import SnapshotStore
 
         self.root = os.path.abspath(root or default_root())
         os.makedirs(self.root, exist_ok=True)
-        self.blobs = BlobStore(os.path.join(self.root, "blobs"))
+        self.blobs = blobs if blobs is not None else BlobStore(os.path.join(self.root, "blobs"))
+        records_dir = os.path.join(self.root, "cache", "records")
+        self.records = records if records is not None else CacheRecords(records_dir)
         self.snapshots = SnapshotStore(self.root)
         self.images = ImageStore(self.root)
-        self.records = CacheRecords(os.path.join(self.root, "cache", "records"))
         self.run_dir = os.path.join(self.root, "run")
         os.makedirs(self.run_dir, exist_ok=True)
         self._lock_file = None

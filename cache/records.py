@@ -1,13 +1,18 @@
 """Build cache records: a cache key names the layer a step produced and when.
 
-A record is small JSON at RECORDS/<key hex>.json, written atomically. The layer blob itself lives
-in the blob store; a record whose blob is gone is treated as a miss.
+    BaseCacheRecords     the interface: get, put, delete, keys
+    DiskCacheRecords     small JSON at RECORDS/<key hex>.json, written atomically (`CacheRecords`)
+    MemoryCacheRecords   the same JSON in a dict, for tests
+
+The layer blob itself lives in the blob store; a record whose blob is gone is treated as a miss.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import threading
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 from builder.plumbing.files import write_atomically
@@ -37,7 +42,25 @@ class CacheRecord:
                    data["created"])
 
 
-class CacheRecords:
+class BaseCacheRecords(ABC):
+    @abstractmethod
+    def get(self, key: str) -> CacheRecord | None:
+        """The record for KEY; None if there is none or it cannot be read (a miss, not an error)."""
+
+    @abstractmethod
+    def put(self, record: CacheRecord) -> None:
+        """Store RECORD under its key, replacing any record there, all at once."""
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Forget KEY's record; nothing happens if there is none."""
+
+    @abstractmethod
+    def keys(self) -> list[str]:
+        """Every recorded key, sorted."""
+
+
+class DiskCacheRecords(BaseCacheRecords):
     def __init__(self, root: str):
         self.root = root
         os.makedirs(root, exist_ok=True)
@@ -63,3 +86,37 @@ class CacheRecords:
 
     def keys(self) -> list[str]:
         return sorted("sha256:" + n[:-5] for n in os.listdir(self.root) if n.endswith(".json"))
+
+
+CacheRecords = DiskCacheRecords
+
+
+class MemoryCacheRecords(BaseCacheRecords):
+    """Records kept as the JSON text the disk twin writes, so both read back through the same
+    decoding. `texts` maps key -> that text; a test may damage one to see a miss."""
+
+    def __init__(self) -> None:
+        self.texts: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> CacheRecord | None:
+        text = self.texts.get(key)
+        if text is None:
+            return None
+        try:
+            return CacheRecord.from_json(json.loads(text))
+        except (ValueError, KeyError):
+            return None
+
+    def put(self, record: CacheRecord) -> None:
+        text = json.dumps(record.to_json(), sort_keys=True)
+        with self._lock:
+            self.texts[record.key] = text
+
+    def delete(self, key: str) -> None:
+        with self._lock:
+            self.texts.pop(key, None)
+
+    def keys(self) -> list[str]:
+        with self._lock:
+            return sorted(self.texts)

@@ -6,6 +6,7 @@ import base64
 import json
 import os
 import subprocess
+import sys
 from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlsplit
 
@@ -103,7 +104,7 @@ def test_login_logout_with_basic_auth(store_root, tmp_path):
         assert proc.stderr.splitlines()[-1] == f"ERROR: login to {reg.host} failed: incorrect username or password"
         assert not os.path.exists(docker_config)
 
-        proc = subprocess.run(["python3", "-m", "builder.cli", "login", "-u", "alice", "--password-stdin",
+        proc = subprocess.run([sys.executable, "-m", "builder.cli", "login", "-u", "alice", "--password-stdin",
                                reg.host, "--root", store_root], input="s3cret\n", capture_output=True, text=True,
                               env={**os.environ, **env}, check=True)
         assert proc.stdout == "Login Succeeded\n"

@@ -224,7 +224,3 @@ class Vertex:
 
     def __eq__(self, other) -> bool:
         return isinstance(other, Vertex) and other.digest == self.digest
-
-    @property
-    def adds_layer(self) -> bool:
-        return isinstance(self.op, (ExecOp, FileOp))

@@ -52,9 +52,13 @@ class PulledImage:
 class RegistryClient:
     def __init__(self, *, insecure_registries: Sequence[str] = (), credentials: CredentialStore | None = None,
                  timeout: float = 30.0, progress: Progress | None = None, blob_status: BlobStatus | None = None,
-                 chunk_size: int = CHUNK_SIZE):
+                 chunk_size: int = CHUNK_SIZE, transport: Transport | None = None):
+        """TRANSPORT replaces the HTTP transport (anything with Transport's `base_url`, `request`
+        and `close`, such as a test's in-memory registry); it then decides plain HTTP itself."""
         self._insecure = frozenset(insecure_registries)
-        self._transport = Transport(timeout=timeout, plain_http=self._plain_http)
+        if transport is None:
+            transport = Transport(timeout=timeout, plain_http=self._plain_http)
+        self._transport = transport
         self._auth = Authorizer(self._transport, credentials or CredentialStore())
         self._progress = progress or (lambda digest, done, total: None)
         self._blob_status = blob_status or (lambda digest, status: None)

@@ -1,0 +1,179 @@
+"""What every op kind implements, and what the solver hands it: BuildKit's `solver.Op`.
+
+An op kind is one class over the op's data (a `builder.llb` Op) with three duties:
+
+    cache_key()      BuildKit's CacheMap: a digest of the op itself and, per input, either
+                     the input's key or a digest of the input's *content* under a selector
+                     (`content_key`: the files a COPY or a bind mount reads from the context)
+    exec(inputs)     inputs' results in, this vertex's result out
+    acquire()        resources held around exec (none of today's ops needs one)
+
+An input is asked, through its own op, what it is to the op that reads it: a content digest
+for a selector (`content_digest`), a tree to copy from (`copy_source`) or a mount source
+(`mount_input`). So no op looks at another op's type.
+
+The solver schedules, deduplicates, caches and reports progress; it knows of an op only the two
+class flags below. An op that `adds_layer` returns input 0's layers plus the one layer it made,
+and the solver keeps that layer under the op's cache key.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import ClassVar, ContextManager, Protocol
+
+from builder.errors import BuildError, SolveError, SourceNotFound
+from builder.llb import Op, Vertex
+from builder.plumbing.canonical import canonical_json
+from builder.solver.mounts import MountInput
+
+
+@dataclass(frozen=True)
+class LayerRef:
+    digest: str
+    diff_id: str
+    size: int
+    media_type: str
+
+
+@dataclass(frozen=True)
+class Result:
+    """A vertex's filesystem: its layers, base first, and when its own layer was made."""
+
+    layers: tuple[LayerRef, ...]
+    created: str | None = None
+    cached: bool = False
+
+
+EMPTY = Result(())
+
+
+def now_rfc3339() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def epoch_rfc3339(epoch: int) -> str:
+    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def digest_key(*parts) -> str:
+    """A cache key: the sha256 of the parts' canonical JSON (keys in existing stores use it)."""
+    return "sha256:" + hashlib.sha256(canonical_json(list(parts))).hexdigest()
+
+
+@dataclass(frozen=True)
+class CopySource:
+    """Where a copy action reads from: a host directory, or a stage's layers to mount read-only."""
+
+    tree: str | tuple[str, ...]
+    rules: tuple = ()              # the context's .dockerignore rules
+    reset_owner: bool = False      # copied entries become 0:0 (the context)
+
+
+class SolveState(Protocol):
+    """What an op may use of the solve it is part of (the Solver provides it)."""
+
+    store: object                  # .blobs, .records, .snapshots, .root, .run_dir
+    executor: object               # builder.executor.spec.Executor
+    sources: object                # builder.solver.sources.ImageSources
+    context: object                # builder.context.BuildContext
+    secrets: object                # builder.session.SecretStore
+    ssh: Mapping[str, str]
+    source_date_epoch: int | None
+    progress: object               # builder.events.Progress
+
+    def op(self, vertex: Vertex) -> "SolverOp": ...
+    def key(self, vertex: Vertex | None) -> str | None: ...
+    def result(self, vertex: Vertex | None) -> Result: ...
+    def name(self, vertex: Vertex) -> str: ...
+    def lowerdirs(self, layers: tuple[LayerRef, ...]) -> tuple[str, ...]: ...
+    def cancelled(self) -> bool: ...
+
+
+class SolverOp:
+    """One vertex's op kind. Made once per distinct vertex, so it may keep per-vertex state."""
+
+    adds_layer: ClassVar[bool] = False   # exec stacks one new layer on input 0; the solver caches it
+    reports_progress: ClassVar[bool] = True  # False: a source others read, shown as no step
+
+    def __init__(self, vertex: Vertex, state: SolveState):
+        self.vertex = vertex
+        self.op: Op = vertex.op
+        self.state = state
+
+    # -- the interface
+    def cache_key(self) -> str:
+        raise NotImplementedError
+
+    def exec(self, inputs: Sequence[Result]) -> Result:
+        raise NotImplementedError
+
+    def acquire(self) -> ContextManager[None]:
+        return contextlib.nullcontext()
+
+    # -- what this vertex is to an op that reads it (defaults: its layers, keyed by its key)
+    def content_digest(self, selector: tuple[str, ...]) -> str | None:
+        """A digest of the content under SELECTOR, or None: key readers by this vertex's key."""
+        return None
+
+    def copy_source(self, scratch: str, index: int) -> CopySource:
+        return CopySource(self.state.lowerdirs(self.state.result(self.vertex).layers))
+
+    def mount_input(self) -> MountInput:
+        layers = self.state.result(self.vertex).layers
+        return MountInput(self.state.key(self.vertex), self.state.lowerdirs(layers))
+
+    # -- helpers for op kinds
+    @property
+    def name(self) -> str:
+        return self.state.name(self.vertex)
+
+    def input_key(self, index: int) -> str | None:
+        return self.state.key(self.vertex.inputs[index])
+
+    def content_key(self, index: int, selector: tuple[str, ...]) -> str | None:
+        """The key part for what this op reads from input INDEX under SELECTOR: the content
+        digest if that input has content to select from, else the input's key."""
+        source = self.vertex.inputs[index]
+        if source is None:
+            return None
+        try:
+            digest = self.state.op(source).content_digest(selector)
+        except SourceNotFound as error:
+            raise SourceNotFound(f"{self.name}: {error}") from None
+        except BuildError as error:
+            raise SolveError(f"{self.name}: {error}") from None
+        return self.state.key(source) if digest is None else digest
+
+
+class LayerOp(SolverOp):
+    """An op that changes input 0's filesystem in a scratch snapshot; the change is one layer."""
+
+    adds_layer = True
+
+    def apply(self, rootfs) -> None:
+        """Make this op's changes over ROOTFS (an executor RootFS); they land in its upperdir."""
+        raise NotImplementedError
+
+    def exec(self, inputs: Sequence[Result]) -> Result:
+        from builder.executor import RootFS
+        from builder.snapshot.layers import chain_ids, write_layer
+
+        parent = inputs[0]
+        store = self.state.store
+        lowerdirs = self.state.lowerdirs(parent.layers)
+        with store.snapshots.scratch() as scratch:
+            self.apply(RootFS(lowerdirs, scratch.upperdir, scratch.workdir))
+            if self.state.cancelled():
+                raise SolveError("build cancelled")
+            layer = write_layer(scratch.upperdir, store.blobs, source_date_epoch=self.state.source_date_epoch)
+            chain = chain_ids([l.diff_id for l in parent.layers] + [layer.diff_id])[-1]
+            store.snapshots.commit(scratch, chain)
+        epoch = self.state.source_date_epoch
+        created = epoch_rfc3339(epoch) if epoch is not None else now_rfc3339()
+        return Result(parent.layers + (LayerRef(layer.digest, layer.diff_id, layer.size, layer.media_type),),
+                      created)

@@ -1,0 +1,30 @@
+"""source.local: the build context. It adds nothing itself; readers key on what they select."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from builder.solver.mounts import MountInput
+
+from .base import EMPTY, CopySource, Result, SolverOp, digest_key
+
+
+class LocalSourceOp(SolverOp):
+    reports_progress = False
+
+    def cache_key(self) -> str:
+        return digest_key("local", self.op.name)
+
+    def exec(self, inputs: Sequence[Result]) -> Result:
+        return EMPTY
+
+    def content_digest(self, selector: tuple[str, ...]) -> str:
+        return self.state.context.checksum(selector)
+
+    def copy_source(self, scratch: str, index: int) -> CopySource:
+        # The context arrives root-owned, as BuildKit's file transfer resets owners.
+        context = self.state.context
+        return CopySource(context.root, context.rules, reset_owner=True)
+
+    def mount_input(self) -> MountInput:
+        return MountInput(self.state.key(self.vertex), context=self.state.context)
