@@ -1,16 +1,29 @@
 """build-image: a daemonless Dockerfile build engine that produces OCI images.
 
-The public API is small: `build()` with `BuildOptions`, `parse()`, and the error tree.
+The public API is small: `build()` with `BuildOptions` (outputs as `OutputSpec` or the CLI's
+strings) giving a `BuildResult`, `parse()`, and the error tree::
+
+    import builder
+
+    result = builder.build(builder.BuildOptions("ctx", tags=["app:1"], outputs=["type=oci,dest=app.tar"]))
+    print(result.image_id)
+
+Everything else is private by convention. The build machinery lives in `builder.pipeline`, a
+module whose name cannot shadow `build` here.
 """
 
 from builder.errors import BuildError, ExecutionError, ParseError
+from builder.plumbing.lazy import lazy_exports
 from builder.version import __version__
 
 
 def build(options, progress=None, executor=None):
-    """Builds an image; see `builder.build.BuildOptions` and `BuildResult`."""
-    from builder.build import build as _build
+    """Builds an image from OPTIONS (a `BuildOptions`) and returns a `BuildResult`.
+
+    PROGRESS, if given, is called with each progress event (`builder.events`).
+    """
     from builder.events import ignore
+    from builder.pipeline import build as _build
 
     return _build(options, progress or ignore, executor)
 
@@ -22,4 +35,9 @@ def parse(text: str, filename: str = "Dockerfile"):
     return parse_dockerfile(text, filename)
 
 
-__all__ = ["BuildError", "ExecutionError", "ParseError", "__version__", "build", "parse"]
+# Resolved on first use, so `import builder` stays as cheap as the CLI's fast paths need.
+__getattr__ = lazy_exports("builder", {"BuildOptions": "pipeline", "BuildResult": "pipeline",
+                                       "OutputSpec": "pipeline"})
+
+__all__ = ["BuildError", "BuildOptions", "BuildResult", "ExecutionError", "OutputSpec", "ParseError",
+           "__version__", "build", "parse"]

@@ -23,7 +23,7 @@ The classes defined in this module, and those defined beside the code that raise
     │   ├── LayerError          [snapshot.layers] a layer that cannot be written or read safely
     │   ├── CorruptLayer        [lifecycle.layertar] a layer blob that does not decompress
     │   ├── ImageConflict       [lifecycle.tagging] an image rmi cannot remove without --force
-    │   ├── InvalidArchive      [lifecycle.archive] not (entirely) a docker or OCI image archive
+    │   ├── InvalidArchive      [lifecycle.image_archive] not (entirely) a docker or OCI image archive
     │   └── InvalidRootfs       [lifecycle.rootfs] input to `import` that is not a tar archive
     ├── ExportError             writing an output failed
     ├── InvalidReference        [registry.reference] an image name Docker would refuse

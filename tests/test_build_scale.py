@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from builder import build
-from builder.build import BuildOptions, OutputSpec
+from builder import BuildOptions, OutputSpec
 from builder import events
 from tests.support.images import write_context
 

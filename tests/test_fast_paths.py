@@ -35,7 +35,7 @@ def test_unchanged_rebuild_neither_parses_plans_nor_asks_the_registry(tmp_path, 
         "a.txt": "a\n"})
     build_image("--root", store_root, context)
     modules = imported_modules("--root", store_root, "-q", context)
-    assert "builder.build" in modules and "builder.plan_cache" in modules
+    assert "builder.pipeline" in modules and "builder.plan_cache" in modules
     heavy = sorted(m for m in modules if m.split(".")[0] in HEAVY)
     assert heavy == []
     assert "builder.convert" not in modules and "builder.executor" not in modules

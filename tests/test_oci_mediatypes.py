@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from builder.build import OutputSpec
+from builder.pipeline import OutputSpec
 from builder.errors import BuildError
 from builder.image import media
 from tests.support.images import build_image, run_oci_archive, write_context

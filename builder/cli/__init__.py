@@ -25,7 +25,7 @@ import sys
 
 # Command name -> module under builder.cli; only the one asked for is imported.
 _COMMANDS = {
-    "build": "build", "parse": "parse",
+    "build": "build_command", "parse": "parse",
     **{name: "images" for name in ("images", "tag", "rmi", "inspect", "history", "save", "load", "import",
                                    "export", "pull", "push", "login", "logout", "prune", "df", "fsck")},
 }

@@ -435,7 +435,7 @@ def cmd_save(argv: list[str]) -> int:
     ns = p.parse_args(argv)
 
     def run() -> int:
-        from builder.lifecycle.archive import save_images
+        from builder.lifecycle.image_archive import save_images
 
         store = _store(ns)
         _to_file_or_stdout(ns.output, lambda path: save_images(store, ns.images, path, ns.format))
@@ -451,7 +451,7 @@ def cmd_load(argv: list[str]) -> int:
     ns = p.parse_args(argv)
 
     def run() -> int:
-        from builder.lifecycle.archive import load_archive
+        from builder.lifecycle.image_archive import load_archive
 
         store = _store(ns)
         if ns.input and ns.input != "-":

@@ -82,6 +82,21 @@ class BuildOptions:
     add_hosts: tuple[str, ...] = ()          # --add-host NAME:IP, written to every RUN's /etc/hosts
     allow: tuple[str, ...] = ()              # --allow: entitlements (network.host)
 
+    def __post_init__(self):
+        """The Python API takes the CLI's spellings too: outputs, secrets and ssh as strings
+        (``"type=oci,dest=out.tar"``, ``"id=token,src=token.txt"``), and any sequence for a tuple."""
+        from builder.session import SecretSource, SSHSource
+
+        def parsed(values, kind):
+            return tuple(kind.parse(v) if isinstance(v, str) else v for v in ((values,) if isinstance(values, str) else values))
+
+        object.__setattr__(self, "outputs", parsed(self.outputs, OutputSpec))
+        object.__setattr__(self, "secrets", parsed(self.secrets, SecretSource))
+        object.__setattr__(self, "ssh", parsed(self.ssh, SSHSource))
+        for name in ("tags", "insecure_registries", "add_hosts", "allow"):
+            value = getattr(self, name)
+            object.__setattr__(self, name, (value,) if isinstance(value, str) else tuple(value))
+
 
 @dataclass(frozen=True)
 class BuildResult:

@@ -1,4 +1,4 @@
-"""`build-image [build] [OPTIONS] CONTEXT`: docker build's flags over `builder.build`."""
+"""`build-image [build] [OPTIONS] CONTEXT`: docker build's flags over `builder.pipeline`."""
 
 from __future__ import annotations
 
@@ -83,7 +83,7 @@ def cmd_build(argv: list[str]) -> int:
     quiet = ns.quiet or ns.progress == "quiet"
 
     def run() -> int:
-        from builder.build import build
+        from builder.pipeline import build
 
         options = _options(ns)  # inside run_command: a malformed -o is one error line too
         progress = (lambda event: None) if quiet else make_progress(ns.progress)
@@ -99,7 +99,7 @@ def cmd_build(argv: list[str]) -> int:
 
 
 def _options(ns: argparse.Namespace):
-    from builder.build import BuildOptions, OutputSpec
+    from builder.pipeline import BuildOptions, OutputSpec
 
     return BuildOptions(
         context=ns.context,
