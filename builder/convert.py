@@ -12,7 +12,7 @@ import posixpath
 from dataclasses import dataclass, field, replace
 from typing import Mapping, Protocol, Sequence
 
-from builder.errors import ParseError, SolveError
+from builder.errors import BuildError, ParseError, SolveError
 from builder.expand import expand_instruction, expand_word
 from builder.grammar import nodes
 from builder.grammar import Dockerfile
@@ -79,6 +79,8 @@ class BuildPlan:
     names: Mapping[str, str]              # vertex digest -> progress name, "[stage 2/5] RUN make"
     context: Vertex                       # the build context source vertex
     unused_build_args: tuple[str, ...]
+    stage_of: Mapping[str, tuple[str, ...]] = field(default_factory=dict)   # layer step digest -> its
+                                          # stage's names (name, index), for --no-cache-filter
 
 
 def platform_args(platform: str) -> dict[str, str]:
@@ -169,6 +171,8 @@ class Converter:
         context_excludes: Sequence[str] = (),
         network: str = "default",
         extra_hosts: Sequence[tuple[str, str]] = (),
+        shm_size: int = 0,
+        ulimits: Sequence[tuple[str, int, int]] = (),
     ):
         self.df = dockerfile
         self.escape = dockerfile.escape
@@ -177,6 +181,9 @@ class Converter:
         self.platform = platform
         self.network = network            # --network: the mode of every RUN without its own
         self.extra_hosts = tuple(extra_hosts)
+        self.shm_size = shm_size              # --shm-size and --ulimit: every RUN's, as BuildKit's exec Meta
+        self.ulimits = tuple(ulimits)
+        self.stage_of: dict[str, tuple[str, ...]] = {}
         self.resolver = resolver
         self.context = Vertex(LocalSource("context", tuple(context_excludes)))
         self.used_args: set[str] = set()
@@ -198,7 +205,7 @@ class Converter:
         target = stages[target_index]
         vertices = self._topological(target.vertex)
         unused = tuple(sorted(k for k in self.build_args if k not in self.used_args and k not in PROXY_ARGS))
-        return BuildPlan(target, vertices, dict(self.names), self.context, unused)
+        return BuildPlan(target, vertices, dict(self.names), self.context, unused, dict(self.stage_of))
 
     # -- stage structure
     def _split_stages(self):
@@ -275,14 +282,22 @@ class Converter:
     def _convert_stage(self, index, from_node, body, global_args, stages, stage_nodes) -> Stage:
         meta = self._meta_env(global_args)
         from_node = expand_instruction(from_node, meta, self.escape)
-        platform = from_node.platform or self.platform  # FROM --platform: this stage's base only
+        platform = self.platform
+        if from_node.platform:  # FROM --platform: this stage's base only
+            from builder.image.platform_spec import normalize_platform
+
+            try:
+                platform = normalize_platform(from_node.platform)
+            except BuildError as error:
+                raise BuildError(f"Dockerfile:{from_node.start_line}: FROM --platform: {error}") from None
         base = self._stage_lookup(stage_nodes, from_node.image, index)
         if base is not None:
             parent = stages[base]
             stage = Stage(index, from_node.stage_name, parent.vertex, parent.config,
                           steps=list(parent.steps), base_ref=parent.base_ref)
         elif from_node.image.lower() == "scratch":
-            config = ImageConfig(os="linux", architecture=platform.split("/")[1],
+            os_name, arch, variant = (platform.split("/") + [""])[:3]
+            config = ImageConfig(os=os_name, architecture=arch, variant=variant,
                                  config=RuntimeConfig(env=(f"PATH={DEFAULT_PATH}",), working_dir="/"))
             stage = Stage(index, from_node.stage_name, None, config)
         else:
@@ -361,6 +376,8 @@ class Converter:
 
     def _layer(self, stage: Stage, vertex: Vertex, label: str, text: str) -> None:
         self.names.setdefault(vertex.digest, f"{label} {text}")
+        self.stage_of.setdefault(vertex.digest, tuple(n for n in (stage.name and stage.name.lower(),
+                                                                 str(stage.index)) if n))
         stage.vertex = vertex
 
     def _shell(self, stage: Stage) -> tuple[str, ...]:
@@ -393,6 +410,8 @@ class Converter:
             # RUN --network=default means the build's mode (--network), as in BuildKit.
             network=run_node.network if run_node.network not in (None, "default") else self.network,
             extra_hosts=self.extra_hosts,
+            shm_size=self.shm_size,
+            ulimits=self.ulimits,
             mounts=specs,
         )
         vertex = Vertex(op, (stage.vertex, *mount_inputs))

@@ -38,7 +38,10 @@ class OutputSpec:
 
     @classmethod
     def parse(cls, text: str) -> "OutputSpec":
-        """`type=oci,dest=out.tar`, or a bare path meaning `type=local,dest=PATH` (as buildx)."""
+        """`type=oci,dest=out.tar`, a bare path meaning `type=local,dest=PATH`, or `-` meaning
+        `type=tar,dest=-` (as buildx)."""
+        if text.strip() == "-":
+            return cls("tar", (("dest", "-"),))
         if "=" not in text.split(",")[0]:
             return cls("local", (("dest", text),))
         attrs = {}
@@ -48,14 +51,39 @@ class OutputSpec:
                 raise BuildError(f"invalid output {text!r}: {part!r} is not key=value")
             attrs[key.strip()] = value.strip()
         kind = attrs.pop("type", "")
-        if kind not in ("oci", "docker", "local", "image", "registry"):
-            raise BuildError(f"invalid output {text!r}: type must be oci, docker, local, image or registry")
-        if kind in ("oci", "docker", "local") and not attrs.get("dest"):
+        if kind not in OUTPUT_ATTRIBUTES:
+            raise BuildError(f"invalid output {text!r}: type must be {', '.join(OUTPUT_ATTRIBUTES)}")
+        for key in attrs:
+            if key in LATER_OUTPUT_ATTRIBUTES:
+                raise BuildError(f"invalid output {text!r}: {key}= is not supported yet: "
+                                 f"{LATER_OUTPUT_ATTRIBUTES[key]}")
+            if key not in OUTPUT_ATTRIBUTES[kind]:
+                raise BuildError(f"invalid output {text!r}: unknown attribute {key}= for type={kind} "
+                                 f"(known: {', '.join(OUTPUT_ATTRIBUTES[kind])})")
+        if kind in ("oci", "docker", "local", "tar") and not attrs.get("dest"):
             raise BuildError(f"invalid output {text!r}: type={kind} needs dest=PATH")
+        if attrs.get("dest") == "-" and (kind == "local" or attrs.get("tar", "true") == "false"):
+            raise BuildError(f"invalid output {text!r}: a directory cannot be written to stdout (dest=-); "
+                             "use type=tar,dest=- for the root filesystem as a tar")
         if attrs.get("oci-mediatypes", "").lower() not in _BOOLEANS:  # fail now, before anything is built
             raise BuildError(f"invalid output {text!r}: oci-mediatypes must be true or false, "
                              f"not {attrs['oci-mediatypes']!r}")
         return cls(kind, tuple(sorted(attrs.items())))
+
+
+# The attributes each output type takes; any other is an error rather than silently ignored.
+OUTPUT_ATTRIBUTES = {
+    "oci": ("dest", "tar", "name", "oci-mediatypes"),
+    "docker": ("dest", "name", "oci-mediatypes"),
+    "local": ("dest",),
+    "tar": ("dest",),
+    "image": ("name", "push", "registry.insecure", "oci-mediatypes"),
+    "registry": ("name", "push", "registry.insecure", "oci-mediatypes"),
+}
+LATER_OUTPUT_ATTRIBUTES = {
+    name: "layer compression is always gzip until the compression work lands"
+    for name in ("compression", "compression-level", "force-compression")
+}
 
 
 _BOOLEANS = {"": True, "true": True, "1": True, "t": True, "false": False, "0": False, "f": False}
@@ -81,6 +109,12 @@ class BuildOptions:
     network: str = "default"                 # --network: default|none|host for RUNs without their own
     add_hosts: tuple[str, ...] = ()          # --add-host NAME:IP, written to every RUN's /etc/hosts
     allow: tuple[str, ...] = ()              # --allow: entitlements (network.host)
+    no_cache_filter: tuple[str, ...] = ()    # --no-cache-filter: stages whose steps ignore the cache
+    metadata_file: str | None = None         # --metadata-file: buildx's result keys as JSON
+    labels: Mapping[str, str] = field(default_factory=dict)   # --label: set on the image config
+    annotations: tuple[str, ...] = ()        # --annotation [manifest:]KEY=VALUE: on the image manifest
+    shm_size: str | None = None              # --shm-size: /dev/shm of every RUN (bytes, or 64m, 1g, ...)
+    ulimits: tuple[str, ...] = ()            # --ulimit NAME=SOFT[:HARD]: rlimits of every RUN
 
     def __post_init__(self):
         """The Python API takes the CLI's spellings too: outputs, secrets and ssh as strings
@@ -93,7 +127,8 @@ class BuildOptions:
         object.__setattr__(self, "outputs", parsed(self.outputs, OutputSpec))
         object.__setattr__(self, "secrets", parsed(self.secrets, SecretSource))
         object.__setattr__(self, "ssh", parsed(self.ssh, SSHSource))
-        for name in ("tags", "insecure_registries", "add_hosts", "allow"):
+        for name in ("tags", "insecure_registries", "add_hosts", "allow", "no_cache_filter", "annotations",
+                     "ulimits"):
             value = getattr(self, name)
             object.__setattr__(self, name, (value,) if isinstance(value, str) else tuple(value))
 
@@ -104,6 +139,7 @@ class BuildResult:
     manifest_digest: str
     tags: tuple[str, ...]
     warnings: tuple[str, ...]
+    wrote_stdout: bool = False         # an output (dest=-) was the standard output
 
 
 def _source_date_epoch(build_args: Mapping[str, str]) -> int | None:
@@ -123,6 +159,9 @@ def build(options: BuildOptions, progress: events.Progress = events.ignore, exec
     from builder.solver.sources import ImageSources
     from builder.store import Store
 
+    from builder.image.platform_spec import normalize_platform
+
+    options = replace(options, platform=normalize_platform(options.platform))
     run_options = _run_options(options)
     context_dir = os.path.abspath(options.context)
     if not os.path.isdir(context_dir):
@@ -155,12 +194,15 @@ def build(options: BuildOptions, progress: events.Progress = events.ignore, exec
             key = inputs_key(text, dockerfile_name, context, build_args=options.build_args, target=options.target,
                              platform=options.platform, source_date_epoch=epoch, run_options=run_options)
             plans = PlanCache(store.root)
-            reused = None if options.no_cache else _reuse(plans, key, sources, context, store, progress)
+            reused = None if options.no_cache or options.no_cache_filter else _reuse(plans, key, sources, context, store, progress)
             if reused is not None:
                 image, warnings = reused
             else:
                 image, warnings = _solve(options, text, dockerfile_name, store, sources, context, epoch,
                                          progress, executor, plans, key, run_options)
+            image = _decorate(image, options, store)
+            # Before any name moves: a failure here leaves the store as it was.
+            _write_result_files(options, image, tags, warnings)
             export_id = "export"
             progress(events.Started(export_id, "exporting to image"))
             progress(events.Log(export_id, f"writing image {image.image_id} done"))
@@ -172,10 +214,71 @@ def build(options: BuildOptions, progress: events.Progress = events.ignore, exec
             progress(events.Finished(export_id))
         finally:
             sources.close()
+    return BuildResult(image.image_id, image.manifest.digest, tags, warnings,
+                       wrote_stdout=any(o.get("dest") == "-" for o in options.outputs))
+
+
+def _decorate(image, options: BuildOptions, store):
+    """The image with --label (over the Dockerfile's LABELs, as buildx) and --annotation applied."""
+    from builder.image.manifest import write_image
+
+    annotations = _manifest_annotations(options.annotations)
+    if not options.labels and not annotations:
+        return image
+    runtime = image.config.config
+    labels = {**dict(runtime.labels), **options.labels}
+    config = replace(image.config, config=replace(runtime, labels=tuple(sorted(labels.items()))))
+    return write_image(store.blobs, config, image.layers, annotations)
+
+
+def _manifest_annotations(values) -> dict[str, str]:
+    """`--annotation [manifest:]KEY=VALUE`; a single-platform build writes no index, so the index
+    and descriptor kinds have nothing to go on and are refused rather than dropped."""
+    annotations = {}
+    for text in values:
+        key, sep, value = text.partition("=")
+        kind, colon, name = key.partition(":")
+        if not colon or "[" in kind or kind not in ("manifest", "index", "manifest-descriptor", "index-descriptor"):
+            kind, name = "manifest", key
+        if not sep or not name:
+            raise BuildError(f'invalid annotation "{text}": use [manifest:]KEY=VALUE')
+        if kind != "manifest":
+            raise BuildError(f'annotation "{text}": {kind} annotations need a multi-platform image index, '
+                             "which build-image does not make yet; use manifest annotations")
+        annotations[name] = value
+    return annotations
+
+
+def _write_result_files(options: BuildOptions, image, tags, warnings) -> None:
+    """--iidfile and --metadata-file, each written whole or not at all."""
+    import base64
+    import json
+
+    from builder.plumbing.files import write_atomically
+
+    def write(path: str, data: bytes, what: str) -> None:
+        try:
+            write_atomically(path, data)
+        except OSError as e:
+            raise BuildError(f"failed to write {what} {path}: {e.strerror or e}") from None
+
     if options.iidfile:
-        with open(options.iidfile, "w") as f:
-            f.write(image.image_id)
-    return BuildResult(image.image_id, image.manifest.digest, tags, warnings)
+        write(options.iidfile, image.image_id.encode(), "image ID file")
+    if options.metadata_file:
+        manifest = image.manifest
+        metadata = {
+            "containerimage.digest": manifest.digest,
+            "containerimage.config.digest": image.image_id,
+            "containerimage.descriptor": {"mediaType": manifest.media_type, "digest": manifest.digest,
+                                          "size": manifest.size},
+            # buildx's warnings are BuildKit VertexWarnings: the message in `short`, base64 as Go writes []byte.
+            "buildx.build.warnings": [{"level": 1, "short": base64.b64encode(w.encode()).decode()}
+                                      for w in warnings],
+        }
+        if tags:
+            metadata["image.name"] = ",".join(tags)
+        write(options.metadata_file, json.dumps(metadata, indent=2, sort_keys=True).encode() + b"\n",
+              "metadata file")
 
 
 def _reuse(plans, key, sources, context, store, progress):
@@ -201,7 +304,48 @@ def _run_options(options: BuildOptions) -> dict:
     hosts = [list(_parse_add_host(h)) for h in options.add_hosts]
     # As buildx: asking for host networking on the command line grants it.
     allowed = sorted(set(options.allow) | ({"network.host"} if options.network == "host" else set()))
-    return {"network": options.network, "extra_hosts": hosts, "allow": allowed}
+    run = {"network": options.network, "extra_hosts": hosts, "allow": allowed}
+    # Only when given, so plan-cache keys of builds without them stay as they were.
+    if options.shm_size is not None:
+        run["shm_size"] = parse_ram_size(options.shm_size, "shm-size")
+    if options.ulimits:
+        run["ulimits"] = [list(parse_ulimit(u)) for u in options.ulimits]
+    return run
+
+
+ULIMIT_NAMES = ("core", "cpu", "data", "fsize", "locks", "memlock", "msgqueue", "nice", "nofile", "nproc",
+                "rss", "rtprio", "rttime", "sigpending", "stack")
+
+
+def parse_ulimit(text: str) -> tuple[str, int, int]:
+    """docker's `--ulimit NAME=SOFT[:HARD]` (HARD defaults to SOFT; -1 is unlimited)."""
+    name, sep, limits = text.partition("=")
+    if not sep:
+        raise BuildError(f'invalid ulimit argument: "{text}" (use NAME=SOFT[:HARD], e.g. nofile=1024:2048)')
+    if name not in ULIMIT_NAMES:
+        raise BuildError(f"invalid ulimit type: {name}")
+    soft_text, _, hard_text = limits.partition(":")
+    try:
+        soft = int(soft_text)
+        hard = int(hard_text) if hard_text else soft
+    except ValueError:
+        raise BuildError(f'invalid ulimit argument: "{text}" (limits must be numbers)') from None
+    if soft != -1 and hard != -1 and soft > hard or soft == -1 and hard != -1:
+        raise BuildError(f"ulimit soft limit must be less than or equal to hard limit: {soft} > {hard}")
+    return name, soft, hard
+
+
+def parse_ram_size(text: str, flag: str) -> int:
+    """go-units' RAMInBytes: `64m`, `1g`, `512k`, `1048576` (binary multiples)."""
+    import re
+
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([kmgtp]?)b?", text.strip().lower())
+    if not match:
+        raise BuildError(f'invalid {flag} "{text}": use a size such as 64m or 1g')
+    size = int(float(match.group(1)) * 1024 ** " kmgtp".index(match.group(2) or " "))
+    if size <= 0:
+        raise BuildError(f'invalid {flag} "{text}": must be more than 0')
+    return size
 
 
 def _parse_add_host(text: str) -> tuple[str, str]:
@@ -244,8 +388,11 @@ def _solve(options, text, dockerfile_name, store, sources, context, epoch, progr
     dockerfile = parse_dockerfile(text, dockerfile_name)
     plan = convert(dockerfile, build_args=options.build_args, target=options.target,
                    platform=options.platform, resolver=sources, network=run_options["network"],
-                   extra_hosts=tuple(tuple(h) for h in run_options["extra_hosts"]))
+                   extra_hosts=tuple(tuple(h) for h in run_options["extra_hosts"]),
+                   shm_size=run_options.get("shm_size", 0),
+                   ulimits=tuple(tuple(u) for u in run_options.get("ulimits", ())))
     _check_entitlements(plan, run_options)
+    no_cache_for = _no_cache_vertices(plan, options.no_cache_filter)
     own_executor = executor is None
     if own_executor:
         from builder.executor import NamespaceExecutor
@@ -257,6 +404,7 @@ def _solve(options, text, dockerfile_name, store, sources, context, epoch, progr
             if warm is not None:
                 warm()  # pyroute2's import and the first namespaces overlap with the first steps
         solver = Solver(store, executor, sources, context, jobs=options.jobs, no_cache=options.no_cache,
+                        no_cache_for=no_cache_for,
                         progress=progress, names=dict(plan.names), source_date_epoch=epoch,
                         secrets=SecretStore(options.secrets), ssh={s.id: s.path for s in options.ssh})
         results = solver.solve(plan.vertices)
@@ -272,6 +420,18 @@ def _solve(options, text, dockerfile_name, store, sources, context, epoch, progr
         plans.put(key, PlanRecord(image.manifest.digest, sources.resolved_digests(),
                                   tuple(sorted(context.reads.items())), steps, warnings))
     return image, warnings
+
+
+def _no_cache_vertices(plan, stages: tuple[str, ...]) -> frozenset[str]:
+    """The digests of the steps of the --no-cache-filter STAGES (names or indexes), as BuildKit."""
+    if not stages:
+        return frozenset()
+    wanted = {s.lower() for s in stages}
+    known = {name for stage in plan.stage_of.values() for name in stage}
+    missing = sorted(wanted - known)
+    if missing:
+        raise BuildError(f'--no-cache-filter: no stage named "{missing[0]}" among the stages this build runs')
+    return frozenset(digest for digest, names in plan.stage_of.items() if wanted & set(names))
 
 
 def _assemble(plan, results, store, epoch):
@@ -301,17 +461,21 @@ def _assemble(plan, results, store, epoch):
 
 def _export(output, image, store, tags, progress, export_id) -> None:
     from builder.image import exporters
+    from builder.registry.reference import parse_reference
 
     dest = output.get("dest")
+    # name= names the image inside an archive (RepoTags, ref.name, containerd's name); -t otherwise.
+    names = tuple(str(parse_reference(n)) for n in output.get("name").split(",") if n) or tags
     if output.type == "oci":
         layout = exporters.OCIArchiveExporter if output.get("tar", "true") != "false" else exporters.OCILayoutExporter
-        exporter = layout(dest, tags, output.oci_mediatypes)
+        exporter = layout(dest, names, output.oci_mediatypes)
     elif output.type == "docker":
-        exporter = exporters.DockerArchiveExporter(dest, tags, output.oci_mediatypes)
-    elif output.type == "local":
+        exporter = exporters.DockerArchiveExporter(dest, names, output.oci_mediatypes)
+    elif output.type in ("local", "tar"):
         from builder.snapshot.layers import apply_layer
 
-        exporter = exporters.LocalExporter(dest, apply_layer)
+        kind = exporters.LocalExporter if output.type == "local" else exporters.RootfsTarExporter
+        exporter = kind(dest, apply_layer)
     elif output.type in ("image", "registry"):
         if output.get("push", "false" if output.type == "image" else "true") == "true":
             _push(image, store, tags, progress, export_id, output)

@@ -39,8 +39,41 @@ def test_tty_progress_final_frame_lists_every_step():
     assert "compiling" not in frame  # output of finished steps is folded away
 
 
-def test_auto_is_plain_when_not_a_terminal():
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_auto_and_tty_are_plain_when_not_a_terminal():
+    # buildx: `--progress tty` with no terminal falls back to plain rather than writing escapes to a log.
     assert isinstance(make_progress("auto", io.StringIO()), PlainProgress)
-    view = make_progress("tty", io.StringIO())
-    assert isinstance(view, TtyProgress)
-    view.close()
+    assert isinstance(make_progress("tty", io.StringIO()), PlainProgress)
+    for mode in ("auto", "tty"):
+        view = make_progress(mode, _Terminal())
+        assert isinstance(view, TtyProgress)
+        view.close()
+
+
+def test_rawjson_writes_solve_status_lines():
+    import base64
+    import json
+
+    from builder import events
+    from builder.cli.progress_view import RawJsonProgress
+
+    out = io.StringIO()
+    view = make_progress("rawjson", out)
+    assert isinstance(view, RawJsonProgress)
+    step = "sha256:" + "ab" * 32
+    view(events.Started(step, "[1/2] RUN make"))
+    view(events.Output(step, b"compiling\n"))
+    view(events.Finished(step))
+    view(events.Started("export", "exporting to image"))
+    view(events.Finished("export", cached=True))
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert len(lines) == 5
+    started, log, done, export, export_done = lines
+    assert started["vertexes"][0]["digest"] == step and started["vertexes"][0]["name"] == "[1/2] RUN make"
+    assert base64.b64decode(log["logs"][0]["data"]) == b"compiling\n" and log["logs"][0]["vertex"] == step
+    assert done["vertexes"][0]["completed"].endswith("Z") and "cached" not in done["vertexes"][0]
+    assert export["vertexes"][0]["digest"].startswith("sha256:") and export_done["vertexes"][0]["cached"] is True

@@ -16,6 +16,10 @@
     build-image prune [-a] [--cache] [-f]      remove dangling images, unused blobs and snapshots
     build-image df                             disk usage of the store
     build-image fsck [--repair]                verify every blob and reference
+    build-image image ls|inspect|rm|prune|history|save|load|tag|push|pull|import   docker's `image` forms
+    build-image system df|prune                docker's `system` forms
+    build-image version | --version            print the version
+    build-image completion bash                a bash completion script (`source <(build-image completion bash)`)
 """
 
 from __future__ import annotations
@@ -25,9 +29,19 @@ import sys
 
 # Command name -> module under builder.cli; only the one asked for is imported.
 _COMMANDS = {
-    "build": "build_command", "parse": "parse",
+    "build": "build_command", "parse": "parse", "completion": "completion",
     **{name: "images" for name in ("images", "tag", "rmi", "inspect", "history", "save", "load", "import",
                                    "export", "pull", "push", "login", "logout", "prune", "df", "fsck")},
+}
+
+# docker's management-command spellings: `image ls` is `images`, `system df` is `df`, ...
+_GROUPS = {
+    "image": {"ls": "images", "list": "images", "inspect": "inspect", "rm": "rmi", "remove": "rmi",
+              "prune": "prune", "history": "history", "save": "save", "load": "load", "tag": "tag",
+              "push": "push", "pull": "pull", "import": "import", "build": "build"},
+    "system": {"df": "df", "prune": "prune"},
+    "builder": {"build": "build", "prune": "prune"},
+    "buildx": {"build": "build", "b": "build", "prune": "prune", "du": "df", "version": "version"},
 }
 
 
@@ -39,7 +53,41 @@ def _command(name: str):
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    """The console entry point: the command's exit code; a closed stdout (`| head`) is no error."""
+    from builder.cli.runner import silence_stdout
+
+    try:
+        code = _dispatch(list(sys.argv[1:] if argv is None else argv))
+        sys.stdout.flush()
+    except BrokenPipeError:
+        silence_stdout()
+        return 0
+    except SystemExit as exit:  # argparse's --help and usage errors
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:
+            silence_stdout()
+        raise exit
+    return code
+
+
+def _dispatch(argv: list[str]) -> int:
+    if argv and argv[0] in _GROUPS:
+        group, subcommands = argv[0], _GROUPS[argv[0]]
+        if len(argv) < 2 or argv[1] in ("-h", "--help"):
+            print(f"usage: build-image {group} COMMAND\n\ncommands: {', '.join(subcommands)}",
+                  file=sys.stdout if len(argv) > 1 else sys.stderr)
+            return 0 if len(argv) > 1 else _usage_error(f'"build-image {group}" requires a command')
+        if argv[1] not in subcommands:
+            return _usage_error(f'unknown command "{argv[1]}" for "build-image {group}"')
+        argv = [subcommands[argv[1]], *argv[2:]]
+    if argv and argv[0] in ("version", "--version", "-v"):
+        from builder.version import __version__
+
+        if len(argv) > 1 and argv[0] == "version":
+            return _usage_error(f"version takes no arguments, got {' '.join(argv[1:])}")
+        print(f"build-image version {__version__}")
+        return 0
     if argv and argv[0] in _COMMANDS:
         return _command(argv[0])(argv[1:])
     if not argv or argv[0] in ("-h", "--help"):
@@ -47,3 +95,11 @@ def main(argv: list[str] | None = None) -> int:
         print("usage:\n" + __doc__.split("\n\n", 1)[1].rstrip(), file=sys.stdout if argv else sys.stderr)
         return 0 if argv else 2
     return _command("build")(argv)
+
+
+def _usage_error(message: str) -> int:
+    from builder.cli.usage import EXIT_USAGE
+
+    print(f"ERROR: {message}", file=sys.stderr)
+    print("See 'build-image --help'.", file=sys.stderr)
+    return EXIT_USAGE

@@ -19,6 +19,7 @@ import tempfile
 import threading
 
 from builder.cli.runner import EXIT_ERROR, run_command
+from builder.cli.usage import UsageParser
 from builder.errors import BuildError
 
 _TRUNC_ID = 12
@@ -88,7 +89,7 @@ def ellipsis(text: str, width: int) -> str:
 
 
 def _parser(prog: str, description: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=f"build-image {prog}", description=description)
+    p = UsageParser(prog=f"build-image {prog}", description=description)
     p.add_argument("--root", help="store root (default: $BUILD_IMAGE_ROOT or ~/.local/share/build-image)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p

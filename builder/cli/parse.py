@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 
 from builder.cli.runner import run_command
+from builder.cli.usage import UsageParser
 from builder.errors import BuildError
 
 
 def cmd_parse(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="build-image parse", description="Print a Dockerfile's instructions as JSON.")
+    p = UsageParser(prog="build-image parse", description="Print a Dockerfile's instructions as JSON.")
     p.add_argument("-f", "--file", default="Dockerfile", help="the Dockerfile ('-' for standard input)")
     p.add_argument("--debug", action="store_true")
+    p.add_argument("--root", help="accepted as by every command; parsing needs no store")
     ns = p.parse_args(argv)
 
     def run() -> int:

@@ -146,8 +146,64 @@ class TtyProgress:
         self.drawn = len(rows)
 
 
+class RawJsonProgress:
+    """`--progress rawjson`: one BuildKit SolveStatus JSON object a line (the client's field names,
+    empty fields left out, log data base64 as Go writes []byte). Steps build-image names rather than
+    digests ("export") get a digest of their name, so every vertex is a digest as in BuildKit."""
+
+    def __init__(self, stream=sys.stderr):
+        self.stream = stream
+        self.vertices: dict[str, dict] = {}
+        self.lock = threading.Lock()
+
+    @staticmethod
+    def _digest(step_id: str) -> str:
+        import hashlib
+
+        return step_id if step_id.startswith("sha256:") else "sha256:" + hashlib.sha256(step_id.encode()).hexdigest()
+
+    @staticmethod
+    def _now() -> str:
+        import datetime
+
+        now = datetime.datetime.now(datetime.timezone.utc)
+        return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond:06d}000Z"
+
+    def __call__(self, event) -> None:
+        import base64
+        import json
+
+        from builder import events as ev
+
+        with self.lock:
+            digest, now = self._digest(event.id), self._now()
+            status: dict = {}
+            if isinstance(event, ev.Started):
+                vertex = self.vertices[event.id] = {"digest": digest, "name": event.name, "started": now}
+                status["vertexes"] = [vertex]
+            elif isinstance(event, (ev.Output, ev.Log)):
+                data = event.data if isinstance(event, ev.Output) else (event.text + "\n").encode()
+                status["logs"] = [{"vertex": digest, "stream": 1, "data": base64.b64encode(data).decode(),
+                                   "timestamp": now}]
+            elif isinstance(event, ev.Finished):
+                vertex = dict(self.vertices.get(event.id) or {"digest": digest, "started": now})
+                vertex["completed"] = now
+                if event.cached:
+                    vertex["cached"] = True
+                if event.error:
+                    vertex["error"] = event.error
+                status["vertexes"] = [vertex]
+            else:
+                return
+            self.stream.write(json.dumps(status, separators=(",", ":")) + "\n")
+            self.stream.flush()
+
+
 def make_progress(mode: str, stream=sys.stderr):
-    """The progress display for --progress: tty when asked (or `auto` on a terminal), else plain."""
-    if mode == "tty" or (mode == "auto" and stream.isatty()):
+    """The progress display for --progress: tty on a terminal (asked for, or `auto`), rawjson, else
+    plain; `tty` without a terminal falls back to plain, as buildx."""
+    if mode == "rawjson":
+        return RawJsonProgress(stream)
+    if mode in ("tty", "auto") and stream.isatty():
         return TtyProgress(stream)
     return PlainProgress(stream)

@@ -16,6 +16,17 @@ def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
+def silence_stdout() -> None:
+    """After a broken pipe: point stdout at /dev/null so the interpreter's last flush cannot fail."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
 def run_command(fn, debug: bool) -> int:
     """Runs a command; a BuildError becomes one line on stderr and exit code 1."""
     signal.signal(signal.SIGTERM, _interrupt)
@@ -38,8 +49,14 @@ def run_command(fn, debug: bool) -> int:
         print(f"ERROR: {error}", file=sys.stderr)
         return EXIT_ERROR
     except BrokenPipeError:  # `build-image parse | head`: the reader has what it wanted
-        sys.stderr.close()
+        silence_stdout()
         return 0
+    except OSError as error:  # a file the user named: a missing directory, a full disk, no permission
+        if debug:
+            raise
+        where = f": {error.filename}" if error.filename else ""
+        print(f"ERROR: {error.strerror or error}{where}", file=sys.stderr)
+        return EXIT_ERROR
     except KeyboardInterrupt:
         print("ERROR: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

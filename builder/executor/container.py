@@ -533,6 +533,7 @@ def _container_init(plan: _Plan, out_w: int, err_w: int, status_w: int) -> NoRet
         env.setdefault("HOME", user.home)
         if not os.path.isdir(process.cwd):
             os.makedirs(process.cwd, 0o755, exist_ok=True)
+        _set_ulimits(process.ulimits)
         linux.limit_capabilities(DEFAULT_CAPABILITIES, plan.cap_last)
         os.setgroups(list(user.groups))
         os.setgid(user.gid)
@@ -552,6 +553,20 @@ def _container_init(plan: _Plan, out_w: int, err_w: int, status_w: int) -> NoRet
     _exec(process.args, env)
 
 
+def _set_ulimits(ulimits) -> None:
+    """--ulimit, before privileges drop. A hard limit above the current one fails with EPERM (root
+    here has no CAP_SYS_RESOURCE): the step fails with that message rather than running unlimited."""
+    import resource
+
+    for name, soft, hard in ulimits:
+        kind = getattr(resource, f"RLIMIT_{name.upper()}")
+        limits = tuple(resource.RLIM_INFINITY if v == -1 else v for v in (soft, hard))
+        try:
+            resource.setrlimit(kind, limits)
+        except (OSError, ValueError) as e:
+            raise RuntimeError(f"cannot set ulimit {name}={soft}:{hard}: {e}") from None
+
+
 def _enter_root(plan: _Plan, stubs: list[MountStub], status_w: int) -> None:
     linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)
     rootfs = plan.rootfs
@@ -567,7 +582,7 @@ def _enter_root(plan: _Plan, stubs: list[MountStub], status_w: int) -> None:
     os.chdir("/")
 
     mount_proc(stubs)
-    mount_dev(stubs)
+    mount_dev(stubs, plan.process.shm_size)
     restrict_proc()
     mount_sys(stubs)
     for path, fd in (("/etc/hosts", hosts), ("/etc/resolv.conf", resolv)):

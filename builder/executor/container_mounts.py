@@ -173,7 +173,7 @@ def mount_proc(stubs: list[MountStub]) -> None:
     mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
 
 
-def mount_dev(stubs: list[MountStub]) -> None:
+def mount_dev(stubs: list[MountStub], shm_size: int = 0) -> None:
     make_mountpoint("/dev", True, stubs)
     mount("tmpfs", "/dev", "tmpfs", MS_NOSUID, "mode=755,size=65536k")
     for name, major, minor in _DEVICES:
@@ -186,7 +186,7 @@ def mount_dev(stubs: list[MountStub]) -> None:
     mount("devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC,
           "newinstance,ptmxmode=0666,mode=0620,gid=5")
     os.mkdir("/dev/shm", 0o755)
-    mount("shm", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=1777,size=65536k")
+    mount("shm", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, f"mode=1777,size={shm_size or 64 << 20}")
 
 
 def mount_sys(stubs: list[MountStub]) -> None:

@@ -29,6 +29,8 @@ class ProcessSpec:
                                  # a veth to the host, NAT: see executor/network.py)
     extra_hosts: tuple[tuple[str, str], ...] = ()   # (name, ip) lines for /etc/hosts (--add-host);
                                                     # ip "host-gateway" is the host's side of the link
+    shm_size: int = 0            # bytes of /dev/shm; 0 = 64 MiB, Docker's default
+    ulimits: tuple[tuple[str, int, int], ...] = ()  # (name, soft, hard) rlimits; -1 = unlimited
 
 
 @dataclass(frozen=True)

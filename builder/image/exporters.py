@@ -4,9 +4,10 @@
     DockerArchiveExporter  `docker save` format (`docker load`, skopeo `docker-archive:`)
     OCILayoutExporter      OCI image layout as a directory (umoci, skopeo `oci:`)
     LocalExporter          the image's flattened root filesystem as a directory
+    RootfsTarExporter      the same as one tar (BuildKit's `type=tar`)
 
 Archives are written to a temp file beside the destination and renamed into place, so a failed export
-leaves nothing behind. Their entries are deterministic (sorted, mtime 0, owner 0:0), and blobs are streamed
+leaves nothing behind; a destination of `-` is the standard output (streamed, never seeked). Their entries are deterministic (sorted, mtime 0, owner 0:0), and blobs are streamed
 from the store, checked against their digests on the way, never read whole into memory.
 
 The docker archive is also a complete OCI layout (as Docker 25's `docker save` and BuildKit's docker exporter
@@ -171,6 +172,41 @@ class LocalExporter:
             raise ExportError(f"cannot export the root filesystem to {self.dest}: {e}") from e
 
 
+class RootfsTarExporter:
+    """The image's root filesystem, layers applied in order, as one tar at DEST (or `-`): what
+    BuildKit's tar exporter writes. Sorted entries, numeric owners, hard links kept."""
+
+    def __init__(self, dest: str, apply_layer: Callable[[BinaryIO, str], None]):
+        self.dest = dest
+        self._apply_layer = apply_layer
+
+    def export(self, image: StoredImage, blobs: BlobStore) -> None:
+        with _staging_dir(self.dest if self.dest != STDOUT else os.path.join(blobs.tmp_dir, "rootfs")) as stage:
+            os.chmod(stage, 0o755)
+            for layer in image.layers:
+                with _uncompressed(blobs, layer) as stream:
+                    self._apply_layer(stream, stage)
+            write_file_atomically(self.dest, lambda out: write_tree_tar(stage, out))
+
+
+def write_tree_tar(root: str, out: BinaryIO) -> None:
+    """ROOT's tree as a tar stream: sorted entries, numeric owners, hard links kept as links."""
+    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames.sort()
+            for entry in sorted(dirnames + filenames):
+                path = os.path.join(dirpath, entry)
+                info = tar.gettarinfo(path, arcname=os.path.relpath(path, root))
+                if info is None:  # a socket: tar has no type for it
+                    continue
+                info.uname = info.gname = ""
+                if info.isreg():
+                    with open(path, "rb") as f:
+                        tar.addfile(info, f)
+                else:
+                    tar.addfile(info)
+
+
 # --- index entries and names ----------------------------------------------------------------------
 
 
@@ -303,8 +339,37 @@ class _HashingReader:
         return "sha256:" + self._hash.hexdigest()
 
 
+STDOUT = "-"
+
+
+class _StreamOut:
+    """A pipe as tarfile's "w" mode wants a file: writes, and tell() counted rather than asked."""
+
+    def __init__(self, stream: BinaryIO):
+        self._stream, self._offset = stream, 0
+
+    def write(self, data) -> int:
+        self._stream.write(data)
+        self._offset += len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self._offset
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+
 def write_file_atomically(dest: str, write: Callable[[BinaryIO], None]) -> None:
-    """Call WRITE with a temp file beside DEST, renamed over DEST only when it succeeded."""
+    """Call WRITE with a temp file beside DEST, renamed over DEST only when it succeeded; DEST `-`
+    is the standard output."""
+    if dest == STDOUT:
+        import sys
+
+        out = _StreamOut(sys.stdout.buffer)
+        write(out)  # type: ignore[arg-type]
+        out.flush()
+        return
     try:
         files.write_atomically(dest, write)
     except OSError as e:

@@ -29,7 +29,7 @@ from typing import BinaryIO, Sequence
 from builder.errors import BuildError, ExportError, ParseError, StoreError
 from builder.image import media
 from builder.image.config import HistoryEntry, ImageConfig, RuntimeConfig
-from builder.image.exporters import write_file_atomically
+from builder.image.exporters import write_file_atomically, write_tree_tar
 from builder.image.manifest import write_image
 from builder.image.media import Descriptor, Platform
 from builder.registry.platforms import normalize_platform
@@ -194,24 +194,7 @@ def export_rootfs(store: Store, name: str, dest: str) -> None:
             for layer in record.image.layers:
                 with store.blobs.open(layer.digest) as stream:
                     apply_layer(stream, stage)
-            write_file_atomically(dest, lambda out: _write_tree_tar(stage, out))
+            write_file_atomically(dest, lambda out: write_tree_tar(stage, out))
         finally:
             shutil.rmtree(stage, ignore_errors=True)
 
-
-def _write_tree_tar(root: str, out: BinaryIO) -> None:
-    """ROOT's tree as a tar: sorted entries, numeric owners, hard links kept as links."""
-    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-        for dirpath, dirnames, filenames in os.walk(root):
-            dirnames.sort()
-            for entry in sorted(dirnames + filenames):
-                path = os.path.join(dirpath, entry)
-                info = tar.gettarinfo(path, arcname=os.path.relpath(path, root))
-                if info is None:  # a socket: tar has no type for it
-                    continue
-                info.uname = info.gname = ""
-                if info.isreg():
-                    with open(path, "rb") as f:
-                        tar.addfile(info, f)
-                else:
-                    tar.addfile(info)

@@ -163,9 +163,14 @@ class ExecOp(Op):
     hostname: str = "buildkitsandbox"
     mounts: tuple[MountSpec, ...] = ()
     extra_hosts: tuple[tuple[str, str], ...] = ()   # --add-host (name, ip), as BuildKit's ExtraHosts
+    shm_size: int = 0                               # --shm-size in bytes; 0 = the executor's default
+    ulimits: tuple[tuple[str, int, int], ...] = ()  # --ulimit (name, soft, hard), as BuildKit's Ulimit
 
     def definition(self) -> dict:
         body = super().definition()
+        for name in ("shm_size", "ulimits"):  # left out when unset: digests of other builds stay the same
+            if not body[name]:
+                del body[name]
         # asdict drops the mount's class; two mount types with equal fields must not collide.
         body["mounts"] = [{"type": type(m).__name__, **asdict(m)} for m in self.mounts]
         return body

@@ -34,13 +34,15 @@ class Solver:
     def __init__(self, store, executor, sources: ImageSources, context: BuildContext, *,
                  jobs: int | None = None, no_cache: bool = False, progress: events.Progress = events.ignore,
                  names: dict[str, str] | None = None, source_date_epoch: int | None = None,
-                 secrets: SecretStore | None = None, ssh: Mapping[str, str] | None = None):
+                 secrets: SecretStore | None = None, ssh: Mapping[str, str] | None = None,
+                 no_cache_for: frozenset[str] = frozenset()):
         self.store = store
         self.executor = executor
         self.sources = sources
         self.context = context
         self.jobs = max(1, jobs or os.cpu_count() or 1)
         self.no_cache = no_cache
+        self.no_cache_for = no_cache_for        # vertex digests that ignore the cache (--no-cache-filter)
         self.progress = progress
         self.names = names or {}
         self.source_date_epoch = source_date_epoch
@@ -130,7 +132,7 @@ class Solver:
             with op.acquire():
                 return op.exec(inputs)
         key = self.keys[vertex]
-        if op.adds_layer and not self.no_cache:
+        if op.adds_layer and not self.no_cache and vertex.digest not in self.no_cache_for:
             hit = self._cached(key, inputs[0])
             if hit is not None:
                 self.progress(events.Started(vertex.digest, self.name(vertex)))

@@ -89,6 +89,11 @@ class ImageSources:
         return self._by_ref[ref]
 
     def _resolve(self, name: str, platform: str) -> BaseImage:
+        image = self._resolve_any(name, platform)
+        _check_platform(image, platform)
+        return image
+
+    def _resolve_any(self, name: str, platform: str) -> BaseImage:
         from builder.image.manifest import image_complete, read_image
         from builder.registry.reference import parse_reference
 
@@ -129,6 +134,19 @@ class ImageSources:
         if image.name:  # pulled whole: it is a local image now, as after `docker pull`
             self.images.tag(image.name, image.manifest_digest)
         return bool(missing)
+
+
+def _check_platform(image: BaseImage, platform: str) -> None:
+    """A base image (a local one, or a registry's single manifest) made for another platform fails as
+    in BuildKit, rather than giving an image of the wrong architecture."""
+    from builder.errors import SourceNotFound
+    from builder.image.platform_spec import parse_platform_specifier, platform_matches
+
+    config = image.config
+    if not platform_matches(parse_platform_specifier(platform), config.os, config.architecture, config.variant):
+        have = "/".join(p for p in (config.os, config.architecture, config.variant) if p)
+        raise SourceNotFound(f"{image.ref.partition('@')[0]}: no match for platform {platform} in manifest "
+                             f"{image.manifest_digest} (the image is {have}): not found")
 
 
 def _without_digest(ref) -> str:

@@ -55,7 +55,8 @@ class ExecSolverOp(LayerOp):
                 raise SolveError(f"{self.name}: {error}") from None
             # The op's network mode and hosts go to the executor unchanged: they are in the key already.
             spec = ProcessSpec(args=op.args, env=op.env + prepared.env, cwd=op.cwd, user=op.user,
-                               hostname=op.hostname, network=op.network, extra_hosts=op.extra_hosts)
+                               hostname=op.hostname, network=op.network, extra_hosts=op.extra_hosts,
+                               shm_size=op.shm_size, ulimits=op.ulimits)
             code = self.state.executor.run(rootfs, spec, prepared.mounts, output=output)
         if partial:
             tail.append(partial.decode(errors="replace"))
