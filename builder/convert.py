@@ -241,6 +241,14 @@ class Converter:
                 return i
         return None
 
+    def _check_stage_index(self, from_: str, stage: Stage, stage_nodes, node) -> None:
+        """A number in --from/from= names a stage, never an image (BuildKit: `invalid stage index`)."""
+        if not from_.isdigit():
+            return
+        if int(from_) >= len(stage_nodes):
+            raise self._error(f"invalid stage index {from_}", node)
+        raise self._error(f"invalid stage index {from_}: stage {from_} is not defined before this one", node)
+
     def _target_index(self, stage_nodes) -> int:
         if self.target is None:
             return len(stage_nodes) - 1
@@ -481,6 +489,7 @@ class Converter:
         if self._stage_lookup(stage_nodes, mount.from_, len(stage_nodes)) is not None:
             raise self._error(f'cannot mount from stage "{mount.from_}" to "{target}", stage needs to be '
                               "defined before current command", node)
+        self._check_stage_index(mount.from_, stage, stage_nodes, node)
         ref, _config = self.resolver.resolve_config(mount.from_, self.platform)
         return Vertex(ImageSource(ref, self.platform))
 
@@ -513,6 +522,7 @@ class Converter:
         index = self._stage_lookup(stage_nodes, from_, stage.index)
         if index is not None:
             return stages[index].vertex
+        self._check_stage_index(from_, stage, stage_nodes, node)
         ref, _config = self.resolver.resolve_config(from_, self.platform)
         return Vertex(ImageSource(ref, self.platform))
 

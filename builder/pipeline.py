@@ -152,7 +152,21 @@ def _source_date_epoch(build_args: Mapping[str, str]) -> int | None:
         raise BuildError(f"SOURCE_DATE_EPOCH must be a number of seconds, not {value!r}") from None
 
 
-def build(options: BuildOptions, progress: events.Progress = events.ignore, executor=None) -> BuildResult:
+def build(options: BuildOptions, progress: events.Progress = events.ignore, executor=None, stdin=None) -> BuildResult:
+    """Build as OPTIONS say. A context or Dockerfile of `-` is read from STDIN (default: sys.stdin)."""
+    from builder.stdin_context import STDIN, stdin_forms
+
+    if STDIN not in (options.context, options.dockerfile):
+        return _build(options, progress, executor)
+    if stdin is None:
+        import sys
+
+        stdin = sys.stdin.buffer
+    with stdin_forms(options.context, options.dockerfile, stdin) as (context, dockerfile):
+        return _build(replace(options, context=context, dockerfile=dockerfile), progress, executor)
+
+
+def _build(options: BuildOptions, progress: events.Progress, executor) -> BuildResult:
     from builder.context import read_dockerignore
     from builder.plan_cache import PlanCache, RecordingContext, inputs_key
     from builder.registry.reference import parse_reference
@@ -161,8 +175,11 @@ def build(options: BuildOptions, progress: events.Progress = events.ignore, exec
 
     from builder.image.platform_spec import normalize_platform
 
+    from builder.session import SecretStore
+
     options = replace(options, platform=normalize_platform(options.platform))
     run_options = _run_options(options)
+    secrets = SecretStore(options.secrets)  # a missing src= fails now, even if every step is cached
     context_dir = os.path.abspath(options.context)
     if not os.path.isdir(context_dir):
         raise BuildError(f"unable to prepare context: path {options.context!r} not found")
@@ -199,7 +216,7 @@ def build(options: BuildOptions, progress: events.Progress = events.ignore, exec
                 image, warnings = reused
             else:
                 image, warnings = _solve(options, text, dockerfile_name, store, sources, context, epoch,
-                                         progress, executor, plans, key, run_options)
+                                         progress, executor, plans, key, run_options, secrets)
             image = _decorate(image, options, store)
             # Before any name moves: a failure here leaves the store as it was.
             _write_result_files(options, image, tags, warnings)
@@ -376,13 +393,12 @@ def _check_entitlements(plan, run_options: dict) -> None:
 
 
 def _solve(options, text, dockerfile_name, store, sources, context, epoch, progress, executor, plans, key,
-           run_options):
+           run_options, secrets):
     """Parse, plan, solve and assemble: the full build."""
     from builder.convert import convert
     from builder.grammar import parse_dockerfile
     from builder.llb import ExecOp
     from builder.plan_cache import PlanRecord, memoizable
-    from builder.session import SecretStore
     from builder.solver.solver import Solver
 
     dockerfile = parse_dockerfile(text, dockerfile_name)
@@ -406,7 +422,7 @@ def _solve(options, text, dockerfile_name, store, sources, context, epoch, progr
         solver = Solver(store, executor, sources, context, jobs=options.jobs, no_cache=options.no_cache,
                         no_cache_for=no_cache_for,
                         progress=progress, names=dict(plan.names), source_date_epoch=epoch,
-                        secrets=SecretStore(options.secrets), ssh={s.id: s.path for s in options.ssh})
+                        secrets=secrets, ssh={s.id: s.path for s in options.ssh})
         results = solver.solve(plan.vertices)
     finally:
         if own_executor:

@@ -84,6 +84,11 @@ BAD_VALUES = [
     (["build", "--label", "=x", "ctx"], 1, "label"),
     (["build", "--annotation", "index:a=b", "ctx"], 1, "index annotations"),
     (["build", "--platform", "bogus", "ctx"], 1, "bogus"),
+    (["build", "--squash", "ctx"], 125, "--squash"),
+    (["build", "-f", "-", "-"], 1, "stdin"),
+    (["build", "-o", "type=local,dest=-", "ctx"], 1, "stdout"),
+    (["build", "-o", "type=oci,dest=x,compression=zstd", "ctx"], 1, "compression"),
+    (["build", "-o", "-", "-o", "type=oci,dest=-", "ctx"], 1, "only one output"),
 ]
 
 

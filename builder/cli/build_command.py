@@ -84,6 +84,7 @@ def _build_parser() -> argparse.ArgumentParser:
     refused(p, "--build-context", why=_LATER["context"])
     refused(p, "--cpu-period", "--cpu-quota", "--cpuset-cpus", "--cpuset-mems", why=_LATER["cpu"])
     refused(p, "--memory-swap", why=_LATER["swap"])
+    refused(p, "--squash", why="squashing an image's layers into one is not built", takes_value=False)
     return p
 
 

@@ -1,0 +1,94 @@
+"""docker build's standard-input context forms (`-` with a tar or a Dockerfile, `-f -`) and errors
+that must come before any step: an invalid stage index, a missing secret file."""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import io
+import lzma
+import subprocess
+import sys
+import tarfile
+
+import pytest
+
+from tests.support.images import write_context
+
+
+def cli(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "builder.cli", *args], input=stdin, capture_output=True,
+                          timeout=300)
+
+
+def context_tar(files: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name, data in sorted(files.items()):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+FILES = {"Dockerfile": b"FROM scratch\nCOPY a /\n", "a": b"a\n", "sub/Dockerfile.alt": b"FROM scratch\nCOPY a /alt\n"}
+
+
+def image_id(proc: subprocess.CompletedProcess) -> str:
+    assert proc.returncode == 0, proc.stderr.decode()
+    return proc.stdout.decode().strip()
+
+
+@pytest.mark.parametrize("compress", [lambda b: b, gzip.compress, bz2.compress, lzma.compress],
+                         ids=["plain", "gzip", "bzip2", "xz"])
+def test_a_tar_on_stdin_is_the_context(compress, store_root, tmp_path):
+    from_dir = image_id(cli("--root", store_root, "-q", write_context(tmp_path / "ctx", {
+        "Dockerfile": "FROM scratch\nCOPY a /\n", "a": "a\n"})))
+    assert image_id(cli("--root", store_root, "-q", "-", stdin=compress(context_tar(FILES)))) == from_dir
+
+
+def test_f_names_a_dockerfile_inside_the_stdin_tar(store_root, tmp_path):
+    out = tmp_path / "out"
+    image_id(cli("--root", store_root, "-q", "-f", "sub/Dockerfile.alt", "-o", f"type=local,dest={out}", "-",
+                 stdin=context_tar(FILES)))
+    assert (out / "alt").read_text() == "a\n"
+
+
+def test_a_dockerfile_on_stdin_has_no_context(store_root, tmp_path):
+    assert image_id(cli("--root", store_root, "-q", "-", stdin=b"FROM scratch\nLABEL only=dockerfile\n"))
+    proc = cli("--root", store_root, "-", stdin=b"FROM scratch\nCOPY a /\n")
+    assert proc.returncode == 1 and b'"/a": not found' in proc.stderr and b"Traceback" not in proc.stderr
+
+
+def test_f_dash_reads_the_dockerfile_from_stdin_with_a_directory_context(store_root, tmp_path):
+    context = write_context(tmp_path / "ctx", {"Dockerfile": "FROM scratch\nCOPY missing /\n", "a": "a\n"})
+    out = tmp_path / "out"
+    image_id(cli("--root", store_root, "-q", "-f", "-", "-o", f"type=local,dest={out}", context,
+                 stdin=b"FROM scratch\nCOPY a /from-stdin\n"))
+    assert (out / "from-stdin").read_text() == "a\n"
+
+
+def test_stdin_cannot_be_both(store_root):
+    proc = cli("--root", store_root, "-f", "-", "-", stdin=b"FROM scratch\n")
+    assert proc.returncode == 1
+    assert proc.stderr.decode().strip() == "ERROR: invalid argument: can't use stdin for both build context and dockerfile"
+
+
+def test_a_compressed_non_tar_is_an_error(store_root):
+    proc = cli("--root", store_root, "-", stdin=gzip.compress(b"FROM scratch\n"))
+    assert proc.returncode == 1 and b"not a tar archive" in proc.stderr and b"Traceback" not in proc.stderr
+
+
+def test_copy_from_a_stage_index_that_does_not_exist(store_root, tmp_path):
+    context = write_context(tmp_path / "ctx", {"Dockerfile": "FROM scratch\nCOPY --from=3 /a /\n"})
+    proc = cli("--root", store_root, context)
+    assert proc.returncode == 1
+    assert proc.stderr.decode().splitlines()[-1] == "ERROR: Dockerfile:2: invalid stage index 3"
+
+
+def test_a_missing_secret_file_fails_before_any_step_even_when_cached(store_root, tmp_path):
+    context = write_context(tmp_path / "ctx", {"Dockerfile": "FROM scratch\nCOPY a /\n", "a": "a\n"})
+    assert cli("--root", store_root, context).returncode == 0
+    proc = cli("--root", store_root, "--progress", "plain", "--secret", f"id=x,src={tmp_path / 'missing'}", context)
+    err = proc.stderr.decode()
+    assert proc.returncode == 1 and err.startswith("ERROR: failed to stat ") and "#1" not in err, err
