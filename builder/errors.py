@@ -28,6 +28,7 @@ The classes defined in this module, and those defined beside the code that raise
     ├── ExportError             writing an output failed
     ├── InvalidReference        [registry.reference] an image name Docker would refuse
     ├── InvalidFilter           [lifecycle.filters] a --filter docker would refuse
+    ├── InvalidPlatform         [image.platform_spec] a --platform that is no platform specifier
     └── TemplateError           [cli.gotemplate] a --format template that does not parse or run
 
 The CLI turns any of these into one line and a non-zero exit code; other exceptions are bugs.

@@ -44,6 +44,7 @@ import errno
 import fcntl
 import gc
 import os
+import resource
 import select
 import shutil
 import signal
@@ -555,9 +556,8 @@ def _container_init(plan: _Plan, out_w: int, err_w: int, status_w: int) -> NoRet
 
 def _set_ulimits(ulimits) -> None:
     """--ulimit, before privileges drop. A hard limit above the current one fails with EPERM (root
-    here has no CAP_SYS_RESOURCE): the step fails with that message rather than running unlimited."""
-    import resource
-
+    here has no CAP_SYS_RESOURCE): the step fails with that message rather than running unlimited.
+    `resource` is imported with the module: after pivot_root the host's Python library is gone."""
     for name, soft, hard in ulimits:
         kind = getattr(resource, f"RLIMIT_{name.upper()}")
         limits = tuple(resource.RLIM_INFINITY if v == -1 else v for v in (soft, hard))
