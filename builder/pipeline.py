@@ -182,6 +182,8 @@ def _build(options: BuildOptions, progress: events.Progress, executor) -> BuildR
     secrets = SecretStore(options.secrets)  # a missing src= fails now, even if every step is cached
     context_dir = os.path.abspath(options.context)
     if not os.path.isdir(context_dir):
+        if os.path.exists(context_dir):
+            raise BuildError(f"unable to prepare context: context must be a directory: {options.context}")
         raise BuildError(f"unable to prepare context: path {options.context!r} not found")
     dockerfile_path = options.dockerfile or os.path.join(context_dir, "Dockerfile")
     dockerfile_name = os.path.basename(dockerfile_path)
@@ -192,6 +194,10 @@ def _build(options: BuildOptions, progress: events.Progress, executor) -> BuildR
             text = f.read()
     except FileNotFoundError:
         raise BuildError(f"failed to read dockerfile: open {dockerfile_path}: no such file or directory") from None
+    except OSError as e:  # a directory, no permission, not UTF-8 text
+        raise BuildError(f"failed to read dockerfile: read {dockerfile_path}: {(e.strerror or str(e)).lower()}") from None
+    except UnicodeDecodeError:
+        raise BuildError(f"failed to read dockerfile: {dockerfile_path} is not UTF-8 text") from None
     progress(events.Finished(load_id))
     tags = tuple(str(parse_reference(t)) for t in options.tags)
     for output in options.outputs:

@@ -158,5 +158,7 @@ def test_docker_command_forms_reach_the_same_commands(store_root, tmp_path):
     assert run("image", "save", "-o", str(tmp_path / "app.tar"), "app:1", root=store_root).returncode == 0
     loaded = run("image", "load", "-i", str(tmp_path / "app.tar"), root=store_root)
     assert loaded.stdout.decode() == "Loaded image: app:1\n"
+    quiet = run("load", "-q", "-i", str(tmp_path / "app.tar"), root=store_root)
+    assert quiet.stdout.decode() == "Loaded image: app:1\n"  # docker's -q silences progress, not this
     assert run("system", "df", root=store_root).stdout.decode().startswith("TYPE")
     assert run("system", "prune", "-f", root=store_root).returncode == 0

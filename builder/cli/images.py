@@ -448,7 +448,8 @@ def cmd_save(argv: list[str]) -> int:
 def cmd_load(argv: list[str]) -> int:
     p = _parser("load", "Load images from a tar archive or STDIN.")
     p.add_argument("-i", "--input", help="read from a tar archive file, instead of STDIN")
-    p.add_argument("-q", "--quiet", action="store_true", help="suppress the load output")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="suppress progress output (there is none; `Loaded image:` lines are printed, as docker)")
     ns = p.parse_args(argv)
 
     def run() -> int:
@@ -469,12 +470,11 @@ def cmd_load(argv: list[str]) -> int:
             loaded = load_archive(store, stream, source)
         from builder.lifecycle.inventory import familiar
 
-        if not ns.quiet:
-            for image in loaded:
-                for name in image.names:
-                    print(f"Loaded image: {familiar(name)}")
-                if not image.names:
-                    print(f"Loaded image ID: {image.image_id}")
+        for image in loaded:  # docker prints these with -q too: -q only silences its progress bars
+            for name in image.names:
+                print(f"Loaded image: {familiar(name)}")
+            if not image.names:
+                print(f"Loaded image ID: {image.image_id}")
         return 0
 
     return run_command(run, ns.debug)
