@@ -162,3 +162,16 @@ def test_docker_command_forms_reach_the_same_commands(store_root, tmp_path):
     assert quiet.stdout.decode() == "Loaded image: app:1\n"  # docker's -q silences progress, not this
     assert run("system", "df", root=store_root).stdout.decode().startswith("TYPE")
     assert run("system", "prune", "-f", root=store_root).returncode == 0
+
+
+def test_an_archive_on_a_closed_stdout_is_an_error(store_root, tmp_path):
+    # Unlike `--help | head`, a truncated archive is a failure the pipeline must see.
+    context = write_context(tmp_path / "ctx", {"Dockerfile": "FROM scratch\nCOPY a /\n", "a": "a\n"})
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "builder.cli", "--root", store_root, "-o", "-", context],
+                              stdout=write, stderr=subprocess.PIPE, timeout=120)
+    finally:
+        os.close(write)
+    assert_one_error(proc, 1, mentions="standard output was closed")

@@ -58,16 +58,13 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         code = _dispatch(list(sys.argv[1:] if argv is None else argv))
-        sys.stdout.flush()
     except BrokenPipeError:
-        silence_stdout()
-        return 0
-    except SystemExit as exit:  # argparse's --help and usage errors
+        code = 0
+    finally:  # also for argparse's SystemExit (--help, usage errors)
         try:
             sys.stdout.flush()
-        except BrokenPipeError:
+        except BrokenPipeError:  # `| head`: the reader has what it wanted
             silence_stdout()
-        raise exit
     return code
 
 

@@ -367,8 +367,11 @@ def write_file_atomically(dest: str, write: Callable[[BinaryIO], None]) -> None:
         import sys
 
         out = _StreamOut(sys.stdout.buffer)
-        write(out)  # type: ignore[arg-type]
-        out.flush()
+        try:
+            write(out)  # type: ignore[arg-type]
+            out.flush()
+        except BrokenPipeError:
+            raise ExportError("the standard output was closed before the archive was written whole") from None
         return
     try:
         files.write_atomically(dest, write)
