@@ -191,3 +191,17 @@ def test_shm_size_and_ulimit_apply_to_run(store_root, tmp_path, busybox_registry
     default = tmp_path / "default"
     build_image("--root", store_root, "-o", f"type=local,dest={default}", context)
     assert "size=65536k" in (default / "shm").read_text()
+
+
+@pytest.mark.registry
+def test_a_local_base_of_another_platform_is_looked_up_in_its_registry(store_root, tmp_path, registry):
+    # arm64 and amd64 images under one name in the registry; the local store has only the amd64 one.
+    context = scratch_context(tmp_path)
+    name = f"{registry.host}/multi/base:1"
+    cli("--root", store_root, "-t", name, "--push", "--platform", "linux/arm64", context)
+    cli("--root", store_root, "-t", name, "--platform", "linux/amd64", context)
+    derived = write_context(tmp_path / "derived", {"Dockerfile": f"FROM {name}\n"})
+    cli("--root", store_root, "-t", "derived:arm", "--platform", "linux/arm64", derived)
+    assert inspect(store_root, "derived:arm")["Architecture"] == "arm64"
+    other = cli("--root", store_root, "--platform", "linux/s390x", derived, check=False)
+    assert other.returncode == 1 and b"platform" in other.stderr and b"Traceback" not in other.stderr

@@ -104,7 +104,20 @@ class ImageSources:
             local = ref.digest or self.images.resolve(str(ref))
             if local and image_complete(self.blobs, local):
                 stored = read_image(self.blobs, local)
-                return BaseImage(f"{_without_digest(ref)}@{local}", local, stored.config, stored.layers, True)
+                local_image = BaseImage(f"{_without_digest(ref)}@{local}", local, stored.config, stored.layers, True)
+                if ref.digest or _serves(stored.config, platform):
+                    return local_image
+                # A local tag made for another platform: the registry may have this one (BuildKit asks it);
+                # if it cannot say, the local image's platform is the error to show.
+                from builder.errors import BuildError
+
+                try:
+                    return self._from_registry(ref, platform)
+                except (BuildError, OSError):
+                    return local_image
+        return self._from_registry(ref, platform)
+
+    def _from_registry(self, ref, platform: str) -> BaseImage:
         digest, manifest, media_type = self.client.resolve(ref, parse_platform(platform))
         self.blobs.put_bytes(manifest, digest)
         document = json.loads(manifest)
@@ -136,14 +149,19 @@ class ImageSources:
         return bool(missing)
 
 
+def _serves(config: ImageConfig, platform: str) -> bool:
+    from builder.image.platform_spec import parse_platform_specifier, platform_matches
+
+    return platform_matches(parse_platform_specifier(platform), config.os, config.architecture, config.variant)
+
+
 def _check_platform(image: BaseImage, platform: str) -> None:
     """A base image (a local one, or a registry's single manifest) made for another platform fails as
     in BuildKit, rather than giving an image of the wrong architecture."""
     from builder.errors import SourceNotFound
-    from builder.image.platform_spec import parse_platform_specifier, platform_matches
 
     config = image.config
-    if not platform_matches(parse_platform_specifier(platform), config.os, config.architecture, config.variant):
+    if not _serves(config, platform):
         have = "/".join(p for p in (config.os, config.architecture, config.variant) if p)
         raise SourceNotFound(f"{image.ref.partition('@')[0]}: no match for platform {platform} in manifest "
                              f"{image.manifest_digest} (the image is {have}): not found")
