@@ -309,7 +309,12 @@ class Converter:
                                  config=RuntimeConfig(env=(f"PATH={DEFAULT_PATH}",), working_dir="/"))
             stage = Stage(index, from_node.stage_name, None, config)
         else:
-            ref, config = self.resolver.resolve_config(from_node.image, platform)
+            try:
+                ref, config = self.resolver.resolve_config(from_node.image, platform)
+            except ParseError:
+                raise
+            except BuildError as error:  # a bad name, an unknown image, no such platform: name the line
+                raise _at_line(error, f"{self.df.filename}:{from_node.start_line}") from None
             vertex = Vertex(ImageSource(ref, platform))
             self.names.setdefault(vertex.digest, f"[{from_node.stage_name or f'stage-{index}'} 1/{len(body) + 1}] "
                                                  f"FROM {ref}")
@@ -781,6 +786,15 @@ class Converter:
                     graph.add_edge(dep, vertex)
                     todo.append(dep)
         return tuple(nx.lexicographical_topological_sort(graph, key=lambda v: v.digest))
+
+
+def _at_line(error: BuildError, where: str) -> BuildError:
+    """ERROR's kind with WHERE ("Dockerfile:3") before its message; a SolveError if the kind takes more."""
+    message = f"{where}: {error}"
+    try:
+        return type(error)(message)
+    except TypeError:
+        return SolveError(message)
 
 
 def convert(dockerfile: Dockerfile, **options) -> BuildPlan:

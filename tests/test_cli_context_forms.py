@@ -92,3 +92,10 @@ def test_a_missing_secret_file_fails_before_any_step_even_when_cached(store_root
     proc = cli("--root", store_root, "--progress", "plain", "--secret", f"id=x,src={tmp_path / 'missing'}", context)
     err = proc.stderr.decode()
     assert proc.returncode == 1 and err.startswith("ERROR: failed to stat ") and "#1" not in err, err
+
+
+def test_a_bad_base_name_names_the_dockerfile_line(store_root, tmp_path):
+    context = write_context(tmp_path / "ctx", {"Dockerfile": "# base\nFROM Bad::Name\n"})
+    proc = cli("--root", store_root, context)
+    last = proc.stderr.decode().splitlines()[-1]
+    assert proc.returncode == 1 and last.startswith("ERROR: Dockerfile:2: invalid reference format"), last
