@@ -81,6 +81,8 @@ class BuildPlan:
     unused_build_args: tuple[str, ...]
     stage_of: Mapping[str, tuple[str, ...]] = field(default_factory=dict)   # layer step digest -> its
                                           # stage's names (name, index), for --no-cache-filter
+    lines: Mapping[str, tuple[int, int]] = field(default_factory=dict)   # step digest -> its instruction's
+                                          # first and last Dockerfile line, for error excerpts
 
 
 def platform_args(platform: str) -> dict[str, str]:
@@ -184,6 +186,7 @@ class Converter:
         self.shm_size = shm_size              # --shm-size and --ulimit: every RUN's, as BuildKit's exec Meta
         self.ulimits = tuple(ulimits)
         self.stage_of: dict[str, tuple[str, ...]] = {}
+        self.lines: dict[str, tuple[int, int]] = {}
         self.resolver = resolver
         self.context = Vertex(LocalSource("context", tuple(context_excludes)))
         self.used_args: set[str] = set()
@@ -205,7 +208,8 @@ class Converter:
         target = stages[target_index]
         vertices = self._topological(target.vertex)
         unused = tuple(sorted(k for k in self.build_args if k not in self.used_args and k not in PROXY_ARGS))
-        return BuildPlan(target, vertices, dict(self.names), self.context, unused, dict(self.stage_of))
+        return BuildPlan(target, vertices, dict(self.names), self.context, unused, dict(self.stage_of),
+                         dict(self.lines))
 
     # -- stage structure
     def _split_stages(self):
@@ -375,7 +379,10 @@ class Converter:
                                  nodes.Onbuild, nodes.Arg)):
             node = expand_instruction(node, self._expansion_env(stage), self.escape)
         if isinstance(node, (nodes.Copy, nodes.Add, nodes.Run)):
+            before = stage.vertex
             handler(stage, node, label, stages, stage_nodes)
+            if stage.vertex is not None and stage.vertex is not before:
+                self.lines.setdefault(stage.vertex.digest, (node.start_line, node.end_line))
         elif isinstance(node, nodes.Arg):
             handler(stage, node, global_args)
         else:

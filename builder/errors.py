@@ -41,6 +41,10 @@ from __future__ import annotations
 class BuildError(Exception):
     """Root of every error build-image raises on purpose."""
 
+    step = ""                       # the progress name of the step it failed, when it is one
+    vertex = ""                     # that step's vertex digest (set by the solver)
+    source: tuple[str, ...] = ()    # the Dockerfile lines it came from, as BuildKit shows them
+
 
 class ParseError(BuildError):
     def __init__(self, message: str, *, filename: str = "Dockerfile", line: int | None = None):

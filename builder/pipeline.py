@@ -429,7 +429,11 @@ def _solve(options, text, dockerfile_name, store, sources, context, epoch, progr
                         no_cache_for=no_cache_for,
                         progress=progress, names=dict(plan.names), source_date_epoch=epoch,
                         secrets=secrets, ssh={s.id: s.path for s in options.ssh})
-        results = solver.solve(plan.vertices)
+        try:
+            results = solver.solve(plan.vertices)
+        except BuildError as error:
+            _attach_source(error, plan, text, dockerfile_name)
+            raise
     finally:
         if own_executor:
             executor.close()
@@ -442,6 +446,19 @@ def _solve(options, text, dockerfile_name, store, sources, context, epoch, progr
         plans.put(key, PlanRecord(image.manifest.digest, sources.resolved_digests(),
                                   tuple(sorted(context.reads.items())), steps, warnings))
     return image, warnings
+
+
+def _attach_source(error: BuildError, plan, text: str, dockerfile_name: str) -> None:
+    """The failed step's name and Dockerfile lines on ERROR, for the CLI to show as BuildKit does:
+    `Dockerfile:2`, then the lines around it with `>>>` on the step's own."""
+    if not error.vertex or error.vertex not in plan.lines:
+        return
+    first, last = plan.lines[error.vertex]
+    error.step = error.step or plan.names.get(error.vertex, "")
+    lines = text.splitlines()
+    shown = range(max(1, first - 2), min(len(lines), last + 2) + 1)
+    where = f"{dockerfile_name}:{first}" + (f"-{last}" if last != first else "")
+    error.source = (where, *(f"{n:>4} | {'>>>' if first <= n <= last else '   '} {lines[n - 1]}" for n in shown))
 
 
 def _no_cache_vertices(plan, stages: tuple[str, ...]) -> frozenset[str]:

@@ -99,3 +99,31 @@ def test_a_bad_base_name_names_the_dockerfile_line(store_root, tmp_path):
     proc = cli("--root", store_root, context)
     last = proc.stderr.decode().splitlines()[-1]
     assert proc.returncode == 1 and last.startswith("ERROR: Dockerfile:2: invalid reference format"), last
+
+
+def test_a_missing_copy_source_shows_its_step_block_and_dockerfile_lines(store_root, tmp_path):
+    context = write_context(tmp_path / "ctx", {"Dockerfile": "FROM scratch\nCOPY a /\nCOPY missing /\nCOPY a /b\n",
+                                               "a": "a\n"})
+    err = cli("--root", store_root, "--progress", "plain", context).stderr.decode()
+    lines = err.splitlines()
+    step = "[stage-0 3/4] COPY missing /"
+    number = next(line.split()[0] for line in lines if line.endswith(step))
+    assert f"{number} ERROR: " in err and "Traceback" not in err
+    excerpt = lines[lines.index("Dockerfile:3"):]
+    assert excerpt[:6] == ["Dockerfile:3", "-" * 20, "   1 |     FROM scratch", "   2 |     COPY a /",
+                           "   3 | >>> COPY missing /", "   4 |     COPY a /b"]
+    assert lines[lines.index("Dockerfile:3") - 2] == f" > {step}:"
+    assert lines[-1] == f'ERROR: {step}: failed to compute cache key: "/missing": not found'
+
+
+@pytest.mark.root
+@pytest.mark.overlay
+@pytest.mark.registry
+def test_a_failed_run_shows_its_dockerfile_lines(store_root, tmp_path, busybox_registry):
+    context = write_context(tmp_path / "ctx", {"Dockerfile": f"FROM {busybox_registry.reference}\n"
+                                                             "RUN echo one && \\\n    exit 3\n"})
+    err = cli("--root", store_root, "--progress", "plain", context).stderr.decode()
+    lines = err.splitlines()
+    excerpt = lines[lines.index("Dockerfile:2-3"):]
+    assert excerpt[3:5] == ["   2 | >>> RUN echo one && \\", "   3 | >>>     exit 3"]
+    assert lines[-1].startswith("ERROR: failed to solve: process ") and lines[-1].endswith("exit code: 3")

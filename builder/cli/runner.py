@@ -27,6 +27,15 @@ def silence_stdout() -> None:
         pass
 
 
+def _print_source(error: BuildError) -> None:
+    """BuildKit's excerpt of the Dockerfile: `Dockerfile:LINE`, then the lines with `>>>` marking the step."""
+    if not error.source:
+        return
+    where, *lines = error.source
+    rule = "-" * 20
+    print("\n".join((where, rule, *lines, rule)), file=sys.stderr)
+
+
 def run_command(fn, debug: bool) -> int:
     """Runs a command; a BuildError becomes one line on stderr and exit code 1."""
     signal.signal(signal.SIGTERM, _interrupt)
@@ -41,11 +50,15 @@ def run_command(fn, debug: bool) -> int:
             for line in error.last_lines:
                 print(f"   {line}", file=sys.stderr)
             print("------", file=sys.stderr)
+        _print_source(error)
         print(f"ERROR: failed to solve: {error}", file=sys.stderr)
         return EXIT_ERROR
     except BuildError as error:
         if debug:
             raise
+        if error.source and error.step:
+            print(f"------\n > {error.step}:\n------", file=sys.stderr)
+        _print_source(error)
         print(f"ERROR: {error}", file=sys.stderr)
         return EXIT_ERROR
     except BrokenPipeError:  # `build-image parse | head`: the reader has what it wanted

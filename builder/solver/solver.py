@@ -19,7 +19,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
 from builder.cache.records import CacheRecord
 from builder.context import BuildContext
-from builder.errors import SolveError
+from builder.errors import BuildError, SolveError
 from builder import events
 from builder.llb import Vertex
 from builder.session import SecretStore
@@ -86,7 +86,15 @@ class Solver:
         """Inputs come before the vertices that read them."""
         for vertex in vertices:
             if vertex not in self.keys:
-                self.keys[vertex] = self.op(vertex).cache_key()
+                try:
+                    self.keys[vertex] = self.op(vertex).cache_key()
+                except BuildError as error:
+                    # The step's own block shows the failure, as BuildKit's does for a cache key.
+                    if self.op(vertex).reports_progress and vertex.digest in self.names:
+                        self.progress(events.Started(vertex.digest, self.name(vertex)))
+                        self.progress(events.Finished(vertex.digest, error=str(error)))
+                    error.vertex = error.vertex or vertex.digest
+                    raise
 
     # -- running
     def solve(self, vertices: tuple[Vertex, ...]) -> dict[Vertex, Result]:
@@ -144,6 +152,8 @@ class Solver:
                 result = op.exec(inputs)
         except BaseException as error:
             self.progress(events.Finished(vertex.digest, error=str(error) or type(error).__name__))
+            if isinstance(error, BuildError):
+                error.vertex = error.vertex or vertex.digest
             raise
         if op.adds_layer:
             layer = result.layers[-1]
