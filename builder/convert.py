@@ -175,6 +175,7 @@ class Converter:
         extra_hosts: Sequence[tuple[str, str]] = (),
         shm_size: int = 0,
         ulimits: Sequence[tuple[str, int, int]] = (),
+        build_contexts: Mapping[str, str] = {},
     ):
         self.df = dockerfile
         self.escape = dockerfile.escape
@@ -186,6 +187,8 @@ class Converter:
         self.shm_size = shm_size              # --shm-size and --ulimit: every RUN's, as BuildKit's exec Meta
         self.ulimits = tuple(ulimits)
         self.stage_of: dict[str, tuple[str, ...]] = {}
+        # --build-context: name -> "docker-image://REF" (an image under another name) or "local" (a directory)
+        self.build_contexts = dict(build_contexts)
         self.lines: dict[str, tuple[int, int]] = {}
         self.resolver = resolver
         self.context = Vertex(LocalSource("context", tuple(context_excludes)))
@@ -245,6 +248,22 @@ class Converter:
                 return i
         return None
 
+    def _named_context(self, name: str, stage_nodes, node) -> Vertex | None:
+        """The --build-context NAME as a source: a directory, or the image it names."""
+        value = self.build_contexts.get(name)
+        if value is None:
+            return None
+        self._no_stage_named(name, stage_nodes, node)
+        if value == "local":
+            return Vertex(LocalSource(name))
+        ref, _config = self.resolver.resolve_config(value.removeprefix("docker-image://"), self.platform)
+        return Vertex(ImageSource(ref, self.platform))
+
+    def _no_stage_named(self, name: str, stage_nodes, node) -> None:
+        if self._stage_lookup(stage_nodes, name, len(stage_nodes)) is not None:
+            raise self._error(f'--build-context {name}: a stage has that name; replacing a stage with a '
+                              "named context is not supported yet", node)
+
     def _check_stage_index(self, from_: str, stage: Stage, stage_nodes, node) -> None:
         """A number in --from/from= names a stage, never an image (BuildKit: `invalid stage index`)."""
         if not from_.isdigit():
@@ -294,6 +313,13 @@ class Converter:
     def _convert_stage(self, index, from_node, body, global_args, stages, stage_nodes) -> Stage:
         meta = self._meta_env(global_args)
         from_node = expand_instruction(from_node, meta, self.escape)
+        named = self.build_contexts.get(from_node.image)
+        if named is not None:  # FROM NAME of a --build-context: the image it names
+            self._no_stage_named(from_node.image, stage_nodes, from_node)
+            if named == "local":
+                raise self._error(f"FROM {from_node.image}: a directory --build-context cannot be a base yet; "
+                                  f"use COPY --from={from_node.image} or RUN --mount=from={from_node.image}", from_node)
+            from_node = replace(from_node, image=named.removeprefix("docker-image://"))
         platform = self.platform
         if from_node.platform:  # FROM --platform: this stage's base only
             from builder.image.platform_spec import normalize_platform
@@ -494,7 +520,10 @@ class Converter:
         return tuple(specs), tuple(inputs)
 
     def _mount_source(self, stage: Stage, node, mount, target: str, stages, stage_nodes) -> Vertex | None:
-        """`from=`: an earlier stage (by name or index) or an image."""
+        """`from=`: a --build-context, an earlier stage (by name or index) or an image."""
+        named = self._named_context(mount.from_, stage_nodes, node)
+        if named is not None:
+            return named
         index = self._stage_lookup(stage_nodes, mount.from_, stage.index)
         if index is not None:
             return stages[index].vertex
@@ -531,6 +560,9 @@ class Converter:
         if "$" in from_:
             raise self._error("variable expansion is not supported for --from, define a new stage with FROM "
                               "using ARG from global scope as a workaround", node)
+        named = self._named_context(from_, stage_nodes, node)
+        if named is not None:
+            return named
         index = self._stage_lookup(stage_nodes, from_, stage.index)
         if index is not None:
             return stages[index].vertex

@@ -115,6 +115,7 @@ class BuildOptions:
     annotations: tuple[str, ...] = ()        # --annotation [manifest:]KEY=VALUE: on the image manifest
     shm_size: str | None = None              # --shm-size: /dev/shm of every RUN (bytes, or 64m, 1g, ...)
     ulimits: tuple[str, ...] = ()            # --ulimit NAME=SOFT[:HARD]: rlimits of every RUN
+    build_contexts: tuple[str, ...] = ()     # --build-context NAME=DIR|docker-image://REF
 
     def __post_init__(self):
         """The Python API takes the CLI's spellings too: outputs, secrets and ssh as strings
@@ -128,7 +129,7 @@ class BuildOptions:
         object.__setattr__(self, "secrets", parsed(self.secrets, SecretSource))
         object.__setattr__(self, "ssh", parsed(self.ssh, SSHSource))
         for name in ("tags", "insecure_registries", "add_hosts", "allow", "no_cache_filter", "annotations",
-                     "ulimits"):
+                     "ulimits", "build_contexts"):
             value = getattr(self, name)
             object.__setattr__(self, name, (value,) if isinstance(value, str) else tuple(value))
 
@@ -180,6 +181,7 @@ def _build(options: BuildOptions, progress: events.Progress, executor) -> BuildR
     options = replace(options, platform=normalize_platform(options.platform))
     run_options = _run_options(options)
     secrets = SecretStore(options.secrets)  # a missing src= fails now, even if every step is cached
+    named_contexts = _parse_build_contexts(options.build_contexts)
     context_dir = os.path.abspath(options.context)
     if not os.path.isdir(context_dir):
         if os.path.exists(context_dir):
@@ -217,12 +219,13 @@ def _build(options: BuildOptions, progress: events.Progress, executor) -> BuildR
             key = inputs_key(text, dockerfile_name, context, build_args=options.build_args, target=options.target,
                              platform=options.platform, source_date_epoch=epoch, run_options=run_options)
             plans = PlanCache(store.root)
-            reused = None if options.no_cache or options.no_cache_filter else _reuse(plans, key, sources, context, store, progress)
+            # Named contexts' reads are not recorded by the plan cache: such builds always plan.
+            reused = None if options.no_cache or options.no_cache_filter or named_contexts else _reuse(plans, key, sources, context, store, progress)
             if reused is not None:
                 image, warnings = reused
             else:
                 image, warnings = _solve(options, text, dockerfile_name, store, sources, context, epoch,
-                                         progress, executor, plans, key, run_options, secrets)
+                                         progress, executor, plans, key, run_options, secrets, named_contexts)
             image = _decorate(image, options, store)
             # Before any name moves: a failure here leaves the store as it was.
             _write_result_files(options, image, tags, warnings)
@@ -399,7 +402,7 @@ def _check_entitlements(plan, run_options: dict) -> None:
 
 
 def _solve(options, text, dockerfile_name, store, sources, context, epoch, progress, executor, plans, key,
-           run_options, secrets):
+           run_options, secrets, named_contexts):
     """Parse, plan, solve and assemble: the full build."""
     from builder.convert import convert
     from builder.grammar import parse_dockerfile
@@ -412,7 +415,8 @@ def _solve(options, text, dockerfile_name, store, sources, context, epoch, progr
                    platform=options.platform, resolver=sources, network=run_options["network"],
                    extra_hosts=tuple(tuple(h) for h in run_options["extra_hosts"]),
                    shm_size=run_options.get("shm_size", 0),
-                   ulimits=tuple(tuple(u) for u in run_options.get("ulimits", ())))
+                   ulimits=tuple(tuple(u) for u in run_options.get("ulimits", ())),
+                   build_contexts=_context_kinds(named_contexts))
     _check_entitlements(plan, run_options)
     no_cache_for = _no_cache_vertices(plan, options.no_cache_filter)
     own_executor = executor is None
@@ -426,7 +430,7 @@ def _solve(options, text, dockerfile_name, store, sources, context, epoch, progr
             if warm is not None:
                 warm()  # pyroute2's import and the first namespaces overlap with the first steps
         solver = Solver(store, executor, sources, context, jobs=options.jobs, no_cache=options.no_cache,
-                        no_cache_for=no_cache_for,
+                        no_cache_for=no_cache_for, named_contexts=_local_contexts(named_contexts),
                         progress=progress, names=dict(plan.names), source_date_epoch=epoch,
                         secrets=secrets, ssh={s.id: s.path for s in options.ssh})
         try:
@@ -441,11 +445,44 @@ def _solve(options, text, dockerfile_name, store, sources, context, epoch, progr
     warnings: tuple[str, ...] = ()
     if plan.unused_build_args:
         warnings = (f'[Warning] One or more build-args [{" ".join(plan.unused_build_args)}] were not consumed',)
-    if memoizable(plan):
+    if memoizable(plan) and not named_contexts:
         steps = tuple(plan.names[v.digest] for v in plan.vertices if v.digest in plan.names)
         plans.put(key, PlanRecord(image.manifest.digest, sources.resolved_digests(),
                                   tuple(sorted(context.reads.items())), steps, warnings))
     return image, warnings
+
+
+def _parse_build_contexts(values) -> dict[str, str]:
+    """`--build-context NAME=VALUE`: NAME -> an absolute directory or `docker-image://REF`."""
+    contexts: dict[str, str] = {}
+    for text in values:
+        name, sep, value = text.partition("=")
+        if not sep or not name or not value:
+            raise BuildError(f'invalid --build-context "{text}": use NAME=DIR or NAME=docker-image://REF')
+        if value.startswith("docker-image://"):
+            if not value.removeprefix("docker-image://"):
+                raise BuildError(f'invalid --build-context "{text}": docker-image:// needs an image name')
+            contexts[name] = value
+        elif "://" in value or value.startswith("git@"):
+            scheme = value.split("://")[0] if "://" in value else "git"
+            raise BuildError(f'--build-context {name}: {scheme} contexts are not supported yet '
+                             "(a directory or docker-image://REF is)")
+        elif not os.path.isdir(value):
+            raise BuildError(f"--build-context {name}: {value} is not a directory")
+        else:
+            contexts[name] = os.path.abspath(value)
+    return contexts
+
+
+def _context_kinds(named_contexts: dict[str, str]) -> dict[str, str]:
+    return {n: v if v.startswith("docker-image://") else "local" for n, v in named_contexts.items()}
+
+
+def _local_contexts(named_contexts: dict[str, str]) -> dict:
+    from builder.context import BuildContext, read_dockerignore
+
+    return {n: BuildContext(v, read_dockerignore(v)) for n, v in named_contexts.items()
+            if not v.startswith("docker-image://")}
 
 
 def _attach_source(error: BuildError, plan, text: str, dockerfile_name: str) -> None:

@@ -205,3 +205,50 @@ def test_a_local_base_of_another_platform_is_looked_up_in_its_registry(store_roo
     assert inspect(store_root, "derived:arm")["Architecture"] == "arm64"
     other = cli("--root", store_root, "--platform", "linux/s390x", derived, check=False)
     assert other.returncode == 1 and b"platform" in other.stderr and b"Traceback" not in other.stderr
+
+
+def test_build_context_directory_serves_copy_from(store_root, tmp_path):
+    context = write_context(tmp_path / "ctx", {"Dockerfile": "FROM scratch\nCOPY --from=extra /o.txt /\nCOPY a /\n",
+                                               "a": "a\n"})
+    extra = write_context(tmp_path / "extra", {"o.txt": "one\n", "hidden.txt": "h\n", ".dockerignore": "hidden.txt\n"})
+    out = tmp_path / "out"
+    first = cli("--root", store_root, "-q", "--build-context", f"extra={extra}", "-o", f"type=local,dest={out}",
+                context).stdout
+    assert (out / "o.txt").read_text() == "one\n" and (out / "a").read_text() == "a\n"
+    # the named context's content is in the cache key: a change is a new image, the same content the same one
+    (tmp_path / "extra" / "o.txt").write_text("two\n")
+    second = cli("--root", store_root, "-q", "--build-context", f"extra={extra}", context).stdout
+    assert second != first
+    (tmp_path / "extra" / "o.txt").write_text("one\n")
+    assert cli("--root", store_root, "-q", "--build-context", f"extra={extra}", context).stdout == first
+    hidden = write_context(tmp_path / "ctx2", {"Dockerfile": "FROM scratch\nCOPY --from=extra /hidden.txt /\n"})
+    proc = cli("--root", store_root, "--build-context", f"extra={extra}", hidden, check=False)
+    assert proc.returncode == 1 and b'"/hidden.txt": not found' in proc.stderr
+
+
+def test_build_context_errors(store_root, tmp_path):
+    context = write_context(tmp_path / "ctx", {"Dockerfile": "FROM scratch AS extra\nFROM scratch\n"
+                                                             "COPY --from=extra /a /\n"})
+    for value, message in ((f"extra={tmp_path}", b"a stage has that name"),
+                           ("x=https://example.invalid/ctx.tar", b"https contexts are not supported"),
+                           ("x=oci-layout:///tmp/layout", b"oci-layout contexts are not supported"),
+                           (f"x={tmp_path / 'missing'}", b"is not a directory"),
+                           ("novalue", b"use NAME=DIR")):
+        proc = cli("--root", store_root, "--build-context", value, context, check=False)
+        assert proc.returncode == 1 and message in proc.stderr and b"Traceback" not in proc.stderr, proc.stderr
+
+
+@pytest.mark.root
+@pytest.mark.overlay
+@pytest.mark.registry
+def test_build_context_image_and_run_mount(store_root, tmp_path, busybox_registry):
+    context = write_context(tmp_path / "ctx", {"Dockerfile": (
+        "FROM base\nRUN --mount=from=files,target=/files cp /files/f.txt /copied\n"
+        "COPY --from=tools /bin/busybox /busybox-again\n")})
+    files = write_context(tmp_path / "files", {"f.txt": "from a named context\n"})
+    out = tmp_path / "out"
+    build_image("--root", store_root, "--build-context", f"base=docker-image://{busybox_registry.reference}",
+                "--build-context", f"tools=docker-image://{busybox_registry.reference}",
+                "--build-context", f"files={files}", "-o", f"type=local,dest={out}", context)
+    assert (out / "copied").read_text() == "from a named context\n"
+    assert (out / "busybox-again").read_bytes() == (out / "bin" / "busybox").read_bytes()

@@ -70,7 +70,7 @@ BAD_VALUES = [
     (["build", "--isolation", "hyperv", "ctx"], 125, "hyperv"),
     (["build", "--cache-from", "type=local,src=x", "ctx"], 125, "--cache-from is not supported"),
     (["build", "--sbom", "true", "ctx"], 125, "attestations"),
-    (["build", "--build-context", "a=b", "ctx"], 125, "named build contexts"),
+    (["build", "--build-context", "a=b", "ctx"], 1, "not a directory"),
     (["build", "--cpu-quota", "1000", "ctx"], 125, "--cpu-quota"),
     (["build", "--no-cache=maybe", "ctx"], 125, "ParseBool"),
     (["build", "missing-context"], 1, "missing-context"),

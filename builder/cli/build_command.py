@@ -17,7 +17,6 @@ _LATER = {
     "attest": "attestations (SBOM, provenance) are not built yet",
     "check": "build checks and frontend subrequests (--check, --call) are not built yet",
     "cgroup": "RUN steps have no cgroup of their own to place under a parent yet",
-    "context": "named build contexts (--build-context) are not built yet",
     "cpu": "CPU limits other than --cpu-shares are not applied to RUN steps; drop the flag",
     "swap": "RUN steps have no swap limit; drop the flag (a memory limit is -m)",
 }
@@ -69,6 +68,8 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shm-size", metavar="BYTES", help="size of /dev/shm in RUN steps (e.g. 128m; default 64m)")
     p.add_argument("--ulimit", action="append", default=[], metavar="NAME=SOFT[:HARD]",
                    help="a resource limit for RUN steps, e.g. nofile=1024:2048 (repeatable)")
+    p.add_argument("--build-context", action="append", default=[], metavar="NAME=DIR|docker-image://REF",
+                   help="a named context for FROM NAME, COPY --from=NAME and RUN --mount from=NAME (repeatable)")
     p.add_argument("--debug", "-D", action="store_true", help="show tracebacks")
     # docker build's classic-builder flags that BuildKit accepts and ignores: so does build-image.
     ignored(p, "--rm", "--force-rm", why="accepted, no effect (there are no intermediate containers)")
@@ -81,7 +82,6 @@ def _build_parser() -> argparse.ArgumentParser:
     refused(p, "--check", why=_LATER["check"], takes_value=False)
     refused(p, "--call", why=_LATER["check"])
     refused(p, "--cgroup-parent", why=_LATER["cgroup"])
-    refused(p, "--build-context", why=_LATER["context"])
     refused(p, "--cpu-period", "--cpu-quota", "--cpuset-cpus", "--cpuset-mems", why=_LATER["cpu"])
     refused(p, "--memory-swap", why=_LATER["swap"])
     refused(p, "--squash", why="squashing an image's layers into one is not built", takes_value=False)
@@ -187,6 +187,7 @@ def _options(ns: argparse.Namespace):
         allow=tuple(e for value in ns.allow for e in value.split(",") if e),
         shm_size=ns.shm_size,
         ulimits=tuple(ns.ulimit),
+        build_contexts=tuple(ns.build_context),
     )
 
 

@@ -35,11 +35,12 @@ class Solver:
                  jobs: int | None = None, no_cache: bool = False, progress: events.Progress = events.ignore,
                  names: dict[str, str] | None = None, source_date_epoch: int | None = None,
                  secrets: SecretStore | None = None, ssh: Mapping[str, str] | None = None,
-                 no_cache_for: frozenset[str] = frozenset()):
+                 no_cache_for: frozenset[str] = frozenset(), named_contexts: Mapping[str, BuildContext] = {}):
         self.store = store
         self.executor = executor
         self.sources = sources
         self.context = context
+        self.named_contexts = dict(named_contexts)   # --build-context NAME=DIR
         self.jobs = max(1, jobs or os.cpu_count() or 1)
         self.no_cache = no_cache
         self.no_cache_for = no_cache_for        # vertex digests that ignore the cache (--no-cache-filter)

@@ -81,6 +81,7 @@ class SolveState(Protocol):
     executor: object               # builder.executor.spec.Executor
     sources: object                # builder.solver.sources.ImageSources
     context: object                # builder.context.BuildContext
+    named_contexts: Mapping[str, object]   # --build-context NAME=DIR: name -> BuildContext
     secrets: object                # builder.session.SecretStore
     ssh: Mapping[str, str]
     source_date_epoch: int | None

@@ -18,13 +18,20 @@ class LocalSourceOp(SolverOp):
     def exec(self, inputs: Sequence[Result]) -> Result:
         return EMPTY
 
+    @property
+    def _context(self):
+        """The build context, or the --build-context directory of that name."""
+        if self.op.name == "context":
+            return self.state.context
+        return self.state.named_contexts[self.op.name]
+
     def content_digest(self, selector: tuple[str, ...]) -> str:
-        return self.state.context.checksum(selector)
+        return self._context.checksum(selector)
 
     def copy_source(self, scratch: str, index: int) -> CopySource:
         # The context arrives root-owned, as BuildKit's file transfer resets owners.
-        context = self.state.context
+        context = self._context
         return CopySource(context.root, context.rules, reset_owner=True)
 
     def mount_input(self) -> MountInput:
-        return MountInput(self.state.key(self.vertex), context=self.state.context)
+        return MountInput(self.state.key(self.vertex), context=self._context)
