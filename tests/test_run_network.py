@@ -265,3 +265,14 @@ def test_invalid_network_mode_names_the_line():
         parse_dockerfile("FROM scratch\nRUN --network=bridge true\n", "Dockerfile")
     assert caught.value.line == 2
     assert 'invalid network mode "bridge"' in str(caught.value)
+
+
+@builds
+def test_a_machine_without_nftables_gets_a_clear_error(store_root, busybox_registry, tmp_path):
+    context = write_context(tmp_path / "ctx", {"Dockerfile": f"FROM {busybox_registry.reference}\nRUN true\n"})
+    done = subprocess.run([sys.executable, "-m", "builder.cli", "--root", store_root, "--progress", "plain", context],
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1] == (
+        "ERROR: the default network needs nftables (the nft command); install it or use --network=none")
+    assert leftovers() == []
