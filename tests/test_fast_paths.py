@@ -3,6 +3,7 @@ under load): `--help`, and a rebuild whose inputs have not changed."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -14,8 +15,9 @@ HEAVY = ("lark", "networkx", "pyroute2", "dill")
 
 
 def imported_modules(*args: str) -> set[str]:
-    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "builder.cli", *args],
-                          capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    """What `build-image ARGS` imports, with the processes it starts (the network agent)."""
+    proc = subprocess.run([sys.executable, "-m", "builder.cli", *args], capture_output=True, text=True,
+                          timeout=300, stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONPROFILEIMPORTTIME": "1"})
     return {line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines()
             if line.startswith("import time:") and "|" in line}
 

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -196,6 +197,35 @@ def test_failed_run_leaves_no_network_objects(store_root, busybox_registry, tmp_
     assert leftovers() == []
 
 
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            found += [int(p) for p in f.read().split()]
+    return found
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def _wait_gone(pid: int, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return  # ended; waiting for PID 1 to reap it
+        except FileNotFoundError:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"the network agent {pid} outlived its build")
+
+
 def _start_sleeping_build(context: str, root: str) -> subprocess.Popen:
     proc = subprocess.Popen([sys.executable, "-m", "builder.cli", "--root", root, "--progress", "plain", context],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -213,8 +243,11 @@ FROM {busybox_registry.reference}
 RUN echo sleeping-now && sleep 60
 """})
     proc = _start_sleeping_build(context, store_root)
+    agents = [pid for pid in _children(proc.pid) if "builder.executor.network" in _cmdline(pid)]
+    assert len(agents) == 1
     proc.send_signal(getattr(signal, how))
     proc.wait(timeout=30)
+    _wait_gone(agents[0])  # the network agent gives everything back and ends with its build
     if how == "SIGKILL":
         # The kernel frees the namespace, the veth and the lease; the NAT table is removed by the
         # next process that uses the network (it finds no user holding it).
