@@ -6,28 +6,33 @@
     bi-N   10.89.a.b+1/30   <-- veth pair -->    eth0  10.89.a.b+2/30, default route via bi-N
       \\--> nftables: ip saddr 10.89.0.0/16 masquerade on the way out (table ip build_image)
 
-Lease N is the /30 block N of 10.89.0.0/16 and the interface name ``bi-N``. It is held machine-wide
-by an ``flock`` on ``/run/build-image/network/lease-N``, so concurrent steps, concurrent build-image
-processes and different store roots never share an address or a name, and a killed process's
-leases free themselves (the kernel drops its locks).
+Two processes share the work:
+
+    build-image (BridgeNetwork)  --"L"-->  agent (python -m builder.executor.network, serve())
+        a RUN's supervisor       <--JSON + the namespace's fd (SCM_RIGHTS)--
+        setns()s into it          --"R<N>"--> (RUN over: given back)   --"C"--> (build over)
+
+The agent imports pyroute2 (never build-image itself), makes namespaces and keeps a few ready, so
+its import and netlink work run beside the build, on another core and outside the build's GIL. A
+namespace is made by the agent unsharing its own network namespace, opening it and a netlink
+socket in it, and switching back.
+
+Lease N is the /30 block N of 10.89.0.0/16 and the interface name ``bi-N``. The agent holds it by
+an ``flock`` on ``/run/build-image/network/lease-N``, so concurrent steps, concurrent build-image
+processes and different store roots never share an address or a name, and a killed agent's leases
+free themselves (the kernel drops its locks).
 
 Nothing outlives a step:
 
 - The namespace is never bind-mounted anywhere: it lives only while a descriptor or a process
-  holds it. The container's processes die with build-image (PR_SET_PDEATHSIG), and so do our
-  descriptors, so even after a SIGKILL the kernel destroys the namespace, and with it the veth
-  pair. A clean release does just that too: it closes the descriptor and unlocks the lease, and the
-  kernel tears the pair down in the background. Whoever takes lease N next deletes a ``bi-N`` that
-  is still going away (this process avoids indices it gave back in the last two seconds).
-- The NAT table is shared by every process that uses the network: each holds a shared ``flock``
-  on ``nat.users``; the last one to leave (the one that gets the lock exclusively) deletes the
-  table. After a SIGKILL the next process to leave deletes it.
-
-pyroute2 does the links, addresses and routes; it is imported here only, on the first ``default``
-RUN (or when the build warms the network up), never for ``none``, ``--help`` or a cached rebuild.
-All netlink work happens on one worker thread: a namespace is made by that thread unsharing its
-own network namespace, opening it and a netlink socket in it, and switching back, so no process is
-forked. A few leases are prepared ahead of time so that a RUN rarely waits for one.
+  holds it. A RUN's processes die with build-image (PR_SET_PDEATHSIG); when build-image ends, or
+  dies, the agent reads end of file, closes its descriptors and exits. Closing the last descriptor
+  makes the kernel destroy the namespace and the veth pair with it, in the background. Whoever
+  takes lease N next deletes a ``bi-N`` that is still going away (the agent avoids indices it gave
+  back in the last two seconds).
+- The NAT table is shared by every agent: each holds a shared ``flock`` on ``nat.users``; the last
+  one to leave (the one that gets the lock exclusively) deletes the table. An agent that was itself
+  SIGKILLed leaves it to the next agent that leaves.
 """
 
 from __future__ import annotations
