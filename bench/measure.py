@@ -48,7 +48,7 @@ def measure(scenario: Scenario, tools: Sequence[BuildTool], context: str, repeat
     errors: dict[str, str] = {}
     if scenario.cached:
         for tool in tools:
-            outcome = tool.build(context, no_cache=False)
+            outcome = tool.build(context, no_cache=False, network=scenario.network)
             on_outcome(scenario.name, tool.name, None, outcome)
             if not outcome.ok:
                 errors[tool.name] = outcome.error
@@ -56,7 +56,7 @@ def measure(scenario: Scenario, tools: Sequence[BuildTool], context: str, repeat
         for tool in tools:
             if tool.name in errors:
                 continue
-            outcome = tool.build(context, no_cache=not scenario.cached)
+            outcome = tool.build(context, no_cache=not scenario.cached, network=scenario.network)
             on_outcome(scenario.name, tool.name, index, outcome)
             if outcome.ok:
                 times[tool.name].append(outcome.seconds)

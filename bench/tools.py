@@ -32,8 +32,8 @@ class BuildTool(Protocol):
     def prepare(self, base: str, context: str) -> BuildOutcome:
         """Untimed: fetch BASE and warm the tool up with one build of CONTEXT."""
 
-    def build(self, context: str, *, no_cache: bool) -> BuildOutcome:
-        """One timed build of CONTEXT/Dockerfile."""
+    def build(self, context: str, *, no_cache: bool, network: str = "default") -> BuildOutcome:
+        """One timed build of CONTEXT/Dockerfile (NETWORK: build-image's --network)."""
 
 
 def run_timed(argv: Sequence[str], *, env: dict[str, str] | None = None,
@@ -91,16 +91,17 @@ class BuildImage:
         self.command = list(command)
         self.store_root = store_root
 
-    def argv(self, context: str, *, no_cache: bool) -> list[str]:
+    def argv(self, context: str, *, no_cache: bool, network: str = "default") -> list[str]:
         return [*self.command, "--root", self.store_root, "--progress", "quiet",
-                *(["--no-cache"] if no_cache else []), context]
+                *(["--no-cache"] if no_cache else []), *(["--network", network] if network != "default" else []),
+                context]
 
     def prepare(self, base: str, context: str) -> BuildOutcome:
         # build-image has no pull command: the first build of a FROM BASE file fetches it.
         return run_timed(self.argv(context, no_cache=False))
 
-    def build(self, context: str, *, no_cache: bool) -> BuildOutcome:
-        return run_timed(self.argv(context, no_cache=no_cache))
+    def build(self, context: str, *, no_cache: bool, network: str = "default") -> BuildOutcome:
+        return run_timed(self.argv(context, no_cache=no_cache, network=network))
 
 
 class BuildKit:
@@ -121,5 +122,6 @@ class BuildKit:
             return pulled
         return run_timed(self.argv(context, no_cache=False), env=self.daemon.env)
 
-    def build(self, context: str, *, no_cache: bool) -> BuildOutcome:
+    def build(self, context: str, *, no_cache: bool, network: str = "default") -> BuildOutcome:
+        # Always --network=none: this dockerd has no bridge (MACHINE.md), so BuildKit's RUNs have none.
         return run_timed(self.argv(context, no_cache=no_cache), env=self.daemon.env)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Mapping
 
@@ -401,6 +402,14 @@ def _check_entitlements(plan, run_options: dict) -> None:
             raise BuildError(f"network.host is not allowed: {step} needs --allow network.host")
 
 
+_RUN_LINE = re.compile(r"^\s*(?:onbuild\s+)?run\b(.*)$", re.IGNORECASE | re.MULTILINE)
+
+
+def _may_run_networked(text: str) -> bool:
+    """A cheap hint, before parsing, that some RUN will want the default network."""
+    return any(not re.search(r"--network[= ](none|host)\b", flags) for flags in _RUN_LINE.findall(text))
+
+
 def _solve(options, text, dockerfile_name, store, sources, context, epoch, progress, executor, plans, key,
            run_options, secrets, named_contexts):
     """Parse, plan, solve and assemble: the full build."""
@@ -410,25 +419,26 @@ def _solve(options, text, dockerfile_name, store, sources, context, epoch, progr
     from builder.plan_cache import PlanRecord, memoizable
     from builder.solver.solver import Solver
 
-    dockerfile = parse_dockerfile(text, dockerfile_name)
-    plan = convert(dockerfile, build_args=options.build_args, target=options.target,
-                   platform=options.platform, resolver=sources, network=run_options["network"],
-                   extra_hosts=tuple(tuple(h) for h in run_options["extra_hosts"]),
-                   shm_size=run_options.get("shm_size", 0),
-                   ulimits=tuple(tuple(u) for u in run_options.get("ulimits", ())),
-                   build_contexts=_context_kinds(named_contexts))
-    _check_entitlements(plan, run_options)
-    no_cache_for = _no_cache_vertices(plan, options.no_cache_filter)
     own_executor = executor is None
     if own_executor:
         from builder.executor import NamespaceExecutor
 
         executor = NamespaceExecutor(runtime_root=store.run_dir, network_ready=min(options.jobs or os.cpu_count() or 1, 4))
+    warm = getattr(executor, "warm_network", None)
     try:
-        if any(isinstance(v.op, ExecOp) and v.op.network == "default" for v in plan.vertices):
-            warm = getattr(executor, "warm_network", None)
-            if warm is not None:
-                warm()  # pyroute2's import and the first namespaces overlap with the first steps
+        if warm is not None and run_options["network"] == "default" and _may_run_networked(text):
+            warm()  # the network agent starts beside parsing and planning, on the other core
+        dockerfile = parse_dockerfile(text, dockerfile_name)
+        plan = convert(dockerfile, build_args=options.build_args, target=options.target,
+                       platform=options.platform, resolver=sources, network=run_options["network"],
+                       extra_hosts=tuple(tuple(h) for h in run_options["extra_hosts"]),
+                       shm_size=run_options.get("shm_size", 0),
+                       ulimits=tuple(tuple(u) for u in run_options.get("ulimits", ())),
+                       build_contexts=_context_kinds(named_contexts))
+        _check_entitlements(plan, run_options)
+        no_cache_for = _no_cache_vertices(plan, options.no_cache_filter)
+        if warm is not None and any(isinstance(v.op, ExecOp) and v.op.network == "default" for v in plan.vertices):
+            warm()  # (started already, unless the hint above missed this RUN)
         solver = Solver(store, executor, sources, context, jobs=options.jobs, no_cache=options.no_cache,
                         no_cache_for=no_cache_for, named_contexts=_local_contexts(named_contexts),
                         progress=progress, names=dict(plan.names), source_date_epoch=epoch,

@@ -22,6 +22,7 @@ from abc import ABC, abstractmethod
 from typing import BinaryIO, Iterator
 
 from builder.errors import BlobNotFound, DigestMismatch
+from builder.plumbing.files import fsync_directory
 
 _CHUNK = 1 << 20
 
@@ -157,7 +158,9 @@ class BlobWriter(BaseBlobWriter):
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
-        os.rename(self._tmp, self._store.path(digest))
+        target = self._store.path(digest)
+        os.rename(self._tmp, target)
+        fsync_directory(os.path.dirname(target))  # the rename itself survives a crash
 
     def abort(self) -> None:
         if not self._file.closed:

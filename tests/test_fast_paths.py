@@ -3,6 +3,7 @@ under load): `--help`, and a rebuild whose inputs have not changed."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -14,8 +15,9 @@ HEAVY = ("lark", "networkx", "pyroute2", "dill")
 
 
 def imported_modules(*args: str) -> set[str]:
-    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "builder.cli", *args],
-                          capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    """What `build-image ARGS` imports, with the processes it starts (the network agent)."""
+    proc = subprocess.run([sys.executable, "-m", "builder.cli", *args], capture_output=True, text=True,
+                          timeout=300, stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONPROFILEIMPORTTIME": "1"})
     return {line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines()
             if line.startswith("import time:") and "|" in line}
 
@@ -40,3 +42,16 @@ def test_unchanged_rebuild_neither_parses_plans_nor_asks_the_registry(tmp_path, 
     assert heavy == []
     assert "builder.convert" not in modules and "builder.executor" not in modules
     assert "http.client" not in modules            # the base image is a local image now
+
+
+@pytest.mark.root
+@pytest.mark.overlay
+@pytest.mark.registry
+def test_pyroute2_is_imported_only_when_a_run_uses_the_default_network(tmp_path, store_root, busybox_registry):
+    base = busybox_registry.reference
+    offline = write_context(tmp_path / "offline", {"Dockerfile": f"FROM {base}\nRUN --network=none echo a > /a\n"})
+    assert "pyroute2" not in imported_modules("--root", store_root, offline)
+    cli_none = write_context(tmp_path / "cli-none", {"Dockerfile": f"FROM {base}\nRUN echo b > /b\n"})
+    assert "pyroute2" not in imported_modules("--root", store_root, "--network", "none", cli_none)
+    networked = write_context(tmp_path / "networked", {"Dockerfile": f"FROM {base}\nRUN echo c > /c\n"})
+    assert "pyroute2" in imported_modules("--root", store_root, networked)

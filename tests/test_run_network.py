@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -196,6 +197,35 @@ def test_failed_run_leaves_no_network_objects(store_root, busybox_registry, tmp_
     assert leftovers() == []
 
 
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            found += [int(p) for p in f.read().split()]
+    return found
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def _wait_gone(pid: int, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return  # ended; waiting for PID 1 to reap it
+        except FileNotFoundError:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"the network agent {pid} outlived its build")
+
+
 def _start_sleeping_build(context: str, root: str) -> subprocess.Popen:
     proc = subprocess.Popen([sys.executable, "-m", "builder.cli", "--root", root, "--progress", "plain", context],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -213,15 +243,17 @@ FROM {busybox_registry.reference}
 RUN echo sleeping-now && sleep 60
 """})
     proc = _start_sleeping_build(context, store_root)
+    agents = [pid for pid in _children(proc.pid) if "builder.executor.network" in _cmdline(pid)]
+    assert len(agents) == 1
     proc.send_signal(getattr(signal, how))
     proc.wait(timeout=30)
-    if how == "SIGKILL":
-        # The kernel frees the namespace, the veth and the lease; the NAT table is removed by the
-        # next process that uses the network (it finds no user holding it).
-        again = write_context(tmp_path / "again", {"Dockerfile": f"FROM {busybox_registry.reference}\nRUN true\n"})
-        build(again, store_root)
-    else:
+    _wait_gone(agents[0])  # the network agent gives everything back and ends with its build
+    if how == "SIGINT":
         assert proc.returncode == 130
+    # Killed or not, the agent saw its build end: namespaces, veths, leases and the NAT table are gone.
+    assert leftovers() == []
+    again = write_context(tmp_path / "again", {"Dockerfile": f"FROM {busybox_registry.reference}\nRUN true\n"})
+    build(again, store_root)  # and the store and the network still work
     assert leftovers() == []
 
 
@@ -265,3 +297,14 @@ def test_invalid_network_mode_names_the_line():
         parse_dockerfile("FROM scratch\nRUN --network=bridge true\n", "Dockerfile")
     assert caught.value.line == 2
     assert 'invalid network mode "bridge"' in str(caught.value)
+
+
+@builds
+def test_a_machine_without_nftables_gets_a_clear_error(store_root, busybox_registry, tmp_path):
+    context = write_context(tmp_path / "ctx", {"Dockerfile": f"FROM {busybox_registry.reference}\nRUN true\n"})
+    done = subprocess.run([sys.executable, "-m", "builder.cli", "--root", store_root, "--progress", "plain", context],
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1] == (
+        "ERROR: the default network needs nftables (the nft command); install it or use --network=none")
+    assert leftovers() == []

@@ -6,27 +6,33 @@
     bi-N   10.89.a.b+1/30   <-- veth pair -->    eth0  10.89.a.b+2/30, default route via bi-N
       \\--> nftables: ip saddr 10.89.0.0/16 masquerade on the way out (table ip build_image)
 
-Lease N is the /30 block N of 10.89.0.0/16 and the interface name ``bi-N``. It is held machine-wide
-by an ``flock`` on ``/run/build-image/network/lease-N``, so concurrent steps, concurrent build-image
-processes and different store roots never share an address or a name, and a killed process's
-leases free themselves (the kernel drops its locks).
+Two processes share the work:
+
+    build-image (BridgeNetwork)  --"L"-->  agent (python -m builder.executor.network, serve())
+        a RUN's supervisor       <--JSON + the namespace's fd (SCM_RIGHTS)--
+        setns()s into it          --"R<N>"--> (RUN over: given back)   --"C"--> (build over)
+
+The agent imports pyroute2 (never build-image itself), makes namespaces and keeps a few ready, so
+its import and netlink work run beside the build, on another core and outside the build's GIL. A
+namespace is made by the agent unsharing its own network namespace, opening it and a netlink
+socket in it, and switching back.
+
+Lease N is the /30 block N of 10.89.0.0/16 and the interface name ``bi-N``. The agent holds it by
+an ``flock`` on ``/run/build-image/network/lease-N``, so concurrent steps, concurrent build-image
+processes and different store roots never share an address or a name, and a killed agent's leases
+free themselves (the kernel drops its locks).
 
 Nothing outlives a step:
 
 - The namespace is never bind-mounted anywhere: it lives only while a descriptor or a process
-  holds it. The container's processes die with build-image (PR_SET_PDEATHSIG), and so do our
-  descriptors, so even after a SIGKILL the kernel destroys the namespace, and with it the veth
-  pair. A clean release deletes the host end at once (the kernel's own teardown is asynchronous).
-  Whoever takes lease N next deletes a ``bi-N`` that is somehow still there.
-- The NAT table is shared by every process that uses the network: each holds a shared ``flock``
-  on ``nat.users``; the last one to leave (the one that gets the lock exclusively) deletes the
-  table. After a SIGKILL the next process to leave deletes it.
-
-pyroute2 does the links, addresses and routes; it is imported here only, on the first ``default``
-RUN (or when the build warms the network up), never for ``none``, ``--help`` or a cached rebuild.
-All netlink work happens on one worker thread: a namespace is made by that thread unsharing its
-own network namespace, opening it and a netlink socket in it, and switching back, so no process is
-forked. A few leases are prepared ahead of time so that a RUN rarely waits for one.
+  holds it. A RUN's processes die with build-image (PR_SET_PDEATHSIG); when build-image ends, or
+  dies, the agent reads end of file, closes its descriptors and exits. Closing the last descriptor
+  makes the kernel destroy the namespace and the veth pair with it, in the background. Whoever
+  takes lease N next deletes a ``bi-N`` that is still going away (the agent avoids indices it gave
+  back in the last two seconds).
+- The NAT table is shared by every agent: each holds a shared ``flock`` on ``nat.users``; the last
+  one to leave (the one that gets the lock exclusively) deletes the table. An agent that was itself
+  SIGKILLed leaves it to the next agent that leaves.
 """
 
 from __future__ import annotations
@@ -34,12 +40,15 @@ from __future__ import annotations
 import errno
 import fcntl
 import ipaddress
+import json
 import os
-import queue
+import select
+import signal
 import socket
 import subprocess
+import sys
 import threading
-from collections.abc import Callable
+import time
 from dataclasses import dataclass
 
 from builder.errors import SolveError
@@ -54,6 +63,7 @@ CONTAINER_IFNAME = "eth0"
 FALLBACK_NAMESERVERS = ("8.8.8.8", "8.8.4.4")
 _SYSTEMD_RESOLV_CONF = "/run/systemd/resolve/resolv.conf"
 _NETLINK_ROUTE = 0
+_COOLING_SECONDS = 2.0
 
 
 class NetworkError(SolveError):
@@ -90,9 +100,11 @@ class _LeaseTable:
         self.state_dir = state_dir
         os.makedirs(state_dir, mode=0o700, exist_ok=True)
 
-    def take(self) -> tuple[int, int]:
-        """(index, lock fd) of a free lease, now held by this process."""
+    def take(self, avoid: frozenset[int] = frozenset()) -> tuple[int, int]:
+        """(index, lock fd) of a free lease not in AVOID, now held by this process."""
         for index in range(lease_count()):
+            if index in avoid:
+                continue
             fd = os.open(os.path.join(self.state_dir, f"lease-{index}"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
                          0o600)
             try:
@@ -128,8 +140,10 @@ class _NatTable:
         fcntl.flock(self._users, fcntl.LOCK_SH)
         try:
             with self._mutex():
-                if not self._exists():
-                    _nft(self._RULESET, "add the NAT table")
+                # One transaction, one nft call: make sure the table exists, drop it, declare it
+                # whole. However many processes got here first, exactly one rule remains.
+                _nft(f"table ip {NAT_TABLE} {{}}\ndelete table ip {NAT_TABLE}\n" + self._RULESET,
+                     "set up NAT for the default network")
         except BaseException:
             os.close(self._users)
             raise
@@ -143,17 +157,12 @@ class _NatTable:
             except BlockingIOError:
                 pass  # another process still uses it
             else:
-                if self._exists():
-                    _nft(f"delete table ip {NAT_TABLE}\n", "delete the NAT table")
+                _run_nft(["delete", "table", "ip", NAT_TABLE])  # gone already (a killed user's) is fine
             finally:
                 os.close(self._users)
 
     def _mutex(self):
         return _FileLock(self._mutex_path)
-
-    @staticmethod
-    def _exists() -> bool:
-        return _run_nft(["list", "table", "ip", NAT_TABLE]).returncode == 0
 
 
 def _nft(script: str, what: str) -> None:
@@ -184,101 +193,31 @@ class _FileLock:
         os.close(self.fd)
 
 
-# ---- the provider ----------------------------------------------------------------------------
+# ---- the agent: a process that makes namespaces --------------------------------------------
 
-class BridgeNetwork:
-    """Leases of the default network for the RUNs of one build-image process."""
+class _Namespaces:
+    """The netlink side, in the agent process: lease slots, NAT, and the namespaces themselves."""
 
-    def __init__(self, state_dir: str = STATE_DIR, ready: int = 1):
-        self._state_dir = state_dir
-        self._ready_target = max(ready, 0)
-        self._worker = _Worker()
-        self._lock = threading.Lock()
-        self._ready: list[_Pending] = []
-        self._leases: dict[int, tuple[NetworkLease, int]] = {}  # index -> (lease, lock fd): made, not torn down
-        self._closed = False
-        self._started = False
-        self._setup_error: NetworkError | None = None
+    def __init__(self, state_dir: str):
+        from pyroute2 import IPRoute  # the only import of pyroute2 (in the agent, never in build-image)
 
-    def warm(self) -> None:
-        """Start importing pyroute2 and preparing leases in the background."""
-        with self._lock:
-            self._start()
-            self._refill()
+        self._IPRoute = IPRoute
+        self._table = _LeaseTable(state_dir)
+        self._host_netns = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        self._host = IPRoute()
+        self._nat = _NatTable(state_dir)
+        self._locks: dict[int, int] = {}        # index -> lease lock fd, for every lease handed out or ready
+        self._netns: dict[int, int] = {}        # index -> this process's descriptor of its namespace
+        self._released: dict[int, float] = {}   # index -> when it was given back
 
-    def acquire(self) -> NetworkLease:
-        with self._lock:
-            if self._closed:
-                raise NetworkError("the network is shut down")
-            self._start()
-            pending = self._ready.pop(0) if self._ready else self._submit_prepare()
-            self._refill()
-        return pending.result()
-
-    def release(self, lease: NetworkLease) -> None:
-        """Tear LEASE down (in the background) and give its address back."""
-        self._worker.submit(lambda: self._teardown(lease))
-
-    def close(self) -> None:
-        """Tear down every lease (ready ones, and any a caller interrupted while waiting for it),
-        leave the NAT table; waits for the worker to finish. Call it once no RUN is running."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            self._ready = []
-        if self._started:
-            self._worker.submit(self._shutdown)  # runs after every job submitted before it
-        self._worker.stop()
-
-    # ---- on the caller's side (under self._lock) ----
-
-    def _start(self) -> None:
-        if not self._started:
-            self._started = True
-            self._worker.submit(self._setup)
-
-    def _refill(self) -> None:
-        while len(self._ready) < self._ready_target:
-            self._ready.append(self._submit_prepare())
-
-    def _submit_prepare(self) -> "_Pending":
-        return self._worker.submit(self._prepare)
-
-    # ---- on the worker thread ----
-
-    def _setup(self) -> None:
-        try:
-            from pyroute2 import IPRoute  # the only import of pyroute2
-
-            self._IPRoute = IPRoute
-            self._table = _LeaseTable(self._state_dir)
-            self._host_netns = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-            self._host = IPRoute()
-            self._nat = _NatTable(self._state_dir)
-        except NetworkError as exc:
-            self._setup_error = exc
-        except Exception as exc:
-            self._setup_error = NetworkError(f"the default network is not available: {exc}")
-
-    def _shutdown(self) -> None:
-        for lease, _ in list(self._leases.values()):
-            self._teardown(lease)
-        if self._setup_error is not None:
-            return
-        self._nat.leave()
-        self._host.close()
-        os.close(self._host_netns)
-
-    def _prepare(self) -> NetworkLease:
-        if self._setup_error is not None:
-            raise self._setup_error
-        index, lock_fd = self._table.take()
+    def prepare(self) -> NetworkLease:
+        index, lock_fd = self._table.take(self._cooling())
         host_ifname = f"{HOST_IFNAME_PREFIX}{index}"
         gateway, address = NetworkLease.addresses(index)
         netns_fd = inner = None
         try:
-            self._delete_link(host_ifname)  # left by a process that died mid-teardown
+            if os.path.exists(f"/sys/class/net/{host_ifname}"):
+                self._delete_link(host_ifname)  # its old namespace is still being destroyed
             netns_fd, inner = self._new_namespace()
             self._host.link("add", ifname=host_ifname, kind="veth",
                             peer={"ifname": CONTAINER_IFNAME, "net_ns_fd": netns_fd})
@@ -301,9 +240,30 @@ class BridgeNetwork:
         finally:
             if inner is not None:
                 inner.close()
-        lease = NetworkLease(index, netns_fd, host_ifname, address, gateway)
-        self._leases[index] = (lease, lock_fd)
-        return lease
+        self._locks[index] = lock_fd
+        self._netns[index] = netns_fd
+        return NetworkLease(index, netns_fd, host_ifname, address, gateway)
+
+    def forget(self, index: int) -> None:
+        """Give lease INDEX back: closing the last descriptor of its namespace makes the kernel
+        destroy it, and the veth pair with it, in the background (batched; deleting the link here
+        would cost ~25 ms of synchronize_net)."""
+        lock_fd = self._locks.pop(index, None)
+        if lock_fd is None:
+            return
+        os.close(self._netns.pop(index))
+        self._released[index] = time.monotonic()
+        _LeaseTable.give_back(lock_fd)
+
+    def give_back_all(self) -> None:
+        for index in list(self._locks):
+            self.forget(index)
+
+    def close(self) -> None:
+        self.give_back_all()
+        self._nat.leave()
+        self._host.close()
+        os.close(self._host_netns)
 
     def _new_namespace(self):
         """(fd of a new network namespace, an IPRoute bound inside it); this thread stays put."""
@@ -315,15 +275,14 @@ class BridgeNetwork:
             linux.setns(self._host_netns, linux.CLONE_NEWNET)
         return netns_fd, self._IPRoute(fileno=sock.detach())
 
-    def _teardown(self, lease: NetworkLease) -> None:
-        entry = self._leases.pop(lease.index, None)
-        if entry is None:
-            return  # torn down already
-        try:
-            self._delete_link(lease.host_ifname)
-        finally:
-            os.close(lease.netns_fd)
-            _LeaseTable.give_back(entry[1])
+    def _cooling(self) -> frozenset[int]:
+        """Leases given back moments ago: their veth may still be going away, so a new lease takes
+        another index rather than wait for it."""
+        now = time.monotonic()
+        for index, when in list(self._released.items()):
+            if now - when > _COOLING_SECONDS:
+                del self._released[index]
+        return frozenset(self._released)
 
     def _delete_link(self, ifname: str) -> None:
         try:
@@ -335,53 +294,154 @@ class BridgeNetwork:
                 raise
 
 
-class _Pending:
-    """A job for the worker thread and, once it ran, its result or error."""
+def serve(sock: socket.socket, state_dir: str, ready: int) -> None:
+    """The agent's loop. Requests: b"L" (a lease: answered with its JSON and its namespace's
+    descriptor), b"R<index>" (given back), b"C" (build-image is done: every lease is given back,
+    then acknowledged with b"K"; the NAT table is left after that, while build-image goes on) or
+    end of file (build-image died: the same, unacknowledged). Between requests it keeps READY
+    leases made."""
+    try:
+        namespaces, failure = _Namespaces(state_dir), None
+    except NetworkError as exc:
+        namespaces, failure = None, str(exc)
+    except Exception as exc:
+        namespaces, failure = None, f"the default network is not available: {exc}"
+    pool: list[NetworkLease] = []
+    try:
+        while True:
+            idle = namespaces is not None and failure is None and len(pool) < ready
+            if idle and not select.select([sock], [], [], 0)[0]:
+                try:
+                    pool.append(namespaces.prepare())
+                except NetworkError as exc:
+                    failure = str(exc)
+                continue
+            request = sock.recv(64)
+            if request in (b"", b"C"):
+                if namespaces is not None:
+                    namespaces.give_back_all()
+                if request == b"C":
+                    sock.send(b"K")
+                return
+            if request == b"L":
+                _answer(sock, namespaces, pool, failure)
+            elif request.startswith(b"R") and namespaces is not None:
+                namespaces.forget(int(request[1:]))
+    finally:
+        if namespaces is not None:
+            namespaces.close()
 
-    def __init__(self, job: Callable):
-        self.job = job
-        self._done = threading.Event()
-        self._value = None
-        self._error: BaseException | None = None
 
-    def run(self) -> None:
+def _answer(sock: socket.socket, namespaces: _Namespaces | None, pool: list[NetworkLease],
+            failure: str | None) -> None:
+    try:
+        if namespaces is None:
+            raise NetworkError(failure or "the default network is not available")
+        lease = pool.pop(0) if pool else namespaces.prepare()
+    except NetworkError as exc:
+        sock.send(json.dumps({"error": str(exc)}).encode())
+        return
+    body = {"index": lease.index, "host_ifname": lease.host_ifname, "address": lease.address,
+            "gateway": lease.gateway}
+    socket.send_fds(sock, [json.dumps(body).encode()], [lease.netns_fd])
+
+
+def _agent_main() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is build-image's; we stop when it hangs up
+    sock = socket.socket(fileno=int(os.environ["BUILD_IMAGE_NETWORK_FD"]))
+    serve(sock, os.environ.get("BUILD_IMAGE_NETWORK_DIR", STATE_DIR), int(os.environ.get("BUILD_IMAGE_NETWORK_READY", "1")))
+
+
+# ---- the client: what the executor uses --------------------------------------------------------
+
+class BridgeNetwork:
+    """Leases of the default network for the RUNs of one build-image process.
+
+    The namespaces are made by an agent process (``python -m builder.executor.network``), so that
+    pyroute2's import and the netlink work run beside the build, on another core and outside its
+    GIL, and never in build-image itself. The agent holds the leases; it gives them all back when
+    build-image closes the connection, or dies (the socket then reads end of file).
+    """
+
+    def __init__(self, state_dir: str = STATE_DIR, ready: int = 1):
+        self._state_dir = state_dir
+        self._ready = max(ready, 0)
+        self._lock = threading.Lock()
+        self._agent: subprocess.Popen | None = None
+        self._sock: socket.socket | None = None
+        self._closed = False
+
+    def warm(self) -> None:
+        """Start the agent now, so the first leases are ready when the first RUN wants one."""
+        with self._lock:
+            self._start()
+
+    def acquire(self) -> NetworkLease:
+        with self._lock:
+            if self._closed:
+                raise NetworkError("the network is shut down")
+            self._start()
+            try:
+                self._sock.send(b"L")
+                data, fds, _, _ = socket.recv_fds(self._sock, 4096, 1)
+            except OSError as exc:
+                raise NetworkError(f"the network agent is gone: {exc.strerror or exc}") from None
+        if not data:
+            raise NetworkError("the network agent is gone")
+        body = json.loads(data)
+        if "error" in body:
+            raise NetworkError(body["error"])
+        netns_fd = fds[0]
+        os.set_inheritable(netns_fd, False)
+        return NetworkLease(body["index"], netns_fd, body["host_ifname"], body["address"], body["gateway"])
+
+    def release(self, lease: NetworkLease) -> None:
+        """Give LEASE back once its RUN has ended."""
+        os.close(lease.netns_fd)
+        with self._lock:
+            if self._sock is not None:
+                try:
+                    self._sock.send(b"R%d" % lease.index)
+                except OSError:
+                    pass  # the agent is gone, and gave everything back as it went
+
+    def close(self) -> None:
+        """Wait until the agent has given every lease back; it then leaves the NAT table and exits
+        on its own (holding the table's user lock until it has), off build-image's critical path."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            sock, self._sock = self._sock, None
+            agent, self._agent = self._agent, None
+        if sock is None:
+            return
+        threading.Thread(target=agent.wait, name="build-image-network-reaper", daemon=True).start()
         try:
-            self._value = self.job()
-        except BaseException as exc:
-            self._error = exc
-        self._done.set()
+            sock.send(b"C")
+            sock.settimeout(30)
+            sock.recv(1)
+        except OSError:
+            pass  # gone already: leases go back when it ends, whatever ended it
+        finally:
+            sock.close()
 
-    def result(self):
-        self._done.wait()
-        if self._error is not None:
-            raise self._error
-        return self._value
-
-
-class _Worker:
-    """One thread that runs every netlink job in order (pyroute2 objects stay on one thread)."""
-
-    def __init__(self):
-        self._jobs: queue.Queue[_Pending | None] = queue.Queue()
-        self._thread: threading.Thread | None = None
-
-    def submit(self, job: Callable) -> _Pending:
-        pending = _Pending(job)
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._loop, name="build-image-network", daemon=True)
-            self._thread.start()
-        self._jobs.put(pending)
-        return pending
-
-    def stop(self) -> None:
-        if self._thread is not None:
-            self._jobs.put(None)
-            self._thread.join()
-            self._thread = None
-
-    def _loop(self) -> None:
-        while (pending := self._jobs.get()) is not None:
-            pending.run()
+    def _start(self) -> None:
+        if self._sock is not None:
+            return
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            env = {**os.environ, "BUILD_IMAGE_NETWORK_FD": str(theirs.fileno()),
+                   "BUILD_IMAGE_NETWORK_DIR": self._state_dir, "BUILD_IMAGE_NETWORK_READY": str(self._ready)}
+            self._agent = subprocess.Popen([sys.executable, "-m", "builder.executor.network"], env=env,
+                                           pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
+                                           start_new_session=True)
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        self._sock = ours
 
 
 # ---- files a RUN sees --------------------------------------------------------------------------
@@ -432,3 +492,7 @@ def _read(path: str) -> str:
             return f.read()
     except OSError:
         return ""
+
+
+if __name__ == "__main__":
+    _agent_main()

@@ -37,6 +37,7 @@ from builder.image.manifest import OutputManifest, StoredImage, for_output, mani
 from builder.image.media import Descriptor, Platform
 from builder.plumbing.canonical import canonical_json
 from builder.plumbing.compression import sniff_file
+from builder.plumbing.files import fsync_directory
 from builder.registry.platforms import select_manifest
 from builder.registry.reference import InvalidReference, parse_reference
 from builder.store import Store
@@ -290,7 +291,9 @@ def _commit(store: Store, staged: _Staged) -> None:
     if store.blobs.has(staged.digest):
         return
     os.chmod(staged.path, 0o644)
-    os.rename(staged.path, store.blobs.path(staged.digest))
+    target = store.blobs.path(staged.digest)
+    os.rename(staged.path, target)
+    fsync_directory(os.path.dirname(target))
 
 
 def _clean(name: str) -> str:

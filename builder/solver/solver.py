@@ -27,6 +27,8 @@ from builder.solver.ops import op_class
 from builder.solver.ops.base import EMPTY, LayerRef, Result, SolverOp, epoch_rfc3339, now_rfc3339
 from builder.solver.sources import ImageSources
 
+_SIGNAL_POLL_SECONDS = 0.2
+
 __all__ = ["EMPTY", "LayerRef", "Result", "Solver", "epoch_rfc3339", "now_rfc3339"]
 
 
@@ -110,7 +112,9 @@ class Solver:
                     if all(i is None or i in done for i in vertex.inputs) and len(running) < self.jobs:
                         pending.remove(vertex)
                         running[pool.submit(self._solve_one, vertex)] = vertex
-                finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                # A timeout, so this thread runs Python often: a SIGINT the kernel delivered to a
+                # worker thread is only handled (KeyboardInterrupt) when the main thread runs.
+                finished, _ = wait(list(running), timeout=_SIGNAL_POLL_SECONDS, return_when=FIRST_COMPLETED)
                 for future in finished:
                     vertex = running.pop(future)
                     self.results[vertex] = future.result()  # re-raises the step's error

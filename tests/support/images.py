@@ -41,7 +41,9 @@ def run_oci_archive(archive: str, workdir: str, args: list[str] | None = None, t
     os.makedirs(layout)
     with tarfile.open(archive) as tf:
         tf.extractall(layout, filter="data")
-    subprocess.run(["umoci", "unpack", "--image", f"{layout}:{tag}", bundle], check=True, capture_output=True)
+    unpack = subprocess.run(["umoci", "unpack", "--image", f"{layout}:{tag}", bundle], capture_output=True, text=True)
+    if unpack.returncode != 0:
+        raise AssertionError(f"umoci unpack failed ({unpack.returncode}): {unpack.stderr.strip()}")
     config_path = os.path.join(bundle, "config.json")
     with open(config_path) as f:
         config = json.load(f)
