@@ -210,7 +210,9 @@ class Converter:
             stages[index] = self._convert_stage(index, from_node, body, global_args, stages, stage_nodes)
         target = stages[target_index]
         vertices = self._topological(target.vertex)
-        unused = tuple(sorted(k for k in self.build_args if k not in self.used_args and k not in PROXY_ARGS))
+        # BUILDKIT_* arguments are options to the builder itself (BUILDKIT_CONTEXT_KEEP_GIT_DIR), never "unused".
+        unused = tuple(sorted(k for k in self.build_args if k not in self.used_args and k not in PROXY_ARGS
+                              and not k.startswith("BUILDKIT_")))
         return BuildPlan(target, vertices, dict(self.names), self.context, unused, dict(self.stage_of),
                          dict(self.lines))
 

@@ -155,9 +155,20 @@ def _source_date_epoch(build_args: Mapping[str, str]) -> int | None:
 
 
 def build(options: BuildOptions, progress: events.Progress = events.ignore, executor=None, stdin=None) -> BuildResult:
-    """Build as OPTIONS say. A context or Dockerfile of `-` is read from STDIN (default: sys.stdin)."""
+    """Build as OPTIONS say. A context or Dockerfile of `-` is read from STDIN (default: sys.stdin); a
+    context may be a URL (a tar or Dockerfile over HTTP(S), a git repository)."""
+    from builder.remote_context import is_remote, remote_context
     from builder.stdin_context import STDIN, stdin_forms
 
+    if is_remote(options.context):
+        keep_git = options.build_args.get("BUILDKIT_CONTEXT_KEEP_GIT_DIR", "") in ("1", "true")
+        with remote_context(options.context, keep_git) as (context, fetched_dockerfile):
+            dockerfile = options.dockerfile
+            if fetched_dockerfile is not None and dockerfile != STDIN:
+                dockerfile = fetched_dockerfile   # the URL was a Dockerfile
+            elif dockerfile and dockerfile != STDIN and not os.path.isabs(dockerfile):
+                dockerfile = os.path.join(context, dockerfile)   # -f is inside the fetched context
+            return build(replace(options, context=context, dockerfile=dockerfile), progress, executor, stdin)
     if STDIN not in (options.context, options.dockerfile):
         return _build(options, progress, executor)
     if stdin is None:

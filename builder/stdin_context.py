@@ -39,26 +39,26 @@ def stdin_forms(context: str, dockerfile: str | None, stdin: BinaryIO) -> Iterat
         with open(spooled, "wb") as out:
             shutil.copyfileobj(stdin, out, 1 << 20)
         if dockerfile == STDIN:
-            yield context, _as_dockerfile(spooled, scratch)
+            yield context, as_dockerfile(spooled, scratch)
             return
         context_dir = os.path.join(scratch, "context")
         os.mkdir(context_dir)
-        if _extract_tar(spooled, context_dir):
+        if extract_tar(spooled, context_dir):
             yield context_dir, os.path.join(context_dir, dockerfile) if dockerfile else None
         else:
-            yield context_dir, _as_dockerfile(spooled, scratch)
+            yield context_dir, as_dockerfile(spooled, scratch)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _as_dockerfile(spooled: str, scratch: str) -> str:
+def as_dockerfile(spooled: str, scratch: str) -> str:
     path = os.path.join(scratch, "dockerfile", "Dockerfile")
     os.mkdir(os.path.dirname(path))
     os.rename(spooled, path)
     return path
 
 
-def _extract_tar(spooled: str, dest: str) -> bool:
+def extract_tar(spooled: str, dest: str, what: str = "stdin") -> bool:
     """Extract SPOOLED into DEST if it is a tar (compressed or not); False if it is plain text."""
     kind = compression.sniff_file(spooled)
     plain = spooled
@@ -69,14 +69,14 @@ def _extract_tar(spooled: str, dest: str) -> bool:
                     open(plain, "wb") as out:
                 shutil.copyfileobj(stream, out, 1 << 20)
         except (compression.CorruptStream, OSError, EOFError) as e:
-            raise BuildError(f"unable to prepare context: the {kind} data on stdin does not decompress: {e}") from None
+            raise BuildError(f"unable to prepare context: the {kind} data on {what} does not decompress: {e}") from None
     if not tarfile.is_tarfile(plain):
         if kind:
-            raise BuildError(f"unable to prepare context: the {kind} data on stdin is not a tar archive")
+            raise BuildError(f"unable to prepare context: the {kind} data on {what} is not a tar archive")
         return False
     try:
         with tarfile.open(plain) as tar:
             tar.extractall(dest, filter="tar")
     except (tarfile.TarError, OSError) as e:
-        raise BuildError(f"unable to prepare context: the tar on stdin cannot be extracted: {e}") from None
+        raise BuildError(f"unable to prepare context: the tar on {what} cannot be extracted: {e}") from None
     return True

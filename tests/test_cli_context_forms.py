@@ -9,6 +9,7 @@ import io
 import lzma
 import subprocess
 import sys
+import os
 import tarfile
 
 import pytest
@@ -127,3 +128,89 @@ def test_a_failed_run_shows_its_dockerfile_lines(store_root, tmp_path, busybox_r
     excerpt = lines[lines.index("Dockerfile:2-3"):]
     assert excerpt[3:5] == ["   2 | >>> RUN echo one && \\", "   3 | >>>     exit 3"]
     assert lines[-1].startswith("ERROR: failed to solve: process ") and lines[-1].endswith("exit code: 3")
+
+
+# --- contexts named by URL ------------------------------------------------------------------------
+
+
+def _git(*args: str, cwd) -> None:
+    subprocess.run(["git", "-c", "user.email=t@example.invalid", "-c", "user.name=t", *args], cwd=cwd,
+                   check=True, capture_output=True)
+
+
+@pytest.fixture
+def bare_repo(tmp_path):
+    """A bare git repository: main has a Dockerfile and `sub/` (its own Dockerfile); tag v1 is the
+    first commit, main has moved on since."""
+    work = tmp_path / "work"
+    write_context(work, {"Dockerfile": "FROM scratch\nCOPY a /\n", "a": "v1\n",
+                         "sub/Dockerfile": "FROM scratch\nCOPY x /\n", "sub/x": "x\n"})
+    _git("init", "-q", "-b", "main", cwd=work)
+    _git("add", "-A", cwd=work)
+    _git("commit", "-qm", "one", cwd=work)
+    _git("tag", "v1", cwd=work)
+    (work / "a").write_text("v2\n")
+    _git("commit", "-qam", "two", cwd=work)
+    bare = tmp_path / "bare.git"
+    _git("clone", "-q", "--bare", str(work), str(bare), cwd=tmp_path)
+    return bare
+
+
+def test_a_git_url_is_the_context_at_a_ref_and_subdir(store_root, tmp_path, bare_repo):
+    url = f"file://{bare_repo}"
+    out = tmp_path / "out"
+    image_id(cli("--root", store_root, "-q", "-o", f"type=local,dest={out}", url))
+    assert (out / "a").read_text() == "v2\n"
+    tagged = tmp_path / "tagged"
+    image_id(cli("--root", store_root, "-q", "-o", f"type=local,dest={tagged}", f"{url}#v1"))
+    assert (tagged / "a").read_text() == "v1\n"
+    sub = tmp_path / "sub"
+    image_id(cli("--root", store_root, "-q", "-o", f"type=local,dest={sub}", f"{url}#main:sub"))
+    assert os.listdir(sub) == ["x"]
+
+
+def test_the_git_dir_is_kept_only_when_asked(store_root, tmp_path, bare_repo):
+    dockerfile = b"FROM scratch\nCOPY .git/HEAD /\n"
+    gone = cli("--root", store_root, "-f", "-", f"file://{bare_repo}", stdin=dockerfile)
+    assert gone.returncode == 1 and b'"/.git/HEAD": not found' in gone.stderr
+    kept = cli("--root", store_root, "-q", "--build-arg", "BUILDKIT_CONTEXT_KEEP_GIT_DIR=1", "-f", "-",
+               f"file://{bare_repo}", stdin=dockerfile)
+    assert kept.returncode == 0 and b"not consumed" not in kept.stderr, kept.stderr
+
+
+def test_git_url_errors(store_root, bare_repo):
+    for url, message in ((f"file://{bare_repo}#nope", b"couldn't find remote ref nope"),
+                         (f"file://{bare_repo}#main:missing", b"'missing' is not a directory"),
+                         (f"file://{bare_repo}.missing", b"failed to fetch")):
+        proc = cli("--root", store_root, url)
+        assert proc.returncode == 1 and message in proc.stderr and b"Traceback" not in proc.stderr, proc.stderr
+
+
+def test_an_http_url_is_a_tarball_or_a_dockerfile(store_root, tmp_path):
+    from http.server import BaseHTTPRequestHandler
+
+    from tests.support.httpserver import LoopbackHTTPServer
+
+    bodies = {"/ctx.tar.gz": gzip.compress(context_tar(FILES)), "/Dockerfile": b"FROM scratch\nLABEL from=url\n"}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = bodies.get(self.path)
+            self.send_response(200 if body is not None else 404)
+            self.send_header("Content-Length", str(len(body or b"")))
+            self.end_headers()
+            self.wfile.write(body or b"")
+
+        def log_message(self, *args):
+            pass
+
+    from_dir = image_id(cli("--root", store_root, "-q", write_context(tmp_path / "ctx", {
+        "Dockerfile": "FROM scratch\nCOPY a /\n", "a": "a\n"})))
+    with LoopbackHTTPServer(Handler) as server:
+        assert image_id(cli("--root", store_root, "-q", f"{server.url}/ctx.tar.gz")) == from_dir
+        assert image_id(cli("--root", store_root, "-q", "-t", "fromurl:1", f"{server.url}/Dockerfile"))
+        missing = cli("--root", store_root, f"{server.url}/missing")
+    assert missing.returncode == 1 and b"404" in missing.stderr and b"Traceback" not in missing.stderr
+    labels = subprocess.run([sys.executable, "-m", "builder.cli", "inspect", "--root", store_root, "-f",
+                             "{{json .Config.Labels}}", "fromurl:1"], capture_output=True, text=True).stdout
+    assert labels.strip() == '{"from":"url"}'
