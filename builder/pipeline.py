@@ -160,8 +160,23 @@ def build(options: BuildOptions, progress: events.Progress = events.ignore, exec
     from builder.remote_context import is_remote, remote_context
     from builder.stdin_context import STDIN, stdin_forms
 
+    keep_git = options.build_args.get("BUILDKIT_CONTEXT_KEEP_GIT_DIR", "") in ("1", "true")
+    remote_named = [c for c in options.build_contexts if is_remote(c.partition("=")[2])]
+    if remote_named:  # --build-context NAME=URL: fetched like a URL context, then a directory
+        import contextlib
+
+        with contextlib.ExitStack() as fetched:
+            named = []
+            for text in options.build_contexts:
+                name, _, value = text.partition("=")
+                if text in remote_named:
+                    directory, dockerfile_only = fetched.enter_context(remote_context(value, keep_git))
+                    if dockerfile_only is not None:
+                        raise BuildError(f"--build-context {name}: {value} is a Dockerfile, not a context")
+                    text = f"{name}={directory}"
+                named.append(text)
+            return build(replace(options, build_contexts=tuple(named)), progress, executor, stdin)
     if is_remote(options.context):
-        keep_git = options.build_args.get("BUILDKIT_CONTEXT_KEEP_GIT_DIR", "") in ("1", "true")
         with remote_context(options.context, keep_git) as (context, fetched_dockerfile):
             dockerfile = options.dockerfile
             if fetched_dockerfile is not None and dockerfile != STDIN:
@@ -484,10 +499,10 @@ def _parse_build_contexts(values) -> dict[str, str]:
             if not value.removeprefix("docker-image://"):
                 raise BuildError(f'invalid --build-context "{text}": docker-image:// needs an image name')
             contexts[name] = value
-        elif "://" in value or value.startswith("git@"):
-            scheme = value.split("://")[0] if "://" in value else "git"
+        elif "://" in value:
+            scheme = value.split("://")[0]
             raise BuildError(f'--build-context {name}: {scheme} contexts are not supported yet '
-                             "(a directory or docker-image://REF is)")
+                             "(a directory, a git or http(s) URL, or docker-image://REF is)")
         elif not os.path.isdir(value):
             raise BuildError(f"--build-context {name}: {value} is not a directory")
         else:

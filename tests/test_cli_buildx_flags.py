@@ -230,7 +230,6 @@ def test_build_context_errors(store_root, tmp_path):
     context = write_context(tmp_path / "ctx", {"Dockerfile": "FROM scratch AS extra\nFROM scratch\n"
                                                              "COPY --from=extra /a /\n"})
     for value, message in ((f"extra={tmp_path}", b"a stage has that name"),
-                           ("x=https://example.invalid/ctx.tar", b"https contexts are not supported"),
                            ("x=oci-layout:///tmp/layout", b"oci-layout contexts are not supported"),
                            (f"x={tmp_path / 'missing'}", b"is not a directory"),
                            ("novalue", b"use NAME=DIR")):

@@ -214,3 +214,11 @@ def test_an_http_url_is_a_tarball_or_a_dockerfile(store_root, tmp_path):
     labels = subprocess.run([sys.executable, "-m", "builder.cli", "inspect", "--root", store_root, "-f",
                              "{{json .Config.Labels}}", "fromurl:1"], capture_output=True, text=True).stdout
     assert labels.strip() == '{"from":"url"}'
+
+
+def test_a_build_context_may_be_a_git_url(store_root, tmp_path, bare_repo):
+    context = write_context(tmp_path / "ctx", {"Dockerfile": "FROM scratch\nCOPY --from=repo /x /from-git\n"})
+    out = tmp_path / "out"
+    image_id(cli("--root", store_root, "-q", "--build-context", f"repo=file://{bare_repo}#main:sub",
+                 "-o", f"type=local,dest={out}", context))
+    assert (out / "from-git").read_text() == "x\n"
