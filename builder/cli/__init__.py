@@ -16,6 +16,8 @@
     build-image prune [-a] [--cache] [-f]      remove dangling images, unused blobs and snapshots
     build-image df                             disk usage of the store
     build-image fsck [--repair]                verify every blob and reference
+    build-image diff [--flatten] [--format json] A B   compare two images (local, archives, layouts,
+                                               docker://): config, then files layer by layer
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import sys
 
 # Command name -> module under builder.cli; only the one asked for is imported.
 _COMMANDS = {
-    "build": "build_command", "parse": "parse",
+    "build": "build_command", "parse": "parse", "diff": "diff_command",
     **{name: "images" for name in ("images", "tag", "rmi", "inspect", "history", "save", "load", "import",
                                    "export", "pull", "push", "login", "logout", "prune", "df", "fsck")},
 }

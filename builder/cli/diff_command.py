@@ -1,0 +1,83 @@
+"""`build-image diff [--flatten] [--format text|json] A B`: what differs between two images.
+
+Exit status as diff(1): 0 when the images are the same, 1 when they differ (or on an error,
+which is one ERROR line)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from builder.cli.runner import run_command
+
+SOURCES = "NAME|ID, oci-archive:FILE, docker-archive:FILE, oci:DIR[:TAG] or docker://REF"
+
+
+def cmd_diff(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="build-image diff", description="Compare two images: config, then files.")
+    p.add_argument("a", metavar="A", help=SOURCES)
+    p.add_argument("b", metavar="B", help=SOURCES)
+    p.add_argument("--flatten", action="store_true", help="compare the file systems, not layer by layer")
+    p.add_argument("--format", choices=("text", "json"), default="text")
+    p.add_argument("--insecure-registry", action="append", default=[], help="use plain HTTP for this registry")
+    p.add_argument("--root", help="store root (default: $BUILD_IMAGE_ROOT or ~/.local/share/build-image)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    ns = p.parse_args(argv)
+
+    def run() -> int:
+        from builder.lifecycle.diff import diff
+        from builder.store import Store
+
+        result = diff(Store(ns.root), ns.a, ns.b, flatten=ns.flatten, insecure_registries=ns.insecure_registry)
+        if ns.format == "json":
+            print(json.dumps(result.to_json(), indent=2, ensure_ascii=False))
+        else:
+            sys.stdout.write(render_diff(result))
+        return 0 if result.identical else 1
+
+    return run_command(run, ns.debug)
+
+
+def render_diff(result) -> str:
+    """The text report: both images, the config fields that differ, then each differing layer."""
+    lines = [f"A: {result.a.source}  {result.a.image_id}", f"B: {result.b.source}  {result.b.image_id}"]
+    if result.identical:
+        return "\n".join(lines + ["identical"]) + "\n"
+    if result.config:
+        lines.append("config:")
+        lines += [f"  {c.field}: {_show(c.a)} -> {_show(c.b)}" for c in result.config]
+    for layer in result.layers:
+        lines += render_layer(layer)
+    return "\n".join(lines) + "\n"
+
+
+def render_layer(layer, indent: str = "") -> list[str]:
+    if layer.index is None:
+        head = "file system (flattened)"
+    else:
+        step = layer.step_b or layer.step_a
+        head = f"layer {layer.index}" + (f" ({step})" if step else "")
+        head += f": {layer.a or '(none)'} -> {layer.b or '(none)'}"
+    lines = [indent + head]
+    for change in layer.files:
+        if change.change == "changed":
+            fields = "; ".join(f"{f.field} {_bare(f.a)} -> {_bare(f.b)}" for f in change.fields)
+            lines.append(f"{indent}  changed {change.path}: {fields}")
+        else:
+            lines.append(f"{indent}  {change.change} {change.path}")
+    if not layer.files:
+        lines.append(f"{indent}  (same files; the tar bytes differ)")
+    return lines
+
+
+def _show(value) -> str:
+    """A config value as JSON (strings quoted: they may hold spaces and arrows)."""
+    return "(none)" if value is None else json.dumps(value, ensure_ascii=False)
+
+
+def _bare(value) -> str:
+    """A file field: digests, modes, times and link targets as they are."""
+    if isinstance(value, str):
+        return value or '""'
+    return _show(value)
