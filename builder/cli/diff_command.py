@@ -81,3 +81,27 @@ def _bare(value) -> str:
     if isinstance(value, str):
         return value or '""'
     return _show(value)
+
+
+def report_verification(verified, output_format: str) -> int:
+    """`build --verify-reproducible`'s answer: exit 0 with `reproducible: ID`, else 1 and the report."""
+    if output_format == "json":
+        print(json.dumps(verified.to_json(), indent=2, ensure_ascii=False))
+        return 0 if verified.reproducible else 1
+    if verified.reproducible:
+        print(f"reproducible: {verified.image_id}")
+        return 0
+    lines = [f"not reproducible: {verified.image_id} (first build) != {verified.second_image_id} (second build)",
+             "varied:"]
+    lines += [f"  {what}: {how}" for what, how in verified.varied]
+    found = verified.diff
+    if found.config:
+        lines.append("config:")
+        lines += [f"  {c.field}: {_show(c.a)} -> {_show(c.b)}" for c in found.config]
+    for layer in found.layers:
+        lines += render_layer(layer)
+    if verified.suggestions:
+        lines.append("suggestions:")
+        lines += [f"  {s.advice}" for s in verified.suggestions]
+    print("\n".join(lines))
+    return 1

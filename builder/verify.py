@@ -1,0 +1,279 @@
+"""`build --verify-reproducible`: build the same inputs twice, varying what should not matter, and
+explain any difference with the diff engine (builder/lifecycle/diff.py).
+
+    first build                          second build
+    a fresh temporary store              another fresh store, at a deeper path; the base images
+                                         the first pulled are copied in (never pulled again)
+    the context as given                 a copy at another path, its entries created in reverse
+                                         order (other inode numbers, other directory order)
+    --jobs 1                             --jobs N (at least 2)
+    the process's TZ, umask, hostname    at least 2 s later, TZ=Pacific/Kiritimati (UTC+14),
+    and environment                      umask 077, its own UTS namespace with another hostname
+                                         (when the process may make one), LANG/LC_ALL and extra
+                                         variables that are no build args
+
+The second build runs on its own thread: the hostname change is that thread's UTS namespace (its
+worker threads and step processes inherit it), so the caller's process keeps its own. TZ, umask
+and the environment are process-wide; they are restored when the build ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import json
+import os
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, replace
+
+from builder.errors import BuildError
+from builder import events
+
+SECOND_TZ = "Pacific/Kiritimati"
+SECOND_UMASK = 0o077
+SECOND_HOSTNAME = "verify-reproducible-second"
+MIN_DELAY = 2.0
+
+# Known causes: a path pattern (fnmatch over the whole path) and the usual fix.
+KNOWN_CAUSES = (
+    ("/var/log/apt/*.log", "logs with timestamps; remove them in the same RUN (rm -f /var/log/apt/*.log)"),
+    ("/var/log/dpkg.log", "dpkg's log has timestamps; remove it in the same RUN"),
+    ("/var/log/alternatives.log", "update-alternatives' log has timestamps; remove it in the same RUN"),
+    ("/var/cache/ldconfig/aux-cache", "ldconfig's cache records file times and inodes; "
+                                      "rm -f /var/cache/ldconfig/aux-cache in the same RUN"),
+    ("/var/cache/debconf/*-old", "debconf's backups; remove them in the same RUN"),
+    ("/var/lib/apt/lists/*", "apt's package lists change with the mirror; rm -rf /var/lib/apt/lists/* in the same RUN"),
+    ("/var/cache/apt/*.bin", "apt's binary caches; apt-get clean in the same RUN"),
+    ("*/__pycache__/*.pyc", "byte code records its source's mtime: PYTHONDONTWRITEBYTECODE=1, or "
+                            "python -m compileall --invalidation-mode checked-hash"),
+    ("*.pyc", "byte code records its source's mtime: PYTHONDONTWRITEBYTECODE=1, or "
+              "python -m compileall --invalidation-mode checked-hash"),
+)
+MTIME_FIX = "mtimes differ: set SOURCE_DATE_EPOCH and rewrite-timestamp=true"
+CREATED_FIX = "created times differ: set SOURCE_DATE_EPOCH"
+
+
+@dataclass(frozen=True)
+class Suggestion:
+    path: str            # the file (or config field) it is about; "" for the whole image
+    advice: str
+
+    def to_json(self) -> dict:
+        return {"path": self.path, "advice": self.advice}
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    reproducible: bool
+    image_id: str                       # the first build's
+    second_image_id: str
+    varied: tuple[tuple[str, str], ...]   # what the second build changed: (what, how)
+    diff: object = None                 # builder.lifecycle.diff.ImageDiff when they differ
+    suggestions: tuple[Suggestion, ...] = ()
+
+    def to_json(self) -> dict:
+        out = {"reproducible": self.reproducible, "image_id": self.image_id,
+               "second_image_id": self.second_image_id, "varied": dict(self.varied)}
+        if self.diff is not None:
+            report = self.diff.to_json()
+            out["config"], out["layers"] = report["config"], report["layers"]
+        out["suggestions"] = [s.to_json() for s in self.suggestions]
+        return out
+
+
+def verify_reproducible(options, progress: events.Progress = events.ignore, executor=None) -> VerifyResult:
+    """Build OPTIONS (a `BuildOptions`) twice in fresh temporary stores and compare the images.
+
+    OPTIONS' file outputs (oci, docker, local) are written by the first build; tags and pushes
+    are refused, since the stores do not outlive the check."""
+    from builder.pipeline import OutputSpec, build
+
+    if options.tags or any(o.type in ("image", "registry") for o in options.outputs):
+        raise BuildError("--verify-reproducible builds in temporary stores: it takes no -t or "
+                         "-o type=image|registry (use -o type=oci|docker|local)")
+    with tempfile.TemporaryDirectory(prefix="build-image-verify-") as scratch:
+        first_root = os.path.join(scratch, "a", "store")
+        second_root = os.path.join(scratch, "second", "elsewhere", "store-root")
+        jobs = max(2, options.jobs or os.cpu_count() or 2)
+        started = time.monotonic()
+        first = build(replace(options, root=first_root, jobs=1, iidfile=None), progress, executor)
+        _copy_named_images(first_root, second_root)
+        context_copy = os.path.join(scratch, "second", "context-copy")
+        _copy_reversed(os.path.abspath(options.context), context_copy)
+        dockerfile = _moved_dockerfile(options, context_copy)
+        # The second build exports nothing: one image output in the first output's timestamp mode
+        # gives the image to compare (the one the first build names).
+        mode = options.outputs[0].get("rewrite-timestamp", "true") if options.outputs else "true"
+        second_options = replace(options, root=second_root, jobs=jobs, context=context_copy, dockerfile=dockerfile,
+                                 outputs=(OutputSpec("image", (("push", "false"), ("rewrite-timestamp", mode))),),
+                                 iidfile=None, pull=False)
+        time.sleep(max(0.0, started + MIN_DELAY - time.monotonic()))
+        second, varied = _in_other_surroundings(lambda: build(second_options, progress, executor))
+        varied = (("time", f"+{time.monotonic() - started:.1f} s, TZ={SECOND_TZ}"),
+                  *varied, ("jobs", f"1 -> {jobs}"),
+                  ("context", f"{os.path.abspath(options.context)} -> {context_copy} (entries created in reverse order)"),
+                  ("store root", f"{first_root} -> {second_root}"))
+        if options.iidfile:
+            with open(options.iidfile, "w") as f:
+                f.write(first.image_id)
+        if first.image_id == second.image_id:
+            return VerifyResult(True, first.image_id, second.image_id, varied)
+        from builder.image.manifest import read_image
+        from builder.lifecycle.diff import diff_images
+        from builder.store import Store
+
+        store_a, store_b = Store(first_root), Store(second_root)
+        with store_a, store_b:
+            found = diff_images(store_a, read_image(store_a.blobs, first.manifest_digest),
+                                store_b, read_image(store_b.blobs, second.manifest_digest),
+                                source_a="first build", source_b="second build")
+        return VerifyResult(False, first.image_id, second.image_id, varied, found, suggest(found, options))
+
+
+def suggest(found, options=None) -> tuple[Suggestion, ...]:
+    """The usual fixes for the differences FOUND shows, where the cause is a known one."""
+    out: list[Suggestion] = []
+    seen: set[str] = set()
+    mtimes = False
+    for layer in found.layers:
+        for change in layer.files:
+            fields = {f.field for f in change.fields}
+            if "mtime" in fields:
+                mtimes = True
+            for pattern, advice in KNOWN_CAUSES:
+                if fnmatch.fnmatch(change.path, pattern) and change.path not in seen:
+                    seen.add(change.path)
+                    what = "differs in content" if "digest" in fields else f"is {change.change}"
+                    out.append(Suggestion(change.path, f"{change.path} {what}: {advice}"))
+                    break
+    if mtimes:
+        out.append(Suggestion("", MTIME_FIX))
+    if any(c.field == "created" or (c.field.startswith("history[") and c.field.endswith(".created"))
+           for c in found.config):
+        out.append(Suggestion("created", CREATED_FIX))
+    return tuple(out)
+
+
+def _moved_dockerfile(options, context_copy: str) -> str | None:
+    """The Dockerfile of the copy: the same file, moved with the context if it lives in it."""
+    if options.dockerfile is None:
+        return None
+    context = os.path.abspath(options.context)
+    path = os.path.abspath(options.dockerfile)
+    if os.path.commonpath([context, path]) == context:
+        return os.path.join(context_copy, os.path.relpath(path, context))
+    return path
+
+
+def _copy_reversed(source: str, dest: str) -> None:
+    """SOURCE copied to DEST with every directory's entries created in reverse name order; modes,
+    owners and mtimes kept (they are inputs), whatever the umask."""
+    os.makedirs(dest)
+    for name in sorted(os.listdir(source), reverse=True):
+        src, dst = os.path.join(source, name), os.path.join(dest, name)
+        if os.path.islink(src):
+            os.symlink(os.readlink(src), dst)
+        elif os.path.isdir(src):
+            _copy_reversed(src, dst)
+        else:
+            shutil.copy2(src, dst)
+        with contextlib.suppress(OSError):
+            st = os.lstat(src)
+            os.chown(dst, st.st_uid, st.st_gid, follow_symlinks=False)
+    shutil.copystat(source, dest)
+
+
+def _copy_named_images(from_root: str, to_root: str) -> None:
+    """Every image the first store names (the bases it pulled) into the second store, read-only
+    copies of their blobs, under the same names."""
+    from builder.store import Store
+
+    source, target = Store(from_root), Store(to_root)
+    with source, target:
+        for name, digest in source.images.list():
+            _copy_document(source, target, digest)
+            target.images.tag(name, digest)
+
+
+def _copy_document(source, target, digest: str, depth: int = 0) -> None:
+    if depth > 4 or not source.blobs.has(digest):
+        return
+    with source.blobs.open(digest) as f:
+        data = f.read()
+    _copy_blob(source, target, digest)
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        return
+    if not isinstance(doc, dict):
+        return
+    for entry in doc.get("manifests") or ():
+        _copy_document(source, target, entry.get("digest", ""), depth + 1)
+    for entry in [doc.get("config") or {}, *(doc.get("layers") or ())]:
+        if entry.get("digest") and source.blobs.has(entry["digest"]):
+            _copy_blob(source, target, entry["digest"])
+
+
+def _copy_blob(source, target, digest: str) -> None:
+    if target.blobs.has(digest):
+        return
+    with source.blobs.open(digest) as f, target.blobs.writer() as writer:
+        while chunk := f.read(1 << 20):
+            writer.write(chunk)
+        writer.commit()
+
+
+def _in_other_surroundings(run):
+    """RUN() on a thread of its own, in the second build's surroundings; (its result, what varied)."""
+    outcome: dict = {}
+    varied: list[tuple[str, str]] = []
+
+    def target() -> None:
+        try:
+            varied.append(("hostname", _own_hostname()))
+            outcome["result"] = run()
+        except BaseException as error:  # re-raised on the caller's thread
+            outcome["error"] = error
+
+    with _process_surroundings(varied):
+        thread = threading.Thread(target=target, name="verify-second-build")
+        thread.start()
+        thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"], tuple(varied)
+
+
+def _own_hostname() -> str:
+    from builder.plumbing import linux
+
+    before = os.uname().nodename
+    try:
+        linux.unshare(linux.CLONE_NEWUTS)
+        linux.sethostname(SECOND_HOSTNAME)
+    except OSError as error:
+        return f"not varied ({before}: no UTS namespace: {error.strerror})"
+    return f"{before} -> {os.uname().nodename} (own UTS namespace)"
+
+
+@contextlib.contextmanager
+def _process_surroundings(varied: list):
+    """TZ, umask and environment variables that are no build args, changed and then restored."""
+    saved_env = dict(os.environ)
+    old_umask = os.umask(SECOND_UMASK)
+    noise = {"TZ": SECOND_TZ, "LANG": "C", "LC_ALL": "C",
+             "BUILD_IMAGE_VERIFY_NOISE": os.urandom(8).hex(), "HOSTNAME": SECOND_HOSTNAME}
+    os.environ.update(noise)
+    time.tzset()
+    varied.append(("umask", f"{old_umask:03o} -> {SECOND_UMASK:03o}"))
+    varied.append(("environment", ", ".join(f"{k}" for k in sorted(noise)) + " set"))
+    try:
+        yield
+    finally:
+        os.umask(old_umask)
+        os.environ.clear()
+        os.environ.update(saved_env)
+        time.tzset()

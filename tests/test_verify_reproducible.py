@@ -1,0 +1,113 @@
+"""`build --verify-reproducible` and `builder.verify_reproducible`: two builds in fresh stores under
+varied surroundings, compared; a difference is explained per layer and file, with known fixes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import builder
+from tests.support.images import build_image, write_context
+
+pytestmark = [pytest.mark.root, pytest.mark.overlay, pytest.mark.registry]
+
+EPOCH = "SOURCE_DATE_EPOCH=1700000000"
+
+
+def _context(tmp_path, busybox_registry, run: str, name: str = "ctx") -> str:
+    return write_context(tmp_path / name, {
+        "Dockerfile": f"FROM {busybox_registry.reference}\nCOPY src/ /app/\n{run}\n",
+        "src/a.txt": "a\n", "src/b/c.txt": "c\n", "src/z.txt": "z\n"})
+
+
+def test_a_deterministic_build_is_reproducible_with_the_normal_builds_id(tmp_path, busybox_registry, store_root):
+    context = _context(tmp_path, busybox_registry, "RUN echo fixed > /fixed && mkdir /made && touch /made/x")
+    proc = build_image("build", "-q", "--verify-reproducible", "--build-arg", EPOCH, context, check=False)
+    assert proc.returncode == 0, proc.stderr
+    [line] = proc.stdout.splitlines()
+    assert line.startswith("reproducible: sha256:")
+    build_image("--root", store_root, "--build-arg", EPOCH, "--iidfile", str(tmp_path / "iid"), context)
+    assert line == f"reproducible: {(tmp_path / 'iid').read_text()}"
+
+
+def test_a_date_written_by_a_run_is_reported_with_its_layer_step_and_fields(tmp_path, busybox_registry):
+    context = _context(tmp_path, busybox_registry, "RUN date > /stamp")
+    proc = build_image("build", "-q", "--verify-reproducible", context, check=False)
+    assert proc.returncode == 1, proc.stderr
+    out = proc.stdout
+    assert out.startswith("not reproducible: sha256:")
+    for varied in ("  time: +", "TZ=Pacific/Kiritimati", "  umask: ", "  hostname: ", "  jobs: 1 -> ",
+                   "(entries created in reverse order)", "  store root: ", "  environment: "):
+        assert varied in out
+    assert "layer 2 (RUN /bin/sh -c date > /stamp # buildkit): sha256:" in out
+    assert "  changed /stamp: digest sha256:" in out
+    assert "layer 1" not in out and "layer 0" not in out        # the COPY and the base are the same
+    assert '  history[2].created: "' in out                      # no SOURCE_DATE_EPOCH: times differ
+    assert "  mtimes differ: set SOURCE_DATE_EPOCH and rewrite-timestamp=true" in out
+    assert "  created times differ: set SOURCE_DATE_EPOCH" in out
+
+
+def test_json_report_names_the_known_causes(tmp_path, busybox_registry):
+    context = _context(tmp_path, busybox_registry, (
+        "RUN mkdir -p /var/log/apt /var/cache/ldconfig /app/__pycache__"
+        " && cat /proc/sys/kernel/random/uuid > /var/log/apt/history.log"
+        " && cat /proc/sys/kernel/random/uuid > /var/cache/ldconfig/aux-cache"
+        " && cat /proc/sys/kernel/random/uuid > /app/__pycache__/m.cpython-311.pyc"))
+    proc = build_image("build", "-q", "--verify-reproducible", "--format", "json", "--build-arg", EPOCH, context,
+                       check=False)
+    assert proc.returncode == 1, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["reproducible"] is False and report["image_id"] != report["second_image_id"]
+    [layer] = report["layers"]
+    assert layer["index"] == 2 and layer["step_a"].startswith("RUN /bin/sh -c mkdir -p /var/log/apt")
+    changed = {f["path"]: [x["field"] for x in f["fields"]] for f in layer["files"]}
+    assert changed == {"/var/log/apt/history.log": ["digest"], "/var/cache/ldconfig/aux-cache": ["digest"],
+                       "/app/__pycache__/m.cpython-311.pyc": ["digest"]}
+    advice = {s["path"]: s["advice"] for s in report["suggestions"]}
+    assert advice["/var/log/apt/history.log"] == ("/var/log/apt/history.log differs in content: logs with "
+                                                  "timestamps; remove them in the same RUN (rm -f /var/log/apt/*.log)")
+    assert "rm -f /var/cache/ldconfig/aux-cache" in advice["/var/cache/ldconfig/aux-cache"]
+    assert "--invalidation-mode checked-hash" in advice["/app/__pycache__/m.cpython-311.pyc"]
+    assert [c["field"] for c in report["config"]] == ["rootfs.diff_ids[2]"]   # the epoch fixed every time
+    assert set(report["varied"]) >= {"time", "hostname", "umask", "jobs", "context", "store root", "environment"}
+
+
+def test_python_api_leaves_the_callers_process_as_it_was(tmp_path, busybox_registry):
+    context = _context(tmp_path, busybox_registry, "RUN echo fixed > /fixed")
+    before = (os.uname().nodename, os.environ.get("TZ"), dict(os.environ))
+    umask = os.umask(0o022)
+    os.umask(umask)
+    result = builder.verify_reproducible(builder.BuildOptions(context, build_args={"SOURCE_DATE_EPOCH": "1700000000"},
+                                                              outputs=["type=oci,dest=" + str(tmp_path / "o.tar")]))
+    assert isinstance(result, builder.VerifyResult) and result.reproducible
+    assert result.image_id == result.second_image_id and result.diff is None
+    assert (tmp_path / "o.tar").stat().st_size > 0                 # the first build's outputs are written
+    assert (os.uname().nodename, os.environ.get("TZ"), dict(os.environ)) == before
+    assert os.umask(umask) == umask
+
+
+def test_tags_are_refused(tmp_path, busybox_registry):
+    context = _context(tmp_path, busybox_registry, "RUN true")
+    proc = build_image("build", "--verify-reproducible", "-t", "x", context, check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines()[-1].startswith("ERROR: --verify-reproducible builds in temporary stores")
+
+
+def test_two_processes_in_different_surroundings_build_the_same_image(tmp_path, busybox_registry):
+    """Cross-machine, as far as one machine goes: another root path, hostname (own UTS namespace),
+    umask, TZ, working directory and an unrelated environment; the context copied elsewhere."""
+    context = _context(tmp_path, busybox_registry, "RUN echo fixed > /fixed && mkdir -p /var/x && touch /var/x/y")
+    other = tmp_path / "elsewhere" / "deeper"
+    other.parent.mkdir(parents=True)
+    subprocess.run(["cp", "-a", context, str(other)], check=True)
+    first = build_image("--root", str(tmp_path / "root-one"), "-q", "--build-arg", EPOCH, context).stdout.strip()
+    script = ('hostname other-machine && umask 077 && cd / && exec env -i PATH="$PATH" TZ=Asia/Kolkata LANG=C '
+              f'UNRELATED=1 HOME=/nonexistent {sys.executable} -m builder.cli --root "$1" -q --build-arg {EPOCH} "$2"')
+    proc = subprocess.run(["unshare", "--uts", "sh", "-c", script, "sh", str(tmp_path / "x" / "root-two"), str(other)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == first
