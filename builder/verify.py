@@ -2,8 +2,8 @@
 explain any difference with the diff engine (builder/lifecycle/diff.py).
 
     first build                          second build
-    a fresh temporary store              another fresh store, at a deeper path; the base images
-                                         the first pulled are copied in (never pulled again)
+    a fresh temporary store, with the    another fresh store, at a deeper path, with the first
+    bases the caller's store has         one's base images (never pulled again)
     the context as given                 a copy at another path, its entries created in reverse
                                          order (other inode numbers, other directory order)
     --jobs 1                             --jobs N (at least 2)
@@ -23,6 +23,7 @@ import contextlib
 import fnmatch
 import json
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -98,6 +99,7 @@ def verify_reproducible(options, progress: events.Progress = events.ignore, exec
         first_root = os.path.join(scratch, "a", "store")
         second_root = os.path.join(scratch, "second", "elsewhere", "store-root")
         jobs = max(2, options.jobs or os.cpu_count() or 2)
+        _copy_local_bases(options, first_root)
         started = time.monotonic()
         first = build(replace(options, root=first_root, jobs=1, iidfile=None), progress, executor)
         _copy_named_images(first_root, second_root)
@@ -186,6 +188,39 @@ def _copy_reversed(source: str, dest: str) -> None:
     shutil.copystat(source, dest)
 
 
+_FROM = re.compile(r"^\s*FROM\s+(?:--\S+\s+)*(\S+)", re.IGNORECASE | re.MULTILINE)
+
+
+def _copy_local_bases(options, first_root: str) -> None:
+    """The base images the caller's store already has, as a build there would use them (the
+    Dockerfile's literal FROM names), shared into the first store; the rest are pulled."""
+    from builder.registry.reference import InvalidReference, parse_reference
+    from builder.store import Store, default_root
+
+    user_root = options.root or default_root()
+    dockerfile = options.dockerfile or os.path.join(options.context, "Dockerfile")
+    if not os.path.isdir(os.path.join(user_root, "images")):
+        return
+    try:
+        with open(dockerfile, encoding="utf-8") as f:
+            names = _FROM.findall(f.read())
+    except OSError:
+        return  # the build itself reports it
+    user, target = Store(user_root), Store(first_root)
+    with user, target:
+        for name in names:
+            if "$" in name or name.lower() == "scratch":
+                continue
+            try:
+                ref = str(parse_reference(name))
+            except InvalidReference:
+                continue
+            digest = user.images.resolve(ref)
+            if digest is not None:
+                _copy_document(user, target, digest)
+                target.images.tag(ref, digest)
+
+
 def _copy_named_images(from_root: str, to_root: str) -> None:
     """Every image the first store names (the bases it pulled) into the second store, read-only
     copies of their blobs, under the same names."""
@@ -218,8 +253,14 @@ def _copy_document(source, target, digest: str, depth: int = 0) -> None:
 
 
 def _copy_blob(source, target, digest: str) -> None:
+    """Blobs never change once stored: a hard link shares one read-only, else it is copied."""
     if target.blobs.has(digest):
         return
+    try:
+        os.link(source.blobs.path(digest), target.blobs.path(digest))
+        return
+    except (AttributeError, OSError):
+        pass
     with source.blobs.open(digest) as f, target.blobs.writer() as writer:
         while chunk := f.read(1 << 20):
             writer.write(chunk)

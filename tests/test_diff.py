@@ -9,7 +9,9 @@ import tarfile
 import pytest
 
 from builder.cache.blobs import MemoryBlobStore
-from builder.lifecycle.diff import compare_entries, layer_entries
+from types import SimpleNamespace
+
+from builder.lifecycle.diff import compare_entries, flattened, layer_entries
 from builder.store import Store
 from tests.support.images import build_image, write_context
 
@@ -44,6 +46,17 @@ def test_each_field_of_a_changed_entry_is_named(tmp_path):
     assert set(fields) == {"digest", "mode", "uid", "mtime", "xattrs", "order"}
     assert fields["mode"] == ("0644", "0600") and fields["mtime"] == (1, 2) and fields["xattrs"] == ({}, {"user.k": "v"})
     assert changes["/etc/b"].fields[0].field == "order" and "/etc" not in changes
+
+
+def test_flattening_applies_whiteouts_and_opaque_dirs_and_keeps_dotfiles(tmp_path):
+    store = Store(str(tmp_path / "store"), blobs=MemoryBlobStore())
+    lower = _tar_blob(store.blobs, [("./etc", None, {}), ("./etc/.hidden", b"h", {}), ("./etc/gone", b"g", {}),
+                                    ("./opt", None, {}), ("./opt/old", b"o", {}), ("./opt/sub", None, {}),
+                                    ("./opt/sub/deep", b"d", {})])
+    upper = _tar_blob(store.blobs, [("./etc/.wh.gone", b"", {}), ("./opt", None, {}),
+                                    ("./opt/.wh..wh..opq", b"", {}), ("./opt/new", b"n", {})])
+    image = SimpleNamespace(layers=[SimpleNamespace(digest=lower), SimpleNamespace(digest=upper)])
+    assert sorted(flattened(store, image)) == ["/etc", "/etc/.hidden", "/opt", "/opt/new"]
 
 
 @pytest.fixture

@@ -111,3 +111,16 @@ def test_two_processes_in_different_surroundings_build_the_same_image(tmp_path, 
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == first
+
+
+def test_a_base_only_the_callers_store_has_is_shared_not_pulled(tmp_path, busybox_registry, store_root):
+    unreachable = "127.0.0.1:1/busybox:local"          # port 1: any pull would fail at once
+    build_image("pull", "--root", store_root, busybox_registry.reference)
+    build_image("tag", "--root", store_root, busybox_registry.reference, unreachable)
+    before = build_image("images", "--root", store_root, "--digests", "--no-trunc").stdout
+    context = write_context(tmp_path / "ctx", {"Dockerfile": f"FROM {unreachable}\nRUN echo ok > /ok\n"})
+    proc = build_image("build", "-q", "--root", store_root, "--verify-reproducible", "--build-arg", EPOCH, context,
+                       check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("reproducible: sha256:")
+    assert build_image("images", "--root", store_root, "--digests", "--no-trunc").stdout == before

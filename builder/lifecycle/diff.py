@@ -234,6 +234,12 @@ _TYPES = {tarfile.REGTYPE: "file", tarfile.AREGTYPE: "file", tarfile.DIRTYPE: "d
           tarfile.CONTTYPE: "file"}
 
 
+def entry_path(name: str) -> str:
+    """A tar entry's name as an absolute path: `./etc/` and `etc` are `/etc`, `.` is `/`."""
+    clean = posixpath.normpath("/" + name)
+    return "/" + clean.lstrip("/")
+
+
 def layer_entries(store: Store, digest: str) -> dict[str, Entry]:
     """The entries of layer DIGEST by cleaned path (`/etc/passwd`)."""
     entries: dict[str, Entry] = {}
@@ -242,8 +248,7 @@ def layer_entries(store: Store, digest: str) -> dict[str, Entry]:
         with store.blobs.open(digest) as blob, decompressed(blob, what) as stream, \
                 tarfile.open(fileobj=stream, mode="r|", errors="surrogateescape") as tf:
             for order, info in enumerate(tf):
-                path = "/" + posixpath.normpath(info.name.lstrip("/")).lstrip("./")
-                path = "/" if path in ("/.", "/") else path.rstrip("/")
+                path = entry_path(info.name)
                 base = posixpath.basename(path)
                 kind = _TYPES.get(info.type, "other")
                 if base == ".wh..wh..opq":
@@ -275,11 +280,11 @@ def flattened(store: Store, image: StoredImage) -> dict[str, Entry]:
             parent = posixpath.dirname(path)
             if entry.type == "opaque":
                 _remove_below(tree, parent, keep=layer)
-            elif entry.type == "whiteout":
+            elif entry.type == "whiteout":  # hides the lower layers' entry, never this layer's own
                 victim = posixpath.join(parent, posixpath.basename(path)[len(".wh."):])
                 if victim not in layer:
                     tree.pop(victim, None)
-                    _remove_below(tree, victim, keep=layer)
+                _remove_below(tree, victim, keep=layer)
         for path, entry in layer.items():
             if entry.type not in ("opaque", "whiteout"):
                 if entry.type != "dir":
