@@ -145,6 +145,8 @@ def suggest(found, options=None) -> tuple[Suggestion, ...]:
             fields = {f.field for f in change.fields}
             if "mtime" in fields:
                 mtimes = True
+            if change.change == "changed" and fields <= {"mtime"} or "/.wh." in change.path:
+                continue  # only a time (the mtime advice covers it), or a whiteout: no file's own cause
             for pattern, advice in KNOWN_CAUSES:
                 if fnmatch.fnmatch(change.path, pattern) and change.path not in seen:
                     seen.add(change.path)

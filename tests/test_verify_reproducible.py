@@ -11,9 +11,10 @@ import sys
 import pytest
 
 import builder
+from builder.lifecycle.diff import FieldChange, FileChange, ImageDiff, ImageSide, LayerDiff
+from builder.verify import MTIME_FIX, suggest
 from tests.support.images import build_image, write_context
 
-pytestmark = [pytest.mark.root, pytest.mark.overlay, pytest.mark.registry]
 
 EPOCH = "SOURCE_DATE_EPOCH=1700000000"
 
@@ -24,6 +25,9 @@ def _context(tmp_path, busybox_registry, run: str, name: str = "ctx") -> str:
         "src/a.txt": "a\n", "src/b/c.txt": "c\n", "src/z.txt": "z\n"})
 
 
+@pytest.mark.root
+@pytest.mark.overlay
+@pytest.mark.registry
 def test_a_deterministic_build_is_reproducible_with_the_normal_builds_id(tmp_path, busybox_registry, store_root):
     context = _context(tmp_path, busybox_registry, "RUN echo fixed > /fixed && mkdir /made && touch /made/x")
     proc = build_image("build", "-q", "--verify-reproducible", "--build-arg", EPOCH, context, check=False)
@@ -34,6 +38,9 @@ def test_a_deterministic_build_is_reproducible_with_the_normal_builds_id(tmp_pat
     assert line == f"reproducible: {(tmp_path / 'iid').read_text()}"
 
 
+@pytest.mark.root
+@pytest.mark.overlay
+@pytest.mark.registry
 def test_a_date_written_by_a_run_is_reported_with_its_layer_step_and_fields(tmp_path, busybox_registry):
     context = _context(tmp_path, busybox_registry, "RUN date > /stamp")
     proc = build_image("build", "-q", "--verify-reproducible", context, check=False)
@@ -51,6 +58,9 @@ def test_a_date_written_by_a_run_is_reported_with_its_layer_step_and_fields(tmp_
     assert "  created times differ: set SOURCE_DATE_EPOCH" in out
 
 
+@pytest.mark.root
+@pytest.mark.overlay
+@pytest.mark.registry
 def test_json_report_names_the_known_causes(tmp_path, busybox_registry):
     context = _context(tmp_path, busybox_registry, (
         "RUN mkdir -p /var/log/apt /var/cache/ldconfig /app/__pycache__"
@@ -76,6 +86,9 @@ def test_json_report_names_the_known_causes(tmp_path, busybox_registry):
     assert set(report["varied"]) >= {"time", "hostname", "umask", "jobs", "context", "store root", "environment"}
 
 
+@pytest.mark.root
+@pytest.mark.overlay
+@pytest.mark.registry
 def test_python_api_leaves_the_callers_process_as_it_was(tmp_path, busybox_registry):
     context = _context(tmp_path, busybox_registry, "RUN echo fixed > /fixed")
     before = (os.uname().nodename, os.environ.get("TZ"), dict(os.environ))
@@ -90,6 +103,9 @@ def test_python_api_leaves_the_callers_process_as_it_was(tmp_path, busybox_regis
     assert os.umask(umask) == umask
 
 
+@pytest.mark.root
+@pytest.mark.overlay
+@pytest.mark.registry
 def test_tags_are_refused(tmp_path, busybox_registry):
     context = _context(tmp_path, busybox_registry, "RUN true")
     proc = build_image("build", "--verify-reproducible", "-t", "x", context, check=False)
@@ -97,6 +113,9 @@ def test_tags_are_refused(tmp_path, busybox_registry):
     assert proc.stderr.splitlines()[-1].startswith("ERROR: --verify-reproducible builds in temporary stores")
 
 
+@pytest.mark.root
+@pytest.mark.overlay
+@pytest.mark.registry
 def test_two_processes_in_different_surroundings_build_the_same_image(tmp_path, busybox_registry):
     """Cross-machine, as far as one machine goes: another root path, hostname (own UTS namespace),
     umask, TZ, working directory and an unrelated environment; the context copied elsewhere."""
@@ -113,6 +132,9 @@ def test_two_processes_in_different_surroundings_build_the_same_image(tmp_path, 
     assert proc.stdout.strip() == first
 
 
+@pytest.mark.root
+@pytest.mark.overlay
+@pytest.mark.registry
 def test_a_base_only_the_callers_store_has_is_shared_not_pulled(tmp_path, busybox_registry, store_root):
     unreachable = "127.0.0.1:1/busybox:local"          # port 1: any pull would fail at once
     build_image("pull", "--root", store_root, busybox_registry.reference)
@@ -124,3 +146,18 @@ def test_a_base_only_the_callers_store_has_is_shared_not_pulled(tmp_path, busybo
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("reproducible: sha256:")
     assert build_image("images", "--root", store_root, "--digests", "--no-trunc").stdout == before
+
+
+@pytest.mark.parametrize("change, advised", [
+    (FileChange("/var/log/dpkg.log", "changed", (FieldChange("digest", "sha256:1", "sha256:2"),)), True),
+    (FileChange("/var/log/dpkg.log", "added"), True),
+    (FileChange("/var/log/dpkg.log", "changed", (FieldChange("mtime", 1, 2),)), False),   # only a time
+    (FileChange("/var/lib/apt/lists/.wh.partial", "changed", (FieldChange("mtime", 1, 2),)), False),
+    (FileChange("/srv/app/data.bin", "changed", (FieldChange("digest", "sha256:1", "sha256:2"),)), False),
+])
+def test_known_causes_are_advised_for_content_and_presence_only(change, advised):
+    side = ImageSide("x", "sha256:a", "sha256:m")
+    found = ImageDiff(side, side, (), (LayerDiff(1, "sha256:l1", "sha256:l2", files=(change,)),))
+    advice = [s for s in suggest(found) if s.path == change.path]
+    assert bool(advice) is advised
+    assert any(s.advice == MTIME_FIX for s in suggest(found)) is ("mtime" in {f.field for f in change.fields})
