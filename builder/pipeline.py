@@ -297,7 +297,7 @@ def _solve(options, text, dockerfile_name, store, sources, context, epoch, progr
     image = _assemble(plan, results, store, epoch)
     variants = {all(rewrites): image}
     if not all(rewrites) and any(rewrites):
-        variants[True] = _clamped_copy(image, results, store, epoch, progress)
+        variants[True] = _clamped_copy(image, results, store, epoch)
     warnings: tuple[str, ...] = ()
     if plan.unused_build_args:
         warnings = (f'[Warning] One or more build-args [{" ".join(plan.unused_build_args)}] were not consumed',)
@@ -308,18 +308,15 @@ def _solve(options, text, dockerfile_name, store, sources, context, epoch, progr
     return variants, warnings
 
 
-def _clamped_copy(image, results, store, epoch, progress):
+def _clamped_copy(image, results, store, epoch):
     """IMAGE with the layers this build made rewritten to clamped mtimes, for the outputs that
     want rewrite-timestamp when others do not; base image layers are kept as they are."""
-    from dataclasses import replace as replaced
-
     from builder.image.manifest import write_image
     from builder.image.media import Descriptor
     from builder.snapshot.layers import rewrite_layer_timestamps
 
     base = {layer.diff_id for vertex, result in results.items() if vertex.op.kind == "source.image"
             for layer in result.layers}
-    progress(events.Log("export", f"rewriting timestamps to SOURCE_DATE_EPOCH={epoch}"))
     descriptors, diff_ids = [], []
     for desc, diff_id in zip(image.layers, image.config.diff_ids):
         if diff_id not in base:
@@ -328,7 +325,7 @@ def _clamped_copy(image, results, store, epoch, progress):
             desc, diff_id = Descriptor(layer.media_type, layer.digest, layer.size), layer.diff_id
         descriptors.append(desc)
         diff_ids.append(diff_id)
-    return write_image(store.blobs, replaced(image.config, diff_ids=tuple(diff_ids)), descriptors)
+    return write_image(store.blobs, replace(image.config, diff_ids=tuple(diff_ids)), descriptors)
 
 
 def _assemble(plan, results, store, epoch):

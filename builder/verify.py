@@ -108,7 +108,7 @@ def verify_reproducible(options, progress: events.Progress = events.ignore, exec
         dockerfile = _moved_dockerfile(options, context_copy)
         # The second build exports nothing: one image output in the first output's timestamp mode
         # gives the image to compare (the one the first build names).
-        mode = options.outputs[0].get("rewrite-timestamp", "true") if options.outputs else "true"
+        mode = "false" if options.outputs and not options.outputs[0].rewrite_timestamp else "true"
         second_options = replace(options, root=second_root, jobs=jobs, context=context_copy, dockerfile=dockerfile,
                                  outputs=(OutputSpec("image", (("push", "false"), ("rewrite-timestamp", mode))),),
                                  iidfile=None, pull=False)
