@@ -48,22 +48,25 @@ KNOWN_CAUSES = (
     ("/var/cache/debconf/*-old", "debconf's backups; remove them in the same RUN"),
     ("/var/lib/apt/lists/*", "apt's package lists change with the mirror; rm -rf /var/lib/apt/lists/* in the same RUN"),
     ("/var/cache/apt/*.bin", "apt's binary caches; apt-get clean in the same RUN"),
-    ("*/__pycache__/*.pyc", "byte code records its source's mtime: PYTHONDONTWRITEBYTECODE=1, or "
-                            "python -m compileall --invalidation-mode checked-hash"),
-    ("*.pyc", "byte code records its source's mtime: PYTHONDONTWRITEBYTECODE=1, or "
+    ("*.pyc", "byte code records its source's mtime: declare ARG SOURCE_DATE_EPOCH in the stage (py_compile "
+              "then writes hash-checked byte code), set PYTHONDONTWRITEBYTECODE=1, or "
               "python -m compileall --invalidation-mode checked-hash"),
+    ("/etc/shadow", "useradd and passwd record the day of the change: declare ARG SOURCE_DATE_EPOCH in the stage"),
+    ("/etc/*-", "a backup of the file before the change: remove it in the same RUN"),
 )
+GROUPED_OVER = 3   # more files of one cause than this: one suggestion for them all
 MTIME_FIX = "mtimes differ: set SOURCE_DATE_EPOCH and rewrite-timestamp=true"
 CREATED_FIX = "created times differ: set SOURCE_DATE_EPOCH"
 
 
 @dataclass(frozen=True)
 class Suggestion:
-    path: str            # the file (or config field) it is about; "" for the whole image
+    path: str            # the file, the pattern of a group of files, or "" for the whole image
     advice: str
+    paths: tuple[str, ...] = ()    # every file it is about
 
     def to_json(self) -> dict:
-        return {"path": self.path, "advice": self.advice}
+        return {"path": self.path, "advice": self.advice, "paths": list(self.paths or ((self.path,) if self.path else ()))}
 
 
 @dataclass(frozen=True)
@@ -132,27 +135,34 @@ def verify_reproducible(options, progress: events.Progress = events.ignore, exec
             found = diff_images(store_a, read_image(store_a.blobs, first.manifest_digest),
                                 store_b, read_image(store_b.blobs, second.manifest_digest),
                                 source_a="first build", source_b="second build")
-        return VerifyResult(False, first.image_id, second.image_id, varied, found, suggest(found, options))
+        return VerifyResult(False, first.image_id, second.image_id, varied, found, suggest(found))
 
 
-def suggest(found, options=None) -> tuple[Suggestion, ...]:
-    """The usual fixes for the differences FOUND shows, where the cause is a known one."""
-    out: list[Suggestion] = []
-    seen: set[str] = set()
+def suggest(found) -> tuple[Suggestion, ...]:
+    """The usual fixes for the differences FOUND shows, where the cause is a known one: one per
+    file, or one for a cause's many files."""
+    by_cause: dict[int, list[tuple[str, str]]] = {}
     mtimes = False
     for layer in found.layers:
         for change in layer.files:
             fields = {f.field for f in change.fields}
-            if "mtime" in fields:
-                mtimes = True
+            mtimes = mtimes or "mtime" in fields
             if change.change == "changed" and fields <= {"mtime"} or "/.wh." in change.path:
                 continue  # only a time (the mtime advice covers it), or a whiteout: no file's own cause
-            for pattern, advice in KNOWN_CAUSES:
-                if fnmatch.fnmatch(change.path, pattern) and change.path not in seen:
-                    seen.add(change.path)
+            for index, (pattern, _) in enumerate(KNOWN_CAUSES):
+                if fnmatch.fnmatch(change.path, pattern):
                     what = "differs in content" if "digest" in fields else f"is {change.change}"
-                    out.append(Suggestion(change.path, f"{change.path} {what}: {advice}"))
+                    by_cause.setdefault(index, []).append((change.path, what))
                     break
+    out: list[Suggestion] = []
+    for index, files in sorted(by_cause.items()):
+        pattern, advice = KNOWN_CAUSES[index]
+        files = sorted(dict(files).items())
+        if len(files) > GROUPED_OVER:
+            paths = tuple(path for path, _ in files)
+            out.append(Suggestion(pattern, f"{len(files)} files like {paths[0]} differ: {advice}", paths))
+        else:
+            out += [Suggestion(path, f"{path} {what}: {advice}") for path, what in files]
     if mtimes:
         out.append(Suggestion("", MTIME_FIX))
     if any(c.field == "created" or (c.field.startswith("history[") and c.field.endswith(".created"))
@@ -205,7 +215,7 @@ def _copy_local_bases(options, first_root: str) -> None:
         return
     try:
         with open(dockerfile, encoding="utf-8") as f:
-            names = _FROM.findall(f.read())
+            names = _from_names(f.read(), options.build_args)
     except OSError:
         return  # the build itself reports it
     user, target = Store(user_root), Store(first_root)
@@ -221,6 +231,21 @@ def _copy_local_bases(options, first_root: str) -> None:
             if digest is not None:
                 _copy_document(user, target, digest)
                 target.images.tag(ref, digest)
+
+
+_GLOBAL_ARG = re.compile(r"^\s*ARG\s+(\w+)(?:=(\S*))?", re.IGNORECASE | re.MULTILINE)
+_VARIABLE = re.compile(r"\$\{(\w+)\}|\$(\w+)")
+
+
+def _from_names(text: str, build_args) -> list[str]:
+    """The FROM names of TEXT with `$NAME`/`${NAME}` taken from the build args and the global ARG
+    defaults; a name left with a `$` is skipped by the caller (the build expands it properly)."""
+    first_from = _FROM.search(text)
+    head = text[:first_from.start()] if first_from else text
+    values = {name: (default or "").strip("\"'") for name, default in _GLOBAL_ARG.findall(head)}
+    values.update(build_args)
+    return [_VARIABLE.sub(lambda m: values.get(m.group(1) or m.group(2), m.group(0)), name)
+            for name in _FROM.findall(text)]
 
 
 def _copy_named_images(from_root: str, to_root: str) -> None:

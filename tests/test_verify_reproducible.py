@@ -161,3 +161,12 @@ def test_known_causes_are_advised_for_content_and_presence_only(change, advised)
     advice = [s for s in suggest(found) if s.path == change.path]
     assert bool(advice) is advised
     assert any(s.advice == MTIME_FIX for s in suggest(found)) is ("mtime" in {f.field for f in change.fields})
+
+
+def test_base_names_to_share_are_read_with_build_args_and_global_arg_defaults():
+    from builder.verify import _from_names
+
+    text = ("ARG BASE=debian:12\nARG OTHER\nFROM ${BASE} AS build\nFROM --platform=$BUILDPLATFORM $OTHER\n"
+            "FROM build\nFROM $UNSET/x\n")
+    assert _from_names(text, {"OTHER": "alpine:3"}) == ["debian:12", "alpine:3", "build", "$UNSET/x"]
+    assert _from_names(text, {"BASE": "local/debian:bookworm"})[0] == "local/debian:bookworm"

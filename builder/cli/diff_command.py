@@ -11,6 +11,7 @@ import sys
 
 from builder.cli.runner import run_command
 
+REPORT_FILES_PER_LAYER = 40   # the verifier's text report; its JSON and `diff` list every file
 SOURCES = "NAME|ID, oci-archive:FILE, docker-archive:FILE, oci:DIR[:TAG] or docker://REF"
 
 
@@ -52,7 +53,8 @@ def render_diff(result) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_layer(layer, indent: str = "") -> list[str]:
+def render_layer(layer, indent: str = "", limit: int | None = None) -> list[str]:
+    """A layer's head line and its file changes (at most LIMIT of them, then a count)."""
     if layer.index is None:
         head = "file system (flattened)"
     else:
@@ -60,12 +62,15 @@ def render_layer(layer, indent: str = "") -> list[str]:
         head = f"layer {layer.index}" + (f" ({step})" if step else "")
         head += f": {layer.a or '(none)'} -> {layer.b or '(none)'}"
     lines = [indent + head]
-    for change in layer.files:
+    shown = layer.files if limit is None else layer.files[:limit]
+    for change in shown:
         if change.change == "changed":
             fields = "; ".join(f"{f.field} {_bare(f.a)} -> {_bare(f.b)}" for f in change.fields)
             lines.append(f"{indent}  changed {change.path}: {fields}")
         else:
             lines.append(f"{indent}  {change.change} {change.path}")
+    if len(shown) < len(layer.files):
+        lines.append(f"{indent}  ... and {len(layer.files) - len(shown)} more files (--format json lists every one)")
     if not layer.files:
         lines.append(f"{indent}  (same files; the tar bytes differ)")
     return lines
@@ -99,7 +104,7 @@ def report_verification(verified, output_format: str) -> int:
         lines.append("config:")
         lines += [f"  {c.field}: {_show(c.a)} -> {_show(c.b)}" for c in found.config]
     for layer in found.layers:
-        lines += render_layer(layer)
+        lines += render_layer(layer, limit=REPORT_FILES_PER_LAYER)
     if verified.suggestions:
         lines.append("suggestions:")
         lines += [f"  {s.advice}" for s in verified.suggestions]
