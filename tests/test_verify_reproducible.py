@@ -170,3 +170,15 @@ def test_base_names_to_share_are_read_with_build_args_and_global_arg_defaults():
             "FROM build\nFROM $UNSET/x\n")
     assert _from_names(text, {"OTHER": "alpine:3"}) == ["debian:12", "alpine:3", "build", "$UNSET/x"]
     assert _from_names(text, {"BASE": "local/debian:bookworm"})[0] == "local/debian:bookworm"
+
+
+def test_many_files_of_one_cause_are_one_suggestion_listing_them():
+    side = ImageSide("x", "sha256:a", "sha256:m")
+    pyc = [f"/opt/venv/lib/pip/__pycache__/m{i}.cpython-311.pyc" for i in range(5)]
+    files = tuple(FileChange(p, "changed", (FieldChange("digest", "sha256:1", "sha256:2"),))
+                  for p in pyc + ["/var/log/dpkg.log"])
+    found = ImageDiff(side, side, (), (LayerDiff(2, "sha256:l1", "sha256:l2", files=files),))
+    dpkg, grouped = suggest(found)
+    assert dpkg.path == "/var/log/dpkg.log" and dpkg.to_json()["paths"] == ["/var/log/dpkg.log"]
+    assert grouped.path == "*.pyc" and grouped.paths == tuple(pyc)
+    assert grouped.advice.startswith(f"5 files like {pyc[0]} differ: byte code records its source's mtime")
