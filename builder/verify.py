@@ -116,7 +116,7 @@ def verify_reproducible(options, progress: events.Progress = events.ignore, exec
                                  outputs=(OutputSpec("image", (("push", "false"), ("rewrite-timestamp", mode))),),
                                  iidfile=None, pull=False)
         time.sleep(max(0.0, started + MIN_DELAY - time.monotonic()))
-        second, varied = _in_other_surroundings(lambda: build(second_options, progress, executor))
+        second, varied = _in_other_surroundings(lambda: build(second_options, _as_second(progress), executor))
         varied = (("time", f"+{time.monotonic() - started:.1f} s, TZ={SECOND_TZ}"),
                   *varied, ("jobs", f"1 -> {jobs}"),
                   ("context", f"{os.path.abspath(options.context)} -> {context_copy} (entries created in reverse order)"),
@@ -292,6 +292,16 @@ def _copy_blob(source, target, digest: str) -> None:
         while chunk := f.read(1 << 20):
             writer.write(chunk)
         writer.commit()
+
+
+def _as_second(progress: events.Progress) -> events.Progress:
+    """The second build's events under their own ids, its steps named as the second build's."""
+    def forward(event: events.Event) -> None:
+        event = replace(event, id="second-build/" + event.id)
+        if isinstance(event, events.Started):
+            event = replace(event, name="[second build] " + event.name)
+        progress(event)
+    return forward
 
 
 def _in_other_surroundings(run):

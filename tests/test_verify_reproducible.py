@@ -30,10 +30,12 @@ def _context(tmp_path, busybox_registry, run: str, name: str = "ctx") -> str:
 @pytest.mark.registry
 def test_a_deterministic_build_is_reproducible_with_the_normal_builds_id(tmp_path, busybox_registry, store_root):
     context = _context(tmp_path, busybox_registry, "RUN echo fixed > /fixed && mkdir /made && touch /made/x")
-    proc = build_image("build", "-q", "--verify-reproducible", "--build-arg", EPOCH, context, check=False)
+    proc = build_image("build", "--progress", "plain", "--verify-reproducible", "--build-arg", EPOCH, context,
+                       check=False)
     assert proc.returncode == 0, proc.stderr
     [line] = proc.stdout.splitlines()
     assert line.startswith("reproducible: sha256:")
+    assert "[second build] [stage-0 3/3] RUN echo fixed" in proc.stderr      # the two builds' steps apart
     build_image("--root", store_root, "--build-arg", EPOCH, "--iidfile", str(tmp_path / "iid"), context)
     assert line == f"reproducible: {(tmp_path / 'iid').read_text()}"
 
