@@ -30,7 +30,7 @@ import threading
 import time
 from dataclasses import dataclass, replace
 
-from builder.errors import BuildError
+from builder.errors import BuildError, ExecutionError
 from builder import events
 
 SECOND_TZ = "Pacific/Kiritimati"
@@ -320,8 +320,13 @@ def _in_other_surroundings(run):
         thread = threading.Thread(target=target, name="verify-second-build")
         thread.start()
         thread.join()
-    if "error" in outcome:
-        raise outcome["error"]
+    error = outcome.get("error")
+    if isinstance(error, ExecutionError):   # a step that fails only in the varied surroundings
+        error.step = f"[second build] {error.step}"
+    elif isinstance(error, BuildError):
+        raise BuildError(f"the second build (in varied surroundings) failed: {error}") from None
+    if error is not None:
+        raise error
     return outcome["result"], tuple(varied)
 
 

@@ -184,3 +184,26 @@ def test_many_files_of_one_cause_are_one_suggestion_listing_them():
     assert dpkg.path == "/var/log/dpkg.log" and dpkg.to_json()["paths"] == ["/var/log/dpkg.log"]
     assert grouped.path == "*.pyc" and grouped.paths == tuple(pyc)
     assert grouped.advice.startswith(f"5 files like {pyc[0]} differ: byte code records its source's mtime")
+
+
+@pytest.mark.root
+def test_a_failure_of_the_second_build_says_it_was_the_second():
+    from builder.errors import BuildError, ExecutionError
+    from builder.verify import _in_other_surroundings
+
+    def failing_step():
+        raise ExecutionError("/bin/sh -c make", 2, ["boom"], step="[stage-0 2/2] RUN make")
+
+    def failing_build():
+        raise BuildError("failed to compute cache key")
+
+    with pytest.raises(ExecutionError) as step:
+        _in_other_surroundings(failing_step)
+    assert step.value.step == "[second build] [stage-0 2/2] RUN make" and step.value.last_lines == ("boom",)
+    with pytest.raises(BuildError, match=r"^the second build \(in varied surroundings\) failed: failed to compute"):
+        _in_other_surroundings(failing_build)
+    hostname, umask = os.uname().nodename, os.umask(0o022)
+    os.umask(umask)
+    seen = _in_other_surroundings(lambda: (os.uname().nodename, os.environ["TZ"], os.umask(0o077)))[0]
+    assert seen == ("verify-reproducible-second", "Pacific/Kiritimati", 0o077)
+    assert os.uname().nodename == hostname and os.umask(umask) == umask     # the caller's, as they were
