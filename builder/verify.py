@@ -93,7 +93,7 @@ def verify_reproducible(options, progress: events.Progress = events.ignore, exec
 
     OPTIONS' file outputs (oci, docker, local) are written by the first build; tags and pushes
     are refused, since the stores do not outlive the check."""
-    from builder.pipeline import OutputSpec, build
+    from builder.pipeline import build
 
     if options.tags or any(o.type in ("image", "registry") for o in options.outputs):
         raise BuildError("--verify-reproducible builds in temporary stores: it takes no -t or "
@@ -108,16 +108,11 @@ def verify_reproducible(options, progress: events.Progress = events.ignore, exec
         _copy_named_images(first_root, second_root)
         context_copy = os.path.join(scratch, "second", "context-copy")
         _copy_reversed(os.path.abspath(options.context), context_copy)
-        dockerfile = _moved_dockerfile(options, context_copy)
-        # The second build exports nothing: one image output in the first output's timestamp mode
-        # gives the image to compare (the one the first build names).
-        mode = "false" if options.outputs and not options.outputs[0].rewrite_timestamp else "true"
-        second_options = replace(options, root=second_root, jobs=jobs, context=context_copy, dockerfile=dockerfile,
-                                 outputs=(OutputSpec("image", (("push", "false"), ("rewrite-timestamp", mode))),),
-                                 iidfile=None, pull=False)
+        second_options = _second_options(options, second_root, context_copy, jobs)
         time.sleep(max(0.0, started + MIN_DELAY - time.monotonic()))
+        delay = time.monotonic() - started
         second, varied = _in_other_surroundings(lambda: build(second_options, _as_second(progress), executor))
-        varied = (("time", f"+{time.monotonic() - started:.1f} s, TZ={SECOND_TZ}"),
+        varied = (("time", f"started {delay:.1f} s after the first, TZ={SECOND_TZ}"),
                   *varied, ("jobs", f"1 -> {jobs}"),
                   ("context", f"{os.path.abspath(options.context)} -> {context_copy} (entries created in reverse order)"),
                   ("store root", f"{first_root} -> {second_root}"))
@@ -136,6 +131,17 @@ def verify_reproducible(options, progress: events.Progress = events.ignore, exec
                                 store_b, read_image(store_b.blobs, second.manifest_digest),
                                 source_a="first build", source_b="second build")
         return VerifyResult(False, first.image_id, second.image_id, varied, found, suggest(found))
+
+
+def _second_options(options, root: str, context: str, jobs: int):
+    """The second build: its store, the context's copy, N jobs, and no export but one image output
+    in the first output's timestamp mode (the image the first build names), bases never pulled."""
+    from builder.pipeline import OutputSpec
+
+    mode = "false" if options.outputs and not options.outputs[0].rewrite_timestamp else "true"
+    return replace(options, root=root, jobs=jobs, context=context, dockerfile=_moved_dockerfile(options, context),
+                   outputs=(OutputSpec("image", (("push", "false"), ("rewrite-timestamp", mode))),),
+                   iidfile=None, pull=False)
 
 
 def suggest(found) -> tuple[Suggestion, ...]:
