@@ -25,10 +25,11 @@ import io
 import json
 import os
 import posixpath
+import re
 import tarfile
 import tempfile
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
 from builder.errors import StoreError
@@ -347,8 +348,6 @@ def _leaves(value, path: str = "") -> Iterator[tuple[str, Any]]:
 
 def _path_key(path: str):
     """Sort `history[10]` after `history[9]`."""
-    import re
-
     return [int(p) if p.isdigit() else p for p in re.split(r"\[(\d+)\]", path)]
 
 
