@@ -28,6 +28,16 @@ def build(options, progress=None, executor=None):
     return _build(options, progress or ignore, executor)
 
 
+def verify_reproducible(options, progress=None, executor=None):
+    """Builds OPTIONS twice in fresh temporary stores, varying what should not matter (time, TZ,
+    hostname, umask, jobs, the context's order and path, the environment), and returns a
+    `VerifyResult`: `.reproducible`, the two image IDs and, when they differ, the diff and fixes."""
+    from builder.events import ignore
+    from builder.verify import verify_reproducible as _verify
+
+    return _verify(options, progress or ignore, executor)
+
+
 def parse(text: str, filename: str = "Dockerfile"):
     """Parses Dockerfile text into typed instruction nodes."""
     from builder.grammar import parse_dockerfile
@@ -37,7 +47,7 @@ def parse(text: str, filename: str = "Dockerfile"):
 
 # Resolved on first use, so `import builder` stays as cheap as the CLI's fast paths need.
 __getattr__ = lazy_exports("builder", {"BuildOptions": "pipeline", "BuildResult": "pipeline",
-                                       "OutputSpec": "pipeline"})
+                                       "OutputSpec": "pipeline", "VerifyResult": "verify"})
 
 __all__ = ["BuildError", "BuildOptions", "BuildResult", "ExecutionError", "OutputSpec", "ParseError",
-           "__version__", "build", "parse"]
+           "VerifyResult", "__version__", "build", "parse", "verify_reproducible"]

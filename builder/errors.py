@@ -24,7 +24,8 @@ The classes defined in this module, and those defined beside the code that raise
     │   ├── CorruptLayer        [lifecycle.layertar] a layer blob that does not decompress
     │   ├── ImageConflict       [lifecycle.tagging] an image rmi cannot remove without --force
     │   ├── InvalidArchive      [lifecycle.image_archive] not (entirely) a docker or OCI image archive
-    │   └── InvalidRootfs       [lifecycle.rootfs] input to `import` that is not a tar archive
+    │   ├── InvalidRootfs       [lifecycle.rootfs] input to `import` that is not a tar archive
+    │   └── InvalidImageSource  [lifecycle.diff] a `diff` source that names no readable image
     ├── ExportError             writing an output failed
     ├── InvalidReference        [registry.reference] an image name Docker would refuse
     ├── InvalidFilter           [lifecycle.filters] a --filter docker would refuse

@@ -37,6 +37,12 @@ class OutputSpec:
             raise BuildError(f"invalid output type={self.type}: oci-mediatypes must be true or false, not {value!r}")
         return _BOOLEANS[value.lower()]
 
+    @property
+    def rewrite_timestamp(self) -> bool:
+        """BuildKit's `rewrite-timestamp`: under SOURCE_DATE_EPOCH, clamp the mtimes in the layers
+        the build makes. build-image's default is true (BuildKit's is false)."""
+        return _BOOLEANS[self.get("rewrite-timestamp", "true").lower()]
+
     @classmethod
     def parse(cls, text: str) -> "OutputSpec":
         """`type=oci,dest=out.tar`, a bare path meaning `type=local,dest=PATH`, or `-` meaning
@@ -66,20 +72,20 @@ class OutputSpec:
         if attrs.get("dest") == "-" and (kind == "local" or attrs.get("tar", "true") == "false"):
             raise BuildError(f"invalid output {text!r}: a directory cannot be written to stdout (dest=-); "
                              "use type=tar,dest=- for the root filesystem as a tar")
-        if attrs.get("oci-mediatypes", "").lower() not in _BOOLEANS:  # fail now, before anything is built
-            raise BuildError(f"invalid output {text!r}: oci-mediatypes must be true or false, "
-                             f"not {attrs['oci-mediatypes']!r}")
+        for flag in ("oci-mediatypes", "rewrite-timestamp"):  # fail now, before anything is built
+            if attrs.get(flag, "").lower() not in _BOOLEANS:
+                raise BuildError(f"invalid output {text!r}: {flag} must be true or false, not {attrs[flag]!r}")
         return cls(kind, tuple(sorted(attrs.items())))
 
 
 # The attributes each output type takes; any other is an error rather than silently ignored.
 OUTPUT_ATTRIBUTES = {
-    "oci": ("dest", "tar", "name", "oci-mediatypes"),
-    "docker": ("dest", "name", "oci-mediatypes"),
-    "local": ("dest",),
-    "tar": ("dest",),
-    "image": ("name", "push", "registry.insecure", "oci-mediatypes"),
-    "registry": ("name", "push", "registry.insecure", "oci-mediatypes"),
+    "oci": ("dest", "tar", "name", "oci-mediatypes", "rewrite-timestamp"),
+    "docker": ("dest", "name", "oci-mediatypes", "rewrite-timestamp"),
+    "local": ("dest", "rewrite-timestamp"),
+    "tar": ("dest", "rewrite-timestamp"),
+    "image": ("name", "push", "registry.insecure", "oci-mediatypes", "rewrite-timestamp"),
+    "registry": ("name", "push", "registry.insecure", "oci-mediatypes", "rewrite-timestamp"),
 }
 LATER_OUTPUT_ATTRIBUTES = {
     name: "layer compression is always gzip until the compression work lands"
@@ -243,17 +249,25 @@ def _build(options: BuildOptions, progress: events.Progress, executor) -> BuildR
         sources = ImageSources(store.blobs, store.images, client_factory, pull=options.pull, progress=progress)
         try:
             context = RecordingContext(context_dir, read_dockerignore(context_dir, options.dockerfile))
+            rewrites = _timestamp_modes(options.outputs, epoch)
             key = inputs_key(text, dockerfile_name, context, build_args=options.build_args, target=options.target,
-                             platform=options.platform, source_date_epoch=epoch, run_options=run_options)
+                             platform=options.platform, source_date_epoch=epoch,
+                             run_options={**run_options, "rewrite_timestamp": rewrites[0]})
             plans = PlanCache(store.root)
-            # Named contexts' reads are not recorded by the plan cache: such builds always plan.
-            reused = None if options.no_cache or options.no_cache_filter or named_contexts else _reuse(plans, key, sources, context, store, progress)
+            # Named contexts' reads are not recorded by the plan cache: such builds always plan; nor
+            # do outputs that disagree on rewrite-timestamp (they need the unclamped image).
+            mixed = len(set(rewrites)) > 1
+            reused = (None if options.no_cache or options.no_cache_filter or named_contexts or mixed
+                      else _reuse(plans, key, sources, context, store, progress))
             if reused is not None:
                 image, warnings = reused
+                variants = {rewrites[0]: image}
             else:
-                image, warnings = _solve(options, text, dockerfile_name, store, sources, context, epoch,
-                                         progress, executor, plans, key, run_options, secrets, named_contexts)
-            image = _decorate(image, options, store)
+                variants, warnings = _solve(options, text, dockerfile_name, store, sources, context, epoch,
+                                            progress, executor, plans, key, run_options, secrets, named_contexts,
+                                            rewrites)
+            variants = {mode: _decorate(variant, options, store) for mode, variant in variants.items()}
+            image = variants[rewrites[0]]
             # Before any name moves: a failure here leaves the store as it was.
             _write_result_files(options, image, tags, warnings)
             export_id = "export"
@@ -262,8 +276,8 @@ def _build(options: BuildOptions, progress: events.Progress, executor) -> BuildR
             for tag in tags:
                 store.images.tag(tag, image.manifest.digest)
                 progress(events.Log(export_id, f"naming to {tag} done"))
-            for output in options.outputs:
-                _export(output, image, store, tags, progress, export_id)
+            for output, rewrite in zip(options.outputs, rewrites):
+                _export(output, variants[rewrite], store, tags, progress, export_id)
             progress(events.Finished(export_id))
         finally:
             sources.close()
@@ -436,8 +450,16 @@ def _may_run_networked(text: str) -> bool:
     return any(not re.search(r"--network[= ](none|host)\b", flags) for flags in _RUN_LINE.findall(text))
 
 
+def _timestamp_modes(outputs, epoch: int | None) -> list[bool]:
+    """Per output (the first one's, or the default's, also names the image in the store): clamp new
+    layers' mtimes to SOURCE_DATE_EPOCH? Without an epoch there is nothing to clamp to."""
+    if epoch is None:
+        return [False] * max(1, len(outputs))
+    return [o.rewrite_timestamp for o in outputs] or [True]
+
+
 def _solve(options, text, dockerfile_name, store, sources, context, epoch, progress, executor, plans, key,
-           run_options, secrets, named_contexts):
+           run_options, secrets, named_contexts, rewrites):
     """Parse, plan, solve and assemble: the full build."""
     from builder.convert import convert
     from builder.grammar import parse_dockerfile
@@ -468,7 +490,8 @@ def _solve(options, text, dockerfile_name, store, sources, context, epoch, progr
         solver = Solver(store, executor, sources, context, jobs=options.jobs, no_cache=options.no_cache,
                         no_cache_for=no_cache_for, named_contexts=_local_contexts(named_contexts),
                         progress=progress, names=dict(plan.names), source_date_epoch=epoch,
-                        secrets=secrets, ssh={s.id: s.path for s in options.ssh})
+                        secrets=secrets, ssh={s.id: s.path for s in options.ssh},
+                        rewrite_timestamp=all(rewrites))
         try:
             results = solver.solve(plan.vertices)
         except BuildError as error:
@@ -478,14 +501,37 @@ def _solve(options, text, dockerfile_name, store, sources, context, epoch, progr
         if own_executor:
             executor.close()
     image = _assemble(plan, results, store, epoch)
+    variants = {all(rewrites): image}
+    if not all(rewrites) and any(rewrites):
+        variants[True] = _clamped_copy(image, results, store, epoch)
     warnings: tuple[str, ...] = ()
     if plan.unused_build_args:
         warnings = (f'[Warning] One or more build-args [{" ".join(plan.unused_build_args)}] were not consumed',)
-    if memoizable(plan) and not named_contexts:
+    if memoizable(plan) and not named_contexts and len(variants) == 1:
         steps = tuple(plan.names[v.digest] for v in plan.vertices if v.digest in plan.names)
         plans.put(key, PlanRecord(image.manifest.digest, sources.resolved_digests(),
                                   tuple(sorted(context.reads.items())), steps, warnings))
-    return image, warnings
+    return variants, warnings
+
+
+def _clamped_copy(image, results, store, epoch):
+    """IMAGE with the layers this build made rewritten to clamped mtimes, for the outputs that
+    want rewrite-timestamp when others do not; base image layers are kept as they are."""
+    from builder.image.manifest import write_image
+    from builder.image.media import Descriptor
+    from builder.snapshot.layers import rewrite_layer_timestamps
+
+    base = {layer.diff_id for vertex, result in results.items() if vertex.op.kind == "source.image"
+            for layer in result.layers}
+    descriptors, diff_ids = [], []
+    for desc, diff_id in zip(image.layers, image.config.diff_ids):
+        if diff_id not in base:
+            with store.blobs.open(desc.digest) as stream:
+                layer = rewrite_layer_timestamps(stream, store.blobs, epoch, media_type=desc.media_type)
+            desc, diff_id = Descriptor(layer.media_type, layer.digest, layer.size), layer.diff_id
+        descriptors.append(desc)
+        diff_ids.append(diff_id)
+    return write_image(store.blobs, replace(image.config, diff_ids=tuple(diff_ids)), descriptors)
 
 
 def _parse_build_contexts(values) -> dict[str, str]:

@@ -26,12 +26,15 @@ class CacheRecord:
     size: int
     media_type: str
     created: str
+    # Which mtimes the layer holds: "clamped:<SOURCE_DATE_EPOCH>" or "unclamped" (rewrite-timestamp);
+    # "" in records written before the distinction, which no build reads as a hit.
+    timestamps: str = ""
 
     def to_json(self) -> dict:
         return {
             "key": self.key,
             "layer": {"digest": self.layer_digest, "diffID": self.diff_id, "size": self.size,
-                      "mediaType": self.media_type},
+                      "mediaType": self.media_type, "timestamps": self.timestamps},
             "created": self.created,
         }
 
@@ -39,7 +42,7 @@ class CacheRecord:
     def from_json(cls, data: dict) -> "CacheRecord":
         layer = data["layer"]
         return cls(data["key"], layer["digest"], layer["diffID"], int(layer["size"]), layer["mediaType"],
-                   data["created"])
+                   data["created"], layer.get("timestamps", ""))
 
 
 class BaseCacheRecords(ABC):

@@ -137,8 +137,8 @@ def test_independent_steps_run_at_once_up_to_jobs(graph):
     graph.solve(*steps, executor=FakeExecutor(before_run=lambda process: barrier.wait()), jobs=2)
     assert graph.executor.peak == 2
 
-    graph.store.records.delete(graph.solver.keys[steps[0]])
-    graph.store.records.delete(graph.solver.keys[steps[1]])
+    graph.store.records.delete(graph.solver.record_key(graph.solver.keys[steps[0]]))
+    graph.store.records.delete(graph.solver.record_key(graph.solver.keys[steps[1]]))
     graph.solve(*steps, jobs=1)
     assert graph.executor.peak == 1 and len(graph.executor.runs) == 2
 
@@ -152,6 +152,19 @@ def test_a_second_solve_runs_nothing_and_gives_the_same_layers(graph):
     assert graph.executor.runs == []
     assert second.layers == first.layers and second.created == first.created and second.cached
     assert graph.finished(step) == [events.Finished(step.digest, cached=True)]
+
+
+def test_clamped_and_unclamped_layers_are_separate_records(graph):
+    step = graph.run(("write", "/a", "A"))
+    clamped = graph.solve(step)[step].layers[-1]                      # source_date_epoch=0: clamped
+    unclamped = graph.solve(step, rewrite_timestamp=False)[step].layers[-1]
+    assert graph.executor.commands == [("write", "/a", "A")]           # the clamped record was no hit
+    assert unclamped.diff_id != clamped.diff_id
+    records = {graph.store.records.get(k).timestamps: graph.store.records.get(k).diff_id
+               for k in graph.store.records.keys()}
+    assert records == {"clamped:0": clamped.diff_id, "unclamped": unclamped.diff_id}
+    assert graph.solve(step)[step].layers[-1] == clamped and graph.executor.runs == []
+    assert graph.solve(step, rewrite_timestamp=False)[step].layers[-1] == unclamped and graph.executor.runs == []
 
 
 def test_a_record_whose_layer_blob_is_gone_is_a_miss(graph):

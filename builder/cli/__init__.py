@@ -20,6 +20,8 @@
     build-image system df|prune                docker's `system` forms
     build-image version | --version            print the version
     build-image completion bash                a bash completion script (`source <(build-image completion bash)`)
+    build-image diff [--flatten] [--format json] A B   compare two images (local, archives, layouts,
+                                               docker://): config, then files layer by layer
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import sys
 
 # Command name -> module under builder.cli; only the one asked for is imported.
 _COMMANDS = {
-    "build": "build_command", "parse": "parse", "completion": "completion",
+    "build": "build_command", "parse": "parse", "completion": "completion", "diff": "diff_command",
     **{name: "images" for name in ("images", "tag", "rmi", "inspect", "history", "save", "load", "import",
                                    "export", "pull", "push", "login", "logout", "prune", "df", "fsck")},
 }

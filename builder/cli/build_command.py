@@ -70,6 +70,11 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="a resource limit for RUN steps, e.g. nofile=1024:2048 (repeatable)")
     p.add_argument("--build-context", action="append", default=[], metavar="NAME=DIR|URL|docker-image://REF",
                    help="a named context for FROM NAME, COPY --from=NAME and RUN --mount from=NAME (repeatable)")
+    p.add_argument("--verify-reproducible", action="store_true",
+                   help="build twice in fresh temporary stores, varying time, TZ, hostname, umask, jobs, "
+                        "context order and paths, environment; exit 1 with a report if the images differ")
+    p.add_argument("--format", choices=("text", "json"), default="text",
+                   help="with --verify-reproducible: the report as text or json")
     p.add_argument("--debug", "-D", action="store_true", help="show tracebacks")
     # docker build's classic-builder flags that BuildKit accepts and ignores: so does build-image.
     ignored(p, "--rm", "--force-rm", why="accepted, no effect (there are no intermediate containers)")
@@ -141,11 +146,20 @@ def cmd_build(argv: list[str]) -> int:
         options = _options(ns)  # inside run_command: a malformed -o is one error line too
         progress = (lambda event: None) if quiet else make_progress(ns.progress)
         try:
-            result = build(options, progress)
+            if ns.verify_reproducible:
+                from builder.verify import verify_reproducible
+
+                verified = verify_reproducible(options, progress)
+            else:
+                result = build(options, progress)
         finally:
             close = getattr(progress, "close", None)
             if close is not None:  # the tty view draws its last frame before any error line
                 close()
+        if ns.verify_reproducible:
+            from builder.cli.diff_command import report_verification
+
+            return report_verification(verified, ns.format)
         return _report_build(result, ns.quiet or ns.progress == "quiet")
 
     return run_command(run, ns.debug)

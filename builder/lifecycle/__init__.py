@@ -9,6 +9,7 @@
     distribution  pull (one tag or --all-tags), push, login, logout
     gc            prune, df, fsck
     layertar      reading layer tars: decompression and content sizes
+    diff          diff: two images from any source, config and files compared
 
 Each operation takes a `builder.store.Store` (not yet locked) and takes the root's lock itself:
 shared for what only adds, exclusive for what deletes. Results are frozen dataclasses; printing

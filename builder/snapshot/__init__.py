@@ -11,7 +11,7 @@ from builder.plumbing.lazy import lazy_exports
 
 _EXPORTS = {
     "Layer": "layers", "LayerError": "layers", "apply_layer": "layers", "chain_ids": "layers",
-    "unpack_layer": "layers", "write_layer": "layers",
+    "rewrite_layer_timestamps": "layers", "unpack_layer": "layers", "write_layer": "layers",
     "Scratch": "snapshots", "SnapshotStore": "snapshots",
 }
 

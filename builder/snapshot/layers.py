@@ -6,7 +6,8 @@ Two encodings of "what changed" meet here:
     deleted path: char device 0:0 `x`        regular file `.wh.x`
     opaque dir: xattr trusted.overlay.opaque  entry `dir/.wh..wh..opq`
 
-`write_layer` turns the first into the second in one streaming pass. `unpack_layer` goes back, so
+`write_layer` turns the first into the second in one streaming pass (`rewrite_layer_timestamps`
+re-clamps the mtimes of one it wrote). `unpack_layer` goes back, so
 a pulled layer can serve as an overlay lower dir; `apply_layer` flattens a layer onto a plain
 root filesystem instead (whiteouts delete).
 
@@ -361,6 +362,43 @@ def write_layer(upper_dir: str, blobs: BlobStore, *, compression: str = "gzip",
             for rel, path, st in _walk(upper_dir):
                 tar.add(rel, path, st)
             tar.close()
+            compressor.finish()
+        finally:
+            compressor.abort()
+        size = blob.size
+        digest = blob.commit()
+    return Layer(digest=digest, diff_id=sink.diff_id, size=size, media_type=media_type)
+
+
+def rewrite_layer_timestamps(stream: BinaryIO, blobs: BlobStore, epoch: int, *, media_type: str = OCI_LAYER_GZIP) -> Layer:
+    """A copy of a layer this project wrote with every mtime newer than EPOCH clamped to it
+    (BuildKit's rewrite-timestamp on export). The copy is byte for byte the layer `write_layer`
+    makes from the same tree with SOURCE_DATE_EPOCH=EPOCH: headers are re-encoded the same way."""
+    compression_name = next((name for name, media in _COMPRESSIONS.items() if media == media_type), None)
+    if compression_name is None:
+        raise LayerError(f"cannot rewrite timestamps of a layer of type {media_type}")
+    with blobs.writer() as blob:
+        compressor = _ZstdCompressor(blob) if compression_name == "zstd" else _ThreadedCompressor(compression_name, blob)
+        try:
+            sink = _TarSink(compressor)
+            try:
+                with compression.decompressed(stream) as source, \
+                        tarfile.open(fileobj=source, mode="r|", errors="surrogateescape") as tf:
+                    for info in tf:
+                        for key in ("mtime", "atime", "ctime"):
+                            info.pax_headers.pop(key, None)
+                        info.mtime = min(int(info.mtime), epoch)
+                        sink.write(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
+                        if info.isreg() and info.size:
+                            data = tf.extractfile(info)
+                            while chunk := data.read(_CHUNK):
+                                sink.write(chunk)
+                            if info.size % _BLOCK:
+                                sink.write(bytes(_BLOCK - info.size % _BLOCK))
+            except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, compression.CorruptStream) as e:
+                raise LayerError(f"corrupt layer: {e}") from None
+            sink.write(bytes(2 * _BLOCK))
+            sink.flush()
             compressor.finish()
         finally:
             compressor.abort()

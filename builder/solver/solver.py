@@ -24,12 +24,17 @@ from builder import events
 from builder.llb import Vertex
 from builder.session import SecretStore
 from builder.solver.ops import op_class
-from builder.solver.ops.base import EMPTY, LayerRef, Result, SolverOp, epoch_rfc3339, now_rfc3339
+from builder.solver.ops.base import EMPTY, LayerRef, Result, SolverOp, digest_key, epoch_rfc3339, now_rfc3339
 from builder.solver.sources import ImageSources
 
 _SIGNAL_POLL_SECONDS = 0.2
 
-__all__ = ["EMPTY", "LayerRef", "Result", "Solver", "epoch_rfc3339", "now_rfc3339"]
+__all__ = ["EMPTY", "LayerRef", "Result", "Solver", "epoch_rfc3339", "layer_timestamps", "now_rfc3339"]
+
+
+def layer_timestamps(layer_epoch: int | None) -> str:
+    """What a layer's mtimes are, as its cache record says: clamped to an epoch, or as made."""
+    return "unclamped" if layer_epoch is None else f"clamped:{layer_epoch}"
 
 
 class Solver:
@@ -37,7 +42,8 @@ class Solver:
                  jobs: int | None = None, no_cache: bool = False, progress: events.Progress = events.ignore,
                  names: dict[str, str] | None = None, source_date_epoch: int | None = None,
                  secrets: SecretStore | None = None, ssh: Mapping[str, str] | None = None,
-                 no_cache_for: frozenset[str] = frozenset(), named_contexts: Mapping[str, BuildContext] = {}):
+                 no_cache_for: frozenset[str] = frozenset(), named_contexts: Mapping[str, BuildContext] = {},
+                 rewrite_timestamp: bool = True):
         self.store = store
         self.executor = executor
         self.sources = sources
@@ -49,6 +55,9 @@ class Solver:
         self.progress = progress
         self.names = names or {}
         self.source_date_epoch = source_date_epoch
+        # rewrite-timestamp: new layers' mtimes are clamped to the epoch (base layers never are).
+        self.layer_epoch = source_date_epoch if rewrite_timestamp else None
+        self.layer_timestamps = layer_timestamps(self.layer_epoch)
         self.keys: dict[Vertex, str] = {}
         self.results: dict[Vertex, Result] = {}
         self.ops: dict[Vertex, SolverOp] = {}   # one per distinct vertex: equal vertices share it
@@ -162,16 +171,22 @@ class Solver:
             raise
         if op.adds_layer:
             layer = result.layers[-1]
-            self.store.records.put(CacheRecord(key, layer.digest, layer.diff_id, layer.size, layer.media_type,
-                                               result.created))
+            self.store.records.put(CacheRecord(self.record_key(key), layer.digest, layer.diff_id, layer.size,
+                                               layer.media_type, result.created, self.layer_timestamps))
         self.progress(events.Finished(vertex.digest, cached=result.cached))
         return result
+
+    def record_key(self, key: str) -> str:
+        """A clamped and an unclamped layer of one step are two records: the step's cache key
+        with the layer's timestamp mode."""
+        return digest_key("layer", key, self.layer_timestamps)
 
     def _cached(self, key: str, parent: Result) -> Result | None:
         """The result a cache record gives: the parent's layers plus the recorded layer, if its
         blob is still in the store."""
-        record = self.store.records.get(key)
-        if record is None or not self.store.blobs.has(record.layer_digest):
+        record = self.store.records.get(self.record_key(key))
+        if (record is None or record.timestamps != self.layer_timestamps
+                or not self.store.blobs.has(record.layer_digest)):
             return None
         layer = LayerRef(record.layer_digest, record.diff_id, record.size, record.media_type)
         return Result(parent.layers + (layer,), record.created, cached=True)

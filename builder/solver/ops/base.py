@@ -85,6 +85,7 @@ class SolveState(Protocol):
     secrets: object                # builder.session.SecretStore
     ssh: Mapping[str, str]
     source_date_epoch: int | None
+    layer_epoch: int | None        # the epoch new layers' mtimes are clamped to (rewrite-timestamp)
     progress: object               # builder.events.Progress
 
     def op(self, vertex: Vertex) -> "SolverOp": ...
@@ -171,7 +172,7 @@ class LayerOp(SolverOp):
             self.apply(RootFS(lowerdirs, scratch.upperdir, scratch.workdir))
             if self.state.cancelled():
                 raise SolveError("build cancelled")
-            layer = write_layer(scratch.upperdir, store.blobs, source_date_epoch=self.state.source_date_epoch)
+            layer = write_layer(scratch.upperdir, store.blobs, source_date_epoch=self.state.layer_epoch)
             chain = chain_ids([l.diff_id for l in parent.layers] + [layer.diff_id])[-1]
             store.snapshots.commit(scratch, chain)
         epoch = self.state.source_date_epoch
