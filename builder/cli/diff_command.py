@@ -5,7 +5,6 @@ which is one ERROR line)."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
