@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Mapping
 
@@ -14,7 +15,8 @@ if TYPE_CHECKING:
     from builder.session import SecretSource, SSHSource
 
 NETWORK_MODES = ("default", "none", "host")
-ENTITLEMENTS = ("network.host",)
+ENTITLEMENTS = ("network.host", "security.insecure")
+DEFAULT_PIDS_LIMIT = 4096  # BuildKit's; memory and CPU are unlimited unless asked
 
 
 @dataclass(frozen=True)
@@ -80,7 +82,11 @@ class BuildOptions:
     ssh: tuple[SSHSource, ...] = ()          # --ssh: agent sockets RUN --mount=type=ssh forwards
     network: str = "default"                 # --network: default|none|host for RUNs without their own
     add_hosts: tuple[str, ...] = ()          # --add-host NAME:IP, written to every RUN's /etc/hosts
-    allow: tuple[str, ...] = ()              # --allow: entitlements (network.host)
+    allow: tuple[str, ...] = ()              # --allow: entitlements (network.host, security.insecure)
+    security_opts: tuple[str, ...] = ()      # --security-opt: seccomp=unconfined (needs security.insecure)
+    memory: str | int | None = None          # --memory: every RUN's limit, bytes or "512m"/"2g"; None: none
+    pids_limit: int | None = DEFAULT_PIDS_LIMIT  # --pids-limit: every RUN's; None, 0 or -1: unlimited
+    cpu_shares: int | None = None            # --cpu-shares: every RUN's relative CPU weight
 
     def __post_init__(self):
         """The Python API takes the CLI's spellings too: outputs, secrets and ssh as strings
@@ -93,7 +99,7 @@ class BuildOptions:
         object.__setattr__(self, "outputs", parsed(self.outputs, OutputSpec))
         object.__setattr__(self, "secrets", parsed(self.secrets, SecretSource))
         object.__setattr__(self, "ssh", parsed(self.ssh, SSHSource))
-        for name in ("tags", "insecure_registries", "add_hosts", "allow"):
+        for name in ("tags", "insecure_registries", "add_hosts", "allow", "security_opts"):
             value = getattr(self, name)
             object.__setattr__(self, name, (value,) if isinstance(value, str) else tuple(value))
 
@@ -124,6 +130,7 @@ def build(options: BuildOptions, progress: events.Progress = events.ignore, exec
     from builder.store import Store
 
     run_options = _run_options(options)
+    _sandbox(options)
     context_dir = os.path.abspath(options.context)
     if not os.path.isdir(context_dir):
         raise BuildError(f"unable to prepare context: path {options.context!r} not found")
@@ -204,6 +211,43 @@ def _run_options(options: BuildOptions) -> dict:
     return {"network": options.network, "extra_hosts": hosts, "allow": allowed}
 
 
+def _sandbox(options: BuildOptions) -> dict:
+    """--security-opt and the resource limits, validated before anything runs (the executor's
+    Sandbox is made from them only when a step runs: a cached build never imports the executor)."""
+    seccomp = True
+    for opt in options.security_opts:
+        key, _, value = opt.partition("=")
+        if key == "seccomp" and value == "unconfined":
+            seccomp = False
+        elif key == "seccomp" and value == "default":
+            seccomp = True
+        else:
+            raise BuildError(f'invalid --security-opt "{opt}" (supported: seccomp=unconfined)')
+    if not seccomp and "security.insecure" not in options.allow:
+        raise BuildError("security.insecure is not allowed: --security-opt seccomp=unconfined "
+                         "needs --allow security.insecure")
+    memory = parse_memory(options.memory) if options.memory not in (None, "") else None
+    pids = options.pids_limit if options.pids_limit is not None and options.pids_limit > 0 else None
+    if options.cpu_shares is not None and not 2 <= options.cpu_shares <= 262144:
+        raise BuildError(f"invalid --cpu-shares {options.cpu_shares}: must be between 2 and 262144")
+    return {"seccomp": seccomp, "memory": memory, "pids": pids, "cpu_shares": options.cpu_shares}
+
+
+_MEMORY_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+_MIN_MEMORY = 6 << 20  # as docker: less cannot even start a shell
+
+
+def parse_memory(value: str | int) -> int:
+    """Docker's --memory: a number of bytes with an optional binary unit (b, k, m, g, t; kb, mib ...)."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?", str(value).strip().lower())
+    if match is None:
+        raise BuildError(f'invalid --memory "{value}" (use bytes or a unit: 512m, 2g)')
+    size = int(float(match.group(1)) * _MEMORY_UNITS[match.group(2)])
+    if size < _MIN_MEMORY:
+        raise BuildError(f'invalid --memory "{value}": the minimum is 6 MiB')
+    return size
+
+
 def _parse_add_host(text: str) -> tuple[str, str]:
     """``NAME:IP`` or ``NAME=IP`` (docker's two spellings) -> (name, ip); ``host-gateway`` is kept."""
     sep = "=" if "=" in text else ":"
@@ -248,9 +292,12 @@ def _solve(options, text, dockerfile_name, store, sources, context, epoch, progr
     _check_entitlements(plan, run_options)
     own_executor = executor is None
     if own_executor:
-        from builder.executor import NamespaceExecutor
+        from builder.executor import NamespaceExecutor, ResourceLimits, Sandbox
 
-        executor = NamespaceExecutor(runtime_root=store.run_dir, network_ready=min(options.jobs or os.cpu_count() or 1, 4))
+        settings = _sandbox(options)
+        sandbox = Sandbox(seccomp=settings.pop("seccomp"), limits=ResourceLimits(**settings))
+        executor = NamespaceExecutor(runtime_root=store.run_dir, network_ready=min(options.jobs or os.cpu_count() or 1, 4),
+                                     sandbox=sandbox)
     try:
         if any(isinstance(v.op, ExecOp) and v.op.network == "default" for v in plan.vertices):
             warm = getattr(executor, "warm_network", None)

@@ -37,7 +37,15 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--add-host", action="append", default=[], metavar="NAME:IP",
                    help="add a line to every RUN's /etc/hosts (IP may be host-gateway)")
     p.add_argument("--allow", action="append", default=[], metavar="ENTITLEMENT",
-                   help="allow an extra privilege: network.host (for RUN --network=host)")
+                   help="allow an extra privilege: network.host (for RUN --network=host), "
+                   "security.insecure (for --security-opt seccomp=unconfined)")
+    p.add_argument("--security-opt", action="append", default=[], metavar="seccomp=unconfined",
+                   help="run every RUN without the default seccomp profile (needs --allow security.insecure)")
+    p.add_argument("-m", "--memory", metavar="BYTES", help="memory limit of every RUN (e.g. 512m, 2g; default: none)")
+    p.add_argument("--pids-limit", type=int, default=4096, metavar="N",
+                   help="process limit of every RUN (default 4096; -1: unlimited)")
+    p.add_argument("--cpu-shares", type=int, default=None, metavar="N",
+                   help="relative CPU weight of every RUN (1024 = default weight)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
 
@@ -120,6 +128,10 @@ def _options(ns: argparse.Namespace):
         network=ns.network,
         add_hosts=tuple(ns.add_host),
         allow=tuple(e for value in ns.allow for e in value.split(",") if e),
+        security_opts=tuple(ns.security_opt),
+        memory=ns.memory,
+        pids_limit=ns.pids_limit,
+        cpu_shares=ns.cpu_shares,
     )
 
 

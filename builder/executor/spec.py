@@ -32,6 +32,23 @@ class ProcessSpec:
 
 
 @dataclass(frozen=True)
+class ResourceLimits:
+    """Limits of every RUN (its own cgroup): BuildKit's defaults, pids 4096 and no memory limit."""
+
+    memory: int | None = None        # bytes; None: unlimited
+    pids: int | None = 4096          # None: unlimited
+    cpu_shares: int | None = None    # relative CPU weight, 1024 = one share; None: the kernel's default
+
+
+@dataclass(frozen=True)
+class Sandbox:
+    """How tightly every RUN is confined, beyond namespaces (which are always on)."""
+
+    seccomp: bool = True             # Docker's default seccomp profile; off: --security-opt seccomp=unconfined
+    limits: ResourceLimits = ResourceLimits()
+
+
+@dataclass(frozen=True)
 class BindMount:
     """A host path at TARGET; the caller trusts SOURCE (it is never resolved in a container)."""
 
