@@ -30,7 +30,6 @@ import itertools
 import os
 import re
 import struct
-import threading
 import time
 from dataclasses import dataclass
 
@@ -110,7 +109,6 @@ def detect(mountinfo: str | None = None, own: str | None = None) -> Layout | Non
 
 
 _counter = itertools.count()
-_swept = threading.Event()
 
 
 class StepCgroup:
@@ -203,10 +201,7 @@ class StepCgroup:
 
 
 def sweep_stale(layout: Layout) -> None:
-    """Remove the step cgroups of build-image processes that are gone (once per process)."""
-    if _swept.is_set():
-        return
-    _swept.set()
+    """Remove the step cgroups of build-image processes that are gone (a listdir per hierarchy)."""
     parents = {parent for _, parent in layout.parents}
     for parent in parents:
         try:

@@ -60,8 +60,8 @@ from builder.executor import network as net
 from builder.executor import seccomp
 from builder.executor.container_mounts import (MountStub, layered_mount_fd, make_mountpoint, mount_dev, mount_proc,
                                                mount_sys, mount_tmpfs, remove_stubs, restrict_proc, secret_file_fds)
-from builder.executor.spec import (DEFAULT_PATH, BindMount, LayeredMount, Mount, OutputCallback, ProcessSpec,
-                                   RootFS, Sandbox, SecretFile, TmpfsMount)
+from builder.executor.spec import (DEFAULT_PATH, DEFAULT_TMPFS_SIZE, BindMount, LayeredMount, Mount,
+                                   OutputCallback, ProcessSpec, RootFS, Sandbox, SecretFile, TmpfsMount)
 from builder.executor.users import UserNotFound, resolve_user
 from builder.plumbing import linux
 from builder.plumbing.linux import clone_tree, move_mount
@@ -625,7 +625,7 @@ def _detached_mounts(plan: _Plan) -> list[tuple[str, int | None, bool, int]]:
             fd, is_dir = layered_mount_fd(mount, view, plan.empty_dir)
             attachments.append((mount.target, fd, is_dir, 0))
         elif isinstance(mount, TmpfsMount):
-            attachments.append((mount.target, None, True, mount.size))
+            attachments.append((mount.target, None, True, mount.size or DEFAULT_TMPFS_SIZE))
     return attachments
 
 

@@ -71,10 +71,13 @@ class LayeredMount:
     workdir: str | None = None
 
 
+DEFAULT_TMPFS_SIZE = 512 << 20   # a RUN --mount=type=tmpfs without size= (the kernel's default is half the RAM)
+
+
 @dataclass(frozen=True)
 class TmpfsMount:
     target: str
-    size: int = 0                # bytes; 0 = the kernel's default
+    size: int = 0                # bytes; 0 = DEFAULT_TMPFS_SIZE
 
 
 @dataclass(frozen=True)

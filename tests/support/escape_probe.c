@@ -1,5 +1,5 @@
-/* One escape attempt per call, as a build step would make it: prints "ok" and exits 0 if the
- * kernel let it through, prints "blocked: <errno name>" and exits 1 otherwise.
+/* One escape attempt (or resource hog) per call, as a build step would make it: prints "ok" and
+ * exits 0 if the kernel let it through, prints "blocked: <errno name>" and exits 1 otherwise.
  * Built static by tests/support/escape_probe.py so that it runs in a busybox root. */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -50,5 +50,14 @@ int main(int argc, char **argv) {
     if (!strcmp(what, "init-module")) return report(syscall(SYS_init_module, "", 0, ""));
     if (!strcmp(what, "sethostname")) return report(sethostname(argv[2], strlen(argv[2])));
     if (!strcmp(what, "open")) return report(open(argv[2], O_RDONLY));
+    if (!strcmp(what, "alloc")) {  /* touch N MiB, one page at a time: a memory hog */
+        long mib = atol(argv[2]);
+        for (long i = 0; i < mib; i++) {
+            char *block = malloc(1 << 20);
+            if (!block) return report(-1);
+            for (long j = 0; j < (1 << 20); j += 4096) block[j] = 1;
+        }
+        return report(0);
+    }
     return 2;
 }
