@@ -123,7 +123,7 @@ def _source_date_epoch(build_args: Mapping[str, str]) -> int | None:
 
 
 def build(options: BuildOptions, progress: events.Progress = events.ignore, executor=None) -> BuildResult:
-    from builder.context import read_dockerignore
+    from builder.context import read_dockerignore, utf8_text
     from builder.plan_cache import PlanCache, RecordingContext, inputs_key
     from builder.registry.reference import parse_reference
     from builder.solver.sources import ImageSources
@@ -139,8 +139,8 @@ def build(options: BuildOptions, progress: events.Progress = events.ignore, exec
     load_id = "load-definition"
     progress(events.Started(load_id, f"[internal] load build definition from {dockerfile_name}"))
     try:
-        with open(dockerfile_path, encoding="utf-8") as f:
-            text = f.read()
+        with open(dockerfile_path, "rb") as f:
+            text = utf8_text(f.read(), dockerfile_name)
     except FileNotFoundError:
         raise BuildError(f"failed to read dockerfile: open {dockerfile_path}: no such file or directory") from None
     progress(events.Finished(load_id))
