@@ -147,7 +147,7 @@ class NamespaceExecutor:
         """SANDBOX: seccomp and resource limits of every RUN. CGROUP_LAYOUT: True detects this
         machine's (every RUN then gets its own cgroup); tests may pass a Layout."""
         self.sandbox = sandbox
-        self._seccomp = linux.SeccompProgram(seccomp.default_program()) if sandbox.seccomp else None
+        self._seccomp: linux.SeccompProgram | None = None  # compiled on the first run (about 150 ms)
         self._cgroups = cgroups.detect() if cgroup_layout is True else cgroup_layout or None
         if self._cgroups is not None:
             cgroups.sweep_stale(self._cgroups)
@@ -159,6 +159,13 @@ class NamespaceExecutor:
         self._owns_network = network is None
         self._network_ready = network_ready
         self._network_lock = threading.Lock()
+
+    def _seccomp_program(self) -> linux.SeccompProgram | None:
+        if self.sandbox.seccomp and self._seccomp is None:
+            with self._network_lock:
+                if self._seccomp is None:
+                    self._seccomp = linux.SeccompProgram(seccomp.default_program())
+        return self._seccomp
 
     def kill_all(self) -> None:
         """Kills every container this executor is running (their run() calls then return)."""
@@ -197,7 +204,7 @@ class NamespaceExecutor:
                                if self._cgroups is not None else None)
                 plan = _Plan(rootfs, process, planned, runtime_dir, _base_env(process.env),
                              os.getpid(), self._cap_last, lease.netns_fd if lease else None,
-                             self._seccomp, step_cgroup.procs_files if step_cgroup else (),
+                             self._seccomp_program(), step_cgroup.procs_files if step_cgroup else (),
                              _etc_files(process, lease))
                 code = _run_container(plan, output, stubs, self._running)
                 limit = self.sandbox.limits.memory
