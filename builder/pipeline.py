@@ -198,6 +198,13 @@ def _reuse(plans, key, sources, context, store, progress):
     return read_image(store.blobs, record.manifest_digest), record.warnings
 
 
+def decode_dockerfile(data: bytes, filename: str) -> str:
+    """A Dockerfile's bytes as text; invalid UTF-8 is a ParseError naming the line and byte."""
+    from builder.context import utf8_text
+
+    return utf8_text(data, filename)
+
+
 def _run_options(options: BuildOptions) -> dict:
     """What the CLI says about every RUN: network mode, extra hosts, entitlements (validated)."""
     if options.network not in NETWORK_MODES:

@@ -53,3 +53,11 @@ def test_a_wildcard_matching_a_dangling_symlink_is_not_found(tmp_path, store_roo
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == (
         'ERROR: [stage-0 2/2] COPY dang* /w/: failed to compute cache key: "/dangling": not found')
+
+
+def test_parse_command_names_line_and_byte_of_invalid_utf8(tmp_path):
+    path = tmp_path / "Dockerfile"
+    path.write_bytes(b"FROM scratch\nLABEL a=\xff\n")
+    result = build_image("parse", "-f", str(path), check=False)
+    assert (result.returncode, result.stderr.strip()) == (
+        1, "ERROR: Dockerfile:2: invalid UTF-8 at byte 9 of the line (byte 0xff)")
