@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Iterable, Sequence
 
-from builder.errors import SolveError, SourceNotFound
+from builder.errors import ParseError, SolveError, SourceNotFound
 from builder.plumbing import paths
 
 
@@ -260,11 +260,22 @@ def read_dockerignore(context_dir: str, dockerfile: str | None = None) -> tuple[
     candidates = [dockerfile + ".dockerignore", os.path.join(context_dir, ".dockerignore")]
     for path in candidates:
         try:
-            with open(path, encoding="utf-8") as f:
-                return parse_dockerignore(f.read())
+            with open(path, "rb") as f:
+                return parse_dockerignore(utf8_text(f.read(), os.path.basename(path)))
         except FileNotFoundError:
             continue
     return ()
+
+
+def utf8_text(data: bytes, filename: str) -> str:
+    """DATA decoded as UTF-8; else a ParseError naming the line and the byte offset in it."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line_start = data.rfind(b"\n", 0, err.start) + 1
+        line = data.count(b"\n", 0, err.start) + 1
+        raise ParseError(f"invalid UTF-8 at byte {err.start - line_start + 1} of the line "
+                         f"(byte 0x{data[err.start]:02x})", filename=filename, line=line) from None
 
 
 # ---- paths inside a root ---------------------------------------------------------------------
@@ -372,7 +383,11 @@ class BuildContext:
         for source in sources:
             for name in self.match(source):
                 h.update(b"source\0" + name.encode() + b"\0")
-                for rel in self.walk(self.resolve(name)):
+                resolved = self.resolve(name)
+                if not os.path.lexists(os.path.join(self.root, resolved)):
+                    # a wildcard matched a dangling symlink: what it points to is not there
+                    raise SourceNotFound(f'failed to compute cache key: "/{name}": not found')
+                for rel in self.walk(resolved):
                     h.update(self._entry_digest(rel).encode())
         return "sha256:" + h.hexdigest()
 

@@ -10,6 +10,8 @@ The classes defined in this module, and those defined beside the code that raise
     │   ├── SourceNotFound      a COPY/ADD source missing from the context or a stage
     │   ├── ExecutionError      a RUN whose process failed: command, exit code, last output
     │   ├── UserNotFound        [executor.users] USER names a user or group the image lacks
+    │   ├── OutOfMemory         [executor.cgroups] a RUN killed by the kernel at its memory limit
+    │   ├── CgroupError         [executor.cgroups] a RUN's cgroup (devices, limits) cannot be set up
     │   └── NetworkError        [executor.network] the default network could not be set up
     ├── RegistryError           talking to a registry failed
     │   ├── AuthenticationError

@@ -15,7 +15,8 @@ if TYPE_CHECKING:
     from builder.session import SecretSource, SSHSource
 
 NETWORK_MODES = ("default", "none", "host")
-ENTITLEMENTS = ("network.host",)
+ENTITLEMENTS = ("network.host", "security.insecure")
+DEFAULT_PIDS_LIMIT = 4096  # BuildKit's; memory and CPU are unlimited unless asked
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,7 @@ class BuildOptions:
     ssh: tuple[SSHSource, ...] = ()          # --ssh: agent sockets RUN --mount=type=ssh forwards
     network: str = "default"                 # --network: default|none|host for RUNs without their own
     add_hosts: tuple[str, ...] = ()          # --add-host NAME:IP, written to every RUN's /etc/hosts
-    allow: tuple[str, ...] = ()              # --allow: entitlements (network.host)
+    allow: tuple[str, ...] = ()              # --allow: entitlements (network.host, security.insecure)
     no_cache_filter: tuple[str, ...] = ()    # --no-cache-filter: stages whose steps ignore the cache
     metadata_file: str | None = None         # --metadata-file: buildx's result keys as JSON
     labels: Mapping[str, str] = field(default_factory=dict)   # --label: set on the image config
@@ -123,6 +124,10 @@ class BuildOptions:
     shm_size: str | None = None              # --shm-size: /dev/shm of every RUN (bytes, or 64m, 1g, ...)
     ulimits: tuple[str, ...] = ()            # --ulimit NAME=SOFT[:HARD]: rlimits of every RUN
     build_contexts: tuple[str, ...] = ()     # --build-context NAME=DIR|docker-image://REF
+    security_opts: tuple[str, ...] = ()      # --security-opt: seccomp=unconfined (needs security.insecure)
+    memory: str | int | None = None          # --memory: every RUN's limit, bytes or "512m"/"2g"; None: none
+    pids_limit: int | None = DEFAULT_PIDS_LIMIT  # --pids-limit: every RUN's; None, 0 or -1: unlimited
+    cpu_shares: int | None = None            # --cpu-shares: every RUN's relative CPU weight
 
     def __post_init__(self):
         """The Python API takes the CLI's spellings too: outputs, secrets and ssh as strings
@@ -136,7 +141,7 @@ class BuildOptions:
         object.__setattr__(self, "secrets", parsed(self.secrets, SecretSource))
         object.__setattr__(self, "ssh", parsed(self.ssh, SSHSource))
         for name in ("tags", "insecure_registries", "add_hosts", "allow", "no_cache_filter", "annotations",
-                     "ulimits", "build_contexts"):
+                     "ulimits", "build_contexts", "security_opts"):
             value = getattr(self, name)
             object.__setattr__(self, name, (value,) if isinstance(value, str) else tuple(value))
 
@@ -201,7 +206,7 @@ def build(options: BuildOptions, progress: events.Progress = events.ignore, exec
 
 
 def _build(options: BuildOptions, progress: events.Progress, executor) -> BuildResult:
-    from builder.context import read_dockerignore
+    from builder.context import read_dockerignore, utf8_text
     from builder.plan_cache import PlanCache, RecordingContext, inputs_key
     from builder.registry.reference import parse_reference
     from builder.solver.sources import ImageSources
@@ -215,6 +220,7 @@ def _build(options: BuildOptions, progress: events.Progress, executor) -> BuildR
     run_options = _run_options(options)
     secrets = SecretStore(options.secrets)  # a missing src= fails now, even if every step is cached
     named_contexts = _parse_build_contexts(options.build_contexts)
+    _sandbox(options)
     context_dir = os.path.abspath(options.context)
     if not os.path.isdir(context_dir):
         if os.path.exists(context_dir):
@@ -225,8 +231,8 @@ def _build(options: BuildOptions, progress: events.Progress, executor) -> BuildR
     load_id = "load-definition"
     progress(events.Started(load_id, f"[internal] load build definition from {dockerfile_name}"))
     try:
-        with open(dockerfile_path, encoding="utf-8") as f:
-            text = f.read()
+        with open(dockerfile_path, "rb") as f:
+            text = utf8_text(f.read(), dockerfile_name)
     except FileNotFoundError:
         raise BuildError(f"failed to read dockerfile: open {dockerfile_path}: no such file or directory") from None
     except OSError as e:  # a directory, no permission, not UTF-8 text
@@ -361,6 +367,13 @@ def _reuse(plans, key, sources, context, store, progress):
     return read_image(store.blobs, record.manifest_digest), record.warnings
 
 
+def decode_dockerfile(data: bytes, filename: str) -> str:
+    """A Dockerfile's bytes as text; invalid UTF-8 is a ParseError naming the line and byte."""
+    from builder.context import utf8_text
+
+    return utf8_text(data, filename)
+
+
 def _run_options(options: BuildOptions) -> dict:
     """What the CLI says about every RUN: network mode, extra hosts, entitlements (validated)."""
     if options.network not in NETWORK_MODES:
@@ -412,6 +425,43 @@ def parse_ram_size(text: str, flag: str) -> int:
     size = int(float(match.group(1)) * 1024 ** " kmgtp".index(match.group(2) or " "))
     if size <= 0:
         raise BuildError(f'invalid {flag} "{text}": must be more than 0')
+    return size
+
+
+def _sandbox(options: BuildOptions) -> dict:
+    """--security-opt and the resource limits, validated before anything runs (the executor's
+    Sandbox is made from them only when a step runs: a cached build never imports the executor)."""
+    seccomp = True
+    for opt in options.security_opts:
+        key, _, value = opt.partition("=")
+        if key == "seccomp" and value == "unconfined":
+            seccomp = False
+        elif key == "seccomp" and value == "default":
+            seccomp = True
+        else:
+            raise BuildError(f'invalid --security-opt "{opt}" (supported: seccomp=unconfined)')
+    if not seccomp and "security.insecure" not in options.allow:
+        raise BuildError("security.insecure is not allowed: --security-opt seccomp=unconfined "
+                         "needs --allow security.insecure")
+    memory = parse_memory(options.memory) if options.memory not in (None, "") else None
+    pids = options.pids_limit if options.pids_limit is not None and options.pids_limit > 0 else None
+    if options.cpu_shares is not None and not 2 <= options.cpu_shares <= 262144:
+        raise BuildError(f"invalid --cpu-shares {options.cpu_shares}: must be between 2 and 262144")
+    return {"seccomp": seccomp, "memory": memory, "pids": pids, "cpu_shares": options.cpu_shares}
+
+
+_MEMORY_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+_MIN_MEMORY = 6 << 20  # as docker: less cannot even start a shell
+
+
+def parse_memory(value: str | int) -> int:
+    """Docker's --memory: a number of bytes with an optional binary unit (b, k, m, g, t; kb, mib ...)."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?", str(value).strip().lower())
+    if match is None:
+        raise BuildError(f'invalid --memory "{value}" (use bytes or a unit: 512m, 2g)')
+    size = int(float(match.group(1)) * _MEMORY_UNITS[match.group(2)])
+    if size < _MIN_MEMORY:
+        raise BuildError(f'invalid --memory "{value}": the minimum is 6 MiB')
     return size
 
 
@@ -469,9 +519,12 @@ def _solve(options, text, dockerfile_name, store, sources, context, epoch, progr
 
     own_executor = executor is None
     if own_executor:
-        from builder.executor import NamespaceExecutor
+        from builder.executor import NamespaceExecutor, ResourceLimits, Sandbox
 
-        executor = NamespaceExecutor(runtime_root=store.run_dir, network_ready=min(options.jobs or os.cpu_count() or 1, 4))
+        settings = _sandbox(options)
+        sandbox = Sandbox(seccomp=settings.pop("seccomp"), limits=ResourceLimits(**settings))
+        executor = NamespaceExecutor(runtime_root=store.run_dir, network_ready=min(options.jobs or os.cpu_count() or 1, 4),
+                                     sandbox=sandbox)
     warm = getattr(executor, "warm_network", None)
     try:
         if warm is not None and run_options["network"] == "default" and _may_run_networked(text):

@@ -182,7 +182,12 @@ def _parse_flags(flags: tuple[Flag, ...], spec: dict[str, str]) -> dict[str, obj
 
 
 def _json_list(token: str) -> tuple[str, ...]:
-    return tuple(json.loads(token))
+    # The grammar's exec-form token may start with whitespace the separator did not take (a form
+    # feed, U+0085, U+2028): Go's parser skips it too.
+    try:
+        return tuple(json.loads(token.strip()))
+    except ValueError:
+        raise InstructionError(f"invalid JSON array: {token.strip()}") from None
 
 
 def _reject_non_string_json(text: str) -> None:

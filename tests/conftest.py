@@ -83,3 +83,21 @@ def store_root(tmp_path):
     root = tmp_path / "store"
     root.mkdir()
     return str(root)
+
+
+# ---- figures: a test may report a count ("escape attempts: 12/12 blocked") with
+# record_property("figure", text); they are printed at the end of the run, xdist workers included.
+
+_figures: list[str] = []
+
+
+def pytest_runtest_logreport(report):
+    if report.when == "call":
+        _figures.extend(value for key, value in report.user_properties if key == "figure")
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _figures:
+        terminalreporter.section("figures")
+        for figure in sorted(_figures):
+            terminalreporter.write_line(figure)

@@ -111,7 +111,7 @@ def test_cli_network_host_grants_host_networking(store_root, busybox_registry, t
 
 @pytest.mark.parametrize("flags, message", [
     (("--network", "bridge"), 'ERROR: network mode "bridge" not supported (use default, none or host)'),
-    (("--allow", "network.everything"), 'ERROR: invalid entitlement "network.everything" (supported: network.host)'),
+    (("--allow", "network.everything"), 'ERROR: invalid entitlement "network.everything" (supported: network.host, security.insecure)'),
     (("--add-host", "nocolon"), 'ERROR: bad format for add-host: "nocolon" (use NAME:IP)'),
     (("--add-host", "db:not-an-ip"), 'ERROR: invalid IP address in add-host: "not-an-ip"'),
 ])

@@ -16,7 +16,7 @@ _LATER = {
     "cache": "importing and exporting the build cache (--cache-from/--cache-to) is not built yet",
     "attest": "attestations (SBOM, provenance) are not built yet",
     "check": "build checks and frontend subrequests (--check, --call) are not built yet",
-    "cgroup": "RUN steps have no cgroup of their own to place under a parent yet",
+    "cgroup": "RUN cgroups are made under build-image's own cgroup; another parent is not supported yet",
     "cpu": "CPU limits other than --cpu-shares are not applied to RUN steps; drop the flag",
     "swap": "RUN steps have no swap limit; drop the flag (a memory limit is -m)",
 }
@@ -64,7 +64,15 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--add-host", action="append", default=[], metavar="NAME:IP",
                    help="add a line to every RUN's /etc/hosts (IP may be host-gateway)")
     p.add_argument("--allow", action="append", default=[], metavar="ENTITLEMENT",
-                   help="allow an extra privilege: network.host (for RUN --network=host)")
+                   help="allow an extra privilege: network.host (for RUN --network=host), "
+                   "security.insecure (for --security-opt seccomp=unconfined)")
+    p.add_argument("--security-opt", action="append", default=[], metavar="seccomp=unconfined",
+                   help="run every RUN without the default seccomp profile (needs --allow security.insecure)")
+    p.add_argument("-m", "--memory", metavar="BYTES", help="memory limit of every RUN (e.g. 512m, 2g; default: none)")
+    p.add_argument("--pids-limit", type=int, default=4096, metavar="N",
+                   help="process limit of every RUN (default 4096; -1: unlimited)")
+    p.add_argument("--cpu-shares", type=int, default=None, metavar="N",
+                   help="relative CPU weight of every RUN (1024 = default weight)")
     p.add_argument("--shm-size", metavar="BYTES", help="size of /dev/shm in RUN steps (e.g. 128m; default 64m)")
     p.add_argument("--ulimit", action="append", default=[], metavar="NAME=SOFT[:HARD]",
                    help="a resource limit for RUN steps, e.g. nofile=1024:2048 (repeatable)")
@@ -202,6 +210,10 @@ def _options(ns: argparse.Namespace):
         shm_size=ns.shm_size,
         ulimits=tuple(ns.ulimit),
         build_contexts=tuple(ns.build_context),
+        security_opts=tuple(ns.security_opt),
+        memory=ns.memory,
+        pids_limit=ns.pids_limit,
+        cpu_shares=ns.cpu_shares,
     )
 
 

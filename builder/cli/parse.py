@@ -20,16 +20,19 @@ def cmd_parse(argv: list[str]) -> int:
 
     def run() -> int:
         from builder.grammar import dockerfile_to_json, parse_dockerfile
+        from builder.pipeline import decode_dockerfile
 
         if ns.file == "-":
-            text, name = sys.stdin.read(), "Dockerfile"
+            name = "Dockerfile"
+            text = decode_dockerfile(sys.stdin.buffer.read(), name)
         else:
             try:
-                with open(ns.file, encoding="utf-8") as f:
-                    text = f.read()
+                with open(ns.file, "rb") as f:
+                    data = f.read()
             except OSError as error:
                 raise BuildError(f"failed to read dockerfile: {error.strerror}: {ns.file}") from None
             name = os.path.basename(ns.file)
+            text = decode_dockerfile(data, name)
         json.dump(dockerfile_to_json(parse_dockerfile(text, name)), sys.stdout, indent=2)
         sys.stdout.write("\n")
         return 0

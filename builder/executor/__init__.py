@@ -8,10 +8,11 @@ from builder.plumbing.lazy import lazy_exports
 
 __getattr__ = lazy_exports("builder.executor", {
     "NamespaceExecutor": "container",
-    **{name: "spec" for name in ("BindMount", "Executor", "LayeredMount", "Mount", "ProcessSpec", "RootFS",
-                                 "SecretFile", "TmpfsMount")},
+    "OutOfMemory": "cgroups",
+    **{name: "spec" for name in ("BindMount", "Executor", "LayeredMount", "Mount", "ProcessSpec", "ResourceLimits",
+                                 "RootFS", "Sandbox", "SecretFile", "TmpfsMount")},
     "UserNotFound": "users",
 })
 
-__all__ = ["BindMount", "Executor", "LayeredMount", "Mount", "NamespaceExecutor", "ProcessSpec", "RootFS",
-           "SecretFile", "TmpfsMount", "UserNotFound"]
+__all__ = ["BindMount", "Executor", "LayeredMount", "Mount", "NamespaceExecutor", "OutOfMemory", "ProcessSpec",
+           "ResourceLimits", "RootFS", "Sandbox", "SecretFile", "TmpfsMount", "UserNotFound"]

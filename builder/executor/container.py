@@ -56,11 +56,13 @@ from dataclasses import dataclass
 from typing import NoReturn
 
 from builder.errors import BuildError, SolveError
+from builder.executor import cgroups
 from builder.executor import network as net
+from builder.executor import seccomp
 from builder.executor.container_mounts import (MountStub, layered_mount_fd, make_mountpoint, mount_dev, mount_proc,
                                                mount_sys, mount_tmpfs, remove_stubs, restrict_proc, secret_file_fds)
-from builder.executor.spec import (DEFAULT_PATH, BindMount, LayeredMount, Mount, OutputCallback, ProcessSpec,
-                                   RootFS, SecretFile, TmpfsMount)
+from builder.executor.spec import (DEFAULT_PATH, DEFAULT_TMPFS_SIZE, BindMount, LayeredMount, Mount,
+                                   OutputCallback, ProcessSpec, RootFS, Sandbox, SecretFile, TmpfsMount)
 from builder.executor.users import UserNotFound, resolve_user
 from builder.plumbing import linux
 from builder.plumbing.linux import clone_tree, move_mount
@@ -115,6 +117,9 @@ class _Plan:
     caller_pid: int
     cap_last: int
     netns_fd: int | None = None                 # network "default": the prepared namespace to join
+    seccomp: linux.SeccompProgram | None = None  # installed right before execve; None: unconfined
+    cgroup_procs: tuple[str, ...] = ()          # the step cgroup's cgroup.procs files, joined by the supervisor
+    etc_files: tuple[SecretFile, ...] = ()      # /etc/hosts and /etc/resolv.conf, served from a tmpfs
 
     @property
     def merged_dir(self) -> str:
@@ -138,7 +143,15 @@ class NamespaceExecutor:
     """
 
     def __init__(self, runtime_root: str | None = None, network: net.BridgeNetwork | None = None,
-                 network_ready: int = 1):
+                 network_ready: int = 1, sandbox: Sandbox = Sandbox(),
+                 cgroup_layout: cgroups.Layout | None | bool = True):
+        """SANDBOX: seccomp and resource limits of every RUN. CGROUP_LAYOUT: True detects this
+        machine's (every RUN then gets its own cgroup); tests may pass a Layout."""
+        self.sandbox = sandbox
+        self._seccomp: linux.SeccompProgram | None = None  # compiled on the first run (about 150 ms)
+        self._cgroups = cgroups.detect() if cgroup_layout is True else cgroup_layout or None
+        if self._cgroups is not None:
+            cgroups.sweep_stale(self._cgroups)
         # Per-run scratch directories (overlay mount point, generated /etc/hosts) go here.
         self._runtime_root = runtime_root
         self._cap_last = _read_cap_last_cap()
@@ -147,6 +160,13 @@ class NamespaceExecutor:
         self._owns_network = network is None
         self._network_ready = network_ready
         self._network_lock = threading.Lock()
+
+    def _seccomp_program(self) -> linux.SeccompProgram | None:
+        if self.sandbox.seccomp and self._seccomp is None:
+            with self._network_lock:
+                if self._seccomp is None:
+                    self._seccomp = linux.SeccompProgram(seccomp.default_program())
+        return self._seccomp
 
     def kill_all(self) -> None:
         """Kills every container this executor is running (their run() calls then return)."""
@@ -177,22 +197,32 @@ class NamespaceExecutor:
         planned = tuple((m, isinstance(m, BindMount) and _bind_source_is_dir(m)) for m in mounts)
         lease = self._bridge().acquire() if process.network == "default" else None
         try:
-            runtime_dir = self._make_runtime_dir(rootfs, process, mounts, lease)
+            runtime_dir = self._make_runtime_dir(mounts)
             stubs: list[MountStub] = []
+            step_cgroup = None
             try:
+                step_cgroup = (cgroups.StepCgroup(self._cgroups, self.sandbox.limits)
+                               if self._cgroups is not None else None)
                 plan = _Plan(rootfs, process, planned, runtime_dir, _base_env(process.env),
-                             os.getpid(), self._cap_last, lease.netns_fd if lease else None)
-                return _run_container(plan, output, stubs, self._running)
+                             os.getpid(), self._cap_last, lease.netns_fd if lease else None,
+                             self._seccomp_program(), step_cgroup.procs_files if step_cgroup else (),
+                             _etc_files(process, lease))
+                code = _run_container(plan, output, stubs, self._running)
+                limit = self.sandbox.limits.memory
+                if code != 0 and limit is not None and step_cgroup is not None and step_cgroup.oom_killed():
+                    raise cgroups.OutOfMemory(limit)
+                return code
             finally:
                 # Only reached once the container is reaped, so its mounts are gone.
+                if step_cgroup is not None:
+                    step_cgroup.remove()
                 remove_stubs(rootfs.upperdir, stubs, rootfs.lowerdirs)
                 shutil.rmtree(runtime_dir, ignore_errors=True)
         finally:
             if lease is not None:
                 self._bridge().release(lease)
 
-    def _make_runtime_dir(self, rootfs: RootFS, process: ProcessSpec, mounts: Sequence[Mount],
-                          lease: net.NetworkLease | None) -> str:
+    def _make_runtime_dir(self, mounts: Sequence[Mount]) -> str:
         runtime_dir = tempfile.mkdtemp(prefix="build-image-run-", dir=self._runtime_root)
         try:
             os.mkdir(os.path.join(runtime_dir, "root"))
@@ -200,12 +230,7 @@ class NamespaceExecutor:
             for i, mount in enumerate(mounts):
                 if isinstance(mount, LayeredMount):
                     os.mkdir(os.path.join(runtime_dir, f"view-{i}"))
-            if any(isinstance(m, SecretFile) for m in mounts):
-                os.mkdir(os.path.join(runtime_dir, "secrets"))
-            gateway = lease.gateway if lease is not None else "127.0.0.1"
-            extra = tuple((name, gateway if ip == "host-gateway" else ip) for name, ip in process.extra_hosts)
-            _write(os.path.join(runtime_dir, "hosts"), net.hosts_file(process.hostname, extra))
-            _write(os.path.join(runtime_dir, "resolv.conf"), net.resolv_conf(process.network))
+            os.mkdir(os.path.join(runtime_dir, "files"))  # the tmpfs that serves secrets and /etc files
         except BaseException:
             shutil.rmtree(runtime_dir, ignore_errors=True)
             raise
@@ -281,10 +306,13 @@ def _base_env(env: Sequence[str]) -> tuple[tuple[str, str], ...]:
     return tuple(merged.items())
 
 
-def _write(path: str, text: str) -> None:
-    with open(path, "w") as f:
-        f.write(text)
-    os.chmod(path, 0o644)
+def _etc_files(process: ProcessSpec, lease: net.NetworkLease | None) -> tuple[SecretFile, ...]:
+    """/etc/hosts and /etc/resolv.conf, kept in memory like secrets: a bind of a host file would
+    show its host path in the container's /proc/self/mountinfo."""
+    gateway = lease.gateway if lease is not None else "127.0.0.1"
+    extra = tuple((name, gateway if ip == "host-gateway" else ip) for name, ip in process.extra_hosts)
+    return (SecretFile("/etc/hosts", net.hosts_file(process.hostname, extra).encode(), 0o644),
+            SecretFile("/etc/resolv.conf", net.resolv_conf(process.network).encode(), 0o644))
 
 
 def _pipe() -> tuple[int, int]:
@@ -487,6 +515,7 @@ def _supervisor(plan: _Plan, out_w: int, err_w: int, status_w: int, life_r: int)
         if plan.netns_fd is not None:
             linux.setns(plan.netns_fd, linux.CLONE_NEWNET)  # "default": the namespace made for this RUN
             os.close(plan.netns_fd)
+        cgroups.join(plan.cgroup_procs)  # before CLONE_NEWCGROUP: the step's cgroup becomes its root
         flags = _NAMESPACES | (linux.CLONE_NEWNET if plan.process.network == "none" else 0)
         linux.unshare(flags)
         init_pid = os.fork()
@@ -536,6 +565,7 @@ def _container_init(plan: _Plan, out_w: int, err_w: int, status_w: int) -> NoRet
             os.makedirs(process.cwd, 0o755, exist_ok=True)
         _set_ulimits(process.ulimits)
         linux.limit_capabilities(DEFAULT_CAPABILITIES, plan.cap_last)
+        linux.set_no_new_privs()
         os.setgroups(list(user.groups))
         os.setgid(user.gid)
         os.setuid(user.uid)
@@ -551,7 +581,7 @@ def _container_init(plan: _Plan, out_w: int, err_w: int, status_w: int) -> NoRet
             _send(status_w, b"S" + stub.encode())
         _report_error(status_w, exc)
         os._exit(_EXIT_SETUP_FAILED)
-    _exec(process.args, env)
+    _exec(process.args, env, plan.seccomp, status_w)
 
 
 def _set_ulimits(ulimits) -> None:
@@ -569,11 +599,13 @@ def _set_ulimits(ulimits) -> None:
 
 def _enter_root(plan: _Plan, stubs: list[MountStub], status_w: int) -> None:
     linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)
+    # The empty lower dir of FROM scratch and single-layer mounts: a tmpfs of this namespace, since
+    # the parent deletes the scratch dir early, and a merged directory over a deleted one reads empty.
+    linux.mount("tmpfs", plan.empty_dir, "tmpfs", linux.MS_RDONLY | linux.MS_NOSUID | linux.MS_NODEV,
+                "size=4k,mode=755")
     rootfs = plan.rootfs
     mount_overlay(plan.lowerdirs, rootfs.upperdir, rootfs.workdir, plan.merged_dir)
     # Host paths, resolved while the host is still visible; attached after pivot_root.
-    hosts = clone_tree(os.path.join(plan.runtime_dir, "hosts"), readonly=True)
-    resolv = clone_tree(os.path.join(plan.runtime_dir, "resolv.conf"), readonly=True)
     attachments = _detached_mounts(plan)
 
     os.chdir(plan.merged_dir)
@@ -585,11 +617,9 @@ def _enter_root(plan: _Plan, stubs: list[MountStub], status_w: int) -> None:
     mount_dev(stubs, plan.process.shm_size)
     restrict_proc()
     mount_sys(stubs)
-    for path, fd in (("/etc/hosts", hosts), ("/etc/resolv.conf", resolv)):
-        move_mount(fd, make_mountpoint(path, False, stubs))
-        os.close(fd)
-    # By target, as BuildKit does, so that a mount can sit inside another one.
-    for target, fd, is_dir, tmpfs_size in sorted(attachments, key=lambda a: a[0]):
+    etc, attachments = attachments[:len(plan.etc_files)], attachments[len(plan.etc_files):]
+    # /etc files first, then by target, as BuildKit does, so that a mount can sit inside another one.
+    for target, fd, is_dir, tmpfs_size in etc + sorted(attachments, key=lambda a: a[0]):
         mountpoint = make_mountpoint(target, is_dir, stubs)
         if fd is None:
             mount_tmpfs(mountpoint, tmpfs_size)
@@ -605,10 +635,10 @@ def _detached_mounts(plan: _Plan) -> list[tuple[str, int | None, bool, int]]:
     """(target, detached mount fd or None for a tmpfs, is a directory, tmpfs size) per mount,
     made while host paths are still visible (before pivot_root)."""
     attachments: list[tuple[str, int | None, bool, int]] = []
-    secrets = [m for m, _ in plan.mounts if isinstance(m, SecretFile)]
-    if secrets:
-        fds = secret_file_fds(secrets, os.path.join(plan.runtime_dir, "secrets"))
-        attachments += [(s.target, fd, False, 0) for s, fd in zip(secrets, fds)]
+    in_memory = [*plan.etc_files, *(m for m, _ in plan.mounts if isinstance(m, SecretFile))]
+    if in_memory:
+        fds = secret_file_fds(in_memory, os.path.join(plan.runtime_dir, "files"))
+        attachments += [(s.target, fd, False, 0) for s, fd in zip(in_memory, fds)]
     for i, (mount, is_dir) in enumerate(plan.mounts):
         if isinstance(mount, BindMount):
             attachments.append((mount.target, clone_tree(mount.source, readonly=mount.readonly), is_dir, 0))
@@ -617,7 +647,7 @@ def _detached_mounts(plan: _Plan) -> list[tuple[str, int | None, bool, int]]:
             fd, is_dir = layered_mount_fd(mount, view, plan.empty_dir)
             attachments.append((mount.target, fd, is_dir, 0))
         elif isinstance(mount, TmpfsMount):
-            attachments.append((mount.target, None, True, mount.size))
+            attachments.append((mount.target, None, True, mount.size or DEFAULT_TMPFS_SIZE))
     return attachments
 
 
@@ -635,13 +665,20 @@ def _read_text(path: str) -> str | None:
         os.close(fd)
 
 
-def _exec(args: tuple[str, ...], env: dict[str, str]) -> NoReturn:
+def _exec(args: tuple[str, ...], env: dict[str, str], program: linux.SeccompProgram | None,
+          status_w: int) -> NoReturn:
     name = args[0]
     if "/" in name:
         candidates = [name]
     else:
         candidates = [os.path.join(d or ".", name) for d in env["PATH"].split(":")]
     linux.reset_signal_dispositions()
+    if program is not None:
+        try:
+            program.install()  # last: from here on only the profile's calls work (execve among them)
+        except OSError as exc:
+            _report_error(status_w, exc)
+            os._exit(_EXIT_SETUP_FAILED)
     linux.set_signal_mask(block_all=False)
     error: OSError | None = None
     for path in candidates:

@@ -34,6 +34,7 @@ _DEV_LINKS = (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", 
 _READONLY_PROC = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
 _MASKED_PROC = ("/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",
                 "/proc/timer_stats", "/proc/sched_debug", "/proc/acpi", "/proc/scsi")
+_MASKED_SYS = ("/sys/firmware",)
 
 
 @dataclass(frozen=True)
@@ -84,10 +85,10 @@ def layered_mount_fd(spec: LayeredMount, view: str, empty: str) -> tuple[int, bo
     try:
         if spec.upperdir is not None:
             tree = overlay_mount_fd(lowers, spec.upperdir, spec.workdir)
-        elif len(lowers) == 1:
-            tree = clone_tree(lowers[0], readonly=True)
         else:
-            tree = overlay_mount_fd(lowers, None, None)  # no upper dir: read-only
+            # Even a single layer goes through a read-only overlay (over the empty dir) rather than
+            # a bind: a bind shows its host path in the container's /proc/self/mountinfo.
+            tree = overlay_mount_fd(lowers if len(lowers) > 1 else (empty, *lowers), None, None)
     except OSError as exc:
         raise MountSourceError(f"mount for {spec.target}: {exc.strerror or exc}") from None
     try:
@@ -192,6 +193,9 @@ def mount_dev(stubs: list[MountStub], shm_size: int = 0) -> None:
 def mount_sys(stubs: list[MountStub]) -> None:
     make_mountpoint("/sys", True, stubs)
     mount("sysfs", "/sys", "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    for path in _MASKED_SYS:
+        if os.path.isdir(path):
+            mount("tmpfs", path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
 
 
 def restrict_proc() -> None:

@@ -34,6 +34,23 @@ class ProcessSpec:
 
 
 @dataclass(frozen=True)
+class ResourceLimits:
+    """Limits of every RUN (its own cgroup): BuildKit's defaults, pids 4096 and no memory limit."""
+
+    memory: int | None = None        # bytes; None: unlimited
+    pids: int | None = 4096          # None: unlimited
+    cpu_shares: int | None = None    # relative CPU weight, 1024 = one share; None: the kernel's default
+
+
+@dataclass(frozen=True)
+class Sandbox:
+    """How tightly every RUN is confined, beyond namespaces (which are always on)."""
+
+    seccomp: bool = True             # Docker's default seccomp profile; off: --security-opt seccomp=unconfined
+    limits: ResourceLimits = ResourceLimits()
+
+
+@dataclass(frozen=True)
 class BindMount:
     """A host path at TARGET; the caller trusts SOURCE (it is never resolved in a container)."""
 
@@ -56,10 +73,13 @@ class LayeredMount:
     workdir: str | None = None
 
 
+DEFAULT_TMPFS_SIZE = 512 << 20   # a RUN --mount=type=tmpfs without size= (the kernel's default is half the RAM)
+
+
 @dataclass(frozen=True)
 class TmpfsMount:
     target: str
-    size: int = 0                # bytes; 0 = the kernel's default
+    size: int = 0                # bytes; 0 = DEFAULT_TMPFS_SIZE
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The Linux calls Python 3.11 lacks: namespaces, mounts (classic and the new mount API),
+"""The Linux calls Python 3.11 lacks: namespaces, mounts (classic and the new mount API), seccomp,
 pivot_root, capabilities, loopback. The executor, the snapshotter and the network all use these.
 
 Each wrapper is one ctypes call with errno turned into OSError. None of them takes a Python-level
@@ -34,6 +34,10 @@ PR_SET_PDEATHSIG = 1
 PR_CAPBSET_DROP = 24
 PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_CLEAR_ALL = 4
+PR_SET_NO_NEW_PRIVS = 38
+PR_SET_SECCOMP = 22
+SECCOMP_MODE_FILTER = 2
+_SOCK_FILTER_BYTES = 8  # struct sock_filter { u16 code; u8 jt; u8 jf; u32 k; }
 
 SYS_PIVOT_ROOT = 155
 SYS_OPENAT2 = 437
@@ -114,6 +118,64 @@ def sethostname(name: str) -> None:
 
 def set_parent_death_signal(signum: int) -> None:
     _check(_libc.prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0), "prctl(PR_SET_PDEATHSIG)")
+
+
+def set_no_new_privs() -> None:
+    """execve can no longer grant privileges (setuid bits, file capabilities) to this process."""
+    _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS)")
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+class SeccompProgram:
+    """A BPF program (raw struct sock_filter array) laid out in memory ready for the kernel, so
+    that a forked child installs it with one prctl and no allocation."""
+
+    def __init__(self, bpf: bytes):
+        if not bpf or len(bpf) % _SOCK_FILTER_BYTES:
+            raise ValueError("a seccomp program is a non-empty array of 8-byte instructions")
+        self._code = ctypes.create_string_buffer(bpf, len(bpf))
+        self._fprog = _SockFprog(len(bpf) // _SOCK_FILTER_BYTES, ctypes.addressof(self._code))
+
+    def install(self) -> None:
+        """Filter every later system call of this thread (needs no_new_privs or CAP_SYS_ADMIN)."""
+        _check(_libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(self._fprog), 0, 0),
+               "prctl(PR_SET_SECCOMP)")
+
+
+SYS_BPF = 321
+_BPF_PROG_LOAD = 5
+_BPF_PROG_ATTACH = 8
+_BPF_ATTR_BYTES = 128
+BPF_PROG_TYPE_CGROUP_DEVICE = 15
+BPF_CGROUP_DEVICE = 6
+
+
+def bpf_load_program(prog_type: int, instructions: bytes, license_name: str) -> int:
+    """BPF_PROG_LOAD: the program's fd. On a verifier refusal the message carries its log."""
+    insns = ctypes.create_string_buffer(instructions, len(instructions))
+    lic = ctypes.create_string_buffer(license_name.encode())
+    log = ctypes.create_string_buffer(4096)
+    attr = ctypes.create_string_buffer(_BPF_ATTR_BYTES)
+    # union bpf_attr, BPF_PROG_LOAD: u32 prog_type, insn_cnt; u64 insns, license; u32 log_level, log_size; u64 log_buf
+    struct.pack_into("<IIQQIIQ", attr, 0, prog_type, len(instructions) // 8, ctypes.addressof(insns),
+                     ctypes.addressof(lic), 1, len(log), ctypes.addressof(log))
+    fd = _libc.syscall(ctypes.c_long(SYS_BPF), ctypes.c_long(_BPF_PROG_LOAD), attr, ctypes.c_long(_BPF_ATTR_BYTES))
+    if fd < 0:
+        err = ctypes.get_errno()
+        detail = log.value.decode(errors="replace").strip()
+        raise OSError(err, f"bpf(PROG_LOAD): {os.strerror(err)}{': ' + detail if detail else ''}")
+    return fd
+
+
+def bpf_prog_attach(prog_fd: int, target_fd: int, attach_type: int, flags: int = 0) -> None:
+    attr = ctypes.create_string_buffer(_BPF_ATTR_BYTES)
+    # BPF_PROG_ATTACH: u32 target_fd, attach_bpf_fd, attach_type, attach_flags
+    struct.pack_into("<IIII", attr, 0, target_fd, prog_fd, attach_type, flags)
+    ret = _libc.syscall(ctypes.c_long(SYS_BPF), ctypes.c_long(_BPF_PROG_ATTACH), attr, ctypes.c_long(_BPF_ATTR_BYTES))
+    _check(ret, "bpf(PROG_ATTACH)")
 
 
 def limit_capabilities(keep: frozenset[int], last_cap: int) -> None:

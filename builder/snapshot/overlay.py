@@ -54,13 +54,14 @@ def overlay_mount_fd(lowerdirs: Sequence[str], upperdir: str | None, workdir: st
     if not lowerdirs:
         raise ValueError("overlay needs at least one lower directory")
     fs_fd = fsopen("overlay")
+    opened: list[int] = []
     try:
         try:
             for lower in reversed(lowerdirs):
-                fsconfig_string(fs_fd, "lowerdir+", lower)
+                fsconfig_string(fs_fd, "lowerdir+", _fd_path("lowerdir+", lower, opened))
             if upperdir is not None:
-                fsconfig_string(fs_fd, "upperdir", upperdir)
-                fsconfig_string(fs_fd, "workdir", workdir or "")
+                fsconfig_string(fs_fd, "upperdir", _fd_path("upperdir", upperdir, opened))
+                fsconfig_string(fs_fd, "workdir", _fd_path("workdir", workdir or "", opened))
             for key, value in DIFFABLE_OPTIONS:
                 fsconfig_string(fs_fd, key, value)
             fsconfig_create(fs_fd)
@@ -71,7 +72,20 @@ def overlay_mount_fd(lowerdirs: Sequence[str], upperdir: str | None, workdir: st
                                f"({len(lowerdirs)} lower dirs, upper {upperdir})") from None
         return fsmount(fs_fd)
     finally:
+        for fd in opened:
+            os.close(fd)
         os.close(fs_fd)
+
+
+def _fd_path(key: str, directory: str, opened: list[int]) -> str:
+    """DIRECTORY as /proc/thread-self/fd/N of an O_PATH descriptor. Overlayfs shows its options
+    as given in /proc/*/mountinfo: a container must not learn the store's host paths from them."""
+    try:
+        fd = os.open(directory, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise OSError(exc.errno, f"{key}={directory}: {os.strerror(exc.errno)}") from None
+    opened.append(fd)
+    return f"/proc/thread-self/fd/{fd}"
 
 
 def mount_overlay(lowerdirs: Sequence[str], upperdir: str | None, workdir: str | None,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from builder.cache.blobs import BlobStore
 from builder.image.config import ImageConfig
@@ -23,6 +23,7 @@ class BaseImage:
     layers: tuple[Descriptor, ...]
     local: bool                    # found in the local image store (no registry needed)
     name: str = ""                 # the tag it goes by locally once its layers are all here
+    manifest: bytes = field(default=b"", repr=False)  # a pulled one's manifest, stored after its layers
 
 
 def parse_platform(text: str) -> Platform:
@@ -119,7 +120,8 @@ class ImageSources:
 
     def _from_registry(self, ref, platform: str) -> BaseImage:
         digest, manifest, media_type = self.client.resolve(ref, parse_platform(platform))
-        self.blobs.put_bytes(manifest, digest)
+        # The manifest is stored only in ensure_layers, once every layer is: a build whose pull
+        # fails or is killed must not leave an image whose layers are missing.
         document = json.loads(manifest)
         if media_type in INDEX_TYPES:  # resolve() returns the platform's manifest; defensive only
             raise ValueError(f"{ref}: expected an image manifest, got an index")
@@ -129,7 +131,7 @@ class ImageSources:
         config = ImageConfig.from_json(self.blobs.get_bytes(config_desc.digest))
         layers = tuple(Descriptor.from_json(d) for d in document.get("layers", []))
         name = str(ref) if ref.tag and not ref.digest else ""
-        return BaseImage(f"{_without_digest(ref)}@{digest}", digest, config, layers, False, name)
+        return BaseImage(f"{_without_digest(ref)}@{digest}", digest, config, layers, False, name, manifest)
 
     def ensure_layers(self, ref: str) -> bool:
         """Makes sure every layer blob of a resolved base image is in the blob store; says
@@ -144,6 +146,8 @@ class ImageSources:
             from builder.registry.reference import parse_reference
 
             self.client.fetch_blobs(parse_reference(ref), missing, self.blobs)
+        if not image.local and not self.blobs.has(image.manifest_digest):
+            self.blobs.put_bytes(image.manifest, image.manifest_digest)  # verified against the digest
         if image.name:  # pulled whole: it is a local image now, as after `docker pull`
             self.images.tag(image.name, image.manifest_digest)
         return bool(missing)

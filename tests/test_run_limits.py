@@ -1,0 +1,185 @@
+"""Every RUN in its own cgroup: memory, pids and CPU limits, bounded tmpfs, nothing left behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+
+from builder.executor import (NamespaceExecutor, OutOfMemory, ProcessSpec, ResourceLimits, RootFS, Sandbox,
+                              TmpfsMount)
+from builder.executor import cgroups
+from tests.support.escape_probe import build_probe
+from tests.support.images import build_image, write_context
+from tests.support.rootfs import make_busybox_rootfs
+
+pytestmark = [pytest.mark.root, pytest.mark.overlay]
+
+LAYOUT = cgroups.detect()
+needs_cgroups = pytest.mark.skipif(LAYOUT is None, reason="no usable cgroup hierarchy")
+
+
+@pytest.fixture(scope="module")
+def layer(tmp_path_factory):
+    path = make_busybox_rootfs(str(tmp_path_factory.mktemp("limits") / "layer"))
+    build_probe(os.path.join(path, "probe"))
+    return path
+
+
+def _executor(tmp_path, layer, **limits):
+    for d in ("upper", "work", "run"):
+        (tmp_path / d).mkdir(exist_ok=True)
+    rootfs = RootFS((layer,), str(tmp_path / "upper"), str(tmp_path / "work"))
+    executor = NamespaceExecutor(runtime_root=str(tmp_path / "run"), sandbox=Sandbox(limits=ResourceLimits(**limits)))
+    return executor, rootfs
+
+
+def _sh(executor, rootfs, script, mounts=()):
+    chunks = []
+    code = executor.run(rootfs, ProcessSpec(("/bin/sh", "-c", script)), mounts, output=lambda fd, d: chunks.append(d))
+    return code, b"".join(chunks).decode(errors="replace")
+
+
+def _step_cgroups(pid: int = os.getpid()) -> list[str]:
+    found = []
+    for _, parent in LAYOUT.parents:
+        found += [os.path.join(parent, n) for n in os.listdir(parent) if n.startswith(f"{cgroups.PREFIX}{pid}-")]
+    return found
+
+
+@needs_cgroups
+def test_memory_exhaustion_fails_the_step_not_the_builder(tmp_path, layer):
+    executor, rootfs = _executor(tmp_path, layer, memory=32 << 20)
+    with pytest.raises(OutOfMemory) as caught:
+        _sh(executor, rootfs, "/probe alloc 200")
+    assert str(caught.value) == "RUN was killed: out of memory (limit 32 MiB)"
+    # Under the limit the same executor runs fine, and this process was never touched.
+    assert _sh(executor, rootfs, "/probe alloc 8") == (0, "ok\n")
+    assert _step_cgroups() == []
+
+
+@needs_cgroups
+def test_pids_limit_stops_a_fork_bomb(tmp_path, layer):
+    executor, rootfs = _executor(tmp_path, layer, pids=16)
+    code, output = _sh(executor, rootfs, "for i in $(seq 40); do sleep 2 & done; wait")
+    assert "can't fork" in output  # the shell's fork fails with EAGAIN at the 16th process
+    assert _sh(executor, rootfs, "for i in $(seq 5); do true & done; wait; echo fine") == (0, "fine\n")
+
+
+@needs_cgroups
+def test_the_limits_are_written_to_the_steps_cgroup(tmp_path, layer):
+    executor, rootfs = _executor(tmp_path, layer, memory=64 << 20, pids=123, cpu_shares=256)
+    seen = {}
+    started = threading.Event()
+
+    def watch():
+        started.wait(10)
+        for path in _step_cgroups():
+            for name in ("memory.limit_in_bytes", "pids.max", "cpu.shares", "memory.max", "cpu.weight"):
+                if os.path.exists(os.path.join(path, name)):
+                    seen[name] = open(os.path.join(path, name)).read().strip()
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    chunks = []
+
+    def output(fd, data):
+        chunks.append(data)
+        started.set()
+
+    code = executor.run(rootfs, ProcessSpec(("/bin/sh", "-c", "echo up; sleep 1")), output=output)
+    watcher.join()
+    assert code == 0
+    if LAYOUT.version == 1:
+        assert seen == {"memory.limit_in_bytes": str(64 << 20), "pids.max": "123", "cpu.shares": "256"}
+    else:
+        assert seen == {"memory.max": str(64 << 20), "pids.max": "123", "cpu.weight": str(cgroups.shares_to_weight(256))}
+    assert _step_cgroups() == []
+
+
+@needs_cgroups
+def test_default_limits_are_pids_4096_and_no_memory_limit(tmp_path, layer):
+    executor = NamespaceExecutor(runtime_root=str(tmp_path))
+    assert executor.sandbox.limits == ResourceLimits(memory=None, pids=4096, cpu_shares=None)
+
+
+def test_tmpfs_is_bounded_by_default_and_size_is_honoured(tmp_path, layer):
+    executor, rootfs = _executor(tmp_path, layer)
+    code, output = _sh(executor, rootfs, "df -k /t /s | tail -n 2",
+                       [TmpfsMount("/t"), TmpfsMount("/s", size=64 << 20)])
+    sizes = {line.split()[-1]: int(line.split()[1]) for line in output.strip().splitlines()}
+    assert code == 0
+    assert sizes == {"/t": 512 * 1024, "/s": 64 * 1024}
+
+
+@needs_cgroups
+def test_a_sigkilled_builders_cgroups_are_removed_by_the_next_one(tmp_path, layer):
+    for d in ("u", "w", "rt"):
+        (tmp_path / d).mkdir()
+    script = textwrap.dedent(f"""
+        import sys
+        from builder.executor import NamespaceExecutor, ProcessSpec, RootFS
+        rootfs = RootFS(({layer!r},), {str(tmp_path / "u")!r}, {str(tmp_path / "w")!r})
+        def out(fd, data):
+            sys.stdout.write("started\\n"); sys.stdout.flush()
+        NamespaceExecutor({str(tmp_path / "rt")!r}).run(rootfs, ProcessSpec(("/bin/sh", "-c", "echo go; sleep 1000")), output=out)
+    """)
+    builder = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                               cwd=os.path.dirname(os.path.dirname(__file__)))
+    try:
+        assert builder.stdout.readline() == b"started\n"
+        left = _step_cgroups(builder.pid)
+        assert len(left) == len(LAYOUT.parents)
+        builder.send_signal(signal.SIGKILL)
+        builder.wait()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(open(os.path.join(p, "cgroup.procs")).read() for p in left):
+            time.sleep(0.05)  # the container dies with its builder (PR_SET_PDEATHSIG)
+        assert _step_cgroups(builder.pid) == left  # nobody removed them
+        NamespaceExecutor(runtime_root=str(tmp_path / "rt"))  # the next build-image sweeps
+        assert _step_cgroups(builder.pid) == []
+    finally:
+        builder.kill()
+        builder.wait()
+        builder.stdout.close()
+
+
+@pytest.mark.registry
+@needs_cgroups
+def test_build_with_memory_limit_reports_the_oom_in_one_line(store_root, busybox_registry, tmp_path):
+    context = write_context(tmp_path / "ctx", {"Dockerfile": f"""\
+FROM {busybox_registry.reference}
+RUN --mount=type=tmpfs,target=/t,size=200m dd if=/dev/zero of=/t/fill bs=1M count=100
+"""})
+    result = build_image("--root", store_root, "--progress", "plain", "-m", "32m", context, check=False)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == "ERROR: RUN was killed: out of memory (limit 32 MiB)"
+    assert _step_cgroups() == []
+
+
+@pytest.mark.registry
+@needs_cgroups
+def test_build_pids_limit_flag(store_root, busybox_registry, tmp_path):
+    context = write_context(tmp_path / "ctx", {"Dockerfile": f"""\
+FROM {busybox_registry.reference}
+RUN for i in $(seq 30); do sleep 3 & done; wait
+"""})
+    limited = build_image("--root", store_root, "--progress", "plain", "--pids-limit", "10", context, check=False)
+    assert limited.returncode == 1 and "can't fork" in limited.stderr
+
+
+@pytest.mark.parametrize("flags, message", [
+    (("-m", "lots"), 'ERROR: invalid --memory "lots" (use bytes or a unit: 512m, 2g)'),
+    (("--memory", "1m"), 'ERROR: invalid --memory "1m": the minimum is 6 MiB'),
+    (("--cpu-shares", "1"), "ERROR: invalid --cpu-shares 1: must be between 2 and 262144"),
+])
+def test_bad_limit_flags_are_one_line_errors(tmp_path, store_root, flags, message):
+    context = write_context(tmp_path / "ctx", {"Dockerfile": "FROM scratch\n"})
+    result = build_image("--root", store_root, *flags, context, check=False)
+    assert (result.returncode, result.stderr.strip()) == (1, message)
