@@ -354,14 +354,22 @@ def write_layer(upper_dir: str, blobs: BlobStore, *, compression: str = "gzip",
         media_type = _COMPRESSIONS[compression]
     except KeyError:
         raise LayerError(f"unknown layer compression {compression!r}; use gzip, zstd or none") from None
+    def fill(sink: _TarSink) -> None:
+        tar = _LayerTarWriter(sink, source_date_epoch)
+        for rel, path, st in _walk(upper_dir):
+            tar.add(rel, path, st)
+        tar.close()
+
+    return _write_layer_blob(blobs, compression, media_type, fill)
+
+
+def _write_layer_blob(blobs: BlobStore, compression: str, media_type: str, fill) -> Layer:
+    """A layer blob: FILL(sink) writes the tar stream, which is hashed (the diff ID) and compressed."""
     with blobs.writer() as blob:
         compressor = _ZstdCompressor(blob) if compression == "zstd" else _ThreadedCompressor(compression, blob)
         try:
             sink = _TarSink(compressor)
-            tar = _LayerTarWriter(sink, source_date_epoch)
-            for rel, path, st in _walk(upper_dir):
-                tar.add(rel, path, st)
-            tar.close()
+            fill(sink)
             compressor.finish()
         finally:
             compressor.abort()
@@ -377,34 +385,27 @@ def rewrite_layer_timestamps(stream: BinaryIO, blobs: BlobStore, epoch: int, *, 
     compression_name = next((name for name, media in _COMPRESSIONS.items() if media == media_type), None)
     if compression_name is None:
         raise LayerError(f"cannot rewrite timestamps of a layer of type {media_type}")
-    with blobs.writer() as blob:
-        compressor = _ZstdCompressor(blob) if compression_name == "zstd" else _ThreadedCompressor(compression_name, blob)
+    def fill(sink: _TarSink) -> None:
         try:
-            sink = _TarSink(compressor)
-            try:
-                with compression.decompressed(stream) as source, \
-                        tarfile.open(fileobj=source, mode="r|", errors="surrogateescape") as tf:
-                    for info in tf:
-                        for key in ("mtime", "atime", "ctime"):
-                            info.pax_headers.pop(key, None)
-                        info.mtime = min(int(info.mtime), epoch)
-                        sink.write(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
-                        if info.isreg() and info.size:
-                            data = tf.extractfile(info)
-                            while chunk := data.read(_CHUNK):
-                                sink.write(chunk)
-                            if info.size % _BLOCK:
-                                sink.write(bytes(_BLOCK - info.size % _BLOCK))
-            except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, compression.CorruptStream) as e:
-                raise LayerError(f"corrupt layer: {e}") from None
-            sink.write(bytes(2 * _BLOCK))
-            sink.flush()
-            compressor.finish()
-        finally:
-            compressor.abort()
-        size = blob.size
-        digest = blob.commit()
-    return Layer(digest=digest, diff_id=sink.diff_id, size=size, media_type=media_type)
+            with compression.decompressed(stream) as source, \
+                    tarfile.open(fileobj=source, mode="r|", errors="surrogateescape") as tf:
+                for info in tf:
+                    for key in ("mtime", "atime", "ctime"):
+                        info.pax_headers.pop(key, None)
+                    info.mtime = min(int(info.mtime), epoch)
+                    sink.write(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
+                    if info.isreg() and info.size:
+                        data = tf.extractfile(info)
+                        while chunk := data.read(_CHUNK):
+                            sink.write(chunk)
+                        if info.size % _BLOCK:
+                            sink.write(bytes(_BLOCK - info.size % _BLOCK))
+        except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, compression.CorruptStream) as e:
+            raise LayerError(f"corrupt layer: {e}") from None
+        sink.write(bytes(2 * _BLOCK))
+        sink.flush()
+
+    return _write_layer_blob(blobs, compression_name, media_type, fill)
 
 
 # ---------------------------------------------------------------------------------------------
