@@ -308,3 +308,18 @@ def test_a_machine_without_nftables_gets_a_clear_error(store_root, busybox_regis
     assert done.stderr.strip().splitlines()[-1] == (
         "ERROR: the default network needs nftables (the nft command); install it or use --network=none")
     assert leftovers() == []
+
+
+@builds
+def test_a_builder_directory_where_build_image_runs_does_not_shadow_the_network_agent(store_root, busybox_registry,
+                                                                                      tmp_path):
+    script = os.path.join(os.path.dirname(sys.executable), "build-image")
+    if not os.access(script, os.X_OK):
+        pytest.skip("the build-image console script is not installed beside this interpreter")
+    (tmp_path / "builder").mkdir()
+    (tmp_path / "builder" / "__init__.py").write_text("raise SystemExit('the wrong builder package')\n")
+    context = write_context(tmp_path / "ctx", {"Dockerfile": f"FROM {busybox_registry.reference}\nRUN ip -4 -o addr show eth0\n"})
+    done = subprocess.run([script, "--root", store_root, "--progress", "plain", context], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "10.89." in done.stderr

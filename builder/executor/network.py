@@ -433,8 +433,9 @@ class BridgeNetwork:
         try:
             env = {**os.environ, "BUILD_IMAGE_NETWORK_FD": str(theirs.fileno()),
                    "BUILD_IMAGE_NETWORK_DIR": self._state_dir, "BUILD_IMAGE_NETWORK_READY": str(self._ready)}
-            self._agent = subprocess.Popen([sys.executable, "-m", "builder.executor.network"], env=env,
-                                           pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
+            # -P and cwd "/": a `builder` directory where the user runs build-image must not shadow ours.
+            self._agent = subprocess.Popen([sys.executable, "-P", "-m", "builder.executor.network"], env=env,
+                                           pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, cwd="/",
                                            start_new_session=True)
         except BaseException:
             ours.close()
