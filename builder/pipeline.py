@@ -235,10 +235,8 @@ def _build(options: BuildOptions, progress: events.Progress, executor) -> BuildR
             text = utf8_text(f.read(), dockerfile_name)
     except FileNotFoundError:
         raise BuildError(f"failed to read dockerfile: open {dockerfile_path}: no such file or directory") from None
-    except OSError as e:  # a directory, no permission, not UTF-8 text
+    except OSError as e:  # a directory, no permission (invalid UTF-8 is utf8_text's ParseError)
         raise BuildError(f"failed to read dockerfile: read {dockerfile_path}: {(e.strerror or str(e)).lower()}") from None
-    except UnicodeDecodeError:
-        raise BuildError(f"failed to read dockerfile: {dockerfile_path} is not UTF-8 text") from None
     progress(events.Finished(load_id))
     tags = tuple(str(parse_reference(t)) for t in options.tags)
     for output in options.outputs:

@@ -52,7 +52,7 @@ import time
 from dataclasses import dataclass
 
 from builder.errors import SolveError
-from builder.plumbing import linux
+from builder.plumbing import files, linux
 
 STATE_DIR = "/run/build-image/network"
 POOL = ipaddress.IPv4Network("10.89.0.0/16")
@@ -162,7 +162,7 @@ class _NatTable:
                 os.close(self._users)
 
     def _mutex(self):
-        return _FileLock(self._mutex_path)
+        return files.locked(self._mutex_path)
 
 
 def _nft(script: str, what: str) -> None:
@@ -178,19 +178,6 @@ def _run_nft(args: list[str], script: str | None = None) -> subprocess.Completed
     except FileNotFoundError:
         raise NetworkError("the default network needs nftables (the nft command); "
                            "install it or use --network=none") from None
-
-
-class _FileLock:
-    def __init__(self, path: str):
-        self.path = path
-
-    def __enter__(self):
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
-        return self
-
-    def __exit__(self, *exc):
-        os.close(self.fd)
 
 
 # ---- the agent: a process that makes namespaces --------------------------------------------
