@@ -391,6 +391,21 @@ class BuildContext:
                     h.update(self._entry_digest(rel).encode())
         return "sha256:" + h.hexdigest()
 
+    def entry_digests(self, sources: Sequence[str]) -> dict[str, str]:
+        """What `checksum` digests, per entry: path (a directory's with a trailing "/") -> hex
+        digest of its type, mode, size and content. After `checksum` it costs a stat per entry."""
+        entries: dict[str, str] = {}
+        for source in sources:
+            for name in self.match(source):
+                resolved = self.resolve(name)
+                if not os.path.lexists(os.path.join(self.root, resolved)):
+                    continue   # checksum has reported it
+                for rel in self.walk(resolved):
+                    full = os.path.join(self.root, rel)
+                    is_dir = os.path.isdir(full) and not os.path.islink(full)
+                    entries[(rel or ".") + ("/" if is_dir else "")] = self._entry_digest(rel)
+        return entries
+
     def _entry_digest(self, rel: str) -> str:
         full = os.path.join(self.root, rel)
         st = os.lstat(full)

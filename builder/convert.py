@@ -83,6 +83,8 @@ class BuildPlan:
                                           # stage's names (name, index), for --no-cache-filter
     lines: Mapping[str, tuple[int, int]] = field(default_factory=dict)   # step digest -> its instruction's
                                           # first and last Dockerfile line, for error excerpts
+    arg_names: Mapping[str, tuple[str, ...]] = field(default_factory=dict)   # RUN digest -> the names in
+                                          # its env that are build args (not ENV), for cache-miss reasons
 
 
 def platform_args(platform: str) -> dict[str, str]:
@@ -190,6 +192,7 @@ class Converter:
         # --build-context: name -> "docker-image://REF" (an image under another name) or "local" (a directory)
         self.build_contexts = dict(build_contexts)
         self.lines: dict[str, tuple[int, int]] = {}
+        self.arg_names: dict[str, tuple[str, ...]] = {}
         self.resolver = resolver
         self.context = Vertex(LocalSource("context", tuple(context_excludes)))
         self.used_args: set[str] = set()
@@ -214,7 +217,7 @@ class Converter:
         unused = tuple(sorted(k for k in self.build_args if k not in self.used_args and k not in PROXY_ARGS
                               and not k.startswith("BUILDKIT_")))
         return BuildPlan(target, vertices, dict(self.names), self.context, unused, dict(self.stage_of),
-                         dict(self.lines))
+                         dict(self.lines), dict(self.arg_names))
 
     # -- stage structure
     def _split_stages(self):
@@ -463,6 +466,9 @@ class Converter:
             mounts=specs,
         )
         vertex = Vertex(op, (stage.vertex, *mount_inputs))
+        image_keys = {e.partition("=")[0] for e in config.env}
+        self.arg_names.setdefault(vertex.digest, tuple(k for k in (e.partition("=")[0] for e in env)
+                                                        if k not in image_keys and (k in stage.args or k in PROXY_ARGS)))
         flags = "".join(f"{flag} " for flag in node.flags)
         self._layer(stage, vertex, label, f"RUN {flags}{node.command.text if isinstance(node.command, nodes.ShellCommand) else ' '.join(args)}")
         recorded = self._history_args(stage)

@@ -128,6 +128,8 @@ class BuildOptions:
     memory: str | int | None = None          # --memory: every RUN's limit, bytes or "512m"/"2g"; None: none
     pids_limit: int | None = DEFAULT_PIDS_LIMIT  # --pids-limit: every RUN's; None, 0 or -1: unlimited
     cpu_shares: int | None = None            # --cpu-shares: every RUN's relative CPU weight
+    timeline: str | None = None              # --timeline FILE.html: the build as a picture (SVG)
+    trace: str | None = None                 # --trace FILE.json: the same as Chrome trace events
 
     def __post_init__(self):
         """The Python API takes the CLI's spellings too: outputs, secrets and ssh as strings
@@ -206,6 +208,44 @@ def build(options: BuildOptions, progress: events.Progress = events.ignore, exec
 
 
 def _build(options: BuildOptions, progress: events.Progress, executor) -> BuildResult:
+    """The build, with its progress watched for the cache-miss reasons of --metadata-file and,
+    if asked, drawn as --timeline/--trace once it has ended (failed or not)."""
+    misses = _MissLog(progress)
+    if not (options.timeline or options.trace):
+        return _build_watched(options, misses, executor, misses)
+    from builder.timeline import TimelineRecorder
+
+    recorder = TimelineRecorder(misses)
+    failed = True
+    try:
+        result = _build_watched(options, recorder, executor, misses)
+        failed = False
+        return result
+    finally:
+        try:
+            recorder.write(html=options.timeline, trace=options.trace)
+        except OSError as e:
+            if not failed:  # a failed build's own error is the one to show
+                raise BuildError(f"failed to write the timeline: {e.filename}: {e.strerror or e}") from None
+
+
+class _MissLog:
+    """Passes events on and keeps, in order, every step's cache-miss reason (--metadata-file)."""
+
+    def __init__(self, progress: events.Progress):
+        self.progress = progress
+        self.names: dict[str, str] = {}
+        self.misses: list[tuple[str, str, events.CacheMiss]] = []
+
+    def __call__(self, event: events.Event) -> None:
+        if isinstance(event, events.Started):
+            self.names[event.id] = event.name
+        elif isinstance(event, events.Finished) and event.cache_miss is not None:
+            self.misses.append((event.id, self.names.get(event.id, ""), event.cache_miss))
+        self.progress(event)
+
+
+def _build_watched(options: BuildOptions, progress: events.Progress, executor, misses: _MissLog) -> BuildResult:
     from builder.context import read_dockerignore, utf8_text
     from builder.plan_cache import PlanCache, RecordingContext, inputs_key
     from builder.registry.reference import parse_reference
@@ -273,7 +313,7 @@ def _build(options: BuildOptions, progress: events.Progress, executor) -> BuildR
             variants = {mode: _decorate(variant, options, store) for mode, variant in variants.items()}
             image = variants[rewrites[0]]
             # Before any name moves: a failure here leaves the store as it was.
-            _write_result_files(options, image, tags, warnings)
+            _write_result_files(options, image, tags, warnings, misses.misses)
             export_id = "export"
             progress(events.Started(export_id, "exporting to image"))
             progress(events.Log(export_id, f"writing image {image.image_id} done"))
@@ -320,7 +360,7 @@ def _manifest_annotations(values) -> dict[str, str]:
     return annotations
 
 
-def _write_result_files(options: BuildOptions, image, tags, warnings) -> None:
+def _write_result_files(options: BuildOptions, image, tags, warnings, misses=()) -> None:
     """--iidfile and --metadata-file, each written whole or not at all."""
     import base64
     import json
@@ -345,6 +385,9 @@ def _write_result_files(options: BuildOptions, image, tags, warnings) -> None:
             # buildx's warnings are BuildKit VertexWarnings: the message in `short`, base64 as Go writes []byte.
             "buildx.build.warnings": [{"level": 1, "short": base64.b64encode(w.encode()).decode()}
                                       for w in warnings],
+            # build-image's own: why each step that ran was not CACHED (README: "Why did this step miss").
+            "buildimage.cache.misses": [{"vertex": vertex, "step": name, "reason": miss.reason}
+                                        for vertex, name, miss in misses],
         }
         if tags:
             metadata["image.name"] = ",".join(tags)
@@ -536,18 +579,23 @@ def _solve(options, text, dockerfile_name, store, sources, context, epoch, progr
                        build_contexts=_context_kinds(named_contexts))
         _check_entitlements(plan, run_options)
         no_cache_for = _no_cache_vertices(plan, options.no_cache_filter)
+        explainer = _explainer(options, plan, store, context, no_cache_for)
         if warm is not None and any(isinstance(v.op, ExecOp) and v.op.network == "default" for v in plan.vertices):
             warm()  # (started already, unless the hint above missed this RUN)
         solver = Solver(store, executor, sources, context, jobs=options.jobs, no_cache=options.no_cache,
                         no_cache_for=no_cache_for, named_contexts=_local_contexts(named_contexts),
                         progress=progress, names=dict(plan.names), source_date_epoch=epoch,
                         secrets=secrets, ssh={s.id: s.path for s in options.ssh},
-                        rewrite_timestamp=all(rewrites))
+                        rewrite_timestamp=all(rewrites), explainer=explainer)
         try:
             results = solver.solve(plan.vertices)
         except BuildError as error:
             _attach_source(error, plan, text, dockerfile_name)
             raise
+        try:
+            solver.save_history(plan.vertices)
+        except OSError:
+            pass  # the history only explains the next build's misses; the image is built
     finally:
         if own_executor:
             executor.close()
@@ -563,6 +611,18 @@ def _solve(options, text, dockerfile_name, store, sources, context, epoch, progr
         plans.put(key, PlanRecord(image.manifest.digest, sources.resolved_digests(),
                                   tuple(sorted(context.reads.items())), steps, warnings))
     return variants, warnings
+
+
+def _explainer(options, plan, store, context, no_cache_for):
+    """What says why a step runs: this build against the last one of the same Dockerfile and target."""
+    from builder.solver.explain import MissExplainer
+
+    dockerfile = os.path.abspath(options.dockerfile or os.path.join(context.root, "Dockerfile"))
+    wanted = [s.lower() for s in options.no_cache_filter]
+    filtered = {digest: next((w for w in wanted if w in plan.stage_of.get(digest, ())), wanted[0] if wanted else "")
+                for digest in no_cache_for}
+    return MissExplainer.on_disk(store.root, dockerfile, options.target, names=plan.names, lines=plan.lines, arg_names=plan.arg_names,
+                                 no_cache=options.no_cache, no_cache_filter=filtered)
 
 
 def _clamped_copy(image, results, store, epoch):

@@ -47,6 +47,10 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--progress", choices=PROGRESS_MODES, default=os.environ.get("BUILDKIT_PROGRESS") or "auto",
                    help="progress output: auto (tty on a terminal, else plain), plain, tty, rawjson "
                    "(BuildKit SolveStatus JSON lines), quiet, none (default: $BUILDKIT_PROGRESS or auto)")
+    p.add_argument("--timeline", metavar="FILE.html",
+                   help="write the build as a self-contained HTML timeline (steps by worker, critical path)")
+    p.add_argument("--trace", metavar="FILE.json",
+                   help="write the build's steps as a Chrome trace event file (Perfetto, chrome://tracing)")
     p.add_argument("-q", "--quiet", action="store_true", help="print only the image ID")
     p.add_argument("--jobs", type=int, default=None, help="steps run at once (default: number of cores)")
     p.add_argument("--platform", default="linux/amd64", help="target platform (default linux/amd64)")
@@ -214,6 +218,8 @@ def _options(ns: argparse.Namespace):
         memory=ns.memory,
         pids_limit=ns.pids_limit,
         cpu_shares=ns.cpu_shares,
+        timeline=ns.timeline,
+        trace=ns.trace,
     )
 
 

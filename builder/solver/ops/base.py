@@ -117,9 +117,19 @@ class SolverOp:
     def acquire(self) -> ContextManager[None]:
         return contextlib.nullcontext()
 
+    def facts(self) -> dict:
+        """What the key was made of, as plain JSON values a later build can compare to say why
+        it missed (builder.solver.explain): file digests, environment, a base digest. Never a
+        secret's value. Called after cache_key."""
+        return {}
+
     # -- what this vertex is to an op that reads it (defaults: its layers, keyed by its key)
     def content_digest(self, selector: tuple[str, ...]) -> str | None:
         """A digest of the content under SELECTOR, or None: key readers by this vertex's key."""
+        return None
+
+    def content_entries(self, selector: tuple[str, ...]) -> dict[str, str] | None:
+        """What content_digest digests, per path (path -> digest), or None if it is keyed by key."""
         return None
 
     def copy_source(self, scratch: str, index: int) -> CopySource:
@@ -136,6 +146,13 @@ class SolverOp:
 
     def input_key(self, index: int) -> str | None:
         return self.state.key(self.vertex.inputs[index])
+
+    def read_facts(self, index: int, selector: tuple[str, ...]) -> dict | None:
+        """The fact of what this op reads from input INDEX under SELECTOR: {"paths": selector,
+        "files": path -> digest} when the input has content to select from (the context), else None."""
+        source = self.vertex.inputs[index]
+        entries = None if source is None else self.state.op(source).content_entries(selector)
+        return None if entries is None else {"paths": list(selector), "files": entries}
 
     def content_key(self, index: int, selector: tuple[str, ...]) -> str | None:
         """The key part for what this op reads from input INDEX under SELECTOR: the content

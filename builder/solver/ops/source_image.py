@@ -13,6 +13,10 @@ class ImageSourceOp(SolverOp):
     def cache_key(self) -> str:
         return digest_key("image", self.state.sources.by_ref(self.op.ref).manifest_digest)
 
+    def facts(self) -> dict:
+        digest = self.state.sources.by_ref(self.op.ref).manifest_digest
+        return {"base": self.op.ref.removesuffix("@" + digest), "digest": digest}
+
     def exec(self, inputs: Sequence[Result]) -> Result:
         """The image's layers, fetched now if the store lacks them (exports need them);
         cached when nothing had to be fetched."""

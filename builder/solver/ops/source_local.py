@@ -28,6 +28,9 @@ class LocalSourceOp(SolverOp):
     def content_digest(self, selector: tuple[str, ...]) -> str:
         return self._context.checksum(selector)
 
+    def content_entries(self, selector: tuple[str, ...]) -> dict[str, str]:
+        return self._context.entry_digests(selector)
+
     def copy_source(self, scratch: str, index: int) -> CopySource:
         # The context arrives root-owned, as BuildKit's file transfer resets owners.
         context = self._context
