@@ -184,15 +184,18 @@ def render_html(timeline: Timeline) -> str:
             tip.append(f"cache miss: {span.miss}")
         if span.error:
             tip.append(f"error: {span.error}")
-        label = f'<text class="num" x="{x + 3:.1f}" y="{y + 15}">#{span.number}</text>' if width > 28 else ""
+        # A nested <svg> clips the label to its bar.
+        label = (f'<svg x="{x:.1f}" y="{y}" width="{width:.1f}" height="{_LANE - 8}"><text class="num" x="3" '
+                 f'y="15">#{span.number} {html.escape(_short_name(span.name))}</text></svg>' if width > 28 else "")
         svg.append(f'<g class="{classes}" data-step="{span.number}" data-state="{span.state}">'
                    f'<title>{html.escape(chr(10).join(tip))}</title>'
                    f'<rect x="{x:.1f}" y="{y}" width="{width:.1f}" height="{_LANE - 8}" rx="3"/>{label}</g>')
     svg.append("</svg>")
     rows = "".join(
-        f'<tr class="{s.state}{" critical" if s.critical else ""}"><td>#{s.number}</td><td>{html.escape(s.name)}</td>'
-        f"<td>{s.state}</td><td>{s.duration:.3f} s</td><td>{html.escape(s.lane)}</td>"
-        f'<td>{"★" if s.critical else ""}</td><td>{html.escape(s.miss or s.error)}</td></tr>'
+        f'<tr class="{s.state}{" critical" if s.critical else ""}"><td>#{s.number}</td>'
+        f'<td>{html.escape(s.name.split("@sha256:")[0])}</td><td>{s.state}</td><td>{s.duration:.3f} s</td>'
+        f'<td>{html.escape(s.lane)}</td><td>{"★" if s.critical else ""}</td>'
+        f'<td class="why">{html.escape(s.miss or s.error)}</td></tr>'
         for s in timeline.spans)
     summary = (f'total <b id="total">{_seconds(timeline.total)}</b> · critical path '
                f'<b id="critical">{_seconds(timeline.critical_time)}</b> ({len(timeline.critical)} steps) · '
@@ -217,7 +220,9 @@ svg .tick {{ stroke: #e3e7ee; }}
 .bar.critical rect {{ stroke: {_CRITICAL}; stroke-width: 3; }}
 .bar:hover rect {{ opacity: .75; }}
 table {{ border-collapse: collapse; margin-top: 14px; }}
-td, th {{ padding: 2px 8px; border-bottom: 1px solid #e3e7ee; text-align: left; vertical-align: top; }}
+td, th {{ padding: 2px 8px; border-bottom: 1px solid #e3e7ee; text-align: left; vertical-align: top;
+          white-space: nowrap; }}
+td.why {{ white-space: normal; min-width: 280px; }}
 tr.failed td {{ color: {_COLOURS['failed']}; }}
 </style></head><body>
 <h1>build-image timeline</h1>
@@ -228,6 +233,12 @@ tr.failed td {{ color: {_COLOURS['failed']}; }}
 {rows}</table>
 </body></html>
 """
+
+
+def _short_name(name: str) -> str:
+    """A bar's label: the instruction without the stage label's counts, a FROM without its digest."""
+    name = name.split("@sha256:")[0]
+    return name.split("] ", 1)[1] if name.startswith("[") and "] " in name else name
 
 
 def _ticks(total: float) -> list[float]:
