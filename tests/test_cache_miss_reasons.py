@@ -180,3 +180,55 @@ def test_secret_value_never_in_the_history(tmp_path, store_root, busybox_registr
         text = open(os.path.join(histories, name)).read()
         assert "TOKEN" in text or "token" in text   # the mount is recorded by its id ...
         assert secret not in text                     # ... never by its value
+
+
+def test_changed_workdir_and_bind_mounted_file(tmp_path, store_root, busybox_registry):
+    context = write_context(tmp_path / "ctx", {
+        "Dockerfile": (f"FROM {busybox_registry.reference}\n"
+                       "WORKDIR /one\n"
+                       "RUN --mount=type=bind,source=conf,target=/conf cat /conf/a.conf > /seen\n"),
+        "conf/a.conf": "a=1\n", "conf/b.conf": "b=1\n"})
+    build(context, store_root)
+    write_context(context, {"conf/b.conf": "b=2\n"})
+    reason = only(build(context, store_root), "cat /conf/a.conf > /seen")
+    assert re.fullmatch(r"RUN --mount=type=bind,source=conf,target=/conf cat /conf/a\.conf > /seen: "
+                        r"conf/b\.conf changed \(sha256:[0-9a-f]{8}… → sha256:[0-9a-f]{8}…\), 1 of 2 files", reason)
+    dockerfile = os.path.join(context, "Dockerfile")
+    text = open(dockerfile).read()
+    with open(dockerfile, "w") as f:
+        f.write(text.replace("WORKDIR /one", "WORKDIR /two"))
+    reason = only(build(context, store_root), "cat /conf/a.conf > /seen")
+    assert reason.endswith(': WORKDIR changed ("/one" → "/two")'), reason
+
+
+def test_pruned_record_keeps_its_key(context, store_root):
+    build(context, store_root)
+    # The records go (and the unchanged-rebuild record, which would skip the solve altogether).
+    for kind in ("records", "plans"):
+        directory = os.path.join(store_root, "cache", kind)
+        for name in os.listdir(directory):
+            os.unlink(os.path.join(directory, name))
+    reasons = {r.partition(": ")[2] for r in misses(build(context, store_root)).values()}
+    assert reasons == {"same cache key as before, but its cache record or layer is gone (pruned?)"}
+
+
+def test_python_api_events_carry_the_reason(context, store_root):
+    import builder
+    from builder import events
+
+    builder.build(builder.BuildOptions(context, root=store_root))
+    with open(os.path.join(context, "src", "file0.txt"), "w") as f:
+        f.write("edited\n")
+    seen: list = []
+    builder.build(builder.BuildOptions(context, root=store_root), progress=seen.append)
+    started = {e.id: e for e in seen if isinstance(e, events.Started)}
+    finished = [e for e in seen if isinstance(e, events.Finished) and e.cache_miss is not None]
+    by_step = {e.cache_miss.step: e.cache_miss for e in finished}
+    copy = by_step["COPY src/ /app/"]
+    assert copy.reason.startswith("src/file0.txt changed (sha256:") and copy.parent is None
+    last = by_step["RUN cat /app/file0.txt > /copy"]
+    assert last.parent in started and last.parent_name == started[last.parent].name
+    assert last.reason == f"parent step {started[last.parent].name} was rebuilt"
+    # A layer step's reason is known when it starts, and is the same when it ends.
+    assert all(started[e.id].cache_miss == e.cache_miss for e in finished if "FROM" not in e.cache_miss.step)
+    assert started[last.parent].inputs   # each step names the steps it reads, as BuildKit's vertices
