@@ -272,6 +272,7 @@ def _build(options: BuildOptions, progress: events.Progress, executor) -> BuildR
                                             rewrites)
             variants = {mode: _decorate(variant, options, store) for mode, variant in variants.items()}
             image = variants[rewrites[0]]
+            store.sync()  # the steps' records and layers are durable before a name points at them
             # Before any name moves: a failure here leaves the store as it was.
             _write_result_files(options, image, tags, warnings)
             export_id = "export"
