@@ -20,6 +20,7 @@ from builder.grammar.flags import FlagSyntaxError, ModeSpec, chown_names, parse_
 from builder.grammar.runmount import parse_mount, secret_defaults, ssh_defaults
 from builder.image.config import Healthcheck, ImageConfig, RuntimeConfig
 from builder.llb import CopyAction, ExecOp, FileOp, ImageSource, LocalSource, MkdirAction, Vertex
+from builder.llb.order import OrderMemo, solve_order
 from builder.llb.ops import (BindMountSpec, CacheMountSpec, MountSpec, ScriptMountSpec, SecretMountSpec, SSHMountSpec,
                              TmpfsMountSpec)
 
@@ -176,8 +177,10 @@ class Converter:
         shm_size: int = 0,
         ulimits: Sequence[tuple[str, int, int]] = (),
         build_contexts: Mapping[str, str] = {},
+        order_memo: OrderMemo | None = None,
     ):
         self.df = dockerfile
+        self.order_memo = order_memo          # remembers solve orders between builds (builder.llb.order)
         self.escape = dockerfile.escape
         self.build_args = dict(build_args)
         self.target = target
@@ -209,7 +212,7 @@ class Converter:
             from_node, body = stage_nodes[index]
             stages[index] = self._convert_stage(index, from_node, body, global_args, stages, stage_nodes)
         target = stages[target_index]
-        vertices = self._topological(target.vertex)
+        vertices = solve_order(target.vertex, self.order_memo)
         # BUILDKIT_* arguments are options to the builder itself (BUILDKIT_CONTEXT_KEEP_GIT_DIR), never "unused".
         unused = tuple(sorted(k for k in self.build_args if k not in self.used_args and k not in PROXY_ARGS
                               and not k.startswith("BUILDKIT_")))
@@ -807,26 +810,6 @@ class Converter:
     def _do_onbuild(self, stage: Stage, node: nodes.Onbuild, label: str) -> None:
         # Recorded in the config only: BuildKit adds no history entry for ONBUILD.
         self._config(stage, on_build=stage.config.config.on_build + (node.trigger.original,))
-
-    # -- graph
-    def _topological(self, final: Vertex | None) -> tuple[Vertex, ...]:
-        """Every vertex the final one needs, inputs before their users (ties broken by digest,
-        so the order, and with it the progress numbering, is stable)."""
-        import networkx as nx
-
-        graph = nx.DiGraph()
-        todo, seen = ([final] if final is not None else []), set()
-        while todo:
-            vertex = todo.pop()
-            if vertex in seen:
-                continue
-            seen.add(vertex)
-            graph.add_node(vertex)
-            for dep in vertex.inputs:
-                if dep is not None:
-                    graph.add_edge(dep, vertex)
-                    todo.append(dep)
-        return tuple(nx.lexicographical_topological_sort(graph, key=lambda v: v.digest))
 
 
 def _at_line(error: BuildError, where: str) -> BuildError:

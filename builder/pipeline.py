@@ -534,7 +534,7 @@ def _solve(options, text, dockerfile_name, store, sources, context, epoch, progr
                        extra_hosts=tuple(tuple(h) for h in run_options["extra_hosts"]),
                        shm_size=run_options.get("shm_size", 0),
                        ulimits=tuple(tuple(u) for u in run_options.get("ulimits", ())),
-                       build_contexts=_context_kinds(named_contexts))
+                       build_contexts=_context_kinds(named_contexts), order_memo=plans.order_memo())
         _check_entitlements(plan, run_options)
         no_cache_for = _no_cache_vertices(plan, options.no_cache_filter)
         if warm is not None and any(isinstance(v.op, ExecOp) and v.op.network == "default" for v in plan.vertices):
