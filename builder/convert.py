@@ -196,7 +196,7 @@ class Converter:
         self.resolver = resolver
         self.context = Vertex(LocalSource("context", tuple(context_excludes)))
         self.used_args: set[str] = set()
-        self.names: dict[str, str] = {}
+        self.names: dict[str, str] = {self.context.digest: "[internal] load build context"}
         self.auto_args = platform_args(platform)
 
     # -- errors carry the Dockerfile's name and the line
@@ -252,6 +252,13 @@ class Converter:
             if from_node.stage_name and from_node.stage_name.lower() == name.lower():
                 return i
         return None
+
+    @staticmethod
+    def _step_prefix(stage_name: str, position: int, total: int, stage_nodes) -> str:
+        """BuildKit's step label: "[stage-1 2/4]"; without the stage name when the Dockerfile has
+        only one stage ("[2/4]"); the position padded to the total's width ("[ 2/12]")."""
+        where = f"{stage_name} " if len(stage_nodes) > 1 else ""
+        return f"[{where}{position:{len(str(total))}d}/{total}]"
 
     def _named_context(self, name: str, stage_nodes, node) -> Vertex | None:
         """The --build-context NAME as a source: a directory, or the image it names."""
@@ -351,17 +358,19 @@ class Converter:
             except BuildError as error:  # a bad name, an unknown image, no such platform: name the line
                 raise _at_line(error, f"{self.df.filename}:{from_node.start_line}") from None
             vertex = Vertex(ImageSource(ref, platform))
-            self.names.setdefault(vertex.digest, f"[{from_node.stage_name or f'stage-{index}'} 1/{len(body) + 1}] "
-                                                 f"FROM {ref}")
+            prefix = self._step_prefix(from_node.stage_name or f"stage-{index}", 1, len(body) + 1, stage_nodes)
+            self.names.setdefault(vertex.digest, f"{prefix} FROM {ref}")
             if not any(e.partition("=")[0] == "PATH" for e in config.config.env):
                 config = config.with_config(env=(f"PATH={DEFAULT_PATH}",) + config.config.env)
             stage = Stage(index, from_node.stage_name, vertex, config, base_ref=ref)
         triggers = self._onbuild_triggers(stage, from_node)
         stage_total = len(body) + 1
         for node in triggers:
-            self._dispatch(stage, node, global_args, stages, stage_nodes, f"[{stage.display} 1/{stage_total}]")
+            self._dispatch(stage, node, global_args, stages, stage_nodes,
+                           self._step_prefix(stage.display, 1, stage_total, stage_nodes))
         for position, node in enumerate(body, start=2):
-            self._dispatch(stage, node, global_args, stages, stage_nodes, f"[{stage.display} {position}/{stage_total}]")
+            self._dispatch(stage, node, global_args, stages, stage_nodes,
+                           self._step_prefix(stage.display, position, stage_total, stage_nodes))
         return stage
 
     def _onbuild_triggers(self, stage: Stage, from_node: nodes.From) -> list[nodes.Instruction]:

@@ -206,7 +206,7 @@ def build(options: BuildOptions, progress: events.Progress = events.ignore, exec
 
 
 def _build(options: BuildOptions, progress: events.Progress, executor) -> BuildResult:
-    from builder.context import read_dockerignore, utf8_text
+    from builder.context import utf8_text
     from builder.plan_cache import PlanCache, RecordingContext, inputs_key
     from builder.registry.reference import parse_reference
     from builder.solver.sources import ImageSources
@@ -237,6 +237,7 @@ def _build(options: BuildOptions, progress: events.Progress, executor) -> BuildR
         raise BuildError(f"failed to read dockerfile: open {dockerfile_path}: no such file or directory") from None
     except OSError as e:  # a directory, no permission (invalid UTF-8 is utf8_text's ParseError)
         raise BuildError(f"failed to read dockerfile: read {dockerfile_path}: {(e.strerror or str(e)).lower()}") from None
+    progress(events.Log(load_id, f"transferring dockerfile: {_byte_size(len(text.encode()))} done"))
     progress(events.Finished(load_id))
     tags = tuple(str(parse_reference(t)) for t in options.tags)
     for output in options.outputs:
@@ -252,7 +253,7 @@ def _build(options: BuildOptions, progress: events.Progress, executor) -> BuildR
 
         sources = ImageSources(store.blobs, store.images, client_factory, pull=options.pull, progress=progress)
         try:
-            context = RecordingContext(context_dir, read_dockerignore(context_dir, options.dockerfile))
+            context = RecordingContext(context_dir, _load_dockerignore(context_dir, options.dockerfile, progress))
             rewrites = _timestamp_modes(options.outputs, epoch)
             key = inputs_key(text, dockerfile_name, context, build_args=options.build_args, target=options.target,
                              platform=options.platform, source_date_epoch=epoch,
@@ -288,6 +289,33 @@ def _build(options: BuildOptions, progress: events.Progress, executor) -> BuildR
             sources.close()
     return BuildResult(image.image_id, image.manifest.digest, tags, warnings,
                        wrote_stdout=any(o.get("dest") == "-" for o in options.outputs))
+
+
+def _load_dockerignore(context_dir: str, dockerfile: str | None, progress):
+    """The context's ignore rules, read as BuildKit's "[internal] load .dockerignore" step."""
+    from builder.context import load_dockerignore
+
+    step = "load-dockerignore"
+    progress(events.Started(step, "[internal] load .dockerignore"))
+    try:
+        rules, size = load_dockerignore(context_dir, dockerfile)
+    except BuildError as error:
+        progress(events.Finished(step, error=str(error)))
+        raise
+    # BuildKit transfers the file as a directory listing: an absent one still counts 2 bytes.
+    progress(events.Log(step, f"transferring context: {_byte_size(size or 2)} done"))
+    progress(events.Finished(step))
+    return rules
+
+
+def _byte_size(count: int) -> str:
+    """Sizes as BuildKit's progress writes them (go-units HumanSize: 45B, 1.04kB, 2.3MB)."""
+    size, unit = float(count), "B"
+    for next_unit in ("kB", "MB", "GB", "TB"):
+        if size < 1000:
+            break
+        size, unit = size / 1000, next_unit
+    return f"{size:.4g}{unit}"
 
 
 def _decorate(image, options: BuildOptions, store):

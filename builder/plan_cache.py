@@ -21,7 +21,7 @@ from builder.context import BuildContext
 from builder.plumbing.files import write_atomically
 from builder.version import __version__
 
-FORMAT = 1  # bump when the converter's output for the same inputs changes
+FORMAT = 2  # bump when the converter's output for the same inputs changes
 
 
 @dataclass(frozen=True)

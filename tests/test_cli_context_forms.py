@@ -107,7 +107,7 @@ def test_a_missing_copy_source_shows_its_step_block_and_dockerfile_lines(store_r
                                                "a": "a\n"})
     err = cli("--root", store_root, "--progress", "plain", context).stderr.decode()
     lines = err.splitlines()
-    step = "[stage-0 3/4] COPY missing /"
+    step = "[3/4] COPY missing /"
     number = next(line.split()[0] for line in lines if line.endswith(step))
     assert f"{number} ERROR: " in err and "Traceback" not in err
     excerpt = lines[lines.index("Dockerfile:3"):]
