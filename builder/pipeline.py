@@ -123,7 +123,7 @@ class BuildOptions:
     annotations: tuple[str, ...] = ()        # --annotation [manifest:]KEY=VALUE: on the image manifest
     shm_size: str | None = None              # --shm-size: /dev/shm of every RUN (bytes, or 64m, 1g, ...)
     ulimits: tuple[str, ...] = ()            # --ulimit NAME=SOFT[:HARD]: rlimits of every RUN
-    build_contexts: tuple[str, ...] = ()     # --build-context NAME=DIR|docker-image://REF
+    build_contexts: tuple[str, ...] = ()     # --build-context NAME=DIR|URL|docker-image://REF|oci-layout://PATH[:TAG][@DIGEST]
     security_opts: tuple[str, ...] = ()      # --security-opt: seccomp=unconfined (needs security.insecure)
     memory: str | int | None = None          # --memory: every RUN's limit, bytes or "512m"/"2g"; None: none
     pids_limit: int | None = DEFAULT_PIDS_LIMIT  # --pids-limit: every RUN's; None, 0 or -1: unlimited
@@ -615,7 +615,7 @@ def _clamped_copy(image, results, store, epoch):
 
 
 def _parse_build_contexts(values) -> dict[str, str]:
-    """`--build-context NAME=VALUE`: NAME -> an absolute directory or `docker-image://REF`."""
+    """`--build-context NAME=VALUE`: NAME -> an absolute directory, `docker-image://REF` or `oci-layout://ABSPATH[:TAG][@DIGEST]`."""
     contexts: dict[str, str] = {}
     for text in values:
         name, sep, value = text.partition("=")
@@ -625,10 +625,14 @@ def _parse_build_contexts(values) -> dict[str, str]:
             if not value.removeprefix("docker-image://"):
                 raise BuildError(f'invalid --build-context "{text}": docker-image:// needs an image name')
             contexts[name] = value
+        elif value.startswith("oci-layout://"):
+            from builder.image.layout import parse_layout_ref
+
+            contexts[name] = str(parse_layout_ref(value))   # the path made absolute
         elif "://" in value:
             scheme = value.split("://")[0]
             raise BuildError(f'--build-context {name}: {scheme} contexts are not supported yet '
-                             "(a directory, a git or http(s) URL, or docker-image://REF is)")
+                             "(a directory, a git or http(s) URL, docker-image://REF or oci-layout://PATH is)")
         elif not os.path.isdir(value):
             raise BuildError(f"--build-context {name}: {value} is not a directory")
         else:
@@ -636,15 +640,18 @@ def _parse_build_contexts(values) -> dict[str, str]:
     return contexts
 
 
+_IMAGE_CONTEXTS = ("docker-image://", "oci-layout://")
+
+
 def _context_kinds(named_contexts: dict[str, str]) -> dict[str, str]:
-    return {n: v if v.startswith("docker-image://") else "local" for n, v in named_contexts.items()}
+    return {n: v if v.startswith(_IMAGE_CONTEXTS) else "local" for n, v in named_contexts.items()}
 
 
 def _local_contexts(named_contexts: dict[str, str]) -> dict:
     from builder.context import BuildContext, read_dockerignore
 
     return {n: BuildContext(v, read_dockerignore(v)) for n, v in named_contexts.items()
-            if not v.startswith("docker-image://")}
+            if not v.startswith(_IMAGE_CONTEXTS)}
 
 
 def _attach_source(error: BuildError, plan, text: str, dockerfile_name: str) -> None:

@@ -76,7 +76,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shm-size", metavar="BYTES", help="size of /dev/shm in RUN steps (e.g. 128m; default 64m)")
     p.add_argument("--ulimit", action="append", default=[], metavar="NAME=SOFT[:HARD]",
                    help="a resource limit for RUN steps, e.g. nofile=1024:2048 (repeatable)")
-    p.add_argument("--build-context", action="append", default=[], metavar="NAME=DIR|URL|docker-image://REF",
+    p.add_argument("--build-context", action="append", default=[], metavar="NAME=DIR|URL|docker-image://REF|oci-layout://PATH",
                    help="a named context for FROM NAME, COPY --from=NAME and RUN --mount from=NAME (repeatable)")
     p.add_argument("--verify-reproducible", action="store_true",
                    help="build twice in fresh temporary stores, varying time, TZ, hostname, umask, jobs, "
