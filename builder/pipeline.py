@@ -128,6 +128,7 @@ class BuildOptions:
     memory: str | int | None = None          # --memory: every RUN's limit, bytes or "512m"/"2g"; None: none
     pids_limit: int | None = DEFAULT_PIDS_LIMIT  # --pids-limit: every RUN's; None, 0 or -1: unlimited
     cpu_shares: int | None = None            # --cpu-shares: every RUN's relative CPU weight
+    cgroup_parent: str | None = None         # --cgroup-parent: the cgroup every RUN's cgroup goes under
 
     def __post_init__(self):
         """The Python API takes the CLI's spellings too: outputs, secrets and ssh as strings
@@ -472,6 +473,8 @@ def _sandbox(options: BuildOptions) -> dict:
                          "needs --allow security.insecure")
     memory = parse_memory(options.memory) if options.memory not in (None, "") else None
     pids = options.pids_limit if options.pids_limit is not None and options.pids_limit > 0 else None
+    if options.cgroup_parent is not None and (".." in options.cgroup_parent.split("/") or "\0" in options.cgroup_parent):
+        raise BuildError(f"invalid --cgroup-parent {options.cgroup_parent!r}: a cgroup path without '..'")
     if options.cpu_shares is not None and not 2 <= options.cpu_shares <= 262144:
         raise BuildError(f"invalid --cpu-shares {options.cpu_shares}: must be between 2 and 262144")
     return {"seccomp": seccomp, "memory": memory, "pids": pids, "cpu_shares": options.cpu_shares}
@@ -551,7 +554,7 @@ def _solve(options, text, dockerfile_name, store, sources, context, epoch, progr
         settings = _sandbox(options)
         sandbox = Sandbox(seccomp=settings.pop("seccomp"), limits=ResourceLimits(**settings))
         executor = NamespaceExecutor(runtime_root=store.run_dir, network_ready=min(options.jobs or os.cpu_count() or 1, 4),
-                                     sandbox=sandbox)
+                                     sandbox=sandbox, cgroup_parent=options.cgroup_parent)
     warm = getattr(executor, "warm_network", None)
     try:
         if warm is not None and run_options["network"] == "default" and _may_run_networked(text):
