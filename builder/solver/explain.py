@@ -30,7 +30,8 @@ from builder.cache.step_history import (BaseStepHistory, BuildHistory, DiskStepH
                                         history_identity)
 from builder.llb import Vertex
 
-_LABEL = re.compile(r"^\[(?P<stage>.+) (?P<position>\d+)/\d+\] (?P<text>.*)$", re.DOTALL)
+# "[build 2/5] RUN make", "[2/5] RUN make" (one stage), "[ 2/12] ..." (padded): as convert names steps.
+_LABEL = re.compile(r"^\[(?:(?P<stage>\S+) )?\s*(?P<position>\d+)/\d+\] (?P<text>.*)$", re.DOTALL)
 _LISTED = 3            # changed files named in one reason; the rest are counted
 _VALUE_ROOM = 60       # characters of a value shown
 
@@ -75,7 +76,7 @@ class MissExplainer:
         if record is None:
             name = self.names.get(vertex.digest, "")
             match = _LABEL.match(name)
-            stage, position, text = ((match.group("stage"), int(match.group("position")), match.group("text"))
+            stage, position, text = ((match.group("stage") or "", int(match.group("position")), match.group("text"))
                                      if match else ("", 0, name))
             facts = state.op(vertex).facts()
             if facts.get("digest"):   # FROM name@digest: the digest is a fact, not the instruction
@@ -91,11 +92,11 @@ class MissExplainer:
     def save(self, state, vertices: Iterable[Vertex], timestamps: str) -> None:
         """Writes this build's steps as the history the next build compares with (one write)."""
         steps = tuple(self.record(state, v) for v in dict.fromkeys(vertices)
-                      if v.digest in self.names and state.op(v).reports_progress)
+                      if v.digest in self.names and state.op(v).explains_misses)
         self.history.put(BuildHistory(self.identity, self.dockerfile, self.target, timestamps, steps))
 
     def _old(self, record: StepRecord) -> StepRecord | None:
-        if not record.stage:
+        if not record.position:
             return self._by_text.get(("", record.text))
         return (self._by_place.get((record.stage, record.position, record.text))
                 or self._by_text.get((record.stage, record.text))
@@ -125,6 +126,8 @@ class MissExplainer:
         if changes:
             return miss("; ".join(changes))
         for parent in state.step_parents(vertex):
+            if not state.op(parent).explains_misses:
+                continue   # the build context: what a step reads of it is in its own facts
             parent_record = self.record(state, parent)
             parent_old = self._old(parent_record)
             if parent_old is not None and parent_old.key == parent_record.key:

@@ -101,6 +101,7 @@ class SolverOp:
 
     adds_layer: ClassVar[bool] = False   # exec stacks one new layer on input 0; the solver caches it
     reports_progress: ClassVar[bool] = True  # False: a source others read, shown as no step
+    explains_misses: ClassVar[bool] = False  # a step with a cache notion: not CACHED says why (explain.py)
 
     def __init__(self, vertex: Vertex, state: SolveState):
         self.vertex = vertex
@@ -173,6 +174,7 @@ class LayerOp(SolverOp):
     """An op that changes input 0's filesystem in a scratch snapshot; the change is one layer."""
 
     adds_layer = True
+    explains_misses = True
 
     def apply(self, rootfs) -> None:
         """Make this op's changes over ROOTFS (an executor RootFS); they land in its upperdir."""

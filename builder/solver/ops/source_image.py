@@ -10,6 +10,8 @@ from .base import LayerRef, Result, SolverOp, digest_key
 
 
 class ImageSourceOp(SolverOp):
+    explains_misses = True       # CACHED when its layers were in the store; else why they were fetched
+
     def cache_key(self) -> str:
         return digest_key("image", self.state.sources.by_ref(self.op.ref).manifest_digest)
 
