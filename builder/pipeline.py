@@ -626,7 +626,7 @@ def _solve(options, text, dockerfile_name, store, sources, context, epoch, progr
             raise
         try:
             solver.save_history(plan.vertices)
-        except OSError:
+        except (OSError, BuildError):
             pass  # the history only explains the next build's misses; the image is built
     finally:
         if own_executor:

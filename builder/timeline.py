@@ -123,11 +123,16 @@ class TimelineRecorder:
         return timeline
 
     def write(self, html: str | None = None, trace: str | None = None) -> None:
+        """Writes the page and/or the trace; an OSError names the file asked for, not a temp file."""
         timeline = self.timeline()
-        if html:
-            write_atomically(html, render_html(timeline).encode())
-        if trace:
-            write_atomically(trace, json.dumps(chrome_trace(timeline), indent=1).encode() + b"\n")
+        for path, render in ((html, lambda: render_html(timeline).encode()),
+                             (trace, lambda: json.dumps(chrome_trace(timeline), indent=1).encode() + b"\n")):
+            if not path:
+                continue
+            try:
+                write_atomically(path, render())
+            except OSError as error:
+                raise OSError(error.errno, error.strerror, path) from None
 
 
 def critical_path(spans: list[Span]) -> list[Span]:

@@ -233,3 +233,13 @@ def test_python_api_events_carry_the_reason(context, store_root):
     # A layer step's reason is known when it starts, and is the same when it ends.
     assert all(started[e.id].cache_miss == e.cache_miss for e in finished if "FROM" not in e.cache_miss.step)
     assert started[last.parent].inputs   # each step names the steps it reads, as BuildKit's vertices
+
+
+def test_reason_of_a_heredoc_run_is_one_line(tmp_path, store_root, busybox_registry):
+    context = write_context(tmp_path / "ctx", {
+        "Dockerfile": (f"FROM {busybox_registry.reference}\nARG V=1\n"
+                       "RUN <<EOF\necho $V > /v\necho done\nEOF\n")})
+    build(context, store_root)
+    progress = build(context, store_root, "--build-arg", "V=2")
+    lines = [line for line in progress.splitlines() if " cache miss: " in line]
+    assert len(lines) == 1 and lines[0].endswith(': build arg V changed ("1" → "2")'), progress

@@ -157,3 +157,15 @@ def test_headless_chromium_renders_the_timeline(tmp_path, store_root, busybox_re
     width, height = _png_size(png)
     assert width == 1130 and height > 300
     assert os.path.getsize(png) > 20_000   # a drawn page, not a blank one
+
+
+@pytest.mark.root
+@pytest.mark.overlay
+@pytest.mark.registry
+def test_unwritable_timeline_is_one_error_line(tmp_path, store_root, busybox_registry):
+    context = write_context(tmp_path / "ctx", {"Dockerfile": f"FROM {busybox_registry.reference}\nRUN true\n"})
+    missing = str(tmp_path / "no-such-dir" / "t.html")
+    proc = build_image("--root", store_root, "--progress", "none", "--timeline", missing, context, check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [f"ERROR: failed to write the timeline: {missing}: "
+                                                "No such file or directory"]

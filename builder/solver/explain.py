@@ -106,7 +106,7 @@ class MissExplainer:
     def explain(self, state, vertex: Vertex, timestamps: str) -> events.CacheMiss:
         """Why VERTEX, which is about to run (or ran: an image source that fetched), missed."""
         record = self.record(state, vertex)
-        step = record.text
+        step = _short(record.text, room=None)
 
         def miss(reason: str, **parent) -> events.CacheMiss:
             return events.CacheMiss(step, reason, **parent)
@@ -209,5 +209,7 @@ def _digest(value: str) -> str:
     return f"sha256:{hex_part[:8]}…"
 
 
-def _short(value: str) -> str:
-    return value if len(value) <= _VALUE_ROOM else value[:_VALUE_ROOM - 1] + "…"
+def _short(value: str, room: int | None = _VALUE_ROOM) -> str:
+    """VALUE on one line (a reason is one line of the progress), cut to ROOM characters."""
+    value = value.replace("\r", "\\r").replace("\n", "\\n")
+    return value if room is None or len(value) <= room else value[:room - 1] + "…"
