@@ -36,12 +36,6 @@ _LISTED = 3            # changed files named in one reason; the rest are counted
 _VALUE_ROOM = 60       # characters of a value shown
 
 
-def step_text(name: str) -> str:
-    """The instruction of a progress name: "[build 2/5] RUN make" -> "RUN make"."""
-    match = _LABEL.match(name)
-    return match.group("text") if match else name
-
-
 class MissExplainer:
     def __init__(self, history: BaseStepHistory, identity: str, dockerfile: str, target: str | None, *,
                  names: Mapping[str, str], lines: Mapping[str, tuple[int, int]] = {},
