@@ -599,9 +599,12 @@ def _solve(options, text, dockerfile_name, store, sources, context, epoch, progr
         executor = NamespaceExecutor(runtime_root=store.run_dir, network_ready=min(options.jobs or os.cpu_count() or 1, 4),
                                      sandbox=sandbox, cgroup_parent=options.cgroup_parent)
     warm = getattr(executor, "warm_network", None)
+    warm_sandbox = getattr(executor, "warm_sandbox", None)
     try:
         if warm is not None and run_options["network"] == "default" and _may_run_networked(text):
             warm()  # the network agent starts beside parsing and planning, on the other core
+        if warm_sandbox is not None and _RUN_LINE.search(text):
+            warm_sandbox()  # the seccomp filter compiles beside parsing (its ldconfig runs cost no GIL)
         dockerfile = parse_dockerfile(text, dockerfile_name)
         plan = convert(dockerfile, build_args=options.build_args, target=options.target,
                        platform=options.platform, resolver=sources, network=run_options["network"],

@@ -165,10 +165,11 @@ class NamespaceExecutor:
         self._owns_network = network is None
         self._network_ready = network_ready
         self._network_lock = threading.Lock()
+        self._seccomp_lock = threading.Lock()
 
     def _seccomp_program(self) -> linux.SeccompProgram | None:
         if self.sandbox.seccomp and self._seccomp is None:
-            with self._network_lock:
+            with self._seccomp_lock:
                 if self._seccomp is None:
                     self._seccomp = linux.SeccompProgram(seccomp.default_program())
         return self._seccomp
@@ -176,6 +177,18 @@ class NamespaceExecutor:
     def kill_all(self) -> None:
         """Kills every container this executor is running (their run() calls then return)."""
         self._running.kill_all()
+
+    def warm_sandbox(self) -> None:
+        """Compile the seccomp filter now, on a thread of its own, so the first RUN need not wait
+        for it (pyseccomp's import runs ldconfig twice; the compile itself is mostly C)."""
+        def compile_quietly() -> None:
+            try:
+                self._seccomp_program()
+            except Exception:
+                pass  # the first RUN compiles it again, and reports what fails
+
+        if self.sandbox.seccomp and self._seccomp is None:
+            threading.Thread(target=compile_quietly, name="build-image-seccomp", daemon=True).start()
 
     def warm_network(self) -> None:
         """Start preparing the default network now (a build that will need it calls this early)."""
