@@ -496,13 +496,22 @@ def member_regions(tf: tarfile.TarFile, info: tarfile.TarInfo, budget: UnpackBud
             length -= len(chunk)
 
 
+_HOLE = 64 << 10
+_ZEROS = bytes(_HOLE)
+
+
 def write_member(tf: tarfile.TarFile, info: tarfile.TarInfo, fd: int, budget: UnpackBudget) -> None:
-    """Regular member INFO's data into the empty file FD; holes are seeked over, never written."""
+    """Regular member INFO's data into the empty file FD. Holes are seeked over, never written: a
+    sparse member's, and every aligned 64 KiB of zeros in plain data too (as `cp --sparse=always`),
+    since layers that Go's archive/tar wrote spell a sparse file out in full."""
     for offset, chunk in member_regions(tf, info, budget):
         view = memoryview(chunk)
         while view:
-            written = os.pwrite(fd, view, offset)
-            view, offset = view[written:], offset + written
+            piece = view[:_HOLE - offset % _HOLE]
+            if piece != _ZEROS[:len(piece)] or len(piece) < _HOLE:
+                written = os.pwrite(fd, piece, offset)
+                piece = piece[:written]
+            view, offset = view[len(piece):], offset + len(piece)
     os.ftruncate(fd, info.size)
 
 

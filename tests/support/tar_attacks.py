@@ -43,19 +43,40 @@ def _truncated_header() -> bytes:
     return tar_of(_entry("ok", data=b"fine\n"), _entry("next", data=b"y"))[:1024 + 200]
 
 
-def sparse_tar(apparent_size: int, gnu_format: str = "gnu") -> bytes:
-    """A tar holding one sparse member `sparse` of APPARENT_SIZE with 4 KiB of data at its start
-    and end: GNU tar's old-GNU (`gnu`) or PAX 1.0 (`posix`) sparse encoding."""
+def sparse_tar(apparent_size: int, gnu_format: str = "gnu", *, tiny: bool = False) -> bytes:
+    """A tar holding one sparse member `sparse` of APPARENT_SIZE with data at its start and end:
+    GNU tar's old-GNU (`gnu`) or PAX 1.0 (`posix`) sparse encoding. TINY: 4 bytes at each end in
+    512-byte records, a 2.5 KiB tar; else 4 KiB at each end."""
+    head, tail = (b"head", b"tail") if tiny else (b"head" * 1024, b"tail" * 1024)
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "sparse")
         with open(path, "wb") as f:
-            f.write(b"head" * 1024)
-            f.seek(apparent_size - 4096)
-            f.write(b"tail" * 1024)
+            f.write(head)
+            f.seek(apparent_size - len(tail))
+            f.write(tail)
         args = ["tar", "--sparse", f"--format={gnu_format}", "--numeric-owner", "-C", tmp, "-cf", "-", "sparse"]
         if gnu_format == "posix":
             args[1:1] = ["--sparse-version=1.0"]
+        if tiny:
+            args[1:1] = ["--blocking-factor=1"]
         return subprocess.run(args, check=True, capture_output=True).stdout
+
+
+def old_gnu_sparse_tar(apparent_size: int) -> bytes:
+    """A 2.5 KiB tar: one old-GNU sparse member `sparse` (type S) of APPARENT_SIZE, whose only
+    data is `head` in its first 512 bytes and `tail` in its last 512, written header by hand."""
+    info = tarfile.TarInfo("sparse")
+    info.type, info.mode, info.mtime, info.size = tarfile.GNUTYPE_SPARSE, 0o644, 1_700_000_000, 1024
+    header = bytearray(info.tobuf(tarfile.GNU_FORMAT))
+    for slot, (offset, length) in enumerate(((0, 512), (apparent_size - 512, 512))):
+        at = 386 + slot * 24
+        header[at:at + 24] = tarfile.itn(offset, 12, tarfile.GNU_FORMAT) + tarfile.itn(length, 12, tarfile.GNU_FORMAT)
+    header[482] = 0  # no extension headers
+    header[483:495] = tarfile.itn(apparent_size, 12, tarfile.GNU_FORMAT)
+    header[148:156] = b" " * 8
+    header[148:156] = b"%06o\0 " % sum(header)
+    data = b"head".ljust(512, b"\0") + b"tail".rjust(512, b"\0")
+    return bytes(header) + data + bytes(1024)
 
 
 def refused(target: str) -> dict[str, bytes]:
@@ -74,7 +95,7 @@ def refused(target: str) -> dict[str, bytes]:
         "whiteout-dotdot": tar_of(_entry(".wh..", data=b"")),
         "truncated-data": _truncated_data(),
         "truncated-header": _truncated_header(),
-        "sparse-1tib": sparse_tar(1 << 40),
+        "sparse-1tib": old_gnu_sparse_tar(1 << 40),
     }
 
 
