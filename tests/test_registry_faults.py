@@ -28,18 +28,7 @@ def stored(blobs: BlobStore) -> list[str]:
     return sorted(os.listdir(blobs.blob_dir)) + sorted(os.listdir(blobs.tmp_dir))
 
 
-@pytest.fixture
-def registry():
-    with FaultRegistry() as reg:
-        yield reg
-
-
-@pytest.fixture
-def blobs(tmp_path):
-    return BlobStore(str(tmp_path / "blobs"))
-
-
-def test_a_drip_fails_under_the_minimum_rate_naming_blob_and_registry(registry, blobs):
+def drip(registry, blobs):
     registry.faults[registry.blob_path(registry.layer_digest)] = "drip"
     with pytest.raises(RegistryError) as caught:
         pull(registry, blobs)
@@ -49,7 +38,7 @@ def test_a_drip_fails_under_the_minimum_rate_naming_blob_and_registry(registry, 
     assert stored(blobs) == []
 
 
-def test_a_server_that_never_answers_fails_after_one_window(registry, blobs):
+def hang(registry, blobs):
     registry.faults[registry.manifest_path("latest")] = "hang"
     with pytest.raises(RegistryError, match="did not answer GET .*no answer within 0.5 s"):
         pull(registry, blobs)
@@ -57,15 +46,14 @@ def test_a_server_that_never_answers_fails_after_one_window(registry, blobs):
     assert stored(blobs) == []
 
 
-def test_the_deadline_ends_a_request_that_keeps_the_rate(registry, blobs):
+def deadline(registry, blobs):
     registry.faults[registry.blob_path(registry.layer_digest)] = "drip"
     with pytest.raises(RegistryError, match=r"download of blob sha256:\w+ failed .*deadline of 0.6 s"):
         pull(registry, blobs, min_rate=1.0, rate_window=5.0, deadline=0.6)
     assert stored(blobs) == []
 
 
-@pytest.mark.parametrize("fault", ["cut", "stall"])
-def test_a_cut_or_stalled_download_resumes_with_range_and_verifies_the_whole(registry, blobs, fault):
+def cut_then_resume(registry, blobs, fault="cut"):
     path = registry.blob_path(registry.layer_digest)
     registry.faults[path] = fault
     pulled = pull(registry, blobs)
@@ -75,21 +63,21 @@ def test_a_cut_or_stalled_download_resumes_with_range_and_verifies_the_whole(reg
     assert asked == ["", f"bytes={len(registry.layer) // 2}-"]
 
 
-def test_a_registry_ignoring_range_is_read_again_from_the_start(registry, blobs):
+def cut_without_range(registry, blobs):
     registry.faults[registry.blob_path(registry.layer_digest)] = "cut-no-range"
     pull(registry, blobs)
     assert blobs.verify(registry.layer_digest)
     assert os.listdir(blobs.tmp_dir) == []  # the abandoned partial write is gone
 
 
-def test_500s_then_ok(registry, blobs):
+def errors_then_ok(registry, blobs):
     for path in (registry.manifest_path("latest"), registry.blob_path(registry.layer_digest)):
         registry.faults[path] = "500"
     pull(registry, blobs)
     assert blobs.verify(registry.layer_digest) and blobs.verify(registry.manifest_digest)
 
 
-def test_500s_until_the_attempts_run_out(registry, blobs):
+def errors_throughout(registry, blobs):
     registry.faults[registry.blob_path(registry.layer_digest)] = "500"
     registry.failures = 10
     with pytest.raises(RegistryError) as caught:
@@ -98,14 +86,14 @@ def test_500s_until_the_attempts_run_out(registry, blobs):
     assert stored(blobs) == []
 
 
-def test_a_bad_blob_digest_stores_nothing(registry, blobs):
+def bad_digest(registry, blobs):
     registry.faults[registry.blob_path(registry.layer_digest)] = "bad-digest"
     with pytest.raises(DigestMismatch, match=registry.layer_digest):
         pull(registry, blobs)
     assert stored(blobs) == []
 
 
-def test_a_wrong_manifest_for_its_digest_is_refused(registry, blobs):
+def wrong_manifest(registry, blobs):
     registry.faults[registry.manifest_path(registry.manifest_digest)] = "wrong-manifest"
     transport = Transport(plain_http=lambda host: True, rate_window=0.5)
     with RegistryClient(transport=transport) as client:
@@ -113,6 +101,34 @@ def test_a_wrong_manifest_for_its_digest_is_refused(registry, blobs):
         with pytest.raises(DigestMismatch, match=registry.manifest_digest):
             client.pull(ref, blobs)
     assert stored(blobs) == []
+
+
+SCENARIOS = {
+    "a drip fails under the minimum rate, naming blob and registry": drip,
+    "a server that never answers fails after one window": hang,
+    "the deadline ends a request that keeps the rate": deadline,
+    "a cut download resumes with Range and is verified whole": cut_then_resume,
+    "a stalled download resumes with Range": lambda registry, blobs: cut_then_resume(registry, blobs, "stall"),
+    "a registry ignoring Range is read again from the start": cut_without_range,
+    "500s then OK": errors_then_ok,
+    "500s until the attempts run out": errors_throughout,
+    "a bad blob digest stores nothing": bad_digest,
+    "a wrong manifest for its digest is refused": wrong_manifest,
+}
+
+
+def test_every_registry_fault_ends_cleanly(tmp_path, record_property):
+    failures = []
+    for i, (name, scenario) in enumerate(SCENARIOS.items()):
+        with FaultRegistry() as registry:
+            try:
+                scenario(registry, BlobStore(str(tmp_path / f"blobs{i}")))
+            except Exception as e:  # noqa: BLE001 - every scenario reports, then the test fails
+                failures.append(f"{name}: {type(e).__name__}: {e}")
+    figure = f"registry faults: {len(SCENARIOS) - len(failures)}/{len(SCENARIOS)} handled"
+    record_property("figure", figure)
+    print(figure)
+    assert not failures, "\n".join(failures)
 
 
 def test_the_bounds_come_from_the_environment(monkeypatch):
