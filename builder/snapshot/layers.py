@@ -505,13 +505,12 @@ def write_member(tf: tarfile.TarFile, info: tarfile.TarInfo, fd: int, budget: Un
     sparse member's, and every aligned 64 KiB of zeros in plain data too (as `cp --sparse=always`),
     since layers that Go's archive/tar wrote spell a sparse file out in full."""
     for offset, chunk in member_regions(tf, info, budget):
-        view = memoryview(chunk)
-        while view:
-            piece = view[:_HOLE - offset % _HOLE]
-            if piece != _ZEROS[:len(piece)] or len(piece) < _HOLE:
-                written = os.pwrite(fd, piece, offset)
-                piece = piece[:written]
-            view, offset = view[len(piece):], offset + len(piece)
+        at = 0  # bytes slices, not memoryviews: bytes == bytes is a memcmp, 30x faster here
+        while at < len(chunk):
+            piece = chunk[at:at + _HOLE - offset % _HOLE]
+            if len(piece) < _HOLE or piece != _ZEROS:
+                piece = piece[:os.pwrite(fd, piece, offset)]
+            at, offset = at + len(piece), offset + len(piece)
     os.ftruncate(fd, info.size)
 
 
