@@ -40,7 +40,7 @@ from builder.cache.blobs import BlobStore
 from builder.errors import DigestMismatch, ExportError
 from builder.image.manifest import OutputManifest, StoredImage, for_output, index_bytes
 from builder.image.media import Descriptor
-from builder.plumbing import compression, files
+from builder.plumbing import compression, files, sparse
 from builder.plumbing.canonical import canonical_json
 
 ANNOTATION_REF_NAME = "org.opencontainers.image.ref.name"
@@ -202,9 +202,45 @@ def write_tree_tar(root: str, out: BinaryIO) -> None:
                 info.uname = info.gname = ""
                 if info.isreg():
                     with open(path, "rb") as f:
-                        tar.addfile(info, f)
+                        st = os.fstat(f.fileno())
+                        regions = sparse.data_regions(f.fileno(), st.st_size, st.st_blocks)
+                        if regions is None:
+                            tar.addfile(info, f)
+                        else:
+                            _add_sparse(tar, info, f.fileno(), regions)
                 else:
                     tar.addfile(info)
+
+
+def _add_sparse(tar: tarfile.TarFile, info: tarfile.TarInfo, fd: int, regions: list[tuple[int, int]]) -> None:
+    """A file with holes as a PAX 1.0 sparse member: its data runs only (plumbing.sparse)."""
+    member, sparse_map = sparse.sparse_member(info, regions)
+    tar.addfile(member, _SparseReader(fd, sparse_map, regions))
+
+
+class _SparseReader:
+    """The stored bytes of a sparse member: its map, then each data run read with pread. Reads
+    are whole (tarfile's copy takes a short read for the end of the data)."""
+
+    def __init__(self, fd: int, sparse_map: bytes, regions: list[tuple[int, int]]):
+        self._buffer = bytearray(sparse_map)
+        self._runs = [(offset, length) for offset, length in regions if length]
+        self._fd = fd
+
+    def read(self, size: int = -1) -> bytes:
+        while self._runs and (size < 0 or len(self._buffer) < size):
+            offset, length = self._runs.pop(0)
+            take = min(length, _CHUNK)
+            data = os.pread(self._fd, take, offset)
+            if len(data) != take:
+                raise ExportError("a sparse file shrank while it was being exported")
+            if take < length:
+                self._runs.insert(0, (offset + take, length - take))
+            self._buffer += data
+        size = len(self._buffer) if size < 0 else size
+        data = bytes(self._buffer[:size])
+        del self._buffer[:size]
+        return data
 
 
 # --- index entries and names ----------------------------------------------------------------------

@@ -14,6 +14,7 @@ truncated archive leaves the store as it was.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import json
@@ -43,7 +44,6 @@ from builder.registry.reference import InvalidReference, parse_reference
 from builder.store import Store
 
 from .inventory import ImageRecord, find_image, record_for, repository_tags
-from .layertar import CorruptLayer, decompressed
 
 _CHUNK = 1 << 20
 _MAX_JSON = 32 << 20
@@ -263,6 +263,11 @@ def _staging(store: Store, stream: BinaryIO, source: str) -> Iterator[_Archive]:
 
 
 def _describe(error: BaseException) -> str:
+    if isinstance(error, OSError) and not isinstance(error, tarfile.TarError):
+        # never the scratch file's path or an errno number: what failed, in words
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return "no space left on the store's disk"
+        return (error.strerror or str(error) or type(error).__name__).lower()
     text = str(error) or type(error).__name__
     if isinstance(error, tarfile.ReadError) and "end of data" in text:
         return "truncated (unexpected end of data)"
@@ -470,27 +475,24 @@ def _parse_config(staged: _Staged, source: str) -> ImageConfig:
 
 
 def _check_diff_ids(source: str, config: ImageConfig, layers: Sequence[_Staged]) -> None:
-    """Each layer, decompressed, must hash to the config's diff_id for it (as docker load checks)."""
+    """Each layer must unpack (the checks FROM's unpacking makes, nothing written) and, decompressed,
+    hash to the config's diff_id for it (as docker load checks)."""
     if len(config.diff_ids) != len(layers):
         raise InvalidArchive(f"{source}: the config lists {len(config.diff_ids)} layers, the manifest {len(layers)}")
     for staged, diff_id in zip(layers, config.diff_ids):
-        if sniff_file(staged.path) == "":
-            actual = staged.digest
-        else:
-            actual = _uncompressed_digest(staged, source)
+        actual = _checked_diff_id(staged, source)
         if actual != diff_id:
             raise DigestMismatch(diff_id, actual, f"{source}: uncompressed layer {staged.digest}")
 
 
-def _uncompressed_digest(staged: _Staged, source: str) -> str:
-    digest = hashlib.sha256()
+def _checked_diff_id(staged: _Staged, source: str) -> str:
+    from builder.snapshot.layers import LayerError, check_layer
+
     try:
-        with open(staged.path, "rb") as f, decompressed(f, f"layer {staged.digest}") as stream:
-            for chunk in iter(lambda: stream.read(_CHUNK), b""):
-                digest.update(chunk)
-    except (OSError, EOFError, zlib.error, CorruptLayer) as e:
-        raise InvalidArchive(f"{source}: layer {staged.digest} does not decompress: {e}") from None
-    return "sha256:" + digest.hexdigest()
+        with open(staged.path, "rb") as f:
+            return check_layer(f)
+    except LayerError as e:
+        raise InvalidArchive(f"{source}: layer {staged.digest} is not a valid layer: {e}") from None
 
 
 def _layer_media_type(staged: _Staged) -> str:

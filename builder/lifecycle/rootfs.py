@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
 import gzip
 import hashlib
 import os
@@ -69,7 +70,7 @@ def import_rootfs(store: Store, stream: BinaryIO, *, name: str | None = None, ch
         try:
             with os.fdopen(fd, "wb") as out:
                 diff_id = _copy_decompressed(stream, out, source)
-            _check_tar(tar_path, source)
+            _check_tar(tar_path, source, diff_id)
             with store.blobs.writer() as blob, open(tar_path, "rb") as tar:
                 with gzip.GzipFile(fileobj=blob, mode="wb", compresslevel=GZIP_LEVEL, mtime=0) as compressor:
                     shutil.copyfileobj(tar, compressor, _CHUNK)
@@ -96,20 +97,29 @@ def _copy_decompressed(stream: BinaryIO, out: BinaryIO, source: str) -> str:
             for chunk in iter(lambda: data.read(_CHUNK), b""):
                 out.write(chunk)
                 digest.update(chunk)
-    except (OSError, EOFError, zlib.error, CorruptLayer) as e:
+    except (EOFError, zlib.error, CorruptLayer, gzip.BadGzipFile) as e:
         raise InvalidRootfs(f"{source}: cannot read the archive: {e}") from None
+    except OSError as e:  # words only: never the scratch file's path or an errno number
+        reason = "no space left on the store's disk" if e.errno in (errno.ENOSPC, errno.EDQUOT) else (
+            (e.strerror or str(e)).lower())
+        raise InvalidRootfs(f"{source}: cannot import the archive: {reason}") from None
     return "sha256:" + digest.hexdigest()
 
 
-def _check_tar(path: str, source: str) -> None:
+def _check_tar(path: str, source: str, diff_id: str) -> None:
+    """The tar must unpack as FROM would unpack its layer (no `..`, no hard link out of it, no
+    truncated member, within the unpack bounds), checked before anything is stored."""
+    from builder.snapshot.layers import LayerError, check_layer
+
     if os.path.getsize(path) == 0:
         raise InvalidRootfs(f"{source}: empty input, not a tar archive")
     try:
-        with tarfile.open(path, mode="r:") as tar:
-            for _ in tar:
-                pass
-    except (tarfile.TarError, EOFError) as e:
-        raise InvalidRootfs(f"{source}: not a tar archive: {e}") from None
+        with open(path, "rb") as tar:
+            checked = check_layer(tar)
+    except LayerError as e:
+        raise InvalidRootfs(f"{source}: not a tar archive to import: {e}") from None
+    if checked != diff_id:  # the file changed under us
+        raise InvalidRootfs(f"{source}: the archive changed while it was imported")
 
 
 def apply_changes(config: RuntimeConfig, changes: Sequence[str]) -> RuntimeConfig:

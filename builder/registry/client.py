@@ -6,6 +6,7 @@ stored or returned: manifests as a whole, config and layers as they stream into 
 
 from __future__ import annotations
 
+import http.client
 import ipaddress
 import json
 import re
@@ -22,7 +23,7 @@ from builder.image.media import (DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, INDEX_TY
 from .auth import Authorizer, CredentialStore
 from .platforms import select_manifest
 from .reference import DOCKER_HUB, Reference
-from .transport import _CONNECTION_ERRORS, ATTEMPTS, Response, Transport
+from .transport import _CONNECTION_ERRORS, ATTEMPTS, Response, Transport, TransferStalled
 
 # Docker's registry answers a converted old format unless the Docker types are accepted too.
 MANIFEST_ACCEPT = ", ".join((OCI_INDEX, OCI_MANIFEST, DOCKER_MANIFEST_LIST, DOCKER_MANIFEST))
@@ -168,24 +169,49 @@ class RegistryClient:
         return data
 
     def _download(self, ref: Reference, desc: Descriptor, blobs: BlobStore) -> None:
-        """Stream one blob into BLOBS, hashing as it arrives; a dropped connection starts it again."""
-        for attempt in range(ATTEMPTS):
-            try:
-                with self._request(ref, "GET", self._url(ref, f"blobs/{desc.digest}")) as response:
-                    self._check(response, ref, f"blob {desc.digest}")
-                    with blobs.writer() as writer:
-                        for chunk in response.iter_chunks():
-                            writer.write(chunk)
-                            if writer.size > desc.size:
-                                raise RegistryError(
-                                    f"{ref.familiar}: blob {desc.digest} is larger than the {desc.size} "
-                                    "bytes its descriptor says")
-                            self._progress(desc.digest, writer.size, desc.size)
-                        writer.commit(desc.digest)  # DigestMismatch here leaves nothing stored
-                return
-            except _CONNECTION_ERRORS as e:
-                if attempt == ATTEMPTS - 1:
-                    raise RegistryError(f"{ref.registry}: download of {desc.digest} failed: {e}") from None
+        """Stream one blob into BLOBS, hashing as it arrives. A dropped or stalled connection is
+        resumed where it stopped (`Range: bytes=N-`; from the start if the registry ignores it),
+        and the digest is checked over the whole."""
+        url = self._url(ref, f"blobs/{desc.digest}")
+        writers = [blobs.writer()]  # the current one last; a registry that ignores Range restarts it
+        try:
+            for attempt in range(ATTEMPTS):
+                try:
+                    if writers[-1].size < desc.size or not desc.size:
+                        self._receive(ref, desc, url, writers, blobs)
+                    writers[-1].commit(desc.digest)  # DigestMismatch here leaves nothing stored
+                    return
+                except _CONNECTION_ERRORS as e:
+                    if attempt == ATTEMPTS - 1:
+                        raise RegistryError(f"{ref.registry}: download of blob {desc.digest} failed "
+                                            f"({ATTEMPTS} attempts, {writers[-1].size} of {desc.size} bytes): "
+                                            f"{_transfer_error(e)}") from None
+        finally:
+            for writer in writers:
+                writer.abort()
+
+    def _receive(self, ref: Reference, desc: Descriptor, url: str, writers: list, blobs: BlobStore) -> None:
+        """The rest of the blob into WRITERS[-1], or all of it into a fresh writer appended."""
+        resume = writers[-1].size
+        headers = {"Range": f"bytes={resume}-"} if resume else None
+        with self._request(ref, "GET", url, headers=headers) as response:
+            if resume and response.status == 206:
+                start = response.header("Content-Range").removeprefix("bytes ").partition("-")[0]
+                if start != str(resume):
+                    raise RegistryError(f"{ref.registry}: blob {desc.digest}: asked for bytes from {resume}, "
+                                        f"got the range {response.header('Content-Range')!r}")
+            else:
+                self._check(response, ref, f"blob {desc.digest}")
+                if resume:  # the whole blob again: start over
+                    writers.append(blobs.writer())
+            writer = writers[-1]
+            for chunk in response.iter_chunks():
+                writer.write(chunk)
+                if writer.size > desc.size:
+                    raise RegistryError(
+                        f"{ref.familiar}: blob {desc.digest} is larger than the {desc.size} "
+                        "bytes its descriptor says")
+                self._progress(desc.digest, writer.size, desc.size)
 
     # -- push -------------------------------------------------------------------------------
 
@@ -435,6 +461,16 @@ def _next_link(header: str, current: str) -> str:
         if any(key.lower() == "rel" and "next" in value.lower().split() for key, value in params):
             return urljoin(current, m.group(1))
     return ""
+
+
+def _transfer_error(error: BaseException) -> str:
+    if isinstance(error, http.client.IncompleteRead):
+        return "the connection was cut before the end of the blob"
+    if isinstance(error, TransferStalled):
+        return str(error)
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror.lower()
+    return str(error) or type(error).__name__
 
 
 def _read_limited(response: Response, limit: int, what: str) -> bytes:

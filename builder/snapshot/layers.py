@@ -422,6 +422,105 @@ def _clean_name(name: str) -> list[str]:
     return parts
 
 
+# ---------------------------------------------------------------------------------------------
+# Bounds on what an extraction writes. A tar is small for what it can unpack to: a sparse member
+# of a few KiB claims any size, and plain data only costs its compressed size. Each bound can be
+# set in the environment (bytes, or with a K/M/G/T suffix).
+
+MAX_FILE_SIZE_ENV = "BUILD_IMAGE_MAX_FILE_SIZE"
+MAX_UNPACK_BYTES_ENV = "BUILD_IMAGE_MAX_UNPACK_BYTES"
+DEFAULT_MAX_FILE_SIZE = 64 << 30
+DEFAULT_MAX_UNPACK_BYTES = 256 << 30
+_SUFFIXES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def _size_from_env(name: str, default: int) -> int:
+    text = os.environ.get(name, "").strip().upper().removesuffix("IB").removesuffix("B")
+    if not text:
+        return default
+    number, suffix = (text[:-1], text[-1]) if text[-1] in _SUFFIXES else (text, "")
+    if not number.isdigit() or int(number) == 0:
+        raise LayerError(f"{name}={os.environ[name]!r}: expected a positive size such as 64G")
+    return int(number) * _SUFFIXES[suffix]
+
+
+def _human(size: int) -> str:
+    for unit, scale in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if size >= scale:
+            return f"{size / scale:.4g} {unit}"
+    return f"{size} bytes"
+
+
+class UnpackBudget:
+    """Accounts the data bytes one extraction writes and the size each file claims."""
+
+    def __init__(self, max_file_size: int | None = None, max_bytes: int | None = None):
+        self.max_file_size = max_file_size or _size_from_env(MAX_FILE_SIZE_ENV, DEFAULT_MAX_FILE_SIZE)
+        self.max_bytes = max_bytes or _size_from_env(MAX_UNPACK_BYTES_ENV, DEFAULT_MAX_UNPACK_BYTES)
+        self.written = 0
+
+    def check_file(self, info: tarfile.TarInfo) -> None:
+        if info.size > self.max_file_size:
+            raise LayerError(f"{info.name!r} is {_human(info.size)}, more than the {_human(self.max_file_size)} "
+                             f"a file may be (set {MAX_FILE_SIZE_ENV} to allow it)")
+
+    def spend(self, size: int) -> None:
+        self.written += size
+        if self.written > self.max_bytes:
+            raise LayerError(f"unpacking writes more than {_human(self.max_bytes)} of data "
+                             f"(set {MAX_UNPACK_BYTES_ENV} to allow it)")
+
+
+def member_regions(tf: tarfile.TarFile, info: tarfile.TarInfo, budget: UnpackBudget) -> Iterator[tuple[int, bytes]]:
+    """(offset, data) runs of regular member INFO: one run, or a sparse member's data runs (old GNU
+    or PAX sparse) with its holes left out, so that they can stay holes on disk."""
+    budget.check_file(info)
+    regions = [(o, n) for o, n in info.sparse if n] if info.sparse is not None else [(0, info.size)]
+    end = 0
+    for offset, length in regions:
+        if offset < end or offset + length > info.size:
+            raise LayerError(f"{info.name!r}: sparse map out of order or beyond the file's size")
+        end = offset + length
+    # The unbuffered reader below tarfile's buffered one: it seeks by just moving its position
+    # (the stream underneath only ever goes forward), where the buffered one refuses a pipe.
+    data = tf.extractfile(info).raw
+    for offset, length in regions:
+        data.seek(offset)
+        while length:
+            chunk = data.read(min(length, _CHUNK))
+            if not chunk:
+                raise LayerError(f"{info.name!r}: truncated data")
+            budget.spend(len(chunk))
+            yield offset, chunk
+            offset += len(chunk)
+            length -= len(chunk)
+
+
+_HOLE = 64 << 10
+_ZEROS = bytes(_HOLE)
+
+
+def write_member(tf: tarfile.TarFile, info: tarfile.TarInfo, fd: int, budget: UnpackBudget) -> None:
+    """Regular member INFO's data into the empty file FD. Holes are seeked over, never written: a
+    sparse member's, and every aligned 64 KiB of zeros in plain data too (as `cp --sparse=always`),
+    since layers that Go's archive/tar wrote spell a sparse file out in full."""
+    for offset, chunk in member_regions(tf, info, budget):
+        at = 0  # bytes slices, not memoryviews: bytes == bytes is a memcmp, 30x faster here
+        while at < len(chunk):
+            piece = chunk[at:at + _HOLE - offset % _HOLE]
+            if len(piece) < _HOLE or piece != _ZEROS:
+                piece = piece[:os.pwrite(fd, piece, offset)]
+            at, offset = at + len(piece), offset + len(piece)
+    os.ftruncate(fd, info.size)
+
+
+def _disk_reason(error: OSError) -> str:
+    """An OSError as words for a user: no errno number, no path."""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "no space left on the store's disk"
+    return (error.strerror or type(error).__name__).lower()
+
+
 def _remove(path: str) -> None:
     """Delete whatever is at PATH, never following a symlink."""
     try:
@@ -437,9 +536,10 @@ def _remove(path: str) -> None:
 class _Extractor:
     """Writes tar entries under ROOT; OVERLAY picks how whiteouts are recorded (or applied)."""
 
-    def __init__(self, root: str, overlay: bool):
+    def __init__(self, root: str, overlay: bool, budget: UnpackBudget | None = None):
         self.root = os.path.abspath(root)
         self.overlay = overlay
+        self.budget = budget or UnpackBudget()
         self.is_root = os.geteuid() == 0
         self.written: set[str] = set()  # real paths (relative) this layer wrote
         self.dir_meta: list[tuple[str, tarfile.TarInfo]] = []
@@ -507,7 +607,7 @@ class _Extractor:
             self.dir_meta.append((rel, info))
         elif info.isreg():
             self._replace(path)
-            self._write_file(path, tf.extractfile(info), info)
+            self._write_file(path, tf, info)
         elif info.issym():
             self._replace(path)
             os.symlink(info.linkname, path)
@@ -623,11 +723,10 @@ class _Extractor:
                 if self.is_root and e.errno != errno.EOPNOTSUPP:
                     raise LayerError(f"{info.name!r}: cannot set xattr {name}: {e.strerror}") from None
 
-    def _write_file(self, path: str, data: BinaryIO, info: tarfile.TarInfo) -> None:
+    def _write_file(self, path: str, tf: tarfile.TarFile, info: tarfile.TarInfo) -> None:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
-            with os.fdopen(fd, "wb", closefd=False) as out:
-                shutil.copyfileobj(data, out, _CHUNK)
+            write_member(tf, info, fd, self.budget)
             self._own(fd, info)  # chown before chmod (it clears setuid) and xattrs (it clears caps)
             os.fchmod(fd, info.mode & 0o7777)
             self._set_xattrs(fd, info)
@@ -657,24 +756,57 @@ class _Extractor:
 
 def _extract(stream: BinaryIO, root: str, overlay: bool) -> None:
     extractor = _Extractor(root, overlay)
+    _read_layer(stream, extractor.extract)
+    extractor.finish()
+
+
+def _read_layer(stream: BinaryIO, handle, hash_tar: bool = False) -> str:
+    """Every entry of the layer in STREAM through HANDLE(tf, info), then the stream to its end;
+    the diff_id (the digest of the decompressed tar) when HASH_TAR, else ""."""
+    name = ""
     try:
         with compression.decompressed(stream) as source:
+            tar_stream = _Counting(source, hash_tar)
             try:
-                with tarfile.open(fileobj=source, mode="r|", errors="surrogateescape") as tf:
+                with tarfile.open(fileobj=tar_stream, mode="r|", errors="surrogateescape") as tf:
                     for info in tf:
-                        extractor.extract(tf, info)
+                        name = info.name
+                        handle(tf, info)
+                    end_of_entries = tf.offset
             except (tarfile.TarError, EOFError, zlib.error) as e:
                 raise LayerError(f"corrupt layer tar: {e}") from None
             except gzip.BadGzipFile as e:
                 raise LayerError(f"corrupt gzip layer: {e}") from None
+            except OSError as e:
+                raise LayerError(f"cannot unpack {name!r}: {_disk_reason(e)}") from None
             try:  # to the end, so gzip checks its CRC and zstd its frame: a truncated blob fails
-                while source.read(_CHUNK):
+                while tar_stream.read(_CHUNK):
                     pass
             except (OSError, EOFError, zlib.error) as e:
                 raise LayerError(f"corrupt layer: {e}") from None
+            if (tar_stream.size - end_of_entries) % _BLOCK:
+                # tarfile takes a header cut short for the end of the archive; Go's archive/tar
+                # and GNU tar call it an unexpected EOF, and so does this
+                raise LayerError("corrupt layer tar: truncated after its last complete entry")
     except compression.CorruptStream as e:
         raise LayerError(f"corrupt layer: {e}") from None
-    extractor.finish()
+    return "sha256:" + tar_stream.hash.hexdigest() if hash_tar else ""
+
+
+class _Counting:
+    """A read-only stream that counts (and when asked hashes) what is read through it."""
+
+    def __init__(self, stream: BinaryIO, hash_it: bool):
+        self._stream = stream
+        self.hash = hashlib.sha256() if hash_it else None
+        self.size = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._stream.read(size)
+        self.size += len(data)
+        if self.hash is not None:
+            self.hash.update(data)
+        return data
 
 
 def unpack_layer(stream: BinaryIO, dest_dir: str) -> None:
@@ -691,3 +823,116 @@ def apply_layer(stream: BinaryIO, root_dir: str) -> None:
     _extract(stream, root_dir, overlay=False)
 
 
+
+
+# ---------------------------------------------------------------------------------------------
+# Checking without writing: what `load` and `import` do before they store a layer
+
+
+class _Shadow:
+    """The tree a layer would unpack to, by kind only: what `_Extractor` checks, minus the disk.
+
+    Kinds: "dir", "file" (any non-directory) or ("link", target) for a symlink. The layer is
+    taken as unpacked alone into an empty directory, as `unpack_layer` does for FROM.
+    """
+
+    def __init__(self, budget: UnpackBudget):
+        self.kinds: dict[str, object] = {}
+        self.written: set[str] = set()
+        self.budget = budget
+
+    def _resolve_dir(self, parts: Sequence[str], create: bool) -> str | None:
+        """As `resolve_in_root`: symlinks followed inside the root; a missing dir made or None."""
+        done: list[str] = []
+        pending = list(parts)
+        hops = 0
+        while pending:
+            part = pending.pop(0)
+            if part in ("", "."):
+                continue
+            if part == "..":
+                if done:
+                    done.pop()
+                continue
+            candidate = "/".join(done + [part])
+            kind = self.kinds.get(candidate)
+            if isinstance(kind, tuple):
+                hops += 1
+                if hops > 40:
+                    raise LayerError(f"too many levels of symlinks under {'/'.join(parts)!r}")
+                if kind[1].startswith("/"):
+                    done = []
+                pending = kind[1].split("/") + pending
+                continue
+            if kind == "file":
+                raise LayerError(f"{'/'.join(parts)!r}: {candidate!r} is not a directory")
+            if kind is None:
+                if not create:
+                    return None
+                self.kinds[candidate] = "dir"
+            done.append(part)
+        return "/".join(done)
+
+    def _replace(self, rel: str, kind: object) -> None:
+        if self.kinds.get(rel) == "dir" and kind != "dir":
+            prefix = rel + "/"
+            for key in [k for k in self.kinds if k.startswith(prefix)]:
+                del self.kinds[key]
+        self.kinds[rel] = kind
+
+    def check(self, tf: tarfile.TarFile, info: tarfile.TarInfo) -> None:
+        parts = _clean_name(info.name)
+        if not parts:
+            return
+        base = parts[-1]
+        if base.startswith(WHITEOUT_PREFIX):
+            victim = base[len(WHITEOUT_PREFIX):]
+            if base != OPAQUE_MARKER and victim.startswith(WHITEOUT_PREFIX):
+                return
+            if victim in ("", ".", ".."):
+                raise LayerError(f"malformed whiteout {'/'.join(parts)!r}")
+            parent = self._resolve_dir(parts[:-1], create=True)
+            rel = f"{parent}/{victim}" if parent else victim
+            if base != OPAQUE_MARKER and rel not in self.written:
+                self._replace(rel, "file")  # unpacked as a char device 0:0
+            return
+        parent = self._resolve_dir(parts[:-1], create=True)
+        rel = f"{parent}/{base}" if parent else base
+        if info.isdir():
+            if self.kinds.get(rel) != "dir":
+                self._replace(rel, "dir")
+        elif info.isreg():
+            for _ in member_regions(tf, info, self.budget):
+                pass
+            self._replace(rel, "file")
+        elif info.issym():
+            self._replace(rel, ("link", info.linkname))
+        elif info.islnk():
+            self._check_link_target(info)
+            self._replace(rel, "file")
+        elif info.ischr() or info.isblk() or info.isfifo():
+            self._replace(rel, "file")
+        else:
+            return
+        self.written.add(rel)
+
+    def _check_link_target(self, info: tarfile.TarInfo) -> None:
+        parts = _clean_name(info.linkname)
+        if not parts:
+            raise LayerError(f"hard link {info.name!r} points at the root directory")
+        parent = self._resolve_dir(parts[:-1], create=False)
+        target = None if parent is None else (f"{parent}/{parts[-1]}" if parent else parts[-1])
+        kind = None if target is None else self.kinds.get(target)
+        if kind is None:
+            raise LayerError(f"hard link {info.name!r} -> {info.linkname!r}: target is not in the layer")
+        if kind == "dir":
+            raise LayerError(f"hard link {info.name!r} -> {info.linkname!r}: target is a directory")
+
+
+def check_layer(stream: BinaryIO, budget: UnpackBudget | None = None) -> str:
+    """Read the layer in STREAM (gzip, zstd or plain tar) to its end as `unpack_layer` would,
+    writing nothing, and return its diff_id. LayerError for what unpacking would refuse: `..`
+    entries, hard links to no earlier entry of the layer, malformed whiteouts, truncated or
+    corrupt data, a file or a total beyond the unpack bounds."""
+    shadow = _Shadow(budget or UnpackBudget())
+    return _read_layer(stream, shadow.check, hash_tar=True)

@@ -9,6 +9,7 @@ so that files created inside them do not change them again.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import stat
@@ -41,15 +42,21 @@ def is_archive(path: str) -> bool:
 
 
 def extract(path: str, dest: str, owner: tuple[int, int] | None = None) -> None:
-    """Unpacks the archive at `path` into the existing directory `dest`."""
+    """Unpacks the archive at `path` into the existing directory `dest`. Sparse members stay
+    sparse, and the bytes written count against the unpack bounds (snapshot.layers.UnpackBudget)."""
+    from builder.snapshot.layers import LayerError, UnpackBudget
+
     dirs: list[tuple[str, tarfile.TarInfo]] = []
     try:
+        budget = UnpackBudget()
         with _tar_stream(path) as tf:
             for member in tf:
-                target = _extract_member(tf, member, dest, owner)
+                target = _extract_member(tf, member, dest, owner, budget)
                 if target is not None and member.isdir():
                     dirs.append((target, member))
-    except (tarfile.TarError, EOFError, OSError) as error:
+    except (tarfile.TarError, EOFError, OSError, LayerError) as error:
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            error = "no space left on the store's disk"
         raise SolveError(f"failed to extract {os.path.basename(path)}: {error}") from None
     for target, member in reversed(dirs):
         os.utime(target, (member.mtime, member.mtime), follow_symlinks=False)
@@ -64,7 +71,7 @@ def _inside(*parts: str) -> str | None:
     return joined[len("/dest/"):] if joined.startswith("/dest/") else None
 
 
-def _extract_member(tf: tarfile.TarFile, member: tarfile.TarInfo, dest: str, owner) -> str | None:
+def _extract_member(tf: tarfile.TarFile, member: tarfile.TarInfo, dest: str, owner, budget) -> str | None:
     name = _inside(clean_path(member.name))
     if name is None:
         raise SolveError(f"{member.name!r} is outside of the ADD destination")
@@ -90,9 +97,10 @@ def _extract_member(tf: tarfile.TarFile, member: tarfile.TarInfo, dest: str, own
         if existing is None or not stat.S_ISDIR(existing.st_mode):
             os.mkdir(target, 0o700)
     elif member.isreg():
-        source = tf.extractfile(member)
+        from builder.snapshot.layers import write_member
+
         with open(target, "xb") as out:
-            shutil.copyfileobj(source, out, 1 << 20)
+            write_member(tf, member, out.fileno(), budget)
     elif member.issym():
         if _inside(parent, member.linkname) is None:
             raise SolveError(f"invalid symlink {member.name!r} -> {member.linkname!r}")

@@ -81,6 +81,9 @@ def make_dirs(root: str, path: str, mode: int = 0o755, uid: int | None = 0, gid:
             continue
         if os.path.lexists(host):
             raise SolveError(f"mkdir {current}: not a directory")
+        parent = os.path.dirname(host)
+        if not os.path.isdir(parent):  # a symlink on the way points at a path not made yet: make it
+            make_dirs(root, "/" + os.path.relpath(parent, root), mode, uid, gid)
         os.mkdir(host)
         os.chmod(host, mode)
         if uid is not None:
