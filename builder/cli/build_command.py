@@ -13,7 +13,6 @@ from builder.cli.usage import UsageParser, ignored, refused
 PROGRESS_MODES = ("auto", "plain", "tty", "quiet", "rawjson", "none")
 
 _LATER = {
-    "cache": "importing and exporting the build cache (--cache-from/--cache-to) is not built yet",
     "attest": "attestations (SBOM, provenance) are not built yet",
     "check": "build checks and frontend subrequests (--check, --call) are not built yet",
     "cgroup": "RUN cgroups are made under build-image's own cgroup; another parent is not supported yet",
@@ -83,6 +82,12 @@ def _build_parser() -> argparse.ArgumentParser:
                         "context order and paths, environment; exit 1 with a report if the images differ")
     p.add_argument("--format", choices=("text", "json"), default="text",
                    help="with --verify-reproducible: the report as text or json")
+    p.add_argument("--cache-from", action="append", default=[], type=_flag_value(_cache_import),
+                   metavar="type=registry,ref=REF|type=local,src=DIR|IMAGE",
+                   help="import build cache from a registry, an OCI layout or an image's inline cache (repeatable)")
+    p.add_argument("--cache-to", action="append", default=[], type=_flag_value(_cache_export),
+                   metavar="type=registry,ref=REF|type=local,dest=DIR|type=inline[,mode=min|max]",
+                   help="export the build cache to a registry, an OCI layout or the image config (repeatable)")
     p.add_argument("--debug", "-D", action="store_true", help="show tracebacks")
     # docker build's classic-builder flags that BuildKit accepts and ignores: so does build-image.
     ignored(p, "--rm", "--force-rm", why="accepted, no effect (there are no intermediate containers)")
@@ -90,7 +95,6 @@ def _build_parser() -> argparse.ArgumentParser:
     ignored(p, "--disable-content-trust", why="accepted, no effect (as with BuildKit)")
     ignored(p, "--isolation", why="accepted, no effect; only 'default' exists on Linux", takes_value=True,
             choices=("default",))
-    refused(p, "--cache-from", "--cache-to", why=_LATER["cache"])
     refused(p, "--sbom", "--provenance", "--attest", why=_LATER["attest"])
     refused(p, "--check", why=_LATER["check"], takes_value=False)
     refused(p, "--call", why=_LATER["check"])
@@ -117,6 +121,18 @@ def _secret_source(text: str):
     from builder.session import SecretSource
 
     return SecretSource.parse(text)
+
+
+def _cache_import(text: str):
+    from builder.pipeline import CacheSpec
+
+    return CacheSpec.parse_import(text)
+
+
+def _cache_export(text: str):
+    from builder.pipeline import CacheSpec
+
+    return CacheSpec.parse_export(text)
 
 
 def _ssh_source(text: str):
@@ -214,6 +230,8 @@ def _options(ns: argparse.Namespace):
         memory=ns.memory,
         pids_limit=ns.pids_limit,
         cpu_shares=ns.cpu_shares,
+        cache_from=tuple(ns.cache_from),
+        cache_to=tuple(ns.cache_to),
     )
 
 

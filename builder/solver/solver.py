@@ -43,7 +43,7 @@ class Solver:
                  names: dict[str, str] | None = None, source_date_epoch: int | None = None,
                  secrets: SecretStore | None = None, ssh: Mapping[str, str] | None = None,
                  no_cache_for: frozenset[str] = frozenset(), named_contexts: Mapping[str, BuildContext] = {},
-                 rewrite_timestamp: bool = True):
+                 rewrite_timestamp: bool = True, imported=None):
         self.store = store
         self.executor = executor
         self.sources = sources
@@ -64,6 +64,9 @@ class Solver:
         self._cancelled = threading.Event()
         self.secrets = secrets or SecretStore()   # RUN --mount=type=secret values, never in a key
         self.ssh = dict(ssh or {})                # RUN --mount=type=ssh: agent id -> socket path
+        # --cache-from: asked on a local miss (`lookup(record key, parent layers, blobs)`); it
+        # fetches and verifies the one blob a hit needs (builder.remotecache.importer.ImportedCache).
+        self.imported = imported
 
     # -- what ops see of the solve (builder.solver.ops.base.SolveState)
     def op(self, vertex: Vertex) -> SolverOp:
@@ -184,9 +187,44 @@ class Solver:
     def _cached(self, key: str, parent: Result) -> Result | None:
         """The result a cache record gives: the parent's layers plus the recorded layer, if its
         blob is still in the store."""
-        record = self.store.records.get(self.record_key(key))
+        record_key = self.record_key(key)
+        record = self.store.records.get(record_key)
         if (record is None or record.timestamps != self.layer_timestamps
                 or not self.store.blobs.has(record.layer_digest)):
-            return None
+            record = self._imported_record(record_key, parent)
+            if record is None:
+                return None
         layer = LayerRef(record.layer_digest, record.diff_id, record.size, record.media_type)
         return Result(parent.layers + (layer,), record.created, cached=True)
+
+    def _imported_record(self, record_key: str, parent: Result) -> CacheRecord | None:
+        """An imported cache's record for RECORD_KEY, kept as a local record once its blob is here."""
+        found = self.imported.lookup(record_key, parent.layers, self.store.blobs) if self.imported else None
+        if found is None:
+            return None
+        record = CacheRecord(record_key, found.digest, found.diff_id, found.size, found.media_type,
+                             found.created, self.layer_timestamps)
+        self.store.records.put(record)
+        return record
+
+    def cached_steps(self, final: Vertex | None = None) -> list[tuple[str, tuple[LayerRef, ...], str | None,
+                                                                     tuple[str, ...]]]:
+        """What a cache export writes, in solve order: per step that made a layer, (record key,
+        its layers, when its layer was made, the record keys of the steps it read). With FINAL,
+        only the steps under it through input 0 (the image's own chain: --cache-to mode=min)."""
+        chain: set[Vertex] | None = None
+        if final is not None:
+            chain, vertex = set(), final
+            while vertex is not None:
+                chain.add(vertex)
+                vertex = vertex.inputs[0] if vertex.inputs else None
+        steps = []
+        for vertex in self.keys:   # planned order (inputs first), so the export is deterministic
+            op, result = self.ops.get(vertex), self.results.get(vertex)
+            if (op is None or result is None or not op.adds_layer or not result.layers
+                    or (chain is not None and vertex not in chain)):
+                continue
+            inputs = tuple(self.record_key(self.keys[i]) for i in vertex.inputs
+                           if i is not None and i in self.results and self.ops[i].adds_layer)
+            steps.append((self.record_key(self.keys[vertex]), result.layers, result.created, inputs))
+        return steps
