@@ -86,9 +86,9 @@ def _machines(tmp_path):
     return str(a), str(b)
 
 
-def _two_machines(tmp_path, runs, base, export: list[str], imports: list[str], extra_b: tuple = ()):
-    """A builds with EXPORT, B (a fresh store) with IMPORTS: B's steps are all CACHED, no RUN ran
-    on B, and the image IDs are equal. Returns B's store root and the context."""
+def _two_machines(tmp_path, runs, base, export: list[str], imports: list[str], steps: int = 6):
+    """A builds with EXPORT, B (a fresh store) with IMPORTS: B's STEPS steps are all CACHED, no RUN
+    ran on B, and the image IDs are equal. Returns B's store root and the context."""
     context = _context(tmp_path, base, runs.host)
     root_a, root_b = _machines(tmp_path)
     proc_a, steps_a = _build(root_a, context, "--iidfile", str(tmp_path / "a.iid"), *export)
@@ -96,25 +96,27 @@ def _two_machines(tmp_path, runs, base, export: list[str], imports: list[str], e
     assert len(step_lines(proc_a.stderr, "DONE")) >= 5
     runs.hits.clear()
     proc_b, steps_b = _build(root_b, context, "--iidfile", str(tmp_path / "b.iid"),
-                             "--metadata-file", str(tmp_path / "b.json"), *imports, *extra_b)
+                             "--metadata-file", str(tmp_path / "b.json"), *imports)
     assert dict(runs.hits) == {}, f"RUNs ran on machine B: {dict(runs.hits)}"
-    assert step_lines(proc_b.stderr, "CACHED") and len(step_lines(proc_b.stderr, "CACHED")) == len(steps_b) == 6
+    assert len(step_lines(proc_b.stderr, "CACHED")) == len(steps_b) == steps
     assert [s for s in step_lines(proc_b.stderr, "DONE") if " FROM " not in s and "[internal]" not in s] == []
     assert _iid(tmp_path, "b.iid") == _iid(tmp_path, "a.iid")
     return root_b, context
 
 
-def _change_source_and_rebuild(tmp_path, runs, root_b, context, imports: list[str]):
+def _change_source_and_rebuild(tmp_path, runs, root_b, context, imports: list[str],
+                               ran_runs=("compile",), ran_steps=3):
     """One source file changes: B reruns only the steps that read it (and what follows them)."""
     with open(os.path.join(context, "src", "main.txt"), "w") as f:
         f.write("main v2\n")
     runs.hits.clear()
     proc, _ = _build(root_b, context, *imports)
-    assert dict(runs.hits) == {"/run/compile": 1}
-    ran = [s for s in step_lines(proc.stderr, "DONE") if " FROM " not in s and "[internal]" not in s]
-    assert [s.split("] ", 1)[1] for s in ran] == [
+    assert dict(runs.hits) == {f"/run/{name}": 1 for name in ran_runs}
+    ran = [s.split("] ", 1)[1] for s in step_lines(proc.stderr, "DONE") if " FROM " not in s and "[internal]" not in s]
+    assert ran[-3:] == [
         "COPY src/ /work/src/", f"RUN --network=host wget -q -O /dev/null http://{runs.host}/run/compile "
         "&& cat /work/src/* > /work/app.out", "COPY --from=builder /work/app.out /work/lib.out /app/"]
+    assert len(ran) == ran_steps
 
 
 def test_registry_cache_mode_max_gives_machine_b_every_step(tmp_path, runs, busybox_registry):
@@ -138,9 +140,27 @@ def test_registry_cache_mode_min_has_only_the_final_stage(tmp_path, runs, busybo
     [exported] = json.loads((tmp_path / "a.json").read_text())["build-image.cache"]["exported"]
     assert exported["mode"] == "min" and exported["records"] == 2 and exported["blobs_written"] >= 3
     runs.hits.clear()
-    _build(root_b, context, "--cache-from", cache)
-    # The builder stage was not exported: B runs it; the final stage's RUN comes from the cache.
-    assert dict(runs.hits) == {"/run/lib": 1, "/run/compile": 1}
+    proc, steps = _build(root_b, context, "--cache-from", cache)
+    # Only the final stage was exported; both its steps hit, so its builder stage is not needed.
+    assert dict(runs.hits) == {} and len(steps) == 2 and len(step_lines(proc.stderr, "CACHED")) == 2
+    assert not any("[builder" in s for s in steps)
+
+
+def test_step_expected_to_hit_that_is_rejected_runs_after_its_inputs(tmp_path, runs, busybox_registry):
+    """The last step's imported layer is tampered with: the builder stage it skipped is solved
+    after all, then the step runs."""
+    cache_dir = tmp_path / "cache-dir"
+    context = _context(tmp_path, busybox_registry.reference, runs.host)
+    root_a, root_b = _machines(tmp_path)
+    _build(root_a, context, "--cache-to", f"type=local,dest={cache_dir}", *_image_layout(tmp_path))
+    last = _layer_of(_local_cache_config(cache_dir), _final_layers(tmp_path)[2])   # COPY --from's
+    blob = cache_dir / "blobs" / "sha256" / last["blob"][7:]
+    blob.write_bytes(b"not the layer")
+    runs.hits.clear()
+    proc, steps = _build(root_b, context, "--cache-from", f"type=local,src={cache_dir}")
+    assert dict(runs.hits) == {"/run/lib": 1, "/run/compile": 1}   # the final RUN still came from the cache
+    assert [s for s in step_lines(proc.stderr, "CACHED")] == [s for s in steps if "RUN" in s and "final" in s]
+    assert "rejected" in proc.stderr
 
 
 def test_local_cache_dir_is_an_oci_layout_machine_b_reads(tmp_path, runs, busybox_registry):
@@ -160,11 +180,14 @@ def test_local_cache_dir_is_an_oci_layout_machine_b_reads(tmp_path, runs, busybo
 
 
 def test_inline_cache_travels_in_the_pushed_image(tmp_path, runs, busybox_registry):
+    """Inline is mode=min: the final stage's two steps hit, so its builder stage is never solved."""
     image = f"{busybox_registry.host}/inline/app:1"
     root_b, context = _two_machines(tmp_path, runs, busybox_registry.reference,
                                     ["--cache-to", "type=inline", "-t", image, "--push"],
-                                    ["--cache-from", image, "--cache-to", "type=inline"])
-    _change_source_and_rebuild(tmp_path, runs, root_b, context, ["--cache-from", image])
+                                    ["--cache-from", image, "--cache-to", "type=inline"], steps=2)
+    # Now COPY --from misses and needs the builder stage, which no cache has here: all of it runs.
+    _change_source_and_rebuild(tmp_path, runs, root_b, context, ["--cache-from", image],
+                               ran_runs=("lib", "compile"), ran_steps=5)
 
 
 def test_inline_cache_of_mode_min_holds_the_final_chain(tmp_path, runs, busybox_registry, store_root):
@@ -183,10 +206,8 @@ def test_tampered_local_blob_is_rejected_and_the_step_runs(tmp_path, runs, busyb
     cache_dir = tmp_path / "cache-dir"
     context = _context(tmp_path, busybox_registry.reference, runs.host)
     root_a, root_b = _machines(tmp_path)
-    _build(root_a, context, "--cache-to", f"type=local,dest={cache_dir},mode=max")
-    config = _local_cache_config(cache_dir)
-    # The layer of the final stage's RUN: its record is the one whose chain is the base plus one.
-    final_run = _record_layer(config, lambda chain: len(chain) == 2, prefer_last=False)
+    _build(root_a, context, "--cache-to", f"type=local,dest={cache_dir},mode=max", *_image_layout(tmp_path))
+    final_run = _layer_of(_local_cache_config(cache_dir), _final_layers(tmp_path)[1])   # the final stage's RUN
     blob = cache_dir / "blobs" / "sha256" / final_run["blob"][7:]
     blob.write_bytes(blob.read_bytes()[:-8] + b"tampered")
     runs.hits.clear()
@@ -210,22 +231,26 @@ def test_record_that_lies_about_its_layer_is_rejected(tmp_path, runs, busybox_re
     _rewrite_local_cache(cache_dir, config)
     runs.hits.clear()
     proc, _ = _build(root_b, context, "--cache-from", f"type=local,src={cache_dir}")
-    assert sum(runs.hits.values()) >= 1
-    assert "does not sit on the layers its step's parent has here" in proc.stderr
+    # The lying record's step (the first of its stage) runs instead (and so do the steps whose
+    # parent it changed: their records no longer sit on what is here).
+    ran = [s for s in step_lines(proc.stderr, "DONE") if " FROM " not in s and "[internal]" not in s]
+    assert ran and " 2/" in ran[0].split("]")[0]
+    warnings = [line for line in proc.stderr.splitlines() if "does not sit" in line]
+    assert warnings[0].startswith(f"cache from {cache_dir}: record {shallow['digest'][:19]}")
 
 
 def test_record_whose_diff_id_is_wrong_is_rejected(tmp_path, runs, busybox_registry):
     cache_dir = tmp_path / "cache-dir"
     context = _context(tmp_path, busybox_registry.reference, runs.host)
     root_a, root_b = _machines(tmp_path)
-    _build(root_a, context, "--cache-to", f"type=local,dest={cache_dir},mode=max")
+    _build(root_a, context, "--cache-to", f"type=local,dest={cache_dir},mode=max", *_image_layout(tmp_path))
     config = _local_cache_config(cache_dir)
-    layer = _record_layer(config, lambda chain: len(chain) == 2, prefer_last=False)
+    layer = _layer_of(config, _final_layers(tmp_path)[1])   # the final stage's RUN
     layer["annotations"]["diffID"] = "sha256:" + "0" * 64
     _rewrite_local_cache(cache_dir, config)
     runs.hits.clear()
     proc, _ = _build(root_b, context, "--cache-from", f"type=local,src={cache_dir}")
-    assert runs.hits["/run/final"] == 1 and runs.hits["/run/lib"] == 0
+    assert runs.hits["/run/final"] == 1 and runs.hits["/run/lib"] == 0, proc.stderr
     assert "uncompressed layer digest mismatch" in proc.stderr
 
 
@@ -284,11 +309,20 @@ def _chain(config: dict, index: int) -> list[dict]:
     return chain[::-1]
 
 
-def _record_layer(config: dict, wanted, prefer_last: bool) -> dict:
-    """The top layer of a record whose chain WANTED accepts."""
-    tops = [config["layers"][r["layers"][0]["layer"]] for r in config["records"]
-            if wanted(_chain(config, r["layers"][0]["layer"]))]
-    return tops[-1 if prefer_last else 0]
+def _image_layout(tmp_path) -> tuple[str, str]:
+    return "-o", f"type=oci,dest={tmp_path / 'image-a'},tar=false"
+
+
+def _final_layers(tmp_path) -> list[str]:
+    """The layer digests of the image A wrote with _image_layout: base, final RUN, COPY --from."""
+    layout = tmp_path / "image-a"
+    entry = json.loads((layout / "index.json").read_text())["manifests"][0]
+    return [d["digest"] for d in json.loads((layout / "blobs/sha256" / entry["digest"][7:]).read_bytes())["layers"]]
+
+
+def _layer_of(config: dict, blob: str) -> dict:
+    [layer] = [layer for layer in config["layers"] if layer["blob"] == blob]
+    return layer
 
 
 def _rewrite_local_cache(cache_dir, config: dict) -> None:

@@ -73,13 +73,15 @@ def _layer_blob(store, layer) -> Descriptor:
 
 
 def cache_config(steps: Sequence[StepCache], store) -> tuple[CacheConfig, tuple[Descriptor, ...]]:
-    """The cache config over STEPS and the descriptors of the blobs it names, in order."""
+    """The cache config over STEPS and the descriptors of the blobs it names, in order. The order is
+    canonical (shorter chains first, then by key), so an inline cache, which is part of the image
+    config, gives the same image ID on every machine."""
     layers: list[CacheLayer] = []
     at: dict[tuple[str, int], int] = {}          # (blob, parent index) -> layer index
     descriptors: dict[str, Descriptor] = {}
-    records: list[CacheRecordEntry] = []
-    record_at: dict[str, int] = {}
-    for step in steps:
+    tops: dict[str, int] = {}                    # record key -> its top layer
+    ordered = sorted({s.key: s for s in steps if s.layers}.values(), key=lambda s: (len(s.layers), s.key))
+    for step in ordered:
         parent = -1
         for position, layer in enumerate(step.layers):
             desc = _layer_blob(store, layer)
@@ -96,12 +98,11 @@ def cache_config(steps: Sequence[StepCache], store) -> tuple[CacheConfig, tuple[
                 descriptors[desc.digest] = Descriptor(desc.media_type, desc.digest, desc.size,
                                                       tuple(sorted(annotations.items())))
             parent = at[slot]
-        if parent == -1 or step.key in record_at:
-            continue
-        record_at[step.key] = len(records)
-        inputs = tuple(record_at[k] for k in step.inputs if k in record_at)
-        records.append(CacheRecordEntry(step.key, parent, step.created or "", inputs))
-    return CacheConfig(tuple(layers), tuple(records)), tuple(descriptors.values())
+        tops[step.key] = parent
+    index = {step.key: n for n, step in enumerate(ordered)}
+    records = tuple(CacheRecordEntry(step.key, tops[step.key], step.created or "",
+                                     tuple(index[k] for k in step.inputs if k in index)) for step in ordered)
+    return CacheConfig(tuple(layers), records), tuple(descriptors.values())
 
 
 def inline_value(steps: Sequence[StepCache], store) -> str:

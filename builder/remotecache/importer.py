@@ -139,6 +139,10 @@ class ImportedCache:
             if text not in self.warnings:
                 self.warnings.append(text)
 
+    def has(self, key: str) -> bool:
+        """Does any source hold a record for KEY (before any check: lookup makes those)?"""
+        return key in self._by_key
+
     def lookup(self, key: str, parent_layers: Sequence, blobs) -> ImportedLayer | None:
         """The layer an imported record gives KEY on top of PARENT_LAYERS, or None."""
         for source, entry in self._by_key.get(key, ()):

@@ -28,6 +28,7 @@ from builder.solver.ops.base import EMPTY, LayerRef, Result, SolverOp, digest_ke
 from builder.solver.sources import ImageSources
 
 _SIGNAL_POLL_SECONDS = 0.2
+_NEEDS_INPUTS = Result(())   # _solve_one's answer for a step expected to hit that missed
 
 __all__ = ["EMPTY", "LayerRef", "Result", "Solver", "epoch_rfc3339", "layer_timestamps", "now_rfc3339"]
 
@@ -62,6 +63,7 @@ class Solver:
         self.results: dict[Vertex, Result] = {}
         self.ops: dict[Vertex, SolverOp] = {}   # one per distinct vertex: equal vertices share it
         self._cancelled = threading.Event()
+        self._expected_hits: set[Vertex] = set()
         self.secrets = secrets or SecretStore()   # RUN --mount=type=secret values, never in a key
         self.ssh = dict(ssh or {})                # RUN --mount=type=ssh: agent id -> socket path
         # --cache-from: asked on a local miss (`lookup(record key, parent layers, blobs)`); it
@@ -114,14 +116,16 @@ class Solver:
     # -- running
     def solve(self, vertices: tuple[Vertex, ...]) -> dict[Vertex, Result]:
         self.compute_keys(vertices)
-        pending = list(dict.fromkeys(vertices))
+        order = list(dict.fromkeys(vertices))
+        self._expected_hits = {v for v in order if self._will_hit(v)}
+        pending = self._to_run(order)
         running: dict[Future, Vertex] = {}
         done: set[Vertex] = set()
         pool = ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="solve")
         try:
             while pending or running:
                 for vertex in list(pending):
-                    if all(i is None or i in done for i in vertex.inputs) and len(running) < self.jobs:
+                    if all(i is None or i in done for i in self._required(vertex)) and len(running) < self.jobs:
                         pending.remove(vertex)
                         running[pool.submit(self._solve_one, vertex)] = vertex
                 # A timeout, so this thread runs Python often: a SIGINT the kernel delivered to a
@@ -129,7 +133,14 @@ class Solver:
                 finished, _ = wait(list(running), timeout=_SIGNAL_POLL_SECONDS, return_when=FIRST_COMPLETED)
                 for future in finished:
                     vertex = running.pop(future)
-                    self.results[vertex] = future.result()  # re-raises the step's error
+                    result = future.result()  # re-raises the step's error
+                    if result is _NEEDS_INPUTS:   # an expected hit missed after all: solve its inputs first
+                        self._expected_hits.discard(vertex)
+                        queued = set(pending) | set(running.values()) | done
+                        pending.extend(self._closure(self._required(vertex), queued))
+                        pending.append(vertex)
+                        continue
+                    self.results[vertex] = result
                     done.add(vertex)
         except BaseException:
             self.cancel()
@@ -140,6 +151,52 @@ class Solver:
         finally:
             pool.shutdown(wait=True)
         return self.results
+
+    # -- what needs solving: BuildKit's lazy walk from the results back
+    def _will_hit(self, vertex: Vertex) -> bool:
+        """Will this step's cache lookup hit (a local record with its blob, or an imported record)?"""
+        if not self.op(vertex).adds_layer or self.no_cache or vertex.digest in self.no_cache_for:
+            return False
+        record_key = self.record_key(self.keys[vertex])
+        record = self.store.records.get(record_key)
+        if (record is not None and record.timestamps == self.layer_timestamps
+                and self.store.blobs.has(record.layer_digest)):
+            return True
+        return self.imported is not None and self.imported.has(record_key)
+
+    def _required(self, vertex: Vertex) -> tuple[Vertex | None, ...]:
+        """The inputs a vertex waits for: a step that hits only stacks its layer on input 0's."""
+        return vertex.inputs[:1] if vertex in self._expected_hits else vertex.inputs
+
+    def _closure(self, roots, known: set) -> list[Vertex]:
+        """ROOTS and what they require, less KNOWN."""
+        found: list[Vertex] = []
+        stack = [v for v in roots if v is not None]
+        while stack:
+            vertex = stack.pop()
+            if vertex in known:
+                continue
+            known.add(vertex)
+            found.append(vertex)
+            stack.extend(v for v in self._required(vertex) if v is not None)
+        return found
+
+    def _to_run(self, order: list[Vertex]) -> list[Vertex]:
+        """The vertices to solve, in ORDER: what the results (the vertices no other reads) require,
+        plus steps that hit on top of those (cheap, and shown CACHED). A step that would run only
+        to feed a step that hits is skipped: mode=min and inline caches give a stage's last steps
+        without its builder stages."""
+        consumed = {i for v in order for i in v.inputs if i is not None}
+        needed = set(self._closure([v for v in order if v not in consumed], set()))
+        kept: set[Vertex] = set()
+        for vertex in order:
+            if vertex not in needed:
+                if self.op(vertex).adds_layer and vertex not in self._expected_hits:
+                    continue
+                if not all(i is None or i in kept for i in self._required(vertex)):
+                    continue
+            kept.add(vertex)
+        return [v for v in order if v in kept]
 
     def cancel(self) -> None:
         """Stops the build: running containers are killed, nothing new starts."""
@@ -152,7 +209,7 @@ class Solver:
         if self._cancelled.is_set():
             raise SolveError("build cancelled")
         op = self.ops[vertex]
-        inputs = tuple(self.result(i) for i in vertex.inputs)
+        inputs = tuple(self.results.get(i, EMPTY) if i is not None else EMPTY for i in vertex.inputs)
         if not op.reports_progress:
             with op.acquire():
                 return op.exec(inputs)
@@ -163,6 +220,8 @@ class Solver:
                 self.progress(events.Started(vertex.digest, self.name(vertex)))
                 self.progress(events.Finished(vertex.digest, cached=True))
                 return hit
+        if any(i is not None and i not in self.results for i in vertex.inputs):
+            return _NEEDS_INPUTS   # it was expected to hit; the scheduler solves its inputs, then it again
         self.progress(events.Started(vertex.digest, self.name(vertex)))
         try:
             with op.acquire():
