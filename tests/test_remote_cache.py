@@ -14,10 +14,13 @@ import os
 import threading
 from collections import Counter
 from http.server import BaseHTTPRequestHandler
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from tests.support.baseimage import push_busybox_image
 from tests.support.httpserver import LoopbackHTTPServer
+from tests.support.registry import Registry
 from tests.support.images import build_image, step_lines, write_context
 
 pytestmark = [pytest.mark.root, pytest.mark.overlay, pytest.mark.registry]
@@ -119,16 +122,36 @@ def _change_source_and_rebuild(tmp_path, runs, root_b, context, imports: list[st
     assert len(ran) == ran_steps
 
 
-def test_registry_cache_mode_max_gives_machine_b_every_step(tmp_path, runs, busybox_registry):
-    cache = f"{busybox_registry.host}/cache/app:buildcache"
-    root_b, context = _two_machines(tmp_path, runs, busybox_registry.reference,
+@pytest.fixture
+def logged_registry():
+    """A registry of this test's own that logs every request, holding busybox:latest."""
+    with Registry(access_log=True) as registry:
+        push_busybox_image(registry.host)
+        yield registry
+
+
+def test_registry_cache_mode_max_gives_machine_b_every_step(tmp_path, runs, logged_registry):
+    host = logged_registry.host
+    cache = f"{host}/cache/app:buildcache"
+    seen = len(logged_registry.requests())
+    root_b, context = _two_machines(tmp_path, runs, f"{host}/busybox:latest",
                                     ["--cache-to", f"type=registry,ref={cache},mode=max"],
-                                    ["--cache-from", f"type=registry,ref={cache}"])
+                                    ["--cache-from", f"type=registry,ref={cache}", "-t", f"{host}/app:b", "--push"])
     metadata = json.loads((tmp_path / "b.json").read_text())["build-image.cache"]
     [imported] = metadata["imported"]
     assert imported["ref"] == cache and imported["hits"] == 6 and imported["records"] == 6
-    # Only the blobs of the steps that hit, each once: six layers (the base image is pulled as a base).
     assert imported["blobs_downloaded"] == 6
+    # From the registry's own log (A's requests and B's): what B fetched from the cache repository
+    # is its config and each step's one layer blob, once; the base layer comes from busybox.
+    requests = logged_registry.requests()[seen:]
+    pushed = {parse_qs(urlsplit(path).query)["digest"][0] for method, path in requests
+              if method == "PUT" and path.startswith("/v2/cache/app/blobs/uploads/")}
+    fetched = [path.rsplit("/", 1)[1] for method, path in requests
+               if method == "GET" and path.startswith("/v2/cache/app/blobs/")]
+    assert len(fetched) == len(set(fetched)) == 7 and set(fetched) <= pushed
+    # B's push of its image mounted every layer from the cache repository instead of sending it.
+    mounts = [path for method, path in requests if method == "POST" and path.startswith("/v2/app/blobs/uploads/?")]
+    assert len(mounts) == 3 and all("from=cache%2Fapp" in path for path in mounts)
     _change_source_and_rebuild(tmp_path, runs, root_b, context, ["--cache-from", f"type=registry,ref={cache}"])
 
 

@@ -3,7 +3,9 @@
 Keys follow BuildKit's idea: a key digests the op's definition and its inputs' keys, and for
 ops that read files (COPY/ADD from the context) the checksums of what they read. A key with a
 record in the cache reuses that layer; only misses run, each as soon as its inputs are ready,
-at most `jobs` at a time.
+at most `jobs` at a time. Only what the results need is solved: a step that will hit needs only
+the step under it, so a step that would run only to feed hits is skipped (and solved after all if
+the hit is refused). A record is looked up locally, then in the imported caches (--cache-from).
 
 What an op kind keys on and how it runs lives with the op kind (builder/solver/ops/); the
 solver only schedules, deduplicates (one op per distinct vertex), caches the layers of the ops
