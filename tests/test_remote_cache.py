@@ -375,3 +375,31 @@ def test_bad_cache_values_are_usage_errors(tmp_path, store_root):
         proc = build_image("--root", store_root, flag, value, context, check=False)
         errors = [line for line in proc.stderr.splitlines() if line.startswith("ERROR:")]
         assert proc.returncode == 125 and len(errors) == 1 and mentions in errors[0], (value, proc.stderr)
+
+
+@pytest.mark.docker
+def test_inline_cache_of_an_image_docker_built_is_read(tmp_path, busybox_registry, private_dockerd, store_root):
+    """Docker 20.10's BuildKit with BUILDKIT_INLINE_CACHE=1: its cache config reads without a
+    warning. Its keys digest BuildKit's LLB, so none of them is one of build-image's: no hits."""
+    import subprocess
+
+    image = f"{busybox_registry.host}/docker/inline:1"
+    context = write_context(tmp_path / "ctx", {"Dockerfile": f"FROM {busybox_registry.reference}\n"
+                                               "COPY a.txt /\nRUN cp /a.txt /b.txt\n", "a.txt": "a\n"})
+
+    def docker(*args):
+        proc = subprocess.run(private_dockerd.command(*args), env=private_dockerd.env, capture_output=True,
+                              text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        return proc
+
+    docker("build", "--network=none", "--build-arg", "BUILDKIT_INLINE_CACHE=1", "-t", image, context)
+    try:
+        docker("push", image)
+    finally:
+        docker("rmi", "-f", image)
+    proc = build_image("--root", store_root, "--progress", "plain", "--metadata-file", str(tmp_path / "m.json"),
+                       "--cache-from", image, context)
+    [imported] = json.loads((tmp_path / "m.json").read_text())["build-image.cache"]["imported"]
+    assert imported["records"] >= 2 and imported["hits"] == 0 and "error" not in imported
+    assert "cache from" not in proc.stderr

@@ -12,7 +12,8 @@ a check, is a one-line warning; the step then runs as if there were no cache.
 
 A registry ref may name a cache manifest (an OCI manifest whose config is the cache config, as
 build-image and BuildKit's image-manifest=true write it), BuildKit's older index form (an index
-listing the layers and the config), or an image whose config carries an inline cache.
+listing the layers and the config), or an image whose config carries an inline cache (a cache
+config, or the bare list of records that BuildKit before v0.10, in Docker 20.10, writes).
 """
 
 from __future__ import annotations
@@ -255,23 +256,40 @@ def _load_registry(spec: CacheSpec, client, blobs, platform: Platform) -> _Regis
     config_bytes = client.small_blob(ref, config_desc, blobs)
     if config_desc.media_type == CACHE_CONFIG_MEDIA_TYPE:
         return _RegistrySource(spec, _parse(config_bytes, descriptors), client, ref)
-    return _RegistrySource(spec, _inline(config_bytes, descriptors, ref.familiar), client, ref)
+    layers = [m for m in doc.get("layers") or () if isinstance(m, dict)]
+    return _RegistrySource(spec, _inline(config_bytes, descriptors, layers, ref.familiar), client, ref)
 
 
-def _inline(config_bytes: bytes, descriptors: dict, name: str) -> CacheConfig:
+def _inline(config_bytes: bytes, descriptors: dict, layers: list[dict], name: str) -> CacheConfig:
     """The inline cache an image config carries; its layers must be the image's own."""
-    value = _json(config_bytes, "image config").get(INLINE_CACHE_KEY)
+    image_config = _json(config_bytes, "image config")
+    value = image_config.get(INLINE_CACHE_KEY)
     if not value:
         raise InvalidCacheConfig(f"{name} has no inline cache (build it with --cache-to type=inline)")
     try:
         data = base64.b64decode(value, validate=True)
     except (ValueError, TypeError):
         raise InvalidCacheConfig(f"{name}: its inline cache is not base64") from None
+    if data.lstrip().startswith(b"["):
+        data = _legacy_inline(data, layers, image_config)
     config = _parse(data, descriptors)
     strangers = {l.digest for l in config.layers} - set(descriptors)
     if strangers:
         raise InvalidCacheConfig(f"{name}: its inline cache names layers the image does not have")
     return config
+
+
+def _legacy_inline(data: bytes, layers: list[dict], image_config: dict) -> bytes:
+    """BuildKit before v0.10 (Docker 20.10) writes only the records, as a list: a record's layer N
+    is the image's own layers 0..N. The same as a cache config, its layers the image's chain."""
+    diff_ids = (image_config.get("rootfs") or {}).get("diff_ids") or []
+    if len(diff_ids) != len(layers):
+        raise InvalidCacheConfig("the image's config and manifest disagree on its layers")
+    chain = [{"blob": desc["digest"], "parent": index - 1,
+              "annotations": {"mediaType": desc.get("mediaType", ""), "size": desc.get("size", 0),
+                              "diffID": diff_id}}
+             for index, (desc, diff_id) in enumerate(zip(layers, diff_ids))]
+    return json.dumps({"layers": chain, "records": json.loads(data)}).encode()
 
 
 def _load_local(spec: CacheSpec) -> _LocalSource:
