@@ -403,3 +403,23 @@ def test_inline_cache_of_an_image_docker_built_is_read(tmp_path, busybox_registr
     [imported] = json.loads((tmp_path / "m.json").read_text())["build-image.cache"]["imported"]
     assert imported["records"] >= 2 and imported["hits"] == 0 and "error" not in imported
     assert "cache from" not in proc.stderr
+
+
+def test_python_api_reports_the_cache_and_an_unchanged_rebuild_still_exports(tmp_path, runs, busybox_registry,
+                                                                             store_root):
+    """An unchanged rebuild normally skips the solve (the plan cache); with --cache-to it must not,
+    or there would be nothing to export."""
+    import builder
+
+    context = _context(tmp_path, busybox_registry.reference, runs.host)
+    options = builder.BuildOptions(context, root=store_root, allow=("network.host",))
+    first = builder.build(options)
+    assert builder.build(options).cache == {}
+    cache_dir = tmp_path / "cache-dir"
+    result = builder.build(builder.BuildOptions(context, root=store_root, allow=("network.host",),
+                                                cache_to=[f"type=local,dest={cache_dir},mode=max"]))
+    assert result.image_id == first.image_id and runs.hits["/run/lib"] == 1
+    [exported] = result.cache["exported"]
+    # the base layer and six step layers, the cache config and its manifest
+    assert (exported["records"], exported["layers"], exported["blobs_written"]) == (6, 7, 9)
+    assert exported["manifest"] == json.loads((cache_dir / "index.json").read_text())["manifests"][0]["digest"]
