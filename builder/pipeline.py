@@ -652,7 +652,8 @@ def _solve(options, text, dockerfile_name, store, sources, context, epoch, progr
                         no_cache_for=no_cache_for, named_contexts=_local_contexts(named_contexts),
                         progress=progress, names=dict(plan.names), source_date_epoch=epoch,
                         secrets=secrets, ssh={s.id: s.path for s in options.ssh},
-                        rewrite_timestamp=all(rewrites), imported=imported)
+                        rewrite_timestamp=all(rewrites), imported=imported,
+                        every_result=any(spec.mode == "max" for spec in options.cache_to))
         try:
             results = solver.solve(plan.vertices)
         except BuildError as error:

@@ -139,16 +139,18 @@ def test_registry_cache_mode_max_gives_machine_b_every_step(tmp_path, runs, logg
                                     ["--cache-from", f"type=registry,ref={cache}", "-t", f"{host}/app:b", "--push"])
     metadata = json.loads((tmp_path / "b.json").read_text())["build-image.cache"]
     [imported] = metadata["imported"]
-    assert imported["ref"] == cache and imported["hits"] == 6 and imported["records"] == 6
-    assert imported["blobs_downloaded"] == 6
+    # All six steps are CACHED, but only the final stage's two layers are needed for the image (the
+    # builder stage is only shown): two records were used and two blobs downloaded.
+    assert imported["ref"] == cache and imported["hits"] == 2 and imported["records"] == 6
+    assert imported["blobs_downloaded"] == 2
     # From the registry's own log (A's requests and B's): what B fetched from the cache repository
-    # is its config and each step's one layer blob, once; the base layer comes from busybox.
+    # is its config and those two blobs, once each; the base layer comes from busybox.
     requests = logged_registry.requests()[seen:]
     pushed = {parse_qs(urlsplit(path).query)["digest"][0] for method, path in requests
               if method == "PUT" and path.startswith("/v2/cache/app/blobs/uploads/")}
     fetched = [path.rsplit("/", 1)[1] for method, path in requests
                if method == "GET" and path.startswith("/v2/cache/app/blobs/")]
-    assert len(fetched) == len(set(fetched)) == 7 and set(fetched) <= pushed
+    assert len(fetched) == len(set(fetched)) == 3 and set(fetched) <= pushed
     # B's push of its image mounted every layer from the cache repository instead of sending it.
     mounts = [path for method, path in requests if method == "POST" and path.startswith("/v2/app/blobs/uploads/?")]
     assert len(mounts) == 3 and all("from=cache%2Fapp" in path for path in mounts)
@@ -188,9 +190,15 @@ def test_step_expected_to_hit_that_is_rejected_runs_after_its_inputs(tmp_path, r
 
 def test_local_cache_dir_is_an_oci_layout_machine_b_reads(tmp_path, runs, busybox_registry):
     cache_dir = tmp_path / "cache-dir"
+    again = tmp_path / "cache-of-b"
     root_b, context = _two_machines(tmp_path, runs, busybox_registry.reference,
                                     ["--cache-to", f"type=local,dest={cache_dir},mode=max"],
-                                    ["--cache-from", f"type=local,src={cache_dir}"])
+                                    ["--cache-from", f"type=local,src={cache_dir}",
+                                     "--cache-to", f"type=local,dest={again},mode=max"])
+    # B exports mode=max too, so it takes every step's layer (not only the image's) and passes all on.
+    cache = json.loads((tmp_path / "b.json").read_text())["build-image.cache"]
+    assert cache["imported"][0]["hits"] == 6 and cache["exported"][0]["records"] == 6
+    assert _local_cache_config(again) == _local_cache_config(cache_dir)
     index = json.loads((cache_dir / "index.json").read_text())
     [entry] = index["manifests"]
     assert entry["annotations"]["org.opencontainers.image.ref.name"] == "latest"

@@ -31,6 +31,7 @@ from builder.solver.sources import ImageSources
 
 _SIGNAL_POLL_SECONDS = 0.2
 _NEEDS_INPUTS = Result(())   # _solve_one's answer for a step expected to hit that missed
+_REPORTED = Result(())       # its answer for a step only reported CACHED (nothing needs its layer)
 
 __all__ = ["EMPTY", "LayerRef", "Result", "Solver", "epoch_rfc3339", "layer_timestamps", "now_rfc3339"]
 
@@ -46,7 +47,7 @@ class Solver:
                  names: dict[str, str] | None = None, source_date_epoch: int | None = None,
                  secrets: SecretStore | None = None, ssh: Mapping[str, str] | None = None,
                  no_cache_for: frozenset[str] = frozenset(), named_contexts: Mapping[str, BuildContext] = {},
-                 rewrite_timestamp: bool = True, imported=None):
+                 rewrite_timestamp: bool = True, imported=None, every_result: bool = False):
         self.store = store
         self.executor = executor
         self.sources = sources
@@ -71,6 +72,10 @@ class Solver:
         # --cache-from: asked on a local miss (`lookup(record key, parent layers, blobs)`); it
         # fetches and verifies the one blob a hit needs (builder.remotecache.importer.ImportedCache).
         self.imported = imported
+        # A mode=max cache export wants every step's result; else a step that an imported record
+        # gives and nothing reads is only reported CACHED, and its blob never downloaded.
+        self.every_result = every_result
+        self._report_only: set[Vertex] = set()
 
     # -- what ops see of the solve (builder.solver.ops.base.SolveState)
     def op(self, vertex: Vertex) -> SolverOp:
@@ -119,8 +124,9 @@ class Solver:
     def solve(self, vertices: tuple[Vertex, ...]) -> dict[Vertex, Result]:
         self.compute_keys(vertices)
         order = list(dict.fromkeys(vertices))
-        self._expected_hits = {v for v in order if self._will_hit(v)}
-        pending = self._to_run(order)
+        hits = {v: self._expected_hit(v) for v in order}
+        self._expected_hits = {v for v, kind in hits.items() if kind}
+        pending = self._to_run(order, {v for v, kind in hits.items() if kind == "imported"})
         running: dict[Future, Vertex] = {}
         done: set[Vertex] = set()
         pool = ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="solve")
@@ -138,9 +144,15 @@ class Solver:
                     result = future.result()  # re-raises the step's error
                     if result is _NEEDS_INPUTS:   # an expected hit missed after all: solve its inputs first
                         self._expected_hits.discard(vertex)
-                        queued = set(pending) | set(running.values()) | done
-                        pending.extend(self._closure(self._required(vertex), queued))
+                        queued = set(pending) | set(running.values()) | (done - self._report_only)
+                        more = self._closure(self._required(vertex), queued)
+                        self._report_only.difference_update(more)   # now their results are needed
+                        done.difference_update(more)
+                        pending.extend(more)
                         pending.append(vertex)
+                        continue
+                    if result is _REPORTED:
+                        done.add(vertex)
                         continue
                     self.results[vertex] = result
                     done.add(vertex)
@@ -155,16 +167,17 @@ class Solver:
         return self.results
 
     # -- what needs solving: BuildKit's lazy walk from the results back
-    def _will_hit(self, vertex: Vertex) -> bool:
-        """Will this step's cache lookup hit (a local record with its blob, or an imported record)?"""
+    def _expected_hit(self, vertex: Vertex) -> str | None:
+        """Where this step's cache lookup will hit: "local" (a record with its blob), "imported"
+        (an imported record, still to be checked), or None."""
         if not self.op(vertex).adds_layer or self.no_cache or vertex.digest in self.no_cache_for:
-            return False
+            return None
         record_key = self.record_key(self.keys[vertex])
         record = self.store.records.get(record_key)
         if (record is not None and record.timestamps == self.layer_timestamps
                 and self.store.blobs.has(record.layer_digest)):
-            return True
-        return self.imported is not None and self.imported.has(record_key)
+            return "local"
+        return "imported" if self.imported is not None and self.imported.has(record_key) else None
 
     def _required(self, vertex: Vertex) -> tuple[Vertex | None, ...]:
         """The inputs a vertex waits for: a step that hits only stacks its layer on input 0's."""
@@ -183,11 +196,12 @@ class Solver:
             stack.extend(v for v in self._required(vertex) if v is not None)
         return found
 
-    def _to_run(self, order: list[Vertex]) -> list[Vertex]:
+    def _to_run(self, order: list[Vertex], imported_hits: set[Vertex]) -> list[Vertex]:
         """The vertices to solve, in ORDER: what the results (the vertices no other reads) require,
-        plus steps that hit on top of those (cheap, and shown CACHED). A step that would run only
-        to feed a step that hits is skipped: mode=min and inline caches give a stage's last steps
-        without its builder stages."""
+        plus steps that hit on top of those (cheap, and shown CACHED; one an imported record gives
+        is only shown, unless every result is wanted). A step that would run only to feed a step
+        that hits is skipped: mode=min and inline caches give a stage's last steps without its
+        builder stages."""
         consumed = {i for v in order for i in v.inputs if i is not None}
         needed = set(self._closure([v for v in order if v not in consumed], set()))
         kept: set[Vertex] = set()
@@ -197,6 +211,10 @@ class Solver:
                     continue
                 if not all(i is None or i in kept for i in self._required(vertex)):
                     continue
+                # Shown only: an imported hit, or what stacks on one (its layers are not here).
+                reported = vertex in imported_hits or any(i in self._report_only for i in self._required(vertex))
+                if reported and not self.every_result:
+                    self._report_only.add(vertex)
             kept.add(vertex)
         return [v for v in order if v in kept]
 
@@ -211,6 +229,11 @@ class Solver:
         if self._cancelled.is_set():
             raise SolveError("build cancelled")
         op = self.ops[vertex]
+        if vertex in self._report_only:
+            if op.reports_progress:
+                self.progress(events.Started(vertex.digest, self.name(vertex)))
+                self.progress(events.Finished(vertex.digest, cached=True))
+            return _REPORTED
         inputs = tuple(self.results.get(i, EMPTY) if i is not None else EMPTY for i in vertex.inputs)
         if not op.reports_progress:
             with op.acquire():
