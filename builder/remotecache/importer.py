@@ -172,7 +172,8 @@ class ImportedCache:
                     source.stats.blobs_local += 1
                 else:
                     source.stats.blobs_downloaded += 1
-            return ImportedLayer(top.digest, top.diff_id, top.size or blobs.size(top.digest),
+            # The size is the blob's own (verified by its digest), not what the record says.
+            return ImportedLayer(top.digest, top.diff_id, blobs.size(top.digest),
                                  top.media_type or "application/vnd.oci.image.layer.v1.tar+gzip",
                                  entry.created or top.created)
         return None
