@@ -29,6 +29,7 @@ The classes defined in this module, and those defined beside the code that raise
     │   ├── InvalidRootfs       [lifecycle.rootfs] input to `import` that is not a tar archive
     │   └── InvalidImageSource  [lifecycle.diff] a `diff` source that names no readable image
     ├── ExportError             writing an output failed
+    ├── InvalidCacheConfig      [remotecache.format] an imported build cache that is not BuildKit's cacheconfig.v0
     ├── InvalidReference        [registry.reference] an image name Docker would refuse
     ├── InvalidFilter           [lifecycle.filters] a --filter docker would refuse
     ├── InvalidPlatform         [image.platform_spec] a --platform that is no platform specifier

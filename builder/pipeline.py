@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Mapping
 
 from builder.errors import BuildError, ExportError
 from builder import events
+from builder.remotecache.spec import CacheSpec  # noqa: F401  (re-exported for the CLI)
 
 if TYPE_CHECKING:
     from builder.session import SecretSource, SSHSource
@@ -131,6 +132,8 @@ class BuildOptions:
     timeline: str | None = None              # --timeline FILE.html: the build as a picture (SVG)
     trace: str | None = None                 # --trace FILE.json: the same as Chrome trace events
     cgroup_parent: str | None = None         # --cgroup-parent: the cgroup every RUN's cgroup goes under
+    cache_from: tuple = ()                   # --cache-from: CacheSpec or its string (type=registry|local, REF)
+    cache_to: tuple = ()                     # --cache-to: CacheSpec or its string (type=registry|local|inline)
 
     def __post_init__(self):
         """The Python API takes the CLI's spellings too: outputs, secrets and ssh as strings
@@ -143,6 +146,8 @@ class BuildOptions:
         object.__setattr__(self, "outputs", parsed(self.outputs, OutputSpec))
         object.__setattr__(self, "secrets", parsed(self.secrets, SecretSource))
         object.__setattr__(self, "ssh", parsed(self.ssh, SSHSource))
+        object.__setattr__(self, "cache_from", _cache_specs(self.cache_from, "import"))
+        object.__setattr__(self, "cache_to", _cache_specs(self.cache_to, "export"))
         for name in ("tags", "insecure_registries", "add_hosts", "allow", "no_cache_filter", "annotations",
                      "ulimits", "build_contexts", "security_opts"):
             value = getattr(self, name)
@@ -156,6 +161,16 @@ class BuildResult:
     tags: tuple[str, ...]
     warnings: tuple[str, ...]
     wrote_stdout: bool = False         # an output (dest=-) was the standard output
+    cache: Mapping = field(default_factory=dict)   # --cache-from/--cache-to results, as in --metadata-file
+
+
+def _cache_specs(values, kind: str) -> tuple:
+    """--cache-from / --cache-to values as CacheSpecs (strings are parsed, a bad one is a BuildError)."""
+    from builder.remotecache.spec import CacheSpec
+
+    parse = CacheSpec.parse_import if kind == "import" else CacheSpec.parse_export
+    values = (values,) if isinstance(values, (str, CacheSpec)) else values
+    return tuple(parse(v) if isinstance(v, str) else v for v in values)
 
 
 def _source_date_epoch(build_args: Mapping[str, str]) -> int | None:
@@ -303,33 +318,125 @@ def _build_watched(options: BuildOptions, progress: events.Progress, executor, m
             # Named contexts' reads are not recorded by the plan cache: such builds always plan; nor
             # do outputs that disagree on rewrite-timestamp (they need the unclamped image).
             mixed = len(set(rewrites)) > 1
+            # A cache export needs the solve's steps: no unchanged-rebuild shortcut then.
             reused = (None if options.no_cache or options.no_cache_filter or named_contexts or mixed
-                      else _reuse(plans, key, sources, context, store, progress))
+                      or options.cache_to else _reuse(plans, key, sources, context, store, progress))
+            cache_report: dict = {}
             if reused is not None:
                 image, warnings = reused
                 variants = {rewrites[0]: image}
             else:
-                variants, warnings = _solve(options, text, dockerfile_name, store, sources, context, epoch,
-                                            progress, executor, plans, key, run_options, secrets, named_contexts,
-                                            rewrites)
-            variants = {mode: _decorate(variant, options, store) for mode, variant in variants.items()}
+                imported = _import_cache(options, client_factory, store, progress)
+                try:
+                    variants, warnings, steps = _solve(options, text, dockerfile_name, store, sources, context,
+                                                       epoch, progress, executor, plans, key, run_options, secrets,
+                                                       named_contexts, rewrites, imported)
+                    variants = {mode: _decorate(variant, options, store) for mode, variant in variants.items()}
+                    cache_report, cache_warnings = _export_cache(options, steps, store, imported, progress)
+                finally:
+                    if imported is not None:
+                        imported.close()
+                warnings += cache_warnings
+            if reused is not None:
+                variants = {mode: _decorate(variant, options, store) for mode, variant in variants.items()}
             image = variants[rewrites[0]]
             store.sync()  # the steps' records and layers are durable before a name points at them
             # Before any name moves: a failure here leaves the store as it was.
-            _write_result_files(options, image, tags, warnings, misses.misses)
+            _write_result_files(options, image, tags, warnings, misses.misses, cache_report)
             export_id = "export"
             progress(events.Started(export_id, "exporting to image"))
             progress(events.Log(export_id, f"writing image {image.image_id} done"))
             for tag in tags:
                 store.images.tag(tag, image.manifest.digest)
                 progress(events.Log(export_id, f"naming to {tag} done"))
+            mounts = cache_report.get("mount_from", {})
             for output, rewrite in zip(options.outputs, rewrites):
-                _export(output, variants[rewrite], store, tags, progress, export_id)
+                _export(output, variants[rewrite], store, tags, progress, export_id, mounts)
             progress(events.Finished(export_id))
         finally:
             sources.close()
+    cache_report = {k: v for k, v in cache_report.items() if k != "mount_from"}
     return BuildResult(image.image_id, image.manifest.digest, tags, warnings,
-                       wrote_stdout=any(o.get("dest") == "-" for o in options.outputs))
+                       wrote_stdout=any(o.get("dest") == "-" for o in options.outputs), cache=cache_report)
+
+
+def _import_cache(options: BuildOptions, client_factory, store, progress):
+    """--cache-from: every source's metadata now; blobs later, for the steps that hit."""
+    if not options.cache_from:
+        return None
+    from builder.image.media import Platform
+    from builder.remotecache.importer import load
+
+    import_id = "cache-import"
+    progress(events.Started(import_id, "[internal] importing cache manifest from "
+                            + ", ".join(s.where for s in options.cache_from)))
+    os_name, _, rest = options.platform.partition("/")
+    arch, _, variant = rest.partition("/")
+    imported = load(options.cache_from, client_factory, store.blobs, Platform(os_name, arch, variant))
+    progress(events.Finished(import_id))
+    return imported
+
+
+def _export_cache(options: BuildOptions, steps, store, imported, progress) -> tuple[dict, tuple[str, ...]]:
+    """--cache-to type=registry|local (inline went into the image config already): the report for
+    --metadata-file, and the warnings (an export that failed under ignore-error=true)."""
+    from builder.remotecache import exporter
+
+    report: dict = {}
+    warnings: list[str] = []
+    mounts = imported.mount_sources() if imported is not None else {}
+    if imported is not None:
+        report["imported"] = [s.to_json() for s in imported.stats]
+        warnings.extend(imported.warnings)
+    exported = []
+    for spec in options.cache_to:
+        chosen = steps[spec.mode]
+        if spec.type == "inline":
+            config, _ = exporter.cache_config(chosen, store)
+            exported.append(exporter.ExportResult("inline", "the image config", "min", len(config.records),
+                                                  len(config.layers)).to_json())
+            continue
+        export_id = f"cache-export-{len(exported)}"
+        progress(events.Started(export_id, f"exporting cache to {spec.type} {spec.where}"))
+        try:
+            if spec.type == "registry":
+                result = exporter.export_registry(spec, chosen, store, _cache_client_factory(options),
+                                                  mount_from=_mounts_for(mounts, spec.get("ref")))
+            else:
+                result = exporter.export_local(spec, chosen, store)
+        except BuildError as error:
+            progress(events.Finished(export_id, error=str(error)))
+            if not spec.flag("ignore-error", False):
+                raise ExportError(f"failed to export cache to {spec.where}: {error}") from None
+            text = " ".join(str(error).split())
+            warnings.append(f"[Warning] cache export to {spec.where} failed (ignore-error=true): {text}")
+            exported.append(exporter.ExportResult(spec.type, spec.where, spec.mode, 0, 0, error=text).to_json())
+            continue
+        progress(events.Log(export_id, f"{result.records} records, {result.layers} layers: "
+                                       f"{result.blobs_written} blobs written, {result.blobs_reused} reused"))
+        progress(events.Finished(export_id))
+        exported.append(result.to_json())
+    if exported:
+        report["exported"] = exported
+    if mounts:
+        report["mount_from"] = mounts
+    return report, tuple(warnings)
+
+
+def _cache_client_factory(options: BuildOptions):
+    def make(blob_status):
+        from builder.registry.client import RegistryClient
+
+        return RegistryClient(insecure_registries=options.insecure_registries, blob_status=blob_status)
+    return make
+
+
+def _mounts_for(mounts: dict, reference: str) -> dict[str, str]:
+    """Digest -> repository, for the blobs an imported registry cache on REFERENCE's registry has."""
+    from builder.registry.reference import parse_reference
+
+    registry = parse_reference(reference).registry
+    return {digest: repository for digest, (where, repository) in mounts.items() if where == registry}
 
 
 def _load_dockerignore(context_dir: str, dockerfile: str | None, progress):
@@ -390,7 +497,7 @@ def _manifest_annotations(values) -> dict[str, str]:
     return annotations
 
 
-def _write_result_files(options: BuildOptions, image, tags, warnings, misses=()) -> None:
+def _write_result_files(options: BuildOptions, image, tags, warnings, misses=(), cache_report: dict | None = None) -> None:
     """--iidfile and --metadata-file, each written whole or not at all."""
     import base64
     import json
@@ -421,6 +528,9 @@ def _write_result_files(options: BuildOptions, image, tags, warnings, misses=())
         }
         if tags:
             metadata["image.name"] = ",".join(tags)
+        cache = {k: v for k, v in (cache_report or {}).items() if k != "mount_from"}
+        if cache:
+            metadata["buildimage.cache"] = cache
         write(options.metadata_file, json.dumps(metadata, indent=2, sort_keys=True).encode() + b"\n",
               "metadata file")
 
@@ -582,7 +692,7 @@ def _timestamp_modes(outputs, epoch: int | None) -> list[bool]:
 
 
 def _solve(options, text, dockerfile_name, store, sources, context, epoch, progress, executor, plans, key,
-           run_options, secrets, named_contexts, rewrites):
+           run_options, secrets, named_contexts, rewrites, imported=None):
     """Parse, plan, solve and assemble: the full build."""
     from builder.convert import convert
     from builder.grammar import parse_dockerfile
@@ -621,7 +731,8 @@ def _solve(options, text, dockerfile_name, store, sources, context, epoch, progr
                         no_cache_for=no_cache_for, named_contexts=_local_contexts(named_contexts),
                         progress=progress, names=dict(plan.names), source_date_epoch=epoch,
                         secrets=secrets, ssh={s.id: s.path for s in options.ssh},
-                        rewrite_timestamp=all(rewrites), explainer=explainer)
+                        rewrite_timestamp=all(rewrites), explainer=explainer, imported=imported,
+                        every_result=any(spec.mode == "max" for spec in options.cache_to))
         try:
             results = solver.solve(plan.vertices)
         except BuildError as error:
@@ -634,18 +745,38 @@ def _solve(options, text, dockerfile_name, store, sources, context, epoch, progr
     finally:
         if own_executor:
             executor.close()
-    image = _assemble(plan, results, store, epoch)
+    steps = _cache_steps(solver, plan, options.cache_to)
+    inline = next((spec for spec in options.cache_to if spec.type == "inline"), None)
+    image = _assemble(plan, results, store, epoch, inline_cache=_inline_cache(steps, store) if inline else "")
     variants = {all(rewrites): image}
     if not all(rewrites) and any(rewrites):
         variants[True] = _clamped_copy(image, results, store, epoch)
     warnings: tuple[str, ...] = ()
     if plan.unused_build_args:
         warnings = (f'[Warning] One or more build-args [{" ".join(plan.unused_build_args)}] were not consumed',)
-    if memoizable(plan) and not named_contexts and len(variants) == 1:
+    if memoizable(plan) and not named_contexts and len(variants) == 1 and not options.cache_to:
         steps = tuple(plan.names[v.digest] for v in plan.vertices if v.digest in plan.names)
         plans.put(key, PlanRecord(image.manifest.digest, sources.resolved_digests(),
                                   tuple(sorted(context.reads.items())), steps, warnings))
-    return variants, warnings
+    return variants, warnings, steps
+
+
+def _cache_steps(solver, plan, cache_to) -> dict:
+    """mode -> the StepCaches a --cache-to of that mode writes (min: the target's own chain)."""
+    from builder.remotecache.exporter import StepCache
+
+    final = plan.target.vertex
+    steps = {}
+    for mode in {spec.mode for spec in cache_to}:
+        chosen = [] if final is None else solver.cached_steps(None if mode == "max" else final)
+        steps[mode] = [StepCache(*step) for step in chosen]
+    return steps
+
+
+def _inline_cache(steps: dict, store) -> str:
+    from builder.remotecache.exporter import inline_value
+
+    return inline_value(steps["min"], store)
 
 
 def _explainer(options, plan, store, context, no_cache_for):
@@ -745,7 +876,7 @@ def _no_cache_vertices(plan, stages: tuple[str, ...]) -> frozenset[str]:
     return frozenset(digest for digest, names in plan.stage_of.items() if wanted & set(names))
 
 
-def _assemble(plan, results, store, epoch):
+def _assemble(plan, results, store, epoch, inline_cache: str = ""):
     """The target stage's image: base layers + one per layer step, config with full history."""
     from builder.image.config import HistoryEntry
     from builder.image.manifest import write_image
@@ -765,12 +896,14 @@ def _assemble(plan, results, store, epoch):
         history.append(HistoryEntry(created=created, created_by=step.created_by, comment=step.comment,
                                     empty_layer=step.vertex is None))
     created = epoch_rfc3339(epoch) if epoch is not None else (last_time or now_rfc3339())
-    config = replace(base, created=created, diff_ids=tuple(l.diff_id for l in layers), history=tuple(history))
+    # A base image's own inline cache is not this image's: only --cache-to type=inline sets one.
+    config = replace(base, created=created, diff_ids=tuple(l.diff_id for l in layers), history=tuple(history),
+                     inline_cache=inline_cache)
     descriptors = [Descriptor(l.media_type, l.digest, l.size) for l in layers]
     return write_image(store.blobs, config, descriptors)
 
 
-def _export(output, image, store, tags, progress, export_id) -> None:
+def _export(output, image, store, tags, progress, export_id, mounts: dict | None = None) -> None:
     from builder.image import exporters
     from builder.registry.reference import parse_reference
 
@@ -789,7 +922,7 @@ def _export(output, image, store, tags, progress, export_id) -> None:
         exporter = kind(dest, apply_layer)
     elif output.type in ("image", "registry"):
         if output.get("push", "false" if output.type == "image" else "true") == "true":
-            _push(image, store, tags, progress, export_id, output)
+            _push(image, store, tags, progress, export_id, output, mounts or {})
         return
     else:
         raise ExportError(f"unknown output type {output.type}")
@@ -797,7 +930,7 @@ def _export(output, image, store, tags, progress, export_id) -> None:
     exporter.export(image, store.blobs)
 
 
-def _push(image, store, tags, progress, export_id, output) -> None:
+def _push(image, store, tags, progress, export_id, output, mounts: dict) -> None:
     from builder.image.manifest import for_output
     from builder.registry.client import RegistryClient
     from builder.registry.reference import parse_reference
@@ -808,7 +941,9 @@ def _push(image, store, tags, progress, export_id, output) -> None:
         ref = parse_reference(tag)
         client = RegistryClient(insecure_registries=(ref.registry,) if insecure else ())
         try:
-            client.push(ref, store.blobs, out.data, out.image.manifest.media_type)
+            # Layers an imported registry cache on the same registry has are mounted, not sent.
+            client.push(ref, store.blobs, out.data, out.image.manifest.media_type,
+                        mount_from=_mounts_for(mounts, tag))
         finally:
             client.close()
         progress(events.Log(export_id, f"pushing {tag} done"))

@@ -13,7 +13,6 @@ from builder.cli.usage import UsageParser, ignored, refused
 PROGRESS_MODES = ("auto", "plain", "tty", "quiet", "rawjson", "none")
 
 _LATER = {
-    "cache": "importing and exporting the build cache (--cache-from/--cache-to) is not built yet",
     "attest": "attestations (SBOM, provenance) are not built yet",
     "check": "build checks and frontend subrequests (--check, --call) are not built yet",
     "cpu": "CPU limits other than --cpu-shares are not applied to RUN steps; drop the flag",
@@ -88,6 +87,12 @@ def _build_parser() -> argparse.ArgumentParser:
                         "context order and paths, environment; exit 1 with a report if the images differ")
     p.add_argument("--format", choices=("text", "json"), default="text",
                    help="with --verify-reproducible: the report as text or json")
+    p.add_argument("--cache-from", action="append", default=[], type=_flag_value(_cache_import),
+                   metavar="type=registry,ref=REF|type=local,src=DIR|IMAGE",
+                   help="import build cache from a registry, an OCI layout or an image's inline cache (repeatable)")
+    p.add_argument("--cache-to", action="append", default=[], type=_flag_value(_cache_export),
+                   metavar="type=registry,ref=REF|type=local,dest=DIR|type=inline[,mode=min|max]",
+                   help="export the build cache to a registry, an OCI layout or the image config (repeatable)")
     p.add_argument("--debug", "-D", action="store_true", help="show tracebacks")
     # docker build's classic-builder flags that BuildKit accepts and ignores: so does build-image.
     ignored(p, "--rm", "--force-rm", why="accepted, no effect (there are no intermediate containers)")
@@ -95,7 +100,6 @@ def _build_parser() -> argparse.ArgumentParser:
     ignored(p, "--disable-content-trust", why="accepted, no effect (as with BuildKit)")
     ignored(p, "--isolation", why="accepted, no effect; only 'default' exists on Linux", takes_value=True,
             choices=("default",))
-    refused(p, "--cache-from", "--cache-to", why=_LATER["cache"])
     refused(p, "--sbom", "--provenance", "--attest", why=_LATER["attest"])
     refused(p, "--check", why=_LATER["check"], takes_value=False)
     refused(p, "--call", why=_LATER["check"])
@@ -121,6 +125,18 @@ def _secret_source(text: str):
     from builder.session import SecretSource
 
     return SecretSource.parse(text)
+
+
+def _cache_import(text: str):
+    from builder.pipeline import CacheSpec
+
+    return CacheSpec.parse_import(text)
+
+
+def _cache_export(text: str):
+    from builder.pipeline import CacheSpec
+
+    return CacheSpec.parse_export(text)
 
 
 def _ssh_source(text: str):
@@ -221,6 +237,8 @@ def _options(ns: argparse.Namespace):
         timeline=ns.timeline,
         trace=ns.trace,
         cgroup_parent=ns.cgroup_parent or None,
+        cache_from=tuple(ns.cache_from),
+        cache_to=tuple(ns.cache_to),
     )
 
 

@@ -18,6 +18,8 @@ from typing import Any
 
 from builder.plumbing.canonical import canonical_json
 
+INLINE_CACHE_KEY = "moby.buildkit.cache.v0"   # as BuildKit names it (builder.remotecache reads it)
+
 
 def _tuple(value: Any) -> tuple:
     return tuple(value) if value is not None else ()
@@ -185,6 +187,8 @@ class ImageConfig:
     config: RuntimeConfig = field(default_factory=RuntimeConfig)
     diff_ids: tuple[str, ...] = ()   # uncompressed layer digests, bottom layer first
     history: tuple[HistoryEntry, ...] = ()
+    # BuildKit's inline cache (--cache-to type=inline): base64 cache config under INLINE_CACHE_KEY.
+    inline_cache: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "diff_ids", _tuple(self.diff_ids))
@@ -202,6 +206,8 @@ class ImageConfig:
         d["rootfs"] = {"type": "layers", "diff_ids": list(self.diff_ids)}
         if self.history:
             d["history"] = [h.to_json() for h in self.history]
+        if self.inline_cache:
+            d[INLINE_CACHE_KEY] = self.inline_cache
         return d
 
     def to_bytes(self) -> bytes:
@@ -222,6 +228,7 @@ class ImageConfig:
             config=RuntimeConfig.from_json(d.get("config")),
             diff_ids=_tuple(rootfs.get("diff_ids")),
             history=tuple(HistoryEntry.from_json(h) for h in d.get("history") or ()),
+            inline_cache=d.get(INLINE_CACHE_KEY) if isinstance(d.get(INLINE_CACHE_KEY), str) else "",
         )
 
     def with_config(self, **changes: Any) -> "ImageConfig":

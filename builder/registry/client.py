@@ -121,6 +121,14 @@ class RegistryClient:
         missing = {d.digest: d for d in descs if not blobs.has(d.digest)}
         self._concurrently([lambda d=d: self._download(ref, d, blobs) for d in missing.values()])
 
+    def manifest(self, ref: Reference) -> tuple[str, bytes, str]:
+        """(digest, bytes, media type) of what REF names, as served: an index is not followed."""
+        return self._get_manifest(ref, ref.digest or ref.tag or "latest")
+
+    def small_blob(self, ref: Reference, desc: Descriptor, blobs: BlobStore) -> bytes:
+        """A config-sized blob of REF's repository, verified, from BLOBS if there (not stored)."""
+        return self._get_config(ref, desc, blobs)
+
     def list_tags(self, ref: Reference, page_size: int | None = None) -> list[str]:
         """Every tag of REF's repository (`GET /v2/<name>/tags/list`), following the `Link: <...>;
         rel="next"` pages in the registry's order. PAGE_SIZE asks for pages of that many (`n=`)."""

@@ -4,6 +4,7 @@
         reg.host  -> "127.0.0.1:41234"
     with Registry(htpasswd=("alice", "s3cret")): # Basic auth
     with Registry(auth={"token": {...}}):        # any other `auth:` section (token auth)
+    with Registry(access_log=True) as reg:       # reg.requests(): every (method, path) it served
 
 The process and its storage directory are removed on exit, whatever happened inside.
 """
@@ -25,9 +26,11 @@ _START_TIMEOUT = 15.0
 
 
 class Registry:
-    def __init__(self, *, htpasswd: tuple[str, str] | None = None, auth: dict | None = None):
+    def __init__(self, *, htpasswd: tuple[str, str] | None = None, auth: dict | None = None,
+                 access_log: bool = False):
         if htpasswd and auth:
             raise ValueError("give htpasswd or auth, not both")
+        self._access_log = access_log
         self._htpasswd = htpasswd
         self._auth = auth
         self._dir: str | None = None
@@ -56,7 +59,7 @@ class Registry:
     def _start(self) -> None:
         config = {
             "version": 0.1,
-            "log": {"level": "info", "formatter": "text", "accesslog": {"disabled": True}},
+            "log": {"level": "info", "formatter": "text", "accesslog": {"disabled": not self._access_log}},
             "storage": {"filesystem": {"rootdirectory": os.path.join(self._dir, "storage")},
                         "delete": {"enabled": True}},
             "http": {"addr": "127.0.0.1:0"},
@@ -107,6 +110,12 @@ class Registry:
                 pass
             time.sleep(0.02)
         raise RuntimeError(f"docker-registry at {self.host} never answered /v2/:\n{self.log()}")
+
+    def requests(self) -> list[tuple[str, str]]:
+        """(method, path with query) of each request so far, from the access log (access_log=True)."""
+        with open(self.log_path, "rb") as f:
+            text = f.read().decode(errors="replace")
+        return re.findall(r'"([A-Z]+) (/v2/\S*) HTTP/[\d.]+"', text)
 
     def log(self) -> str:
         try:
