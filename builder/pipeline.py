@@ -62,9 +62,6 @@ class OutputSpec:
         if kind not in OUTPUT_ATTRIBUTES:
             raise BuildError(f"invalid output {text!r}: type must be {', '.join(OUTPUT_ATTRIBUTES)}")
         for key in attrs:
-            if key in LATER_OUTPUT_ATTRIBUTES:
-                raise BuildError(f"invalid output {text!r}: {key}= is not supported yet: "
-                                 f"{LATER_OUTPUT_ATTRIBUTES[key]}")
             if key not in OUTPUT_ATTRIBUTES[kind]:
                 raise BuildError(f"invalid output {text!r}: unknown attribute {key}= for type={kind} "
                                  f"(known: {', '.join(OUTPUT_ATTRIBUTES[kind])})")
@@ -73,24 +70,42 @@ class OutputSpec:
         if attrs.get("dest") == "-" and (kind == "local" or attrs.get("tar", "true") == "false"):
             raise BuildError(f"invalid output {text!r}: a directory cannot be written to stdout (dest=-); "
                              "use type=tar,dest=- for the root filesystem as a tar")
-        for flag in ("oci-mediatypes", "rewrite-timestamp"):  # fail now, before anything is built
+        for flag in ("oci-mediatypes", "rewrite-timestamp", "force-compression"):  # fail now, before anything is built
             if attrs.get(flag, "").lower() not in _BOOLEANS:
                 raise BuildError(f"invalid output {text!r}: {flag} must be true or false, not {attrs[flag]!r}")
-        return cls(kind, tuple(sorted(attrs.items())))
+        spec = cls(kind, tuple(sorted(attrs.items())))
+        if any(key in attrs for key in _COMPRESSION_ATTRIBUTES):
+            spec.compression  # checked now too
+        return spec
+
+    @property
+    def compression(self):
+        """BuildKit's `compression=gzip|zstd|uncompressed` (default gzip), `compression-level=N`
+        and `force-compression=true` as a builder.snapshot.compressed.Compression."""
+        from builder.snapshot.compressed import Compression, LayerError
+
+        kind = self.get("compression", "gzip").lower() or "gzip"
+        level_text = self.get("compression-level")
+        try:
+            level = int(level_text) if level_text else None
+        except ValueError:
+            raise BuildError(f"invalid output type={self.type}: compression-level must be a number, "
+                             f"not {level_text!r}") from None
+        try:
+            return Compression(kind, level, _BOOLEANS[self.get("force-compression", "false").lower()])
+        except LayerError as e:
+            raise BuildError(f"invalid output type={self.type}: {e}") from None
 
 
 # The attributes each output type takes; any other is an error rather than silently ignored.
+_COMPRESSION_ATTRIBUTES = ("compression", "compression-level", "force-compression")
 OUTPUT_ATTRIBUTES = {
-    "oci": ("dest", "tar", "name", "oci-mediatypes", "rewrite-timestamp"),
-    "docker": ("dest", "name", "oci-mediatypes", "rewrite-timestamp"),
+    "oci": ("dest", "tar", "name", "oci-mediatypes", "rewrite-timestamp", *_COMPRESSION_ATTRIBUTES),
+    "docker": ("dest", "name", "oci-mediatypes", "rewrite-timestamp", *_COMPRESSION_ATTRIBUTES),
     "local": ("dest", "rewrite-timestamp"),
     "tar": ("dest", "rewrite-timestamp"),
-    "image": ("name", "push", "registry.insecure", "oci-mediatypes", "rewrite-timestamp"),
-    "registry": ("name", "push", "registry.insecure", "oci-mediatypes", "rewrite-timestamp"),
-}
-LATER_OUTPUT_ATTRIBUTES = {
-    name: "layer compression is always gzip until the compression work lands"
-    for name in ("compression", "compression-level", "force-compression")
+    "image": ("name", "push", "registry.insecure", "oci-mediatypes", "rewrite-timestamp", *_COMPRESSION_ATTRIBUTES),
+    "registry": ("name", "push", "registry.insecure", "oci-mediatypes", "rewrite-timestamp", *_COMPRESSION_ATTRIBUTES),
 }
 
 
@@ -692,7 +707,18 @@ def _export(output, image, store, tags, progress, export_id) -> None:
     else:
         raise ExportError(f"unknown output type {output.type}")
     progress(events.Log(export_id, f"exporting to {output.type} {dest}"))
+    if output.type in ("oci", "docker"):
+        image = _compressed(image, store, output, progress, export_id)
     exporter.export(image, store.blobs)
+
+
+def _compressed(image, store, output, progress, export_id):
+    """IMAGE with its layers as OUTPUT's compression attributes ask (made now, or found made)."""
+    from builder.snapshot.compressed import compressed_image
+
+    wanted = output.compression
+    progress(events.Log(export_id, f"exporting layers ({wanted.kind})"))
+    return compressed_image(store, image, wanted)
 
 
 def _push(image, store, tags, progress, export_id, output) -> None:
@@ -701,6 +727,7 @@ def _push(image, store, tags, progress, export_id, output) -> None:
     from builder.registry.reference import parse_reference
 
     insecure = (output.get("registry.insecure") == "true")
+    image = _compressed(image, store, output, progress, export_id)
     out = for_output(store.blobs, image, output.oci_mediatypes)
     for tag in tags:
         ref = parse_reference(tag)

@@ -5,6 +5,7 @@
     ROOT/snapshots/               unpacked layers by chain ID, used as overlay lower dirs
     ROOT/images/                  the image index: name:tag and name@digest -> manifest digest
     ROOT/cache/records/<key>.json build cache: cache key -> layer it produced
+    ROOT/cache/compressed/        compressed variants of layers, made when an output needs them
     ROOT/run/                     per-step scratch (container roots, mount points), gone after the step
     ROOT/lock                     held shared by every process using the root, exclusively by GC
 """
@@ -21,6 +22,7 @@ from typing import Iterator
 
 from builder.cache.blobs import BaseBlobStore, BlobStore
 from builder.cache.records import BaseCacheRecords, CacheRecords
+from builder.cache.variants import LayerVariants
 
 
 def default_root() -> str:
@@ -45,6 +47,7 @@ class Store:
         self.blobs = blobs if blobs is not None else BlobStore(os.path.join(self.root, "blobs"))
         records_dir = os.path.join(self.root, "cache", "records")
         self.records = records if records is not None else CacheRecords(records_dir)
+        self.variants = LayerVariants(os.path.join(self.root, "cache", "compressed"))
         self.snapshots = SnapshotStore(self.root)
         self.images = ImageStore(self.root)
         self.run_dir = os.path.join(self.root, "run")

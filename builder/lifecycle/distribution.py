@@ -173,7 +173,11 @@ def push(store: Store, name: str, *, insecure_registries: Sequence[str] = (),
         manifest_digest = store.images.resolve(str(ref))
         if manifest_digest is None:
             raise ImageNotFound(f"An image does not exist locally with the tag: {ref.familiar}")
-        image = read_image(store.blobs, manifest_digest)
+        from builder.snapshot.compressed import compressed_image
+
+        # Layers the build committed uncompressed are pushed gzip-compressed, as docker push does
+        # (made once, kept for the next push); pulled layers go as they came.
+        image = compressed_image(store, read_image(store.blobs, manifest_digest))
         layers = {layer.digest for layer in image.layers}
         mount_from = _mount_sources(store, ref)
 
@@ -209,6 +213,9 @@ def _mount_sources(store: Store, ref: Reference) -> dict[str, str]:
             continue
         for blob in (image.config_descriptor, *image.layers):
             sources.setdefault(blob.digest, other.repository)
+        for diff_id in image.config.diff_ids:  # what was pushed of a layer kept uncompressed here
+            for variant in store.variants.of(diff_id):
+                sources.setdefault(variant.digest, other.repository)
     return sources
 
 
