@@ -287,16 +287,19 @@ def _build(options: BuildOptions, progress: events.Progress, executor) -> BuildR
                                             rewrites)
             variants = {mode: _decorate(variant, options, store) for mode, variant in variants.items()}
             image = variants[rewrites[0]]
-            # Before any name moves: a failure here leaves the store as it was.
-            _write_result_files(options, image, tags, warnings)
             export_id = "export"
             progress(events.Started(export_id, "exporting to image"))
+            # Each output's image: the layers compressed as it asks (oci, docker, push), made now.
+            exported = [_output_image(output, variants[rewrite], store, progress, export_id)
+                        for output, rewrite in zip(options.outputs, rewrites)]
+            # Before any name moves: a failure here leaves the store as it was.
+            _write_result_files(options, exported[0] if exported else image, tags, warnings)
             progress(events.Log(export_id, f"writing image {image.image_id} done"))
             for tag in tags:
                 store.images.tag(tag, image.manifest.digest)
                 progress(events.Log(export_id, f"naming to {tag} done"))
-            for output, rewrite in zip(options.outputs, rewrites):
-                _export(output, variants[rewrite], store, tags, progress, export_id)
+            for output, output_image in zip(options.outputs, exported):
+                _export(output, output_image, store, tags, progress, export_id)
             progress(events.Finished(export_id))
         finally:
             sources.close()
@@ -701,19 +704,26 @@ def _export(output, image, store, tags, progress, export_id) -> None:
         kind = exporters.LocalExporter if output.type == "local" else exporters.RootfsTarExporter
         exporter = kind(dest, apply_layer)
     elif output.type in ("image", "registry"):
-        if output.get("push", "false" if output.type == "image" else "true") == "true":
+        if _pushes(output):
             _push(image, store, tags, progress, export_id, output)
         return
     else:
         raise ExportError(f"unknown output type {output.type}")
     progress(events.Log(export_id, f"exporting to {output.type} {dest}"))
-    if output.type in ("oci", "docker"):
-        image = _compressed(image, store, output, progress, export_id)
     exporter.export(image, store.blobs)
 
 
-def _compressed(image, store, output, progress, export_id):
-    """IMAGE with its layers as OUTPUT's compression attributes ask (made now, or found made)."""
+def _pushes(output) -> bool:
+    return output.type in ("image", "registry") and \
+        output.get("push", "false" if output.type == "image" else "true") == "true"
+
+
+def _output_image(output, image, store, progress, export_id):
+    """IMAGE as OUTPUT writes it: for archives and pushes, with its layers compressed as the output's
+    compression attributes ask (made now, or found made earlier); as stored for the rest (the
+    local store keeps layers uncompressed, so a `-t` build compresses nothing)."""
+    if output.type not in ("oci", "docker") and not _pushes(output):
+        return image
     from builder.snapshot.compressed import compressed_image
 
     wanted = output.compression
@@ -727,7 +737,6 @@ def _push(image, store, tags, progress, export_id, output) -> None:
     from builder.registry.reference import parse_reference
 
     insecure = (output.get("registry.insecure") == "true")
-    image = _compressed(image, store, output, progress, export_id)
     out = for_output(store.blobs, image, output.oci_mediatypes)
     for tag in tags:
         ref = parse_reference(tag)
