@@ -335,7 +335,7 @@ def _check_records(store: Store, corrupt: set[str], repair: bool, problems: list
 
 
 def _check_snapshots(store: Store, repair: bool, problems: list[Problem]) -> None:
-    directory = os.path.join(store.root, "snapshots")
+    directory = store.snapshots.directory
     for name in store.snapshot_entries():
         path = os.path.join(directory, name)
         if _SNAPSHOT_NAME.fullmatch(name) and os.path.isdir(path) and not os.path.islink(path):
