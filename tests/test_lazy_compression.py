@@ -213,3 +213,55 @@ RUN echo made > /made
     assert entry["Config"] == "blobs/sha256/" + result.image_id[7:]
     # every layer in the docker archive is what its manifest entry names; the new one is a plain tar
     assert tarfile.open(fileobj=io.BytesIO(files[entry["Layers"][-1]])).getnames() == ["made"]
+
+
+# --- pushes --------------------------------------------------------------------------------------
+
+
+def _uncompressed_image(store: Store, data: bytes):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("data")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    digest = store.blobs.put_bytes(buf.getvalue())
+    config = ImageConfig(architecture="amd64", os="linux", diff_ids=(digest,))
+    return write_image(store.blobs, config, [Descriptor(OCI_LAYER, digest, len(buf.getvalue()))])
+
+
+@pytest.mark.registry
+def test_a_push_compresses_on_the_way_up_in_chunks_and_the_next_push_sends_nothing(tmp_path, registry, monkeypatch):
+    from builder.lifecycle.distribution import push
+    from builder.registry.client import RegistryClient
+    from builder.registry.reference import parse_reference
+    from builder.snapshot.compressed import StreamedLayer, image_with_layers, layers_for_push
+
+    store = Store(str(tmp_path / "store"))
+    image = _uncompressed_image(store, os.urandom(300_000))  # random: the gzip is as big, several chunks
+    [layer] = layers_for_push(store, image)
+    assert isinstance(layer, StreamedLayer)
+    count = CompressorCount(monkeypatch)
+    ref = parse_reference(f"{registry.host}/lazy/app:1")
+
+    def manifest_for(final):
+        pushed = image_with_layers(store, image, final)
+        return store.blobs.get_bytes(pushed.manifest.digest), pushed.manifest.media_type
+
+    with RegistryClient(chunk_size=64 << 10) as client:
+        digest, manifest = client.push_streamed(ref, store.blobs, image.config_descriptor, [layer], manifest_for)
+    assert count.kinds == ["gzip"]
+    [sent] = json.loads(manifest)["layers"]
+    assert sent["mediaType"] == OCI_LAYER_GZIP and sent["size"] > 4 * (64 << 10)
+    # what the registry holds is the blob now kept in the store as the layer's gzip variant
+    kept = store.variants.get(image.config.diff_ids[0], "gzip", compression.GZIP_DEFAULT_LEVEL)
+    assert kept is not None and kept.digest == sent["digest"]
+    info = skopeo_inspect(f"docker://{registry.host}/lazy/app:1", "--tls-verify=false")
+    assert info["Digest"] == digest and info["Layers"] == [sent["digest"]]
+
+    # `push` of the same image: the variant exists, so it is asked for (HEAD) and not sent or made again
+    store.images.tag(f"{registry.host}/lazy/app:1", image.manifest.digest)
+    events = []
+    result = push(store, f"{registry.host}/lazy/app:1", events=events.append)
+    assert count.kinds == ["gzip"] and result.manifest_digest == digest
+    assert [e.status for e in events] == ["Preparing", "Layer already exists"]
+    assert {e.digest for e in events} == {image.config.diff_ids[0]}  # shown by diff_id, as docker does
