@@ -6,7 +6,6 @@ stored or returned: manifests as a whole, config and layers as they stream into 
 
 from __future__ import annotations
 
-import io
 import ipaddress
 import json
 import re
@@ -33,6 +32,7 @@ _MAX_MANIFEST = 4 << 20   # containerd's limit too: a bigger "manifest" is a mis
 _MAX_CONFIG = 32 << 20
 _DOWNLOADS = 3
 CHUNK_SIZE = 32 << 20     # blobs larger than this are uploaded in PATCH chunks of this size
+_STREAM_PIECE = 8 << 20   # a blob made while it is pushed goes up in PATCHes of at most this
 
 Progress = Callable[[str, int, int], None]  # (digest, bytes done, bytes total); called from worker threads
 # (digest, what happened) for each blob of a push: "exists", "mounted" or "pushed"; from worker threads
@@ -265,19 +265,20 @@ class RegistryClient:
         if not location:
             raise RegistryError(f"{ref.registry}: upload started without a Location header")
         location = urljoin(self._url(ref, "blobs/uploads/"), location)
+        # Smaller pieces than a stored blob's chunks: the compressor goes on while one is sent.
+        piece_size = min(self._chunk_size, _STREAM_PIECE)
         pending, offset = bytearray(), 0
         for chunk in blob.chunks():
             pending += chunk
-            while len(pending) >= self._chunk_size:
-                piece = bytes(pending[:self._chunk_size])
-                del pending[:self._chunk_size]
+            while len(pending) >= piece_size:
+                piece = bytes(pending[:piece_size])
+                del pending[:piece_size]
                 location = self._patch(ref, location, piece, offset)
                 offset += len(piece)
         desc = blob.finish()
         headers = {"Content-Type": "application/octet-stream", "Content-Length": str(len(pending))}
-        body = bytes(pending)
         put_url = f"{location}{'&' if urlsplit(location).query else '?'}digest={desc.digest}"
-        with self._request(ref, "PUT", put_url, push=True, headers=headers, body=lambda: io.BytesIO(body)) as response:
+        with self._request(ref, "PUT", put_url, push=True, headers=headers, body=bytes(pending)) as response:
             self._check(response, ref, f"upload of {desc.digest}", expect=(201, 204))
         self._progress(desc.digest, desc.size, desc.size)
         self._blob_status(desc.digest, "pushed")
@@ -286,8 +287,7 @@ class RegistryClient:
     def _patch(self, ref: Reference, location: str, piece: bytes, offset: int) -> str:
         headers = {"Content-Type": "application/octet-stream", "Content-Length": str(len(piece)),
                    "Content-Range": f"{offset}-{offset + len(piece) - 1}"}
-        with self._request(ref, "PATCH", location, push=True, headers=headers,
-                           body=lambda: io.BytesIO(piece)) as response:
+        with self._request(ref, "PATCH", location, push=True, headers=headers, body=piece) as response:
             self._check(response, ref, f"upload (bytes {offset}-{offset + len(piece) - 1})", expect=(202,))
             return urljoin(location, response.header("Location") or location)
 
