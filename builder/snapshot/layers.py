@@ -99,6 +99,7 @@ class _BlobPipe:
         self._thread = threading.Thread(target=self._run, name="layer-write", daemon=True)
         self._thread.start()
 
+
     def _run(self) -> None:
         while (data := self._queue.get()) is not None:
             if self._error is not None:
@@ -129,6 +130,45 @@ class _BlobPipe:
             self._thread.join()
 
 
+class _PlainBlobPipe(_BlobPipe):
+    """An uncompressed tar on its way into a blob: written on one worker thread and hashed on
+    another, so reading the files, hashing and writing all overlap. The digest is the diff_id."""
+
+    def __init__(self, blob: BlobWriter):
+        self._hash = hashlib.sha256()
+        self._hash_queue: queue.Queue[bytes | None] = queue.Queue(maxsize=8)
+        self._hasher = threading.Thread(target=self._run_hash, name="layer-hash", daemon=True)
+        self._hasher.start()
+        super().__init__(blob, None)
+
+    def _run_hash(self) -> None:
+        while (data := self._hash_queue.get()) is not None:
+            self._hash.update(data)
+
+    def _run(self) -> None:
+        while (data := self._queue.get()) is not None:
+            if self._error is not None:
+                continue
+            try:
+                self._blob.write_unhashed(data)
+            except BaseException as e:
+                self._error = e
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        self._hash_queue.put(data)
+
+    def abort(self) -> None:
+        super().abort()
+        if self._hasher.is_alive():
+            self._hash_queue.put(None)
+            self._hasher.join()
+
+    @property
+    def digest(self) -> str:
+        return "sha256:" + self._hash.hexdigest()
+
+
 class _TarSink:
     """Buffers the tar stream into chunks, hashes it (the diff_id) unless the blob is the tar
     itself (then the blob's digest is the diff_id), and hands it on."""
@@ -139,6 +179,9 @@ class _TarSink:
         self._hash = hashlib.sha256() if hashed else None
 
     def write(self, data: bytes | memoryview) -> None:
+        if not self._buf and len(data) >= _CHUNK and isinstance(data, bytes):
+            self._send(data)  # a file's whole chunk: on as it is, without copying it
+            return
         self._buf += data
         if len(self._buf) >= _CHUNK:
             self.flush()
@@ -147,9 +190,12 @@ class _TarSink:
         if self._buf:
             data = bytes(self._buf)
             self._buf.clear()
-            if self._hash is not None:
-                self._hash.update(data)
-            self._out.write(data)
+            self._send(data)
+
+    def _send(self, data: bytes) -> None:
+        if self._hash is not None:
+            self._hash.update(data)
+        self._out.write(data)
 
     @property
     def diff_id(self) -> str | None:
@@ -314,7 +360,7 @@ def _write_layer_blob(blobs: BlobStore, compression_name: str, level: int | None
     COMPRESSION_NAME is uncompressed, compressed at LEVEL (None: the kind's default)."""
     plain = media_type == OCI_LAYER
     with blobs.writer() as blob:
-        pipe = _BlobPipe(blob, None if plain else compression.Compressor(compression_name, level))
+        pipe = _PlainBlobPipe(blob) if plain else _BlobPipe(blob, compression.Compressor(compression_name, level))
         try:
             sink = _TarSink(pipe, hashed=not plain)
             fill(sink)
@@ -322,7 +368,7 @@ def _write_layer_blob(blobs: BlobStore, compression_name: str, level: int | None
         finally:
             pipe.abort()
         size = blob.size
-        digest = blob.commit()
+        digest = blob.commit(hashed_as=pipe.digest) if plain else blob.commit()
     return Layer(digest=digest, diff_id=digest if plain else sink.diff_id, size=size, media_type=media_type)
 
 
