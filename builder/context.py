@@ -256,15 +256,21 @@ def parse_dockerignore(text: str) -> tuple[IgnoreRule, ...]:
 def read_dockerignore(context_dir: str, dockerfile: str | None = None) -> tuple[IgnoreRule, ...]:
     """`<Dockerfile>.dockerignore` beside the Dockerfile (CONTEXT/Dockerfile when not given) wins
     over the context's `.dockerignore`."""
+    return load_dockerignore(context_dir, dockerfile)[0]
+
+
+def load_dockerignore(context_dir: str, dockerfile: str | None = None) -> tuple[tuple[IgnoreRule, ...], int]:
+    """The rules `read_dockerignore` gives, and the size in bytes of the file they came from (0: none)."""
     dockerfile = dockerfile or os.path.join(context_dir, "Dockerfile")
     candidates = [dockerfile + ".dockerignore", os.path.join(context_dir, ".dockerignore")]
     for path in candidates:
         try:
             with open(path, "rb") as f:
-                return parse_dockerignore(utf8_text(f.read(), os.path.basename(path)))
+                data = f.read()
         except FileNotFoundError:
             continue
-    return ()
+        return parse_dockerignore(utf8_text(data, os.path.basename(path))), len(data)
+    return (), 0
 
 
 def utf8_text(data: bytes, filename: str) -> str:
@@ -390,6 +396,21 @@ class BuildContext:
                 for rel in self.walk(resolved):
                     h.update(self._entry_digest(rel).encode())
         return "sha256:" + h.hexdigest()
+
+    def entry_digests(self, sources: Sequence[str]) -> dict[str, str]:
+        """What `checksum` digests, per entry: path (a directory's with a trailing "/") -> hex
+        digest of its type, mode, size and content. After `checksum` it costs a stat per entry."""
+        entries: dict[str, str] = {}
+        for source in sources:
+            for name in self.match(source):
+                resolved = self.resolve(name)
+                if not os.path.lexists(os.path.join(self.root, resolved)):
+                    continue   # checksum has reported it
+                for rel in self.walk(resolved):
+                    full = os.path.join(self.root, rel)
+                    is_dir = os.path.isdir(full) and not os.path.islink(full)
+                    entries[(rel or ".") + ("/" if is_dir else "")] = self._entry_digest(rel)
+        return entries
 
     def _entry_digest(self, rel: str) -> str:
         full = os.path.join(self.root, rel)

@@ -20,6 +20,7 @@ from builder.grammar.flags import FlagSyntaxError, ModeSpec, chown_names, parse_
 from builder.grammar.runmount import parse_mount, secret_defaults, ssh_defaults
 from builder.image.config import Healthcheck, ImageConfig, RuntimeConfig
 from builder.llb import CopyAction, ExecOp, FileOp, ImageSource, LocalSource, MkdirAction, Vertex
+from builder.llb.order import OrderMemo, solve_order
 from builder.llb.ops import (BindMountSpec, CacheMountSpec, MountSpec, ScriptMountSpec, SecretMountSpec, SSHMountSpec,
                              TmpfsMountSpec)
 
@@ -83,6 +84,8 @@ class BuildPlan:
                                           # stage's names (name, index), for --no-cache-filter
     lines: Mapping[str, tuple[int, int]] = field(default_factory=dict)   # step digest -> its instruction's
                                           # first and last Dockerfile line, for error excerpts
+    arg_names: Mapping[str, tuple[str, ...]] = field(default_factory=dict)   # RUN digest -> the names in
+                                          # its env that are build args (not ENV), for cache-miss reasons
 
 
 def platform_args(platform: str) -> dict[str, str]:
@@ -176,8 +179,10 @@ class Converter:
         shm_size: int = 0,
         ulimits: Sequence[tuple[str, int, int]] = (),
         build_contexts: Mapping[str, str] = {},
+        order_memo: OrderMemo | None = None,
     ):
         self.df = dockerfile
+        self.order_memo = order_memo          # remembers solve orders between builds (builder.llb.order)
         self.escape = dockerfile.escape
         self.build_args = dict(build_args)
         self.target = target
@@ -190,10 +195,11 @@ class Converter:
         # --build-context: name -> "docker-image://REF" (an image under another name) or "local" (a directory)
         self.build_contexts = dict(build_contexts)
         self.lines: dict[str, tuple[int, int]] = {}
+        self.arg_names: dict[str, tuple[str, ...]] = {}
         self.resolver = resolver
         self.context = Vertex(LocalSource("context", tuple(context_excludes)))
         self.used_args: set[str] = set()
-        self.names: dict[str, str] = {}
+        self.names: dict[str, str] = {self.context.digest: "[internal] load build context"}
         self.auto_args = platform_args(platform)
 
     # -- errors carry the Dockerfile's name and the line
@@ -209,12 +215,12 @@ class Converter:
             from_node, body = stage_nodes[index]
             stages[index] = self._convert_stage(index, from_node, body, global_args, stages, stage_nodes)
         target = stages[target_index]
-        vertices = self._topological(target.vertex)
+        vertices = solve_order(target.vertex, self.order_memo)
         # BUILDKIT_* arguments are options to the builder itself (BUILDKIT_CONTEXT_KEEP_GIT_DIR), never "unused".
         unused = tuple(sorted(k for k in self.build_args if k not in self.used_args and k not in PROXY_ARGS
                               and not k.startswith("BUILDKIT_")))
         return BuildPlan(target, vertices, dict(self.names), self.context, unused, dict(self.stage_of),
-                         dict(self.lines))
+                         dict(self.lines), dict(self.arg_names))
 
     # -- stage structure
     def _split_stages(self):
@@ -249,6 +255,13 @@ class Converter:
             if from_node.stage_name and from_node.stage_name.lower() == name.lower():
                 return i
         return None
+
+    @staticmethod
+    def _step_prefix(stage_name: str, position: int, total: int, stage_nodes) -> str:
+        """BuildKit's step label: "[stage-1 2/4]"; without the stage name when the Dockerfile has
+        only one stage ("[2/4]"); the position padded to the total's width ("[ 2/12]")."""
+        where = f"{stage_name} " if len(stage_nodes) > 1 else ""
+        return f"[{where}{position:{len(str(total))}d}/{total}]"
 
     def _named_context(self, name: str, stage_nodes, node) -> Vertex | None:
         """The --build-context NAME as a source: a directory, or the image it names."""
@@ -348,17 +361,19 @@ class Converter:
             except BuildError as error:  # a bad name, an unknown image, no such platform: name the line
                 raise _at_line(error, f"{self.df.filename}:{from_node.start_line}") from None
             vertex = Vertex(ImageSource(ref, platform))
-            self.names.setdefault(vertex.digest, f"[{from_node.stage_name or f'stage-{index}'} 1/{len(body) + 1}] "
-                                                 f"FROM {ref}")
+            prefix = self._step_prefix(from_node.stage_name or f"stage-{index}", 1, len(body) + 1, stage_nodes)
+            self.names.setdefault(vertex.digest, f"{prefix} FROM {ref}")
             if not any(e.partition("=")[0] == "PATH" for e in config.config.env):
                 config = config.with_config(env=(f"PATH={DEFAULT_PATH}",) + config.config.env)
             stage = Stage(index, from_node.stage_name, vertex, config, base_ref=ref)
         triggers = self._onbuild_triggers(stage, from_node)
         stage_total = len(body) + 1
         for node in triggers:
-            self._dispatch(stage, node, global_args, stages, stage_nodes, f"[{stage.display} 1/{stage_total}]")
+            self._dispatch(stage, node, global_args, stages, stage_nodes,
+                           self._step_prefix(stage.display, 1, stage_total, stage_nodes))
         for position, node in enumerate(body, start=2):
-            self._dispatch(stage, node, global_args, stages, stage_nodes, f"[{stage.display} {position}/{stage_total}]")
+            self._dispatch(stage, node, global_args, stages, stage_nodes,
+                           self._step_prefix(stage.display, position, stage_total, stage_nodes))
         return stage
 
     def _onbuild_triggers(self, stage: Stage, from_node: nodes.From) -> list[nodes.Instruction]:
@@ -463,6 +478,9 @@ class Converter:
             mounts=specs,
         )
         vertex = Vertex(op, (stage.vertex, *mount_inputs))
+        image_keys = {e.partition("=")[0] for e in config.env}
+        self.arg_names.setdefault(vertex.digest, tuple(k for k in (e.partition("=")[0] for e in env)
+                                                        if k not in image_keys and (k in stage.args or k in PROXY_ARGS)))
         flags = "".join(f"{flag} " for flag in node.flags)
         self._layer(stage, vertex, label, f"RUN {flags}{node.command.text if isinstance(node.command, nodes.ShellCommand) else ' '.join(args)}")
         recorded = self._history_args(stage)
@@ -807,26 +825,6 @@ class Converter:
     def _do_onbuild(self, stage: Stage, node: nodes.Onbuild, label: str) -> None:
         # Recorded in the config only: BuildKit adds no history entry for ONBUILD.
         self._config(stage, on_build=stage.config.config.on_build + (node.trigger.original,))
-
-    # -- graph
-    def _topological(self, final: Vertex | None) -> tuple[Vertex, ...]:
-        """Every vertex the final one needs, inputs before their users (ties broken by digest,
-        so the order, and with it the progress numbering, is stable)."""
-        import networkx as nx
-
-        graph = nx.DiGraph()
-        todo, seen = ([final] if final is not None else []), set()
-        while todo:
-            vertex = todo.pop()
-            if vertex in seen:
-                continue
-            seen.add(vertex)
-            graph.add_node(vertex)
-            for dep in vertex.inputs:
-                if dep is not None:
-                    graph.add_edge(dep, vertex)
-                    todo.append(dep)
-        return tuple(nx.lexicographical_topological_sort(graph, key=lambda v: v.digest))
 
 
 def _at_line(error: BuildError, where: str) -> BuildError:

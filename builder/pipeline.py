@@ -138,11 +138,14 @@ class BuildOptions:
     annotations: tuple[str, ...] = ()        # --annotation [manifest:]KEY=VALUE: on the image manifest
     shm_size: str | None = None              # --shm-size: /dev/shm of every RUN (bytes, or 64m, 1g, ...)
     ulimits: tuple[str, ...] = ()            # --ulimit NAME=SOFT[:HARD]: rlimits of every RUN
-    build_contexts: tuple[str, ...] = ()     # --build-context NAME=DIR|docker-image://REF
+    build_contexts: tuple[str, ...] = ()     # --build-context NAME=DIR|URL|docker-image://REF|oci-layout://PATH[:TAG][@DIGEST]
     security_opts: tuple[str, ...] = ()      # --security-opt: seccomp=unconfined (needs security.insecure)
     memory: str | int | None = None          # --memory: every RUN's limit, bytes or "512m"/"2g"; None: none
     pids_limit: int | None = DEFAULT_PIDS_LIMIT  # --pids-limit: every RUN's; None, 0 or -1: unlimited
     cpu_shares: int | None = None            # --cpu-shares: every RUN's relative CPU weight
+    timeline: str | None = None              # --timeline FILE.html: the build as a picture (SVG)
+    trace: str | None = None                 # --trace FILE.json: the same as Chrome trace events
+    cgroup_parent: str | None = None         # --cgroup-parent: the cgroup every RUN's cgroup goes under
 
     def __post_init__(self):
         """The Python API takes the CLI's spellings too: outputs, secrets and ssh as strings
@@ -221,7 +224,45 @@ def build(options: BuildOptions, progress: events.Progress = events.ignore, exec
 
 
 def _build(options: BuildOptions, progress: events.Progress, executor) -> BuildResult:
-    from builder.context import read_dockerignore, utf8_text
+    """The build, with its progress watched for the cache-miss reasons of --metadata-file and,
+    if asked, drawn as --timeline/--trace once it has ended (failed or not)."""
+    misses = _MissLog(progress)
+    if not (options.timeline or options.trace):
+        return _build_watched(options, misses, executor, misses)
+    from builder.timeline import TimelineRecorder
+
+    recorder = TimelineRecorder(misses)
+    failed = True
+    try:
+        result = _build_watched(options, recorder, executor, misses)
+        failed = False
+        return result
+    finally:
+        try:
+            recorder.write(html=options.timeline, trace=options.trace)
+        except OSError as e:
+            if not failed:  # a failed build's own error is the one to show
+                raise BuildError(f"failed to write the timeline: {e.filename}: {e.strerror or e}") from None
+
+
+class _MissLog:
+    """Passes events on and keeps, in order, every step's cache-miss reason (--metadata-file)."""
+
+    def __init__(self, progress: events.Progress):
+        self.progress = progress
+        self.names: dict[str, str] = {}
+        self.misses: list[tuple[str, str, events.CacheMiss]] = []
+
+    def __call__(self, event: events.Event) -> None:
+        if isinstance(event, events.Started):
+            self.names[event.id] = event.name
+        elif isinstance(event, events.Finished) and event.cache_miss is not None:
+            self.misses.append((event.id, self.names.get(event.id, ""), event.cache_miss))
+        self.progress(event)
+
+
+def _build_watched(options: BuildOptions, progress: events.Progress, executor, misses: _MissLog) -> BuildResult:
+    from builder.context import utf8_text
     from builder.plan_cache import PlanCache, RecordingContext, inputs_key
     from builder.registry.reference import parse_reference
     from builder.solver.sources import ImageSources
@@ -252,6 +293,7 @@ def _build(options: BuildOptions, progress: events.Progress, executor) -> BuildR
         raise BuildError(f"failed to read dockerfile: open {dockerfile_path}: no such file or directory") from None
     except OSError as e:  # a directory, no permission (invalid UTF-8 is utf8_text's ParseError)
         raise BuildError(f"failed to read dockerfile: read {dockerfile_path}: {(e.strerror or str(e)).lower()}") from None
+    progress(events.Log(load_id, f"transferring dockerfile: {_byte_size(len(text.encode()))} done"))
     progress(events.Finished(load_id))
     tags = tuple(str(parse_reference(t)) for t in options.tags)
     for output in options.outputs:
@@ -267,7 +309,7 @@ def _build(options: BuildOptions, progress: events.Progress, executor) -> BuildR
 
         sources = ImageSources(store.blobs, store.images, client_factory, pull=options.pull, progress=progress)
         try:
-            context = RecordingContext(context_dir, read_dockerignore(context_dir, options.dockerfile))
+            context = RecordingContext(context_dir, _load_dockerignore(context_dir, options.dockerfile, progress))
             rewrites = _timestamp_modes(options.outputs, epoch)
             key = inputs_key(text, dockerfile_name, context, build_args=options.build_args, target=options.target,
                              platform=options.platform, source_date_epoch=epoch,
@@ -292,8 +334,9 @@ def _build(options: BuildOptions, progress: events.Progress, executor) -> BuildR
             # Each output's image: the layers compressed as it asks (oci, docker, push), made now.
             exported = [_output_image(output, variants[rewrite], store, progress, export_id)
                         for output, rewrite in zip(options.outputs, rewrites)]
+            store.sync()  # the steps' records and layers are durable before a name points at them
             # Before any name moves: a failure here leaves the store as it was.
-            _write_result_files(options, exported[0] if exported else image, tags, warnings)
+            _write_result_files(options, exported[0] if exported else image, tags, warnings, misses.misses)
             progress(events.Log(export_id, f"writing image {image.image_id} done"))
             for tag in tags:
                 store.images.tag(tag, image.manifest.digest)
@@ -305,6 +348,33 @@ def _build(options: BuildOptions, progress: events.Progress, executor) -> BuildR
             sources.close()
     return BuildResult(image.image_id, image.manifest.digest, tags, warnings,
                        wrote_stdout=any(o.get("dest") == "-" for o in options.outputs))
+
+
+def _load_dockerignore(context_dir: str, dockerfile: str | None, progress):
+    """The context's ignore rules, read as BuildKit's "[internal] load .dockerignore" step."""
+    from builder.context import load_dockerignore
+
+    step = "load-dockerignore"
+    progress(events.Started(step, "[internal] load .dockerignore"))
+    try:
+        rules, size = load_dockerignore(context_dir, dockerfile)
+    except BuildError as error:
+        progress(events.Finished(step, error=str(error)))
+        raise
+    # BuildKit transfers the file as a directory listing: an absent one still counts 2 bytes.
+    progress(events.Log(step, f"transferring context: {_byte_size(size or 2)} done"))
+    progress(events.Finished(step))
+    return rules
+
+
+def _byte_size(count: int) -> str:
+    """Sizes as BuildKit's progress writes them (go-units HumanSize: 45B, 1.04kB, 2.3MB)."""
+    size, unit = float(count), "B"
+    for next_unit in ("kB", "MB", "GB", "TB"):
+        if size < 1000:
+            break
+        size, unit = size / 1000, next_unit
+    return f"{size:.4g}{unit}"
 
 
 def _decorate(image, options: BuildOptions, store):
@@ -338,7 +408,7 @@ def _manifest_annotations(values) -> dict[str, str]:
     return annotations
 
 
-def _write_result_files(options: BuildOptions, image, tags, warnings) -> None:
+def _write_result_files(options: BuildOptions, image, tags, warnings, misses=()) -> None:
     """--iidfile and --metadata-file, each written whole or not at all."""
     import base64
     import json
@@ -363,6 +433,9 @@ def _write_result_files(options: BuildOptions, image, tags, warnings) -> None:
             # buildx's warnings are BuildKit VertexWarnings: the message in `short`, base64 as Go writes []byte.
             "buildx.build.warnings": [{"level": 1, "short": base64.b64encode(w.encode()).decode()}
                                       for w in warnings],
+            # build-image's own: why each step that ran was not CACHED (README: "Why did this step miss").
+            "buildimage.cache.misses": [{"vertex": vertex, "step": name, "reason": miss.reason}
+                                        for vertex, name, miss in misses],
         }
         if tags:
             metadata["image.name"] = ",".join(tags)
@@ -461,6 +534,8 @@ def _sandbox(options: BuildOptions) -> dict:
                          "needs --allow security.insecure")
     memory = parse_memory(options.memory) if options.memory not in (None, "") else None
     pids = options.pids_limit if options.pids_limit is not None and options.pids_limit > 0 else None
+    if options.cgroup_parent is not None and (".." in options.cgroup_parent.split("/") or "\0" in options.cgroup_parent):
+        raise BuildError(f"invalid --cgroup-parent {options.cgroup_parent!r}: a cgroup path without '..'")
     if options.cpu_shares is not None and not 2 <= options.cpu_shares <= 262144:
         raise BuildError(f"invalid --cpu-shares {options.cpu_shares}: must be between 2 and 262144")
     return {"seccomp": seccomp, "memory": memory, "pids": pids, "cpu_shares": options.cpu_shares}
@@ -540,32 +615,40 @@ def _solve(options, text, dockerfile_name, store, sources, context, epoch, progr
         settings = _sandbox(options)
         sandbox = Sandbox(seccomp=settings.pop("seccomp"), limits=ResourceLimits(**settings))
         executor = NamespaceExecutor(runtime_root=store.run_dir, network_ready=min(options.jobs or os.cpu_count() or 1, 4),
-                                     sandbox=sandbox)
+                                     sandbox=sandbox, cgroup_parent=options.cgroup_parent)
     warm = getattr(executor, "warm_network", None)
+    warm_sandbox = getattr(executor, "warm_sandbox", None)
     try:
         if warm is not None and run_options["network"] == "default" and _may_run_networked(text):
             warm()  # the network agent starts beside parsing and planning, on the other core
+        if warm_sandbox is not None and _RUN_LINE.search(text):
+            warm_sandbox()  # the seccomp filter compiles beside parsing (its ldconfig runs cost no GIL)
         dockerfile = parse_dockerfile(text, dockerfile_name)
         plan = convert(dockerfile, build_args=options.build_args, target=options.target,
                        platform=options.platform, resolver=sources, network=run_options["network"],
                        extra_hosts=tuple(tuple(h) for h in run_options["extra_hosts"]),
                        shm_size=run_options.get("shm_size", 0),
                        ulimits=tuple(tuple(u) for u in run_options.get("ulimits", ())),
-                       build_contexts=_context_kinds(named_contexts))
+                       build_contexts=_context_kinds(named_contexts), order_memo=plans.order_memo())
         _check_entitlements(plan, run_options)
         no_cache_for = _no_cache_vertices(plan, options.no_cache_filter)
+        explainer = _explainer(options, plan, store, context, no_cache_for)
         if warm is not None and any(isinstance(v.op, ExecOp) and v.op.network == "default" for v in plan.vertices):
             warm()  # (started already, unless the hint above missed this RUN)
         solver = Solver(store, executor, sources, context, jobs=options.jobs, no_cache=options.no_cache,
                         no_cache_for=no_cache_for, named_contexts=_local_contexts(named_contexts),
                         progress=progress, names=dict(plan.names), source_date_epoch=epoch,
                         secrets=secrets, ssh={s.id: s.path for s in options.ssh},
-                        rewrite_timestamp=all(rewrites))
+                        rewrite_timestamp=all(rewrites), explainer=explainer)
         try:
             results = solver.solve(plan.vertices)
         except BuildError as error:
             _attach_source(error, plan, text, dockerfile_name)
             raise
+        try:
+            solver.save_history(plan.vertices)
+        except (OSError, BuildError):
+            pass  # the history only explains the next build's misses; the image is built
     finally:
         if own_executor:
             executor.close()
@@ -581,6 +664,18 @@ def _solve(options, text, dockerfile_name, store, sources, context, epoch, progr
         plans.put(key, PlanRecord(image.manifest.digest, sources.resolved_digests(),
                                   tuple(sorted(context.reads.items())), steps, warnings))
     return variants, warnings
+
+
+def _explainer(options, plan, store, context, no_cache_for):
+    """What says why a step runs: this build against the last one of the same Dockerfile and target."""
+    from builder.solver.explain import MissExplainer
+
+    dockerfile = os.path.abspath(options.dockerfile or os.path.join(context.root, "Dockerfile"))
+    wanted = [s.lower() for s in options.no_cache_filter]
+    filtered = {digest: next((w for w in wanted if w in plan.stage_of.get(digest, ())), wanted[0] if wanted else "")
+                for digest in no_cache_for}
+    return MissExplainer.on_disk(store.root, dockerfile, options.target, names=plan.names, lines=plan.lines, arg_names=plan.arg_names,
+                                 no_cache=options.no_cache, no_cache_filter=filtered)
 
 
 def _clamped_copy(image, results, store, epoch):
@@ -604,7 +699,7 @@ def _clamped_copy(image, results, store, epoch):
 
 
 def _parse_build_contexts(values) -> dict[str, str]:
-    """`--build-context NAME=VALUE`: NAME -> an absolute directory or `docker-image://REF`."""
+    """`--build-context NAME=VALUE`: NAME -> an absolute directory, `docker-image://REF` or `oci-layout://ABSPATH[:TAG][@DIGEST]`."""
     contexts: dict[str, str] = {}
     for text in values:
         name, sep, value = text.partition("=")
@@ -614,10 +709,14 @@ def _parse_build_contexts(values) -> dict[str, str]:
             if not value.removeprefix("docker-image://"):
                 raise BuildError(f'invalid --build-context "{text}": docker-image:// needs an image name')
             contexts[name] = value
+        elif value.startswith("oci-layout://"):
+            from builder.image.layout import parse_layout_ref
+
+            contexts[name] = str(parse_layout_ref(value))   # the path made absolute
         elif "://" in value:
             scheme = value.split("://")[0]
             raise BuildError(f'--build-context {name}: {scheme} contexts are not supported yet '
-                             "(a directory, a git or http(s) URL, or docker-image://REF is)")
+                             "(a directory, a git or http(s) URL, docker-image://REF or oci-layout://PATH is)")
         elif not os.path.isdir(value):
             raise BuildError(f"--build-context {name}: {value} is not a directory")
         else:
@@ -625,15 +724,18 @@ def _parse_build_contexts(values) -> dict[str, str]:
     return contexts
 
 
+_IMAGE_CONTEXTS = ("docker-image://", "oci-layout://")
+
+
 def _context_kinds(named_contexts: dict[str, str]) -> dict[str, str]:
-    return {n: v if v.startswith("docker-image://") else "local" for n, v in named_contexts.items()}
+    return {n: v if v.startswith(_IMAGE_CONTEXTS) else "local" for n, v in named_contexts.items()}
 
 
 def _local_contexts(named_contexts: dict[str, str]) -> dict:
     from builder.context import BuildContext, read_dockerignore
 
     return {n: BuildContext(v, read_dockerignore(v)) for n, v in named_contexts.items()
-            if not v.startswith("docker-image://")}
+            if not v.startswith(_IMAGE_CONTEXTS)}
 
 
 def _attach_source(error: BuildError, plan, text: str, dockerfile_name: str) -> None:

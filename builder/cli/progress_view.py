@@ -10,14 +10,24 @@ from dataclasses import dataclass, field
 
 
 class PlainProgress:
-    """BuildKit's plain progress format: `#N name`, `#N 0.123 output`, `#N DONE 0.3s` / `#N CACHED`."""
+    """BuildKit's plain progress format: `#N name`, `#N 0.123 output`, `#N DONE 0.3s` / `#N CACHED`,
+    and build-image's `#N cache miss: STEP: REASON` for a step that runs (after its name if the
+    reason is known when it starts, else before its DONE)."""
 
     def __init__(self, stream=sys.stderr):
         self.stream = stream
         self.numbers: dict[str, int] = {}
         self.started: dict[str, float] = {}
         self.partial: dict[str, bytes] = {}
+        self.explained: set[str] = set()
         self.lock = threading.Lock()
+
+    def _miss_line(self, n: int, step_id: str, miss) -> str:
+        self.explained.add(step_id)
+        return f"#{n} cache miss: {miss.step}: {miss.text(self._label)}\n"
+
+    def _label(self, step_id: str) -> str | None:
+        return f"#{self.numbers[step_id]}" if step_id in self.numbers else None
 
     def _number(self, step_id: str) -> int:
         if step_id not in self.numbers:
@@ -36,6 +46,8 @@ class PlainProgress:
             if isinstance(event, ev.Started):
                 self.started[event.id] = time.monotonic()
                 self._write(f"\n#{n} {event.name}\n")
+                if event.cache_miss is not None:
+                    self._write(self._miss_line(n, event.id, event.cache_miss))
             elif isinstance(event, ev.Output):
                 data = self.partial.pop(event.id, b"") + event.data
                 *lines, rest = data.split(b"\n")
@@ -51,6 +63,8 @@ class PlainProgress:
                 elapsed = time.monotonic() - self.started.get(event.id, time.monotonic())
                 if rest:
                     self._write(f"#{n} {elapsed:.3f} {rest.decode(errors='replace')}\n")
+                if event.cache_miss is not None and event.id not in self.explained:
+                    self._write(self._miss_line(n, event.id, event.cache_miss))
                 if event.cached:
                     self._write(f"#{n} CACHED\n")
                 elif event.error:
@@ -65,6 +79,7 @@ class _Step:
     started: float
     ended: float | None = None
     state: str = "running"          # running | done | cached | error
+    miss: str = ""                  # "cache miss: REASON", shown under the step until the end
     lines: list[str] = field(default_factory=list)
     partial: bytes = b""
 
@@ -92,7 +107,9 @@ class TtyProgress:
         with self.lock:
             now = time.monotonic()
             if isinstance(event, ev.Started):
-                self.steps.setdefault(event.id, _Step(event.name, now))
+                step = self.steps.setdefault(event.id, _Step(event.name, now))
+                if event.cache_miss is not None:
+                    step.miss = self._miss(event.cache_miss)
                 return
             step = self.steps.get(event.id)
             if step is None:
@@ -104,10 +121,16 @@ class TtyProgress:
             elif isinstance(event, ev.Log):
                 step.lines = (step.lines + [event.text])[-self.OUTPUT_LINES:]
             elif isinstance(event, ev.Finished):
+                if event.cache_miss is not None:
+                    step.miss = self._miss(event.cache_miss)
                 step.ended = now
                 step.state = "cached" if event.cached else "error" if event.error else "done"
                 if event.error:
                     step.lines = (step.lines + [f"ERROR: {event.error}"])[-self.OUTPUT_LINES:]
+
+    def _miss(self, miss) -> str:
+        numbers = {step_id: f"#{i}" for i, step_id in enumerate(self.steps, start=1)}
+        return f"cache miss: {miss.text(numbers.get)}"
 
     def close(self) -> None:
         """Draws the final frame; call it once the build has ended, however it ended."""
@@ -133,6 +156,8 @@ class TtyProgress:
             label = f" => {step.name}"
             room = max(10, width - len(status) - 2)
             rows.append(f"{label[:room]:<{room}} {status}")
+            if step.miss:
+                rows.append(f" => => {step.miss}"[:width - 1])
             if step.state in ("running", "error"):
                 rows.extend(f" => => # {line}"[:width - 1] for line in step.lines)
         frame = "".join(f"\x1b[2K{row}\n" for row in rows)
@@ -154,7 +179,16 @@ class RawJsonProgress:
     def __init__(self, stream=sys.stderr):
         self.stream = stream
         self.vertices: dict[str, dict] = {}
+        self.explained: set[str] = set()
         self.lock = threading.Lock()
+
+    def _miss_log(self, digest: str, miss, now: str) -> dict:
+        """A cache-miss reason as a log line of its vertex: BuildKit's SolveStatus has no field for
+        it, and every SolveStatus reader shows logs. A rebuilt parent is named by its step name."""
+        import base64
+
+        text = f"cache miss: {miss.step}: {miss.reason}\n"
+        return {"vertex": digest, "stream": 1, "data": base64.b64encode(text.encode()).decode(), "timestamp": now}
 
     @staticmethod
     def _digest(step_id: str) -> str:
@@ -180,7 +214,12 @@ class RawJsonProgress:
             status: dict = {}
             if isinstance(event, ev.Started):
                 vertex = self.vertices[event.id] = {"digest": digest, "name": event.name, "started": now}
+                if event.inputs:
+                    vertex["inputs"] = [self._digest(i) for i in event.inputs]
                 status["vertexes"] = [vertex]
+                if event.cache_miss is not None:
+                    status["logs"] = [self._miss_log(digest, event.cache_miss, now)]
+                    self.explained.add(event.id)
             elif isinstance(event, (ev.Output, ev.Log)):
                 data = event.data if isinstance(event, ev.Output) else (event.text + "\n").encode()
                 status["logs"] = [{"vertex": digest, "stream": 1, "data": base64.b64encode(data).decode(),
@@ -193,6 +232,8 @@ class RawJsonProgress:
                 if event.error:
                     vertex["error"] = event.error
                 status["vertexes"] = [vertex]
+                if event.cache_miss is not None and event.id not in self.explained:
+                    status["logs"] = [self._miss_log(digest, event.cache_miss, now)]
             else:
                 return
             self.stream.write(json.dumps(status, separators=(",", ":")) + "\n")

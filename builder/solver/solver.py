@@ -19,7 +19,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
 from builder.cache.records import CacheRecord
 from builder.context import BuildContext
-from builder.errors import BuildError, SolveError
+from builder.errors import BlobNotFound, BuildError, SolveError
 from builder import events
 from builder.llb import Vertex
 from builder.session import SecretStore
@@ -43,7 +43,7 @@ class Solver:
                  names: dict[str, str] | None = None, source_date_epoch: int | None = None,
                  secrets: SecretStore | None = None, ssh: Mapping[str, str] | None = None,
                  no_cache_for: frozenset[str] = frozenset(), named_contexts: Mapping[str, BuildContext] = {},
-                 rewrite_timestamp: bool = True):
+                 rewrite_timestamp: bool = True, explainer=None):
         self.store = store
         self.executor = executor
         self.sources = sources
@@ -64,6 +64,7 @@ class Solver:
         self._cancelled = threading.Event()
         self.secrets = secrets or SecretStore()   # RUN --mount=type=secret values, never in a key
         self.ssh = dict(ssh or {})                # RUN --mount=type=ssh: agent id -> socket path
+        self.explainer = explainer                # builder.solver.explain.MissExplainer: why a step runs
 
     # -- what ops see of the solve (builder.solver.ops.base.SolveState)
     def op(self, vertex: Vertex) -> SolverOp:
@@ -154,18 +155,22 @@ class Solver:
             with op.acquire():
                 return op.exec(inputs)
         key = self.keys[vertex]
+        parents = tuple(p.digest for p in self.step_parents(vertex))
         if op.adds_layer and not self.no_cache and vertex.digest not in self.no_cache_for:
             hit = self._cached(key, inputs[0])
             if hit is not None:
-                self.progress(events.Started(vertex.digest, self.name(vertex)))
+                self.progress(events.Started(vertex.digest, self.name(vertex), parents))
                 self.progress(events.Finished(vertex.digest, cached=True))
                 return hit
-        self.progress(events.Started(vertex.digest, self.name(vertex)))
+        # A layer step that gets here runs: its reason is known now. Other steps (a base image)
+        # are CACHED unless they had to fetch, which only exec tells.
+        miss = self._explain(vertex) if op.adds_layer else None
+        self.progress(events.Started(vertex.digest, self.name(vertex), parents, miss))
         try:
             with op.acquire():
                 result = op.exec(inputs)
         except BaseException as error:
-            self.progress(events.Finished(vertex.digest, error=str(error) or type(error).__name__))
+            self.progress(events.Finished(vertex.digest, error=str(error) or type(error).__name__, cache_miss=miss))
             if isinstance(error, BuildError):
                 error.vertex = error.vertex or vertex.digest
             raise
@@ -173,8 +178,46 @@ class Solver:
             layer = result.layers[-1]
             self.store.records.put(CacheRecord(self.record_key(key), layer.digest, layer.diff_id, layer.size,
                                                layer.media_type, result.created, self.layer_timestamps))
-        self.progress(events.Finished(vertex.digest, cached=result.cached))
+        if not result.cached and miss is None and op.explains_misses:
+            miss = self._explain(vertex)
+        self.progress(events.Finished(vertex.digest, cached=result.cached, cache_miss=None if result.cached else miss))
         return result
+
+    def step_parents(self, vertex: Vertex) -> list[Vertex]:
+        """The steps VERTEX reads (named, shown ones), through vertices that are no step (merges,
+        the context, heredoc and URL sources)."""
+        parents: list[Vertex] = []
+        seen: set[Vertex] = set()
+        todo = list(vertex.inputs)
+        while todo:
+            source = todo.pop(0)
+            if source is None or source in seen:
+                continue
+            seen.add(source)
+            if source.digest in self.names and self.op(source).reports_progress:
+                parents.append(source)
+            else:
+                todo.extend(source.inputs)
+        return parents
+
+    def _explain(self, vertex: Vertex) -> events.CacheMiss | None:
+        if self.explainer is None:
+            return None
+        try:
+            return self.explainer.explain(self, vertex, self.layer_timestamps)
+        except Exception as error:   # a reason must never fail the build it explains
+            return events.CacheMiss(self.name(vertex), f"(no reason: {type(error).__name__}: {error})")
+
+    def save_history(self, vertices: tuple[Vertex, ...]) -> None:
+        """Records this build's steps for the next build's reasons (one write), if explaining."""
+        if self.explainer is not None:
+            self.explainer.save(self, vertices, self.layer_timestamps)
+
+    def _blob_whole(self, digest: str, size: int) -> bool:
+        try:
+            return self.store.blobs.size(digest) == size
+        except BlobNotFound:
+            return False
 
     def record_key(self, key: str) -> str:
         """A clamped and an unclamped layer of one step are two records: the step's cache key
@@ -183,10 +226,10 @@ class Solver:
 
     def _cached(self, key: str, parent: Result) -> Result | None:
         """The result a cache record gives: the parent's layers plus the recorded layer, if its
-        blob is still in the store."""
+        blob is still in the store, whole (a power loss may have cut a blob short)."""
         record = self.store.records.get(self.record_key(key))
         if (record is None or record.timestamps != self.layer_timestamps
-                or not self.store.blobs.has(record.layer_digest)):
+                or not self._blob_whole(record.layer_digest, record.size)):
             return None
         layer = LayerRef(record.layer_digest, record.diff_id, record.size, record.media_type)
         return Result(parent.layers + (layer,), record.created, cached=True)

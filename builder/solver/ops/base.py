@@ -101,6 +101,7 @@ class SolverOp:
 
     adds_layer: ClassVar[bool] = False   # exec stacks one new layer on input 0; the solver caches it
     reports_progress: ClassVar[bool] = True  # False: a source others read, shown as no step
+    explains_misses: ClassVar[bool] = False  # a step with a cache notion: not CACHED says why (explain.py)
 
     def __init__(self, vertex: Vertex, state: SolveState):
         self.vertex = vertex
@@ -117,9 +118,19 @@ class SolverOp:
     def acquire(self) -> ContextManager[None]:
         return contextlib.nullcontext()
 
+    def facts(self) -> dict:
+        """What the key was made of, as plain JSON values a later build can compare to say why
+        it missed (builder.solver.explain): file digests, environment, a base digest. Never a
+        secret's value. Called after cache_key."""
+        return {}
+
     # -- what this vertex is to an op that reads it (defaults: its layers, keyed by its key)
     def content_digest(self, selector: tuple[str, ...]) -> str | None:
         """A digest of the content under SELECTOR, or None: key readers by this vertex's key."""
+        return None
+
+    def content_entries(self, selector: tuple[str, ...]) -> dict[str, str] | None:
+        """What content_digest digests, per path (path -> digest), or None if it is keyed by key."""
         return None
 
     def copy_source(self, scratch: str, index: int) -> CopySource:
@@ -136,6 +147,13 @@ class SolverOp:
 
     def input_key(self, index: int) -> str | None:
         return self.state.key(self.vertex.inputs[index])
+
+    def read_facts(self, index: int, selector: tuple[str, ...]) -> dict | None:
+        """The fact of what this op reads from input INDEX under SELECTOR: {"paths": selector,
+        "files": path -> digest} when the input has content to select from (the context), else None."""
+        source = self.vertex.inputs[index]
+        entries = None if source is None else self.state.op(source).content_entries(selector)
+        return None if entries is None else {"paths": list(selector), "files": entries}
 
     def content_key(self, index: int, selector: tuple[str, ...]) -> str | None:
         """The key part for what this op reads from input INDEX under SELECTOR: the content
@@ -156,6 +174,7 @@ class LayerOp(SolverOp):
     """An op that changes input 0's filesystem in a scratch snapshot; the change is one layer."""
 
     adds_layer = True
+    explains_misses = True
 
     def apply(self, rootfs) -> None:
         """Make this op's changes over ROOTFS (the active snapshot's mount, an executor RootFS)."""

@@ -33,6 +33,17 @@ class ExecSolverOp(LayerOp):
                 keys.append(self.input_key(index))
         return keys
 
+    def facts(self) -> dict:
+        """The environment the RUN sees (secrets are mounted, never in it), its other settings,
+        and the context files its bind mounts read."""
+        op = self.op
+        settings = {"WORKDIR": op.cwd, "USER": op.user, "network": op.network, "hostname": op.hostname,
+                    "add-host": " ".join(f"{n}:{a}" for n, a in op.extra_hosts), "shm-size": str(op.shm_size),
+                    "ulimit": " ".join(f"{n}={s}:{h}" for n, s, h in op.ulimits)}
+        reads = [self.read_facts(spec.source, (spec.path,)) for spec in op.mounts
+                 if isinstance(spec, BindMountSpec) and spec.source is not None]
+        return {"env": list(op.env), "settings": settings, "reads": [r for r in reads if r is not None]}
+
     def apply(self, rootfs) -> None:
         from builder.executor import ProcessSpec
 

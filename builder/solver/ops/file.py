@@ -20,6 +20,11 @@ class FileSolverOp(LayerOp):
                    for action in self.op.actions if isinstance(action, CopyAction)]
         return digest_key(self.op.definition(), self.input_key(0), content)
 
+    def facts(self) -> dict:
+        reads = [self.read_facts(action.source, _selector(action))
+                 for action in self.op.actions if isinstance(action, CopyAction)]
+        return {"reads": [r for r in reads if r is not None]}
+
     def apply(self, rootfs) -> None:
         state = self.state
         sources: dict[int, CopySource] = {}

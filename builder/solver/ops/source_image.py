@@ -10,8 +10,14 @@ from .base import LayerRef, Result, SolverOp, digest_key
 
 
 class ImageSourceOp(SolverOp):
+    explains_misses = True       # CACHED when its layers were in the store; else why they were fetched
+
     def cache_key(self) -> str:
         return digest_key("image", self.state.sources.by_ref(self.op.ref).manifest_digest)
+
+    def facts(self) -> dict:
+        digest = self.state.sources.by_ref(self.op.ref).manifest_digest
+        return {"base": self.op.ref.removesuffix("@" + digest), "digest": digest}
 
     def exec(self, inputs: Sequence[Result]) -> Result:
         """The image's layers, fetched now if the store lacks them (exports need them);

@@ -10,7 +10,11 @@ from .base import EMPTY, CopySource, Result, SolverOp, digest_key
 
 
 class LocalSourceOp(SolverOp):
-    reports_progress = False
+    @property
+    def reports_progress(self) -> bool:
+        """The build context is BuildKit's "[internal] load build context" step; named contexts
+        show as no step of their own."""
+        return self.op.name == "context"
 
     def cache_key(self) -> str:
         return digest_key("local", self.op.name)
@@ -27,6 +31,9 @@ class LocalSourceOp(SolverOp):
 
     def content_digest(self, selector: tuple[str, ...]) -> str:
         return self._context.checksum(selector)
+
+    def content_entries(self, selector: tuple[str, ...]) -> dict[str, str]:
+        return self._context.entry_digests(selector)
 
     def copy_source(self, scratch: str, index: int) -> CopySource:
         # The context arrives root-owned, as BuildKit's file transfer resets owners.
