@@ -63,9 +63,6 @@ class OutputSpec:
         if kind not in OUTPUT_ATTRIBUTES:
             raise BuildError(f"invalid output {text!r}: type must be {', '.join(OUTPUT_ATTRIBUTES)}")
         for key in attrs:
-            if key in LATER_OUTPUT_ATTRIBUTES:
-                raise BuildError(f"invalid output {text!r}: {key}= is not supported yet: "
-                                 f"{LATER_OUTPUT_ATTRIBUTES[key]}")
             if key not in OUTPUT_ATTRIBUTES[kind]:
                 raise BuildError(f"invalid output {text!r}: unknown attribute {key}= for type={kind} "
                                  f"(known: {', '.join(OUTPUT_ATTRIBUTES[kind])})")
@@ -74,24 +71,42 @@ class OutputSpec:
         if attrs.get("dest") == "-" and (kind == "local" or attrs.get("tar", "true") == "false"):
             raise BuildError(f"invalid output {text!r}: a directory cannot be written to stdout (dest=-); "
                              "use type=tar,dest=- for the root filesystem as a tar")
-        for flag in ("oci-mediatypes", "rewrite-timestamp"):  # fail now, before anything is built
+        for flag in ("oci-mediatypes", "rewrite-timestamp", "force-compression"):  # fail now, before anything is built
             if attrs.get(flag, "").lower() not in _BOOLEANS:
                 raise BuildError(f"invalid output {text!r}: {flag} must be true or false, not {attrs[flag]!r}")
-        return cls(kind, tuple(sorted(attrs.items())))
+        spec = cls(kind, tuple(sorted(attrs.items())))
+        if any(key in attrs for key in _COMPRESSION_ATTRIBUTES):
+            spec.compression  # checked now too
+        return spec
+
+    @property
+    def compression(self):
+        """BuildKit's `compression=gzip|zstd|uncompressed` (default gzip), `compression-level=N`
+        and `force-compression=true` as a builder.snapshot.compressed.Compression."""
+        from builder.snapshot.compressed import Compression, LayerError
+
+        kind = self.get("compression", "gzip").lower() or "gzip"
+        level_text = self.get("compression-level")
+        try:
+            level = int(level_text) if level_text else None
+        except ValueError:
+            raise BuildError(f"invalid output type={self.type}: compression-level must be a number, "
+                             f"not {level_text!r}") from None
+        try:
+            return Compression(kind, level, _BOOLEANS[self.get("force-compression", "false").lower()])
+        except LayerError as e:
+            raise BuildError(f"invalid output type={self.type}: {e}") from None
 
 
 # The attributes each output type takes; any other is an error rather than silently ignored.
+_COMPRESSION_ATTRIBUTES = ("compression", "compression-level", "force-compression")
 OUTPUT_ATTRIBUTES = {
-    "oci": ("dest", "tar", "name", "oci-mediatypes", "rewrite-timestamp"),
-    "docker": ("dest", "name", "oci-mediatypes", "rewrite-timestamp"),
+    "oci": ("dest", "tar", "name", "oci-mediatypes", "rewrite-timestamp", *_COMPRESSION_ATTRIBUTES),
+    "docker": ("dest", "name", "oci-mediatypes", "rewrite-timestamp", *_COMPRESSION_ATTRIBUTES),
     "local": ("dest", "rewrite-timestamp"),
     "tar": ("dest", "rewrite-timestamp"),
-    "image": ("name", "push", "registry.insecure", "oci-mediatypes", "rewrite-timestamp"),
-    "registry": ("name", "push", "registry.insecure", "oci-mediatypes", "rewrite-timestamp"),
-}
-LATER_OUTPUT_ATTRIBUTES = {
-    name: "layer compression is always gzip until the compression work lands"
-    for name in ("compression", "compression-level", "force-compression")
+    "image": ("name", "push", "registry.insecure", "oci-mediatypes", "rewrite-timestamp", *_COMPRESSION_ATTRIBUTES),
+    "registry": ("name", "push", "registry.insecure", "oci-mediatypes", "rewrite-timestamp", *_COMPRESSION_ATTRIBUTES),
 }
 
 
@@ -340,18 +355,22 @@ def _build_watched(options: BuildOptions, progress: events.Progress, executor, m
             if reused is not None:
                 variants = {mode: _decorate(variant, options, store) for mode, variant in variants.items()}
             image = variants[rewrites[0]]
-            store.sync()  # the steps' records and layers are durable before a name points at them
-            # Before any name moves: a failure here leaves the store as it was.
-            _write_result_files(options, image, tags, warnings, misses.misses, cache_report)
             export_id = "export"
             progress(events.Started(export_id, "exporting to image"))
+            # Each output's image: the layers compressed as it asks (oci, docker, push), made now.
+            exported = [_output_image(output, variants[rewrite], store, progress, export_id)
+                        for output, rewrite in zip(options.outputs, rewrites)]
+            store.sync()  # the steps' records and layers are durable before a name points at them
+            # Before any name moves: a failure here leaves the store as it was.
+            _write_result_files(options, exported[0] if exported else image, tags, warnings, misses.misses,
+                                cache_report)
             progress(events.Log(export_id, f"writing image {image.image_id} done"))
             for tag in tags:
                 store.images.tag(tag, image.manifest.digest)
                 progress(events.Log(export_id, f"naming to {tag} done"))
             mounts = cache_report.get("mount_from", {})
-            for output, rewrite in zip(options.outputs, rewrites):
-                _export(output, variants[rewrite], store, tags, progress, export_id, mounts)
+            for output, output_image in zip(options.outputs, exported):
+                _export(output, output_image, store, tags, progress, export_id, mounts)
             progress(events.Finished(export_id))
         finally:
             sources.close()
@@ -921,13 +940,31 @@ def _export(output, image, store, tags, progress, export_id, mounts: dict | None
         kind = exporters.LocalExporter if output.type == "local" else exporters.RootfsTarExporter
         exporter = kind(dest, apply_layer)
     elif output.type in ("image", "registry"):
-        if output.get("push", "false" if output.type == "image" else "true") == "true":
+        if _pushes(output):
             _push(image, store, tags, progress, export_id, output, mounts or {})
         return
     else:
         raise ExportError(f"unknown output type {output.type}")
     progress(events.Log(export_id, f"exporting to {output.type} {dest}"))
     exporter.export(image, store.blobs)
+
+
+def _pushes(output) -> bool:
+    return output.type in ("image", "registry") and \
+        output.get("push", "false" if output.type == "image" else "true") == "true"
+
+
+def _output_image(output, image, store, progress, export_id):
+    """IMAGE as OUTPUT writes it: for archives and pushes, with its layers compressed as the output's
+    compression attributes ask (made now, or found made earlier); as stored for the rest (the
+    local store keeps layers uncompressed, so a `-t` build compresses nothing)."""
+    if output.type not in ("oci", "docker") and not _pushes(output):
+        return image
+    from builder.snapshot.compressed import compressed_image
+
+    wanted = output.compression
+    progress(events.Log(export_id, f"exporting layers ({wanted.kind})"))
+    return compressed_image(store, image, wanted)
 
 
 def _push(image, store, tags, progress, export_id, output, mounts: dict) -> None:

@@ -3,8 +3,10 @@
     ROOT/blobs/sha256/<hex>       content-addressed blobs: layers, configs, manifests
     ROOT/blobs/tmp/               blob writes in progress (atomic rename into sha256/)
     ROOT/snapshots/               unpacked layers by chain ID, used as overlay lower dirs
+    ROOT/snapshots.naive/         whole trees by chain ID (BUILD_IMAGE_SNAPSHOTTER=naive, no overlayfs)
     ROOT/images/                  the image index: name:tag and name@digest -> manifest digest
     ROOT/cache/records/<key>.json build cache: cache key -> layer it produced
+    ROOT/cache/compressed/        compressed variants of layers, made when an output needs them
     ROOT/run/                     per-step scratch (container roots, mount points), gone after the step
     ROOT/lock                     held shared by every process using the root, exclusively by GC
 """
@@ -21,6 +23,7 @@ from typing import Iterator
 
 from builder.cache.blobs import BaseBlobStore, BlobStore
 from builder.cache.records import BaseCacheRecords, CacheRecords
+from builder.cache.variants import LayerVariants
 
 
 def default_root() -> str:
@@ -36,16 +39,20 @@ class Store:
     twins); everything else stays under ROOT."""
 
     def __init__(self, root: str | None = None, *, blobs: BaseBlobStore | None = None,
-                 records: BaseCacheRecords | None = None):
+                 records: BaseCacheRecords | None = None, snapshotter: str | None = None):
         from builder.image.names import ImageStore
-        from builder.snapshot.snapshots import SnapshotStore
+        from builder.snapshot.snapshotter import make_snapshotter
 
         self.root = os.path.abspath(root or default_root())
         os.makedirs(self.root, exist_ok=True)
         self.blobs = blobs if blobs is not None else BlobStore(os.path.join(self.root, "blobs"))
         records_dir = os.path.join(self.root, "cache", "records")
         self.records = records if records is not None else CacheRecords(records_dir)
-        self.snapshots = SnapshotStore(self.root)
+        self.variants = LayerVariants(os.path.join(self.root, "cache", "compressed"))
+        # overlay (the default) or naive: BUILD_IMAGE_SNAPSHOTTER picks it for every command.
+        kind = snapshotter or os.environ.get("BUILD_IMAGE_SNAPSHOTTER") or "overlay"
+        self.snapshotter = make_snapshotter(kind, self.root)
+        self.snapshots = self.snapshotter.store
         self.images = ImageStore(self.root)
         self.run_dir = os.path.join(self.root, "run")
         os.makedirs(self.run_dir, exist_ok=True)
@@ -112,26 +119,25 @@ class Store:
 
     def snapshot_keys(self) -> list[str]:
         """Every committed snapshot's directory name (chain IDs are not recoverable from them)."""
-        directory = os.path.join(self.root, "snapshots")
-        return sorted(name for name in os.listdir(directory) if os.path.isdir(os.path.join(directory, name)))
+        return self.snapshots.keys()
 
     def snapshot_entries(self) -> list[str]:
         """Every name under ROOT/snapshots/, directories or not (fsck looks for strays)."""
-        return sorted(os.listdir(os.path.join(self.root, "snapshots")))
+        return self.snapshots.entries()
 
     def snapshot_size(self, key: str) -> int:
-        return tree_size(os.path.join(self.root, "snapshots", key))
+        return tree_size(os.path.join(self.snapshots.directory, key))
 
     def remove_snapshot(self, key: str) -> None:
         """Delete snapshot KEY; call only with the root held exclusively. It is renamed away first,
         so a crash midway never leaves a half-deleted directory that looks like a snapshot."""
-        path = os.path.join(self.root, "snapshots", key)
+        path = os.path.join(self.snapshots.directory, key)
         if not os.path.lexists(path):
             return
         if not os.path.isdir(path) or os.path.islink(path):
             os.unlink(path)
             return
-        trash = tempfile.mkdtemp(prefix="remove-", dir=os.path.join(self.root, "snapshots.tmp"))
+        trash = tempfile.mkdtemp(prefix="remove-", dir=self.snapshots.directory + ".tmp")
         os.rename(path, os.path.join(trash, "fs"))
         shutil.rmtree(trash, ignore_errors=True)
 

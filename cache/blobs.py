@@ -52,12 +52,21 @@ class BaseBlobWriter(ABC):
         self.size += len(data)
         return len(data)
 
+    def write_unhashed(self, data: bytes) -> int:
+        """Write DATA that the caller hashes itself, on another thread (a layer commit overlaps
+        the two); the caller then passes its digest to `commit(hashed_as=...)`."""
+        self._write(data)
+        self.size += len(data)
+        return len(data)
+
     @property
     def digest(self) -> str:
         return "sha256:" + self._hash.hexdigest()
 
-    def commit(self, expected: str | None = None) -> str:
-        digest = self.digest
+    def commit(self, expected: str | None = None, *, hashed_as: str | None = None) -> str:
+        """HASHED_AS: the sha256 digest the caller computed of everything it wrote (with
+        `write_unhashed`); otherwise the writer's own hash names the blob."""
+        digest = hashed_as or self.digest
         try:
             if expected is not None and expected != digest:
                 raise DigestMismatch(expected, digest, "blob")

@@ -88,7 +88,8 @@ BAD_VALUES = [
     (["build", "--squash", "ctx"], 125, "--squash"),
     (["build", "-f", "-", "-"], 1, "stdin"),
     (["build", "-o", "type=local,dest=-", "ctx"], 1, "stdout"),
-    (["build", "-o", "type=oci,dest=x,compression=zstd", "ctx"], 1, "compression"),
+    (["build", "-o", "type=oci,dest=x,compression=lz4", "ctx"], 1, "compression"),
+    (["build", "-o", "type=oci,dest=x,compression-level=99", "ctx"], 1, "compression-level"),
     (["build", "-o", "-", "-o", "type=oci,dest=-", "ctx"], 1, "only one output"),
 ]
 

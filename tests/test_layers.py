@@ -17,7 +17,7 @@ import pytest
 from builder.cache.blobs import BlobStore
 from builder.image.media import OCI_LAYER, OCI_LAYER_GZIP, OCI_LAYER_ZSTD
 from builder.snapshot.layers import (
-    GZIP_LEVEL, Layer, LayerError, apply_layer, chain_ids, unpack_layer, write_layer,
+    Layer, LayerError, apply_layer, chain_ids, unpack_layer, write_layer,
 )
 
 IS_ROOT = os.geteuid() == 0
@@ -175,11 +175,10 @@ def test_diff_id_is_sha256_of_uncompressed_blob(tmp_path, blobs, compression, me
 
 def test_gzip_header_carries_no_name_or_time(tmp_path, blobs):
     _write(f"{tmp_path}/upper/f", "x")
-    blob = blobs.get_bytes(write_layer(str(tmp_path / "upper"), blobs).digest)
+    blob = blobs.get_bytes(write_layer(str(tmp_path / "upper"), blobs, compression="gzip").digest)
     assert blob[:3] == b"\x1f\x8b\x08"
     assert blob[3] == 0  # FLG: no FNAME, FCOMMENT or FEXTRA
     assert blob[4:8] == b"\0\0\0\0"  # MTIME
-    assert GZIP_LEVEL in range(1, 10)
 
 
 @root_only

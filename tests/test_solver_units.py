@@ -31,9 +31,11 @@ from tests.support.fake_executor import FakeExecutor
 BASE = "example.com/base:latest"
 
 
-@pytest.fixture
-def store(tmp_path):
-    return Store(str(tmp_path / "store"), blobs=MemoryBlobStore(), records=MemoryCacheRecords())
+@pytest.fixture(params=["overlay", "naive"])
+def store(tmp_path, request):
+    """The memory twins, over each snapshotter: the solver's behaviour must not depend on which."""
+    return Store(str(tmp_path / "store"), blobs=MemoryBlobStore(), records=MemoryCacheRecords(),
+                 snapshotter=request.param)
 
 
 @pytest.fixture

@@ -66,7 +66,6 @@ from builder.executor.spec import (DEFAULT_PATH, DEFAULT_TMPFS_SIZE, BindMount, 
 from builder.executor.users import UserNotFound, resolve_user
 from builder.plumbing import linux
 from builder.plumbing.linux import clone_tree, move_mount
-from builder.snapshot.overlay import mount_overlay
 
 # Docker's default capability set for containers and build steps (see capabilities(7) numbers).
 DEFAULT_CAPABILITIES = frozenset({
@@ -128,11 +127,6 @@ class _Plan:
     @property
     def empty_dir(self) -> str:
         return os.path.join(self.runtime_dir, "empty")
-
-    @property
-    def lowerdirs(self) -> tuple[str, ...]:
-        # FROM scratch: overlay needs a lower dir, an empty one gives an empty root.
-        return self.rootfs.lowerdirs or (self.empty_dir,)
 
 
 class NamespaceExecutor:
@@ -261,14 +255,14 @@ class NamespaceExecutor:
     def run_in_rootfs(self, rootfs: RootFS, fn: Callable[[str], None]) -> None:
         runtime_dir = tempfile.mkdtemp(prefix="build-image-fs-", dir=self._runtime_root)
         merged = os.path.join(runtime_dir, "root")
-        lowers = rootfs.lowerdirs or (os.path.join(runtime_dir, "empty"),)
+        empty = os.path.join(runtime_dir, "empty")
         outcome: list[BaseException] = []
 
         def in_private_namespace() -> None:
             try:
                 linux.unshare(linux.CLONE_NEWNS)  # this thread only
                 linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)
-                mount_overlay(lowers, rootfs.upperdir, rootfs.workdir, merged)
+                rootfs.attach(merged, empty)
             except BaseException as exc:
                 outcome.append(SolveError(f"mounting the root file system failed: {exc}"))
                 return
@@ -281,8 +275,7 @@ class NamespaceExecutor:
 
         try:
             os.mkdir(merged)
-            if not rootfs.lowerdirs:
-                os.mkdir(lowers[0])
+            os.mkdir(empty)
             worker = threading.Thread(target=in_private_namespace, name="build-image-rootfs")
             worker.start()
             _join_uninterruptibly(worker)
@@ -623,8 +616,7 @@ def _enter_root(plan: _Plan, stubs: list[MountStub], status_w: int) -> None:
     # the parent deletes the scratch dir early, and a merged directory over a deleted one reads empty.
     linux.mount("tmpfs", plan.empty_dir, "tmpfs", linux.MS_RDONLY | linux.MS_NOSUID | linux.MS_NODEV,
                 "size=4k,mode=755")
-    rootfs = plan.rootfs
-    mount_overlay(plan.lowerdirs, rootfs.upperdir, rootfs.workdir, plan.merged_dir)
+    plan.rootfs.attach(plan.merged_dir, plan.empty_dir)
     # Host paths, resolved while the host is still visible; attached after pivot_root.
     attachments = _detached_mounts(plan)
 

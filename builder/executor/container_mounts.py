@@ -24,7 +24,6 @@ from builder.plumbing.linux import (AT_EMPTY_PATH, AT_RECURSIVE, MNT_DETACH, MOU
                                     MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY, MS_REC, MS_REMOUNT,
                                     OPEN_TREE_CLOEXEC, OPEN_TREE_CLONE, SYS_MOUNT_SETATTR, SYS_OPEN_TREE,
                                     clone_tree, mount, move_mount, open_in_root, syscall, umount2)
-from builder.snapshot.overlay import overlay_mount_fd
 
 _DEVICES = (("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9),
             ("tty", 5, 0))
@@ -81,14 +80,8 @@ def layered_mount_fd(spec: LayeredMount, view: str, empty: str) -> tuple[int, bo
     """A detached mount of SPEC's SUBPATH and whether it is a directory. Runs on the host side of
     init (before pivot_root): the whole stack is attached at the empty dir VIEW just long enough
     to resolve SUBPATH inside it, so that only that part is ever visible in the container."""
-    lowers = spec.lowerdirs or (empty,)
     try:
-        if spec.upperdir is not None:
-            tree = overlay_mount_fd(lowers, spec.upperdir, spec.workdir)
-        else:
-            # Even a single layer goes through a read-only overlay (over the empty dir) rather than
-            # a bind: a bind shows its host path in the container's /proc/self/mountinfo.
-            tree = overlay_mount_fd(lowers if len(lowers) > 1 else (empty, *lowers), None, None)
+        tree = spec.snapshot.detached(empty)
     except OSError as exc:
         raise MountSourceError(f"mount for {spec.target}: {exc.strerror or exc}") from None
     try:

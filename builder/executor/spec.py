@@ -6,16 +6,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from builder.snapshot.snapshotter import SnapshotMount
+
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 OutputCallback = Callable[[int, bytes], None]
 
 
-@dataclass(frozen=True)
-class RootFS:
-    lowerdirs: tuple[str, ...]   # layer directories, base layer first, topmost last (may be empty)
-    upperdir: str                # empty dir that receives this step's changes (becomes the layer)
-    workdir: str                 # overlay work dir on the same filesystem as upperdir
+# The root a step runs over: an active snapshot's mount, as the snapshotter gives it (overlay:
+# lowerdirs base first, changes in upperdir, workdir beside it; naive: one tree, bound).
+RootFS = SnapshotMount
 
 
 @dataclass(frozen=True)
@@ -71,6 +71,11 @@ class LayeredMount:
     subpath: str = "/"
     upperdir: str | None = None
     workdir: str | None = None
+    kind: str = "overlay"        # the snapshotter's: "overlay", or "bind" for a naive snapshot's tree
+
+    @property
+    def snapshot(self) -> SnapshotMount:
+        return SnapshotMount(self.lowerdirs, self.upperdir, self.workdir, self.kind)
 
 
 DEFAULT_TMPFS_SIZE = 512 << 20   # a RUN --mount=type=tmpfs without size= (the kernel's default is half the RAM)

@@ -173,24 +173,44 @@ def push(store: Store, name: str, *, insecure_registries: Sequence[str] = (),
         manifest_digest = store.images.resolve(str(ref))
         if manifest_digest is None:
             raise ImageNotFound(f"An image does not exist locally with the tag: {ref.familiar}")
+        from builder.image.media import Descriptor
+        from builder.snapshot.compressed import image_with_layers, layers_for_push
+
         image = read_image(store.blobs, manifest_digest)
-        layers = {layer.digest for layer in image.layers}
+        # Layers the build committed uncompressed go gzip-compressed, as docker push sends them:
+        # compressed on the way up (and kept, so the next push sends a known blob, HEAD first);
+        # pulled layers and ones compressed before go as they are.
+        layers = layers_for_push(store, image)
         mount_from = _mount_sources(store, ref)
+        # Progress is shown per layer by its diff_id, as docker push does: the blob digest of a
+        # layer compressed on the way is known only once it is sent.
+        diff_id_of = {l.digest: d for l, d in zip(layers, image.config.diff_ids) if isinstance(l, Descriptor)}
 
         def status(digest: str, what: str) -> None:
-            if digest in layers:
+            diff_id = diff_id_of.get(digest) or next(
+                (v_diff for v_diff in image.config.diff_ids
+                 if any(v.digest == digest for v in store.variants.of(v_diff))), None)
+            if diff_id is not None:
                 words = {"exists": "Layer already exists", "pushed": "Pushed"}
-                events(LayerEvent(digest, words.get(what) or f"Mounted from {mount_from.get(digest, '')}"))
+                events(LayerEvent(diff_id, words.get(what) or f"Mounted from {mount_from.get(digest, '')}"))
 
-        for layer in image.layers:
-            events(LayerEvent(layer.digest, "Preparing"))
+        for diff_id in dict.fromkeys(image.config.diff_ids):
+            events(LayerEvent(diff_id, "Preparing"))
         # The image keeps its family (a pulled Docker image goes back as it came, with the same digest);
         # an OCI manifest is pushed with OCI types throughout, whatever its base layers were tagged with.
-        out = for_output(store.blobs, image, oci=is_oci_type(image.manifest.media_type))
+        oci = is_oci_type(image.manifest.media_type)
+        sent: list[bytes] = []
+
+        def manifest_for(final: list[Descriptor]) -> tuple[bytes, str]:
+            out = for_output(store.blobs, image_with_layers(store, image, final), oci=oci)
+            sent.append(out.data)
+            return out.data, out.image.manifest.media_type
+
         with RegistryClient(insecure_registries=insecure_registries, blob_status=status) as client:
-            pushed = client.push(ref, store.blobs, out.data, out.image.manifest.media_type, mount_from)
+            pushed, _ = client.push_streamed(ref, store.blobs, image.config_descriptor, layers, manifest_for,
+                                             mount_from)
         store.images.tag(f"{ref.name}@{pushed}", manifest_digest)
-        return PushResult(ref, pushed, len(out.data))
+        return PushResult(ref, pushed, len(sent[0]))
 
 
 def _mount_sources(store: Store, ref: Reference) -> dict[str, str]:
@@ -209,6 +229,9 @@ def _mount_sources(store: Store, ref: Reference) -> dict[str, str]:
             continue
         for blob in (image.config_descriptor, *image.layers):
             sources.setdefault(blob.digest, other.repository)
+        for diff_id in image.config.diff_ids:  # what was pushed of a layer kept uncompressed here
+            for variant in store.variants.of(diff_id):
+                sources.setdefault(variant.digest, other.repository)
     return sources
 
 

@@ -67,6 +67,9 @@ def prune(store: Store, *, all_images: bool = False, cache: bool = False,
         doomed_digests = {r.manifest_digest for r in doomed}
         kept = [r for r in images if r.manifest_digest not in doomed_digests]
         marked = _mark(store, kept)
+        for diff_id in store.variants.diff_ids():
+            if diff_id not in marked:  # the layer is gone: so is the record of its compressed forms
+                store.variants.forget(diff_id)
         for digest in list(store.blobs.digests()):
             if digest not in marked:
                 reclaimed += _blob_size(store, digest)
@@ -119,6 +122,10 @@ def _mark(store: Store, kept: list[ImageRecord]) -> set[str]:
         cached = store.records.get(key)
         if cached is not None:
             marked.add(cached.layer_digest)
+    # A kept layer keeps its compressed forms: the next export or push need not make them again.
+    for diff_id in store.variants.diff_ids():
+        if diff_id in marked:
+            marked.update(variant.digest for variant in store.variants.of(diff_id))
     return marked
 
 
@@ -328,7 +335,7 @@ def _check_records(store: Store, corrupt: set[str], repair: bool, problems: list
 
 
 def _check_snapshots(store: Store, repair: bool, problems: list[Problem]) -> None:
-    directory = os.path.join(store.root, "snapshots")
+    directory = store.snapshots.directory
     for name in store.snapshot_entries():
         path = os.path.join(directory, name)
         if _SNAPSHOT_NAME.fullmatch(name) and os.path.isdir(path) and not os.path.islink(path):

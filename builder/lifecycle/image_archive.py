@@ -95,8 +95,12 @@ def save_images(store: Store, names: Sequence[str], dest: str, archive_format: s
     if archive_format not in ("docker", "oci"):
         raise ExportError(f"unknown archive format {archive_format!r}: use docker or oci")
     with store:
+        from builder.snapshot.compressed import compressed_image
+
         items = select_for_save(store, names)
-        outputs = [(item, for_output(store.blobs, item.image, oci=archive_format == "oci")) for item in items]
+        # Layers kept uncompressed in the store are saved gzip-compressed, as docker save does.
+        outputs = [(item, for_output(store.blobs, compressed_image(store, item.image), oci=archive_format == "oci"))
+                   for item in items]
         if archive_format == "oci":
             _write_oci_archive(store, outputs, dest)
         else:

@@ -1,7 +1,8 @@
 """`import` and `export`: a root filesystem tar to a one-layer image, and an image to a flat tar.
 
 `import` keeps the tar's entries as they are (like `docker import`): the layer is the given tar,
-decompressed if it was compressed (gzip, bzip2, xz, zstd), stored gzip-compressed, and its
+decompressed if it was compressed (gzip, bzip2, xz, zstd), stored uncompressed (as every layer a
+build makes: outputs compress it when they need to), and its
 diff_id is the digest of the tar itself. `--change` lines are Dockerfile instructions applied to
 the new image's config (CMD, ENTRYPOINT, ENV, EXPOSE, HEALTHCHECK, LABEL, ONBUILD, STOPSIGNAL,
 USER, VOLUME, WORKDIR), as with `docker import --change`.
@@ -63,19 +64,16 @@ def import_rootfs(store: Store, stream: BinaryIO, *, name: str | None = None, ch
     if ref is not None and ref.digest:
         raise StoreError(f"refusing to create a tag with a digest reference: {name}")
     runtime = apply_changes(RuntimeConfig(), changes)
-    from builder.snapshot.layers import GZIP_LEVEL
-
     with store:
         fd, tar_path = tempfile.mkstemp(dir=store.blobs.tmp_dir, prefix="import-")
         try:
             with os.fdopen(fd, "wb") as out:
                 diff_id = _copy_decompressed(stream, out, source)
             _check_tar(tar_path, source, diff_id)
-            with store.blobs.writer() as blob, open(tar_path, "rb") as tar:
-                with gzip.GzipFile(fileobj=blob, mode="wb", compresslevel=GZIP_LEVEL, mtime=0) as compressor:
-                    shutil.copyfileobj(tar, compressor, _CHUNK)
-                size = blob.size
-                digest = blob.commit()
+            # Kept uncompressed, as a build's layers are: save and push compress it when they need to.
+            with open(tar_path, "rb") as tar:
+                digest = store.blobs.put_stream(tar, expected=diff_id)
+            size = store.blobs.size(digest)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tar_path)
@@ -84,7 +82,7 @@ def import_rootfs(store: Store, stream: BinaryIO, *, name: str | None = None, ch
         config = ImageConfig(architecture=architecture, os="linux", created=created, config=runtime,
                              diff_ids=(diff_id,),
                              history=(HistoryEntry(created=created, comment=message or f"Imported from {source}"),))
-        image = write_image(store.blobs, config, [Descriptor(media.OCI_LAYER_GZIP, digest, size)])
+        image = write_image(store.blobs, config, [Descriptor(media.OCI_LAYER, digest, size)])
         if ref is not None:
             store.images.tag(str(ref), image.manifest.digest)
         return ImportedImage(image.image_id, image.manifest.digest, str(ref) if ref else None)

@@ -11,7 +11,7 @@ import ipaddress
 import json
 import re
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Iterator, Mapping, Protocol, Sequence
 from urllib.parse import urlencode, urljoin, urlsplit
 
 from builder.cache.blobs import BlobStore, sha256_digest
@@ -33,10 +33,24 @@ _MAX_MANIFEST = 4 << 20   # containerd's limit too: a bigger "manifest" is a mis
 _MAX_CONFIG = 32 << 20
 _DOWNLOADS = 3
 CHUNK_SIZE = 32 << 20     # blobs larger than this are uploaded in PATCH chunks of this size
+_STREAM_PIECE = 8 << 20   # a blob made while it is pushed goes up in PATCHes of at most this
 
 Progress = Callable[[str, int, int], None]  # (digest, bytes done, bytes total); called from worker threads
 # (digest, what happened) for each blob of a push: "exists", "mounted" or "pushed"; from worker threads
 BlobStatus = Callable[[str, str], None]
+
+
+class StreamedBlob(Protocol):
+    """A blob made while it is pushed (a layer compressed on the way to the registry)."""
+
+    def chunks(self) -> Iterator[bytes]:
+        """Its bytes, as they are made."""
+
+    def finish(self) -> Descriptor:
+        """Once the chunks are exhausted: its descriptor (and it is kept where it was made)."""
+
+    def abort(self) -> None:
+        """Stop making it; nothing once it is finished."""
 
 
 @dataclass(frozen=True)
@@ -245,6 +259,71 @@ class RegistryClient:
         else:
             raise UnsupportedMediaType(f"{ref.familiar}: cannot push a manifest of type {media_type!r}")
         return self._put_manifest(ref, ref.tag or sha256_digest(manifest), manifest, media_type)
+
+    def push_streamed(self, ref: Reference, blobs: BlobStore, config: Descriptor,
+                      layers: Sequence["Descriptor | StreamedBlob"],
+                      manifest_for: Callable[[list[Descriptor]], tuple[bytes, str]],
+                      mount_from: Mapping[str, str] | None = None) -> tuple[str, bytes]:
+        """Upload CONFIG and LAYERS, then put under REF's tag the manifest MANIFEST_FOR makes of
+        the layers' final descriptors; returns its digest and bytes. A layer that is a Descriptor
+        is sent from BLOBS as `push` sends it (HEAD first, a mount if MOUNT_FROM names a source); a
+        StreamedBlob is made while it is sent (a layer compressed on the way): its chunks go up as
+        they come, and its digest is known only when it is done."""
+        mount_from = mount_from or {}
+        final: list[Descriptor | None] = [None] * len(layers)
+
+        def send(index: int, layer) -> None:
+            if isinstance(layer, Descriptor):
+                self._upload(ref, blobs, layer, mount_from.get(layer.digest))
+                final[index] = layer
+            else:
+                final[index] = self._upload_stream(ref, layer)
+
+        jobs = [lambda: self._upload(ref, blobs, config, mount_from.get(config.digest))]
+        jobs += [lambda i=i, layer=layer: send(i, layer) for i, layer in enumerate(layers)]
+        try:
+            self._concurrently(jobs)
+        finally:
+            for layer in layers:
+                if not isinstance(layer, Descriptor):
+                    layer.abort()  # a no-op once finished
+        manifest, media_type = manifest_for([d for d in final if d is not None])
+        return self._put_manifest(ref, ref.tag or sha256_digest(manifest), manifest, media_type), manifest
+
+    def _upload_stream(self, ref: Reference, blob: "StreamedBlob") -> Descriptor:
+        """POST an upload, PATCH the chunks in pieces of chunk_size as BLOB makes them, PUT the rest
+        with the digest. Each PATCH body is kept until it is sent, so a retry can resend it."""
+        with self._request(ref, "POST", self._url(ref, "blobs/uploads/"), push=True) as response:
+            self._check(response, ref, "upload", expect=(202,))
+            location = response.header("Location")
+        if not location:
+            raise RegistryError(f"{ref.registry}: upload started without a Location header")
+        location = urljoin(self._url(ref, "blobs/uploads/"), location)
+        # Smaller pieces than a stored blob's chunks: the compressor goes on while one is sent.
+        piece_size = min(self._chunk_size, _STREAM_PIECE)
+        pending, offset = bytearray(), 0
+        for chunk in blob.chunks():
+            pending += chunk
+            while len(pending) >= piece_size:
+                piece = bytes(pending[:piece_size])
+                del pending[:piece_size]
+                location = self._patch(ref, location, piece, offset)
+                offset += len(piece)
+        desc = blob.finish()
+        headers = {"Content-Type": "application/octet-stream", "Content-Length": str(len(pending))}
+        put_url = f"{location}{'&' if urlsplit(location).query else '?'}digest={desc.digest}"
+        with self._request(ref, "PUT", put_url, push=True, headers=headers, body=bytes(pending)) as response:
+            self._check(response, ref, f"upload of {desc.digest}", expect=(201, 204))
+        self._progress(desc.digest, desc.size, desc.size)
+        self._blob_status(desc.digest, "pushed")
+        return desc
+
+    def _patch(self, ref: Reference, location: str, piece: bytes, offset: int) -> str:
+        headers = {"Content-Type": "application/octet-stream", "Content-Length": str(len(piece)),
+                   "Content-Range": f"{offset}-{offset + len(piece) - 1}"}
+        with self._request(ref, "PATCH", location, push=True, headers=headers, body=piece) as response:
+            self._check(response, ref, f"upload (bytes {offset}-{offset + len(piece) - 1})", expect=(202,))
+            return urljoin(location, response.header("Location") or location)
 
     def _push_image_blobs(self, ref: Reference, blobs: BlobStore, manifest: bytes,
                           mount_from: Mapping[str, str]) -> None:

@@ -39,6 +39,7 @@ _MAX_REDIRECTS = 5
 _MAX_IDLE_PER_HOST = 4
 _CHUNK = 1 << 20
 _DRAIN_LIMIT = 64 << 10
+_SEND_BLOCK = 1 << 20  # a file body is sent in reads of this size (http.client's default is 8 KiB)
 
 # A request body: bytes, or a function that opens the body afresh (so a retry can resend it).
 Body = Union[bytes, Callable[[], BinaryIO], None]
@@ -305,8 +306,9 @@ class Transport:
                     return pool.pop(), True
         scheme, netloc = key
         if scheme == "https":
-            return http.client.HTTPSConnection(netloc, timeout=self.read_timeout, context=self._ssl), False
-        return http.client.HTTPConnection(netloc, timeout=self.read_timeout), False
+            return http.client.HTTPSConnection(netloc, timeout=self.read_timeout, context=self._ssl,
+                                               blocksize=_SEND_BLOCK), False
+        return http.client.HTTPConnection(netloc, timeout=self.read_timeout, blocksize=_SEND_BLOCK), False
 
     def _release(self, key: tuple[str, str], conn: http.client.HTTPConnection) -> None:
         with self._lock:

@@ -67,9 +67,12 @@ class ExportResult:
 
 
 def _layer_blob(store, layer) -> Descriptor:
-    """The compressed blob a cache export ships for LAYER (a LayerRef). Today every layer is stored
-    as its gzip blob already; this is the one place to change when layers are compressed on demand."""
-    return Descriptor(convert_media_type(layer.media_type, oci=True), layer.digest, layer.size)
+    """The gzip blob a cache export ships for LAYER (a LayerRef): made now from the stored tar (and
+    kept, so the image's own push or a second export compresses nothing), or the one stored."""
+    from builder.snapshot.compressed import compressed_blob
+
+    stored = Descriptor(convert_media_type(layer.media_type, oci=True), layer.digest, layer.size)
+    return compressed_blob(store, stored, layer.diff_id)
 
 
 def cache_config(steps: Sequence[StepCache], store) -> tuple[CacheConfig, tuple[Descriptor, ...]]:

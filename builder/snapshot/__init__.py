@@ -1,5 +1,6 @@
-"""Copy-on-write filesystems: layer diffs (layers) and unpacked snapshots on disk (snapshots),
-overlay mounts (overlay).
+"""Copy-on-write filesystems: the Snapshotter interface and its overlay and naive implementations
+(snapshotter), layer diffs (layers), committed snapshots on disk (snapshots), overlay mounts
+(overlay), and compressed layer blobs made when an output needs them (compressed).
 
 Re-exports are resolved on first use, so importing a sibling module (overlay, for the executor)
 does not pay for tarfile, gzip and subprocess.
@@ -13,6 +14,8 @@ _EXPORTS = {
     "Layer": "layers", "LayerError": "layers", "apply_layer": "layers", "chain_ids": "layers",
     "rewrite_layer_timestamps": "layers", "unpack_layer": "layers", "write_layer": "layers",
     "Scratch": "snapshots", "SnapshotStore": "snapshots",
+    "Snapshotter": "snapshotter", "SnapshotMount": "snapshotter", "make_snapshotter": "snapshotter",
+    "Compression": "compressed", "compressed_blob": "compressed", "compressed_image": "compressed",
 }
 
 __all__ = sorted(_EXPORTS)

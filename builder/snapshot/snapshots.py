@@ -1,6 +1,7 @@
 """Unpacked layers on disk, keyed by chain ID, each usable as an overlay lower dir.
 
-    ROOT/snapshots/<key>         a committed snapshot (key: first 32 hex digits of the chain ID)
+    ROOT/snapshots/<key>         a committed snapshot (key: first 32 hex digits of the chain ID);
+                                 ROOT/snapshots.naive/... the same for the naive snapshotter
     ROOT/snapshots.tmp/<name>/   work in progress: a scratch upper/work pair or an unpack; its
                                  owner holds flock on the directory, so a dir nobody locks was
                                  left by a killed process and `clean_stale` may delete it
@@ -87,11 +88,11 @@ class Scratch:
 class SnapshotStore:
     """Unpacked layers keyed by chain ID under ROOT/snapshots/, each usable as an overlay lower dir."""
 
-    def __init__(self, root: str):
+    def __init__(self, root: str, name: str = "snapshots"):
         self.root = root
-        self._snapshots = os.path.join(root, "snapshots")
-        self._tmp = os.path.join(root, "snapshots.tmp")
-        self._locks = os.path.join(root, "snapshots.locks")
+        self._snapshots = os.path.join(root, name)
+        self._tmp = os.path.join(root, name + ".tmp")
+        self._locks = os.path.join(root, name + ".locks")
         for d in (self._snapshots, self._tmp, self._locks):
             os.makedirs(d, mode=0o700, exist_ok=True)
 
@@ -103,20 +104,28 @@ class SnapshotStore:
 
     def ensure(self, chain_id: str, open_layer: Callable[[], BinaryIO]) -> str:
         """The snapshot's directory, unpacking the layer OPEN_LAYER returns if it is missing."""
+        def unpack(fs: str) -> None:
+            with open_layer() as stream:
+                from builder.snapshot.layers import unpack_layer  # tarfile & co. only when unpacking
+
+                unpack_layer(stream, fs)
+
+        return self.ensure_with(chain_id, unpack)
+
+    def ensure_with(self, chain_id: str, fill: Callable[[str], None]) -> str:
+        """The snapshot's directory; if it is missing, FILL(dir) makes it in an empty work dir
+        that is then renamed into place."""
         dest = self.path(chain_id)
         if os.path.isdir(dest):
             return dest
-        with self._locked(chain_id):  # one process unpacks; the others wait and reuse it
+        with self._locked(chain_id):  # one process makes it; the others wait and reuse it
             if os.path.isdir(dest):
                 return dest
             with _TempDir(self._tmp, "unpack-") as tmp:
                 fs = os.path.join(tmp.path, "fs")
                 os.mkdir(fs, 0o755)
                 os.chmod(fs, 0o755)  # becomes the merged root's mode when it is the top layer
-                with open_layer() as stream:
-                    from builder.snapshot.layers import unpack_layer  # tarfile & co. only when unpacking
-
-                    unpack_layer(stream, fs)
+                fill(fs)
                 os.rename(fs, dest)
         return dest
 
@@ -135,11 +144,27 @@ class SnapshotStore:
     def commit(self, scratch: Scratch, chain_id: str) -> str:
         """Make SCRATCH's upper dir the snapshot for CHAIN_ID (a rename: an upper dir is already
         a valid lower dir). If another process committed it first, theirs is kept."""
+        return self.commit_dir(scratch.upperdir, chain_id)
+
+    def commit_dir(self, directory: str, chain_id: str) -> str:
+        """Make DIRECTORY (inside one of this store's work dirs) the snapshot for CHAIN_ID by a
+        rename. If another process committed it first, theirs is kept."""
         dest = self.path(chain_id)
         with self._locked(chain_id):
             if not os.path.isdir(dest):
-                os.rename(scratch.upperdir, dest)
+                os.rename(directory, dest)
         return dest
+
+    def keys(self) -> list[str]:
+        """Every committed snapshot's directory name."""
+        return sorted(n for n in os.listdir(self._snapshots) if os.path.isdir(os.path.join(self._snapshots, n)))
+
+    def entries(self) -> list[str]:
+        return sorted(os.listdir(self._snapshots))
+
+    @property
+    def directory(self) -> str:
+        return self._snapshots
 
     def remove(self, chain_id: str) -> None:
         dest = self.path(chain_id)

@@ -44,8 +44,8 @@ class PreparedMounts:
 class RunMounts:
     """Turns an ExecOp's mount specs into executor mounts for one run, and releases them after.
 
-    SNAPSHOTS gives throwaway upper dirs (read-write binds) and scratch space (filtered context
-    trees, cache seeding); EXECUTOR's run_in_rootfs reads a stage's files to seed a new cache."""
+    SNAPSHOTS (a builder.snapshot Snapshotter) gives the mounts: read-only views, throwaway
+    writable ones (read-write binds), and scratch space (filtered context trees); EXECUTOR's run_in_rootfs reads a stage's files to seed a new cache."""
 
     def __init__(self, *, snapshots, executor, caches: CacheMountStore, secrets: SecretStore,
                  ssh: Mapping[str, str], cancelled: Callable[[], bool] = lambda: False):
@@ -101,11 +101,11 @@ class RunMounts:
             lowerdirs = (self._context_tree(source.context, held),)
         else:
             lowerdirs = source.lowerdirs
-        upper = work = None
-        if not spec.readonly:
-            scratch = held.enter_context(self.snapshots.scratch())  # deleted after the run
-            upper, work = scratch.upperdir, scratch.workdir
-        return LayeredMount(lowerdirs, spec.target, spec.path, upper, work)
+        if spec.readonly:
+            mount = self.snapshots.view(lowerdirs)
+        else:
+            mount = held.enter_context(self.snapshots.writable(lowerdirs))  # writes dropped after the run
+        return LayeredMount(mount.lowerdirs, spec.target, spec.path, mount.upperdir, mount.workdir, mount.kind)
 
     def _context_tree(self, context, held: contextlib.ExitStack) -> str:
         """The context directory itself, or with a .dockerignore a tree of hard links to the files
@@ -138,7 +138,6 @@ class RunMounts:
 
     def _seed(self, directory: str, lowerdirs: tuple[str, ...], path: str) -> None:
         """Copy PATH of a stage or image into the new cache DIRECTORY."""
-        from builder.executor import RootFS
         from builder.solver.fileops import resolve_in_root
 
         def copy(root: str) -> None:
@@ -147,8 +146,7 @@ class RunMounts:
                 raise SolveError(f'cache mount source "{path}": not a directory')
             subprocess.run(["cp", "-a", "--", src + "/.", directory], check=True, capture_output=True)
 
-        with self.snapshots.scratch() as scratch:  # the view needs an upper dir; nothing is written
-            self.executor.run_in_rootfs(RootFS(lowerdirs, scratch.upperdir, scratch.workdir), copy)
+        self.executor.run_in_rootfs(self.snapshots.view(lowerdirs), copy)
 
 
 def _link_entry(src: str, dst: str) -> None:

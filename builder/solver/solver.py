@@ -98,13 +98,13 @@ class Solver:
         return self._cancelled.is_set()
 
     def lowerdirs(self, layers: tuple[LayerRef, ...]) -> tuple[str, ...]:
-        """The snapshot directory of each layer, unpacked from its blob if needed."""
+        """The committed snapshots of LAYERS (made from their blobs if needed): the parent a
+        step's snapshot is prepared over, or a read-only view is mounted of."""
         from builder.snapshot.layers import chain_ids
 
-        dirs = []
-        for layer, chain_id in zip(layers, chain_ids([l.diff_id for l in layers])):
-            dirs.append(self.store.snapshots.ensure(chain_id, lambda d=layer.digest: self.store.blobs.open(d)))
-        return tuple(dirs)
+        chain = [(chain_id, lambda d=layer.digest: self.store.blobs.open(d))
+                 for layer, chain_id in zip(layers, chain_ids([l.diff_id for l in layers]))]
+        return self.store.snapshotter.lowerdirs(chain)
 
     # -- keys
     def compute_keys(self, vertices: tuple[Vertex, ...]) -> None:

@@ -77,7 +77,7 @@ class CopySource:
 class SolveState(Protocol):
     """What an op may use of the solve it is part of (the Solver provides it)."""
 
-    store: object                  # .blobs, .records, .snapshots, .root, .run_dir
+    store: object                  # .blobs, .records, .snapshotter, .variants, .root, .run_dir
     executor: object               # builder.executor.spec.Executor
     sources: object                # builder.solver.sources.ImageSources
     context: object                # builder.context.BuildContext
@@ -177,23 +177,23 @@ class LayerOp(SolverOp):
     explains_misses = True
 
     def apply(self, rootfs) -> None:
-        """Make this op's changes over ROOTFS (an executor RootFS); they land in its upperdir."""
+        """Make this op's changes over ROOTFS (the active snapshot's mount, an executor RootFS)."""
         raise NotImplementedError
 
     def exec(self, inputs: Sequence[Result]) -> Result:
-        from builder.executor import RootFS
         from builder.snapshot.layers import chain_ids, write_layer
 
         parent = inputs[0]
         store = self.state.store
-        lowerdirs = self.state.lowerdirs(parent.layers)
-        with store.snapshots.scratch() as scratch:
-            self.apply(RootFS(lowerdirs, scratch.upperdir, scratch.workdir))
+        snapshotter = store.snapshotter
+        with snapshotter.prepare(self.state.lowerdirs(parent.layers)) as active:
+            self.apply(active.mount)
             if self.state.cancelled():
                 raise SolveError("build cancelled")
-            layer = write_layer(scratch.upperdir, store.blobs, source_date_epoch=self.state.layer_epoch)
+            # The diff is archived uncompressed and hashed on the way (outputs compress later).
+            layer = write_layer(active.diff_dir(), store.blobs, source_date_epoch=self.state.layer_epoch)
             chain = chain_ids([l.diff_id for l in parent.layers] + [layer.diff_id])[-1]
-            store.snapshots.commit(scratch, chain)
+            snapshotter.commit(active, chain)
         epoch = self.state.source_date_epoch
         created = epoch_rfc3339(epoch) if epoch is not None else now_rfc3339()
         return Result(parent.layers + (LayerRef(layer.digest, layer.diff_id, layer.size, layer.media_type),),

@@ -78,7 +78,7 @@ class ExecSolverOp(LayerOp):
         from builder.cache.cache_mounts import CacheMountStore
 
         state = self.state
-        return RunMounts(snapshots=state.store.snapshots, executor=state.executor,
+        return RunMounts(snapshots=state.store.snapshotter, executor=state.executor,
                          caches=CacheMountStore(os.path.join(state.store.root, "cache", "mounts")),
                          secrets=state.secrets, ssh=state.ssh, cancelled=state.cancelled)
 

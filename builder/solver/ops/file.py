@@ -8,8 +8,7 @@ import shutil
 import tempfile
 
 from builder.llb import CopyAction, MkdirAction
-from builder.plumbing.linux import MNT_DETACH, clone_tree, move_mount, umount2
-from builder.snapshot.overlay import mount_overlay
+from builder.plumbing.linux import MNT_DETACH, umount2
 from builder.solver.fileops import apply_copy, apply_mkdir
 
 from .base import CopySource, LayerOp, digest_key
@@ -37,8 +36,9 @@ class FileSolverOp(LayerOp):
                 source = self.vertex.inputs[action.source]
                 sources[action.source] = (CopySource(()) if source is None
                                           else state.op(source).copy_source(scratch, action.source))
+            view = state.store.snapshotter.view
             state.executor.run_in_rootfs(
-                rootfs, lambda merged: _apply_file_actions(merged, self.op, sources, state.store.run_dir))
+                rootfs, lambda merged: _apply_file_actions(merged, self.op, sources, state.store.run_dir, view))
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 
@@ -53,7 +53,7 @@ def _selector(action: CopyAction) -> tuple[str, ...]:
     return paths
 
 
-def _apply_file_actions(merged: str, op, sources: dict[int, CopySource], scratch_dir: str) -> None:
+def _apply_file_actions(merged: str, op, sources: dict[int, CopySource], scratch_dir: str, view) -> None:
     """Runs in the step's private mount namespace (see Executor.run_in_rootfs): other stages'
     filesystems are mounted read-only for the copy and unmounted before returning."""
     mount_root = tempfile.mkdtemp(prefix="src-", dir=scratch_dir)
@@ -64,7 +64,7 @@ def _apply_file_actions(merged: str, op, sources: dict[int, CopySource], scratch
                 mounted[index] = source.tree
             else:
                 mounted[index] = os.path.join(mount_root, str(index))
-                _mount_layers(source.tree, mounted[index])
+                _mount_layers(view(source.tree), mounted[index], mount_root)
         for action in op.actions:
             if isinstance(action, MkdirAction):
                 apply_mkdir(merged, action)
@@ -83,15 +83,18 @@ def _apply_file_actions(merged: str, op, sources: dict[int, CopySource], scratch
         shutil.rmtree(mount_root, ignore_errors=True)
 
 
-def _mount_layers(lowerdirs: tuple[str, ...], target: str) -> str:
-    """A read-only view of a stage's filesystem at `target` (an empty dir for no layers)."""
+def _mount_layers(view, target: str, mount_root: str) -> str:
+    """A read-only VIEW of a stage's filesystem (a snapshotter's mount) at TARGET."""
+    from dataclasses import replace
+
+    from builder.snapshot.snapshotter import BIND
+
     os.makedirs(target)
-    if len(lowerdirs) == 1:
-        fd = clone_tree(lowerdirs[0], readonly=True)
-        try:
-            move_mount(fd, target)
-        finally:
-            os.close(fd)
-    elif lowerdirs:
-        mount_overlay(lowerdirs, None, None, target)
+    if not view.lowerdirs:
+        return target  # an empty stage: the empty directory
+    if len(view.lowerdirs) == 1:
+        view = replace(view, kind=BIND)  # one tree: a read-only bind is enough here
+    empty = os.path.join(mount_root, "empty")
+    os.makedirs(empty, exist_ok=True)
+    view.attach(target, empty)
     return target
