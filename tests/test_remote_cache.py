@@ -254,20 +254,22 @@ def test_record_that_lies_about_its_layer_is_rejected(tmp_path, runs, busybox_re
     cache_dir = tmp_path / "cache-dir"
     context = _context(tmp_path, busybox_registry.reference, runs.host)
     root_a, root_b = _machines(tmp_path)
-    _build(root_a, context, "--cache-to", f"type=local,dest={cache_dir},mode=max")
+    _build(root_a, context, "--cache-to", f"type=local,dest={cache_dir},mode=max", *_image_layout(tmp_path))
     config = _local_cache_config(cache_dir)
-    by_depth = sorted(config["records"], key=lambda r: len(_chain(config, r["layers"][0]["layer"])))
-    shallow, deep = by_depth[0], by_depth[-1]
-    shallow["layers"][0]["layer"] = deep["layers"][0]["layer"]   # key of a first step -> a last step's layer
+    # The lie is told about a step the image needs (the final stage's RUN): a record of a step that
+    # nothing needs is never looked at (a builder stage's first step, when its last one hits).
+    final_run = config["layers"].index(_layer_of(config, _final_layers(tmp_path)[1]))
+    [liar] = [r for r in config["records"] if r["layers"][0]["layer"] == final_run]
+    deepest = max(config["records"], key=lambda r: len(_chain(config, r["layers"][0]["layer"])))
+    liar["layers"][0]["layer"] = deepest["layers"][0]["layer"]      # -> a last builder step's layer
     _rewrite_local_cache(cache_dir, config)
     runs.hits.clear()
     proc, _ = _build(root_b, context, "--cache-from", f"type=local,src={cache_dir}")
-    # The lying record's step (the first of its stage) runs instead (and so do the steps whose
-    # parent it changed: their records no longer sit on what is here).
-    ran = [s for s in step_lines(proc.stderr, "DONE") if " FROM " not in s and "[internal]" not in s]
-    assert ran and " 2/" in ran[0].split("]")[0]
     warnings = [line for line in proc.stderr.splitlines() if "does not sit" in line]
-    assert warnings[0].startswith(f"cache from {cache_dir}: record {shallow['digest'][:19]}")
+    assert warnings[0].startswith(f"cache from {cache_dir}: record {liar['digest'][:19]}")
+    # The lying record's step runs instead (and so does what stacks on it).
+    ran = [s for s in step_lines(proc.stderr, "DONE") if " FROM " not in s and "[internal]" not in s]
+    assert ran and ran[0].startswith("[stage-1 2/3] RUN") and runs.hits["/run/final"] == 1
 
 
 def test_record_whose_diff_id_is_wrong_is_rejected(tmp_path, runs, busybox_registry):
