@@ -206,7 +206,7 @@ def build(options: BuildOptions, progress: events.Progress = events.ignore, exec
 
 
 def _build(options: BuildOptions, progress: events.Progress, executor) -> BuildResult:
-    from builder.context import read_dockerignore, utf8_text
+    from builder.context import ChecksumCache, read_dockerignore, utf8_text
     from builder.plan_cache import PlanCache, RecordingContext, inputs_key
     from builder.registry.reference import parse_reference
     from builder.solver.sources import ImageSources
@@ -252,7 +252,8 @@ def _build(options: BuildOptions, progress: events.Progress, executor) -> BuildR
 
         sources = ImageSources(store.blobs, store.images, client_factory, pull=options.pull, progress=progress)
         try:
-            context = RecordingContext(context_dir, read_dockerignore(context_dir, options.dockerfile))
+            context = RecordingContext(context_dir, read_dockerignore(context_dir, options.dockerfile),
+                                       checksum_cache=ChecksumCache.in_store(store.root, context_dir))
             rewrites = _timestamp_modes(options.outputs, epoch)
             key = inputs_key(text, dockerfile_name, context, build_args=options.build_args, target=options.target,
                              platform=options.platform, source_date_epoch=epoch,
@@ -539,7 +540,7 @@ def _solve(options, text, dockerfile_name, store, sources, context, epoch, progr
         if warm is not None and any(isinstance(v.op, ExecOp) and v.op.network == "default" for v in plan.vertices):
             warm()  # (started already, unless the hint above missed this RUN)
         solver = Solver(store, executor, sources, context, jobs=options.jobs, no_cache=options.no_cache,
-                        no_cache_for=no_cache_for, named_contexts=_local_contexts(named_contexts),
+                        no_cache_for=no_cache_for, named_contexts=_local_contexts(named_contexts, store.root),
                         progress=progress, names=dict(plan.names), source_date_epoch=epoch,
                         secrets=secrets, ssh={s.id: s.path for s in options.ssh},
                         rewrite_timestamp=all(rewrites))
@@ -611,11 +612,11 @@ def _context_kinds(named_contexts: dict[str, str]) -> dict[str, str]:
     return {n: v if v.startswith("docker-image://") else "local" for n, v in named_contexts.items()}
 
 
-def _local_contexts(named_contexts: dict[str, str]) -> dict:
-    from builder.context import BuildContext, read_dockerignore
+def _local_contexts(named_contexts: dict[str, str], store_root: str) -> dict:
+    from builder.context import BuildContext, ChecksumCache, read_dockerignore
 
-    return {n: BuildContext(v, read_dockerignore(v)) for n, v in named_contexts.items()
-            if not v.startswith("docker-image://")}
+    return {n: BuildContext(v, read_dockerignore(v), checksum_cache=ChecksumCache.in_store(store_root, v))
+            for n, v in named_contexts.items() if not v.startswith("docker-image://")}
 
 
 def _attach_source(error: BuildError, plan, text: str, dockerfile_name: str) -> None:
