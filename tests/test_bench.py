@@ -1,7 +1,7 @@
 """The benchmark harness itself: Dockerfiles, timing plumbing, the report, the private dockerd, and
 whole runs with a stand-in build-image. Nothing here asserts how fast anything is.
 
-    python -m pytest -n 2 bench/test_bench.py
+    python -m pytest -n 2 tests/test_bench.py
 """
 
 from __future__ import annotations
