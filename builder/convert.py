@@ -7,6 +7,8 @@ base images are consulted only for their config, through a resolver the caller p
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import json
 import posixpath
 from dataclasses import dataclass, field, replace
@@ -811,22 +813,33 @@ class Converter:
     # -- graph
     def _topological(self, final: Vertex | None) -> tuple[Vertex, ...]:
         """Every vertex the final one needs, inputs before their users (ties broken by digest,
-        so the order, and with it the progress numbering, is stable)."""
-        import networkx as nx
-
-        graph = nx.DiGraph()
-        todo, seen = ([final] if final is not None else []), set()
+        so the order, and with it the progress numbering, is stable): Kahn's algorithm with the
+        ready vertices in a heap, which is networkx's lexicographical_topological_sort without
+        importing networkx (about 0.12-0.6 s here) on every build that plans."""
+        users: dict[Vertex, list[Vertex]] = {}
+        waiting: dict[Vertex, int] = {}
+        todo = [final] if final is not None else []
         while todo:
             vertex = todo.pop()
-            if vertex in seen:
+            if vertex in waiting:
                 continue
-            seen.add(vertex)
-            graph.add_node(vertex)
-            for dep in vertex.inputs:
-                if dep is not None:
-                    graph.add_edge(dep, vertex)
-                    todo.append(dep)
-        return tuple(nx.lexicographical_topological_sort(graph, key=lambda v: v.digest))
+            inputs = {dep for dep in vertex.inputs if dep is not None}
+            waiting[vertex] = len(inputs)
+            for dep in inputs:
+                users.setdefault(dep, []).append(vertex)
+                todo.append(dep)
+        serial = itertools.count()  # equal digests (should they occur) never compare vertices
+        ready = [(v.digest, next(serial), v) for v, count in waiting.items() if count == 0]
+        heapq.heapify(ready)
+        order = []
+        while ready:
+            vertex = heapq.heappop(ready)[2]
+            order.append(vertex)
+            for user in users.get(vertex, ()):
+                waiting[user] -= 1
+                if waiting[user] == 0:
+                    heapq.heappush(ready, (user.digest, next(serial), user))
+        return tuple(order)
 
 
 def _at_line(error: BuildError, where: str) -> BuildError:
