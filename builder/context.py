@@ -432,13 +432,27 @@ class BuildContext:
 
     def _walk(self, rel: str, out: list[str]) -> None:
         full = os.path.join(self.root, rel)
-        is_dir = os.path.isdir(full) and not os.path.islink(full)
+        try:
+            is_dir = stat.S_ISDIR(os.lstat(full).st_mode)
+        except (FileNotFoundError, NotADirectoryError):
+            is_dir = False
         if rel and self.hidden(rel, is_dir):
             return
         out.append(rel)
         if is_dir:
-            for name in sorted(os.listdir(full)):
-                self._walk(f"{rel}/{name}" if rel else name, out)
+            self._walk_below(full, rel, out)
+
+    def _walk_below(self, full: str, rel: str, out: list[str]) -> None:
+        # scandir's entry types come with the directory listing: no stat per entry
+        with os.scandir(full) as listing:
+            entries = sorted((entry.name, entry.is_dir(follow_symlinks=False)) for entry in listing)
+        for name, is_dir in entries:
+            child = f"{rel}/{name}" if rel else name
+            if self.hidden(child, is_dir):
+                continue
+            out.append(child)
+            if is_dir:
+                self._walk_below(os.path.join(full, name), child, out)
 
     def match(self, source: str) -> list[str]:
         """The paths a COPY source names (symlinks in it followed, wildcards expanded), relative to
