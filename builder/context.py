@@ -314,6 +314,12 @@ def _stat_key(st: os.stat_result) -> tuple[int, ...]:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode)
 
 
+def _well_formed(entry) -> bool:
+    """[dev, ino, size, mtime_ns, ctime_ns, mode, hex digest], as ChecksumCache writes them."""
+    return (isinstance(entry, (list, tuple)) and len(entry) == 7 and isinstance(entry[6], str)
+            and _HEX.match(entry[6]) is not None and all(type(v) is int for v in entry[:6]))
+
+
 class ChecksumCache:
     """Entry digests of one context directory's regular files, kept in a file between builds.
 
@@ -332,7 +338,7 @@ class ChecksumCache:
         name = hashlib.sha256(self.context_root.encode()).hexdigest()
         self.path = os.path.join(cache_dir, name + ".json")
         self.settle_ns = int(settle_seconds * 1e9)
-        self._entries: dict[str, tuple] | None = None
+        self._entries: dict[str, list] | None = None
         self._new: dict[str, tuple] = {}
         self._seen: set[str] = set()
 
@@ -340,12 +346,13 @@ class ChecksumCache:
     def in_store(cls, store_root: str, context_root: str) -> "ChecksumCache":
         return cls(os.path.join(store_root, "cache", "context"), context_root)
 
-    def _load(self) -> dict[str, tuple]:
+    def _load(self) -> dict[str, list]:
         if self._entries is None:
             self._entries = self._read()
         return self._entries
 
-    def _read(self) -> dict[str, tuple]:
+    def _read(self) -> dict[str, list]:
+        """The file's entries, unchecked (each is checked when used or written back)."""
         try:
             with open(self.path, "rb") as f:
                 data = json.loads(f.read())
@@ -354,20 +361,13 @@ class ChecksumCache:
         if not isinstance(data, dict) or data.get("format") != _CACHE_FORMAT or data.get("root") != self.context_root:
             return {}
         entries = data.get("entries")
-        if not isinstance(entries, dict):
-            return {}
-        valid = {}
-        for rel, value in entries.items():
-            if (isinstance(value, list) and len(value) == 7 and isinstance(value[6], str)
-                    and _HEX.match(value[6]) and all(type(v) is int for v in value[:6])):
-                valid[rel] = tuple(value)
-        return valid
+        return entries if isinstance(entries, dict) else {}
 
     def get(self, rel: str, st: os.stat_result) -> str | None:
         """The recorded digest of REL if it was hashed with exactly this lstat key."""
         self._seen.add(rel)
         entry = self._new.get(rel) or self._load().get(rel)
-        if entry is not None and entry[:6] == _stat_key(st):
+        if _well_formed(entry) and tuple(entry[:6]) == _stat_key(st):
             return entry[6]
         return None
 
@@ -386,10 +386,9 @@ class ChecksumCache:
         try:
             os.makedirs(os.path.dirname(self.path), exist_ok=True)
             with locked(self.path[:-len(".json")] + ".lock"):
-                merged = self._read()        # what other builds wrote since we loaded it
-                for rel in [r for r in merged if r not in self._seen]:
-                    if not os.path.lexists(os.path.join(self.context_root, rel)):
-                        del merged[rel]
+                merged = {rel: entry for rel, entry in self._read().items()   # what other builds wrote
+                          if _well_formed(entry) and (rel in self._seen
+                                                      or os.path.lexists(os.path.join(self.context_root, rel)))}
                 merged.update(self._new)
                 body = {"format": _CACHE_FORMAT, "root": self.context_root,
                         "entries": {rel: list(value) for rel, value in sorted(merged.items())}}
