@@ -437,6 +437,14 @@ def _processes_mentioning(text: str) -> list[int]:
     return found
 
 
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return f"{pid} (gone)"
+
+
 @pytest.mark.root
 @pytest.mark.docker
 @needs_dockerd
@@ -586,7 +594,8 @@ def test_sigterm_stops_dockerd_and_removes_everything():
                 proc.wait()
         assert proc.returncode == 130, seen + rest
         assert os.listdir(tmp) == []
-        assert _processes_mentioning(tmp) == []
+        left = _processes_mentioning(tmp)
+        assert left == [], [_cmdline(pid) for pid in left]
         assert mounts_under(tmp) == []
     finally:
         unmount_under(tmp)
