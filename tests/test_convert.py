@@ -70,14 +70,14 @@ def test_unknown_target_and_bad_mount_are_errors():
 
 
 def test_plan_order_is_networkx_lexicographical_topological_sort():
-    """The converter orders vertices as networkx's lexicographical_topological_sort (by digest)
-    would, without importing networkx; checked on random graphs against networkx itself."""
+    """The solve order is what networkx's lexicographical_topological_sort (by digest) gives,
+    computed without importing networkx; checked on random graphs against networkx itself."""
     import random
     from dataclasses import dataclass
 
     import networkx as nx
 
-    from builder.convert import Converter
+    from builder.llb.order import solve_order
 
     @dataclass(frozen=True, eq=False)
     class Node:
@@ -103,4 +103,4 @@ def test_plan_order_is_networkx_lexicographical_topological_sort():
                         todo.append(dep)
                     graph.add_edge(dep, node)
         expected = tuple(nx.lexicographical_topological_sort(graph, key=lambda n: n.digest))
-        assert Converter._topological(None, final) == expected, trial
+        assert solve_order(final) == expected, trial

@@ -57,3 +57,17 @@ def test_pyroute2_is_imported_only_when_a_run_uses_the_default_network(tmp_path,
     assert "pyroute2" not in imported_modules("--root", store_root, "--network", "none", cli_none)
     networked = write_context(tmp_path / "networked", {"Dockerfile": f"FROM {base}\nRUN echo c > /c\n"})
     assert "pyroute2" in imported_modules("--root", store_root, networked)
+
+
+@pytest.mark.root
+@pytest.mark.overlay
+@pytest.mark.registry
+def test_no_build_imports_networkx_and_the_solve_order_is_remembered(tmp_path, store_root, busybox_registry):
+    context = write_context(tmp_path / "ctx", {
+        "Dockerfile": f"FROM {busybox_registry.reference} AS a\nRUN echo a > /a\n"
+                      f"FROM {busybox_registry.reference}\nCOPY --from=a /a /a\nRUN cat /a\n"})
+    first = imported_modules("--root", store_root, "--no-cache", context)         # the order is computed
+    assert "builder.convert" in first and "networkx" not in first
+    assert len(os.listdir(os.path.join(store_root, "cache", "plans", "orders"))) == 1
+    again = imported_modules("--root", store_root, "--no-cache", context)         # and then remembered
+    assert "builder.convert" in again and "networkx" not in again
