@@ -1,4 +1,6 @@
-"""Medians, ratios (build-image time / BuildKit time) against their targets: as a table and as JSON."""
+"""Medians, ratios (build-image time / BuildKit time) against their targets, and each side's peak
+RSS: as a table and as JSON. A ratio's [min-max] pairs the tools' runs of the same repeat (they
+ran one after the other), so it shows how far the ratio moved as the machine's load did."""
 
 from __future__ import annotations
 
@@ -6,13 +8,15 @@ from dataclasses import dataclass
 from typing import Mapping
 
 from bench.measure import Series
+from bench.scenarios import ISSUE_NAMES
 from bench.tools import BuildImage, BuildKit
 
 PER_RUN_OVERHEAD = "per-RUN overhead"
 # Upper bounds for the ratio build-image / BuildKit; rows without one are shown for context.
 TARGETS = {PER_RUN_OVERHEAD: 0.5, "cold-20-run": 0.5, "cold-20-run-none": 0.5, "cached-20-run": 1.0,
-           "two-stages": 1.0}
-ROW_ORDER = ("cold-1-run", "cold-20-run", "cold-20-run-none", PER_RUN_OVERHEAD, "cached-20-run", "two-stages")
+           "two-stages": 0.9, "copy-cold": 0.67, "copy-one-changed": 0.5, "dd-cold": 0.67, "push-dd": 0.8}
+ROW_ORDER = ("cold-1-run", "cold-20-run", "cold-20-run-none", PER_RUN_OVERHEAD, "cached-20-run", "two-stages",
+             "copy-cold", "copy-one-changed", "dd-cold", "push-dd", "save-dd")
 
 Results = Mapping[str, Mapping[str, Series]]     # scenario -> tool -> series
 
@@ -22,6 +26,7 @@ class Stat:
     median: float
     min: float | None = None     # None for a value derived from medians
     max: float | None = None
+    runs: tuple[float, ...] = ()  # every timed run, in repeat order
 
 
 @dataclass(frozen=True)
@@ -30,6 +35,7 @@ class Cell:
 
     stat: Stat | None
     problem: str = ""            # "failed", "unavailable", "not measured"
+    peak_rss: int | None = None  # bytes: the largest over the timed runs
 
 
 @dataclass(frozen=True)
@@ -41,10 +47,28 @@ class Row:
     unit: str = "s"              # "s" or "ms"
 
     @property
+    def title(self) -> str:
+        issue = ISSUE_NAMES.get(self.label)
+        return f"{issue} {self.label}" if issue else self.label
+
+    @property
     def ratio(self) -> float | None:
         if self.build_image.stat is None or self.buildkit.stat is None or self.buildkit.stat.median <= 0:
             return None
         return self.build_image.stat.median / self.buildkit.stat.median
+
+    @property
+    def ratio_range(self) -> tuple[float, float] | None:
+        """(min, max) of the per-repeat ratios; without paired runs, the extremes of the two ranges."""
+        ours, theirs = self.build_image.stat, self.buildkit.stat
+        if ours is None or theirs is None or ours.min is None or theirs.min is None:
+            return None
+        if len(ours.runs) == len(theirs.runs) and ours.runs and all(t > 0 for t in theirs.runs):
+            ratios = [a / b for a, b in zip(ours.runs, theirs.runs)]
+            return min(ratios), max(ratios)
+        if theirs.min <= 0:
+            return None
+        return ours.min / theirs.max, ours.max / theirs.min
 
     @property
     def verdict(self) -> str:
@@ -63,7 +87,7 @@ def _cell(results: Results, scenario: str, tool: str, tool_available: bool) -> C
         return Cell(None, "not measured")
     if not series.ok:
         return Cell(None, "failed")
-    return Cell(Stat(series.median, series.min, series.max))
+    return Cell(Stat(series.median, series.min, series.max, series.seconds), peak_rss=series.max_rss)
 
 
 def per_run_overhead(results: Results, tool: str) -> float | None:
@@ -103,18 +127,35 @@ def _format_cell(cell: Cell, unit: str) -> str:
     return text
 
 
+def _format_ratio(row: Row) -> str:
+    if row.ratio is None:
+        return "-"
+    spread = row.ratio_range
+    return f"{row.ratio:.2f}x" + (f" [{spread[0]:.2f}-{spread[1]:.2f}]" if spread else "")
+
+
+def _format_rss(row: Row) -> str:
+    values = [row.build_image.peak_rss, row.buildkit.peak_rss]
+    if values == [None, None]:
+        return "-"
+    return " / ".join("-" if v is None else f"{v / (1 << 20):.0f}" for v in values)
+
+
 def format_table(rows: list[Row]) -> str:
-    """Fixed-width table: medians with [min-max], the ratio, the target and PASS/FAIL."""
-    header = ("scenario", "build-image median [min-max]", "buildkit median [min-max]", "ratio", "target", "")
+    """Fixed-width table: medians with [min-max], the ratio with its [min-max], the target,
+    PASS/FAIL, and the peak RSS of each side in MiB."""
+    header = ("scenario", "build-image median [min-max]", "buildkit median [min-max]", "ratio [min-max]",
+              "target", "", "peak RSS MiB (bi / bk)")
     lines = [header]
     for row in rows:
         lines.append((
-            row.label,
+            row.title,
             _format_cell(row.build_image, row.unit),
             _format_cell(row.buildkit, row.unit),
-            "-" if row.ratio is None else f"{row.ratio:.2f}x",
-            "-" if row.target is None else f"<= {row.target:.1f}x",
+            _format_ratio(row),
+            "-" if row.target is None else f"<= {row.target:g}x",
             row.verdict,
+            _format_rss(row),
         ))
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     out = ["  ".join(text.ljust(width) for text, width in zip(line, widths)).rstrip() for line in lines]
@@ -135,7 +176,8 @@ def to_json(results: Results, rows: list[Row], facts: Mapping[str, str],
         "settings": dict(settings),
         "runs": {
             scenario: {
-                tool: {"seconds": list(series.seconds), "ok": series.ok, "error": series.error or None}
+                tool: {"seconds": list(series.seconds), "ok": series.ok, "error": series.error or None,
+                       "peak_rss_bytes": list(series.peak_rss)}
                 for tool, series in by_tool.items()
             }
             for scenario, by_tool in results.items()
@@ -146,9 +188,13 @@ def to_json(results: Results, rows: list[Row], facts: Mapping[str, str],
         "rows": [
             {
                 "scenario": row.label,
+                "issue": ISSUE_NAMES.get(row.label),
                 "build_image_median_seconds": row.build_image.stat.median if row.build_image.stat else None,
                 "buildkit_median_seconds": row.buildkit.stat.median if row.buildkit.stat else None,
                 "ratio": row.ratio,
+                "ratio_range": list(row.ratio_range) if row.ratio_range else None,
+                "build_image_peak_rss_bytes": row.build_image.peak_rss,
+                "buildkit_peak_rss_bytes": row.buildkit.peak_rss,
                 "target": row.target,
                 "verdict": row.verdict or None,
             }

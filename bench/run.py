@@ -1,11 +1,15 @@
 """Time the same Dockerfiles with build-image and with BuildKit on this machine, and compare.
 
-    python3 bench/run.py [--repeat N] [--build-image CMD] [--json FILE] [--skip-buildkit]
+    python3 bench/run.py [--repeat N] [--only CASES] [--size full|tiny] [--build-image CMD]
+                         [--json FILE] [--skip-buildkit]
 
-Scenarios (see bench/README.md): cold-20-run and cold-1-run (--no-cache; their difference / 19
-is the per-RUN overhead), cached-20-run (a fully cached rebuild) and two-stages (two independent
-~1 s CPU stages, --no-cache). Both tools build FROM a busybox image in a private local registry;
-BuildKit runs in a private dockerd. Progress goes to stderr, the table to stdout.
+Scenarios (see bench/README.md), with issue 14's names: cold-20-run (b1) and cold-1-run
+(--no-cache; their difference / 19 is the per-RUN overhead), two-stages (b2: two independent ~1 s
+CPU stages), cached-20-run (b4: a fully cached rebuild), copy-cold (b3: COPY of 5,000 small files
+and 200 MB), copy-one-changed (b5: the same after one small file changed), dd-cold (b6: a RUN
+writing 300 MB), push-dd (b7: push of that image to a fresh registry) and save-dd (b8: that image
+as an archive). Both tools build FROM a busybox image in a private local registry; BuildKit runs
+in a private dockerd. Progress goes to stderr, the table to stdout.
 """
 
 from __future__ import annotations
@@ -30,7 +34,9 @@ from bench import report                                           # noqa: E402
 from bench.dockerd import DockerdUnavailable, PrivateDockerd        # noqa: E402
 from bench.measure import Series, measure                           # noqa: E402
 from bench.mounts import unmount_under                              # noqa: E402
-from bench.scenarios import calibrate_loop, scenarios, time_loop, write_context  # noqa: E402
+from bench.measure import measure_image_steps                      # noqa: E402
+from bench.scenarios import (ISSUE_NAMES, Sizes, calibrate_loop, change_one_file, scenarios,  # noqa: E402
+                             time_loop, trivial_runs, write_context, write_files_context)
 from bench.tools import BuildImage, BuildKit, BuildOutcome          # noqa: E402
 
 
@@ -58,10 +64,41 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="build-image command line, split like a shell would (default: %(default)s)")
     p.add_argument("--json", metavar="FILE", help="also write the raw numbers to FILE")
     p.add_argument("--skip-buildkit", action="store_true", help="time build-image only (no dockerd)")
+    p.add_argument("--only", metavar="CASES", default="",
+                   help="comma-separated scenarios to run, by name or issue name (b3,copy-one-changed); "
+                        "push-dd and save-dd bring dd-cold with them (default: all)")
+    p.add_argument("--size", choices=("full", "tiny"), default="full",
+                   help="tiny: a few small files and 1 MB instead of the issue's sizes (to test the harness)")
     ns = p.parse_args(argv)
     if ns.repeat < 1:
         p.error("--repeat must be at least 1")
+    known = {case.name for case in scenarios("b", 1)}
+    by_issue = {issue: name for name, issue in ISSUE_NAMES.items()}
+    wanted = set()
+    for word in filter(None, (w.strip() for w in ns.only.split(","))):
+        name = by_issue.get(word, word)
+        if name not in known:
+            p.error(f"--only: unknown scenario {word!r} (one of {', '.join(sorted(known | set(by_issue)))})")
+        wanted.add(name)
+    if wanted & {"push-dd", "save-dd"}:
+        wanted.add("dd-cold")
+    ns.only = wanted
     return ns
+
+
+def compile_bytecode() -> str:
+    """Compile build-image's modules as .ci/setup does: with PYTHONDONTWRITEBYTECODE set (as on
+    these machines) a module edited since would be compiled again by every timed run (0.2-0.5 s)."""
+    import compileall
+    import importlib.util
+
+    folders = []
+    for package in ("builder", "builder.grammar", "builder.cache"):
+        spec = importlib.util.find_spec(package)
+        if spec is not None and spec.submodule_search_locations:
+            folders.extend(spec.submodule_search_locations)
+    ok = all(compileall.compile_dir(folder, quiet=1) for folder in dict.fromkeys(folders))
+    return f"compiled ({', '.join(dict.fromkeys(folders))})" if ok and folders else "could not be compiled"
 
 
 def machine_facts(build_image_command: str) -> dict[str, str]:
@@ -89,14 +126,16 @@ def _cpu_model() -> str:
 def _report_outcome(scenario: str, tool: str, index: int | None, outcome: BuildOutcome, repeat: int) -> None:
     which = "prime" if index is None else f"{index + 1}/{repeat}"
     if outcome.ok:
-        log(f"  {scenario:<14} {tool:<12} {which:<6} {outcome.seconds:7.3f} s")
+        log(f"  {scenario:<16} {tool:<12} {which:<6} {outcome.seconds:7.3f} s"
+            + (f"  peak RSS {outcome.peak_rss / (1 << 20):.0f} MiB" if outcome.peak_rss else ""))
     else:
-        log(f"  {scenario:<14} {tool:<12} {which:<6} FAILED after {outcome.seconds:.3f} s; "
+        log(f"  {scenario:<16} {tool:<12} {which:<6} FAILED after {outcome.seconds:.3f} s; "
             f"last lines of stderr:\n{indent(outcome.error)}")
 
 
 def run(ns: argparse.Namespace) -> int:
     facts = machine_facts(ns.build_image)
+    facts["bytecode"] = compile_bytecode()
     log("calibrating the CPU loop (busybox sh on the host)...")
     loop_count = calibrate_loop(1.0)
     loop_seconds = time_loop(loop_count)
@@ -116,9 +155,18 @@ def run(ns: argparse.Namespace) -> int:
         base = f"{registry.host}/busybox:latest"
         log(f"base image: {base}")
 
-        cases = scenarios(base, loop_count)
-        contexts = {case.name: write_context(os.path.join(work, case.name), case.dockerfile) for case in cases}
-        warmup_context = contexts["cold-1-run"]
+        sizes = Sizes.named(ns.size)
+        cases = [case for case in scenarios(base, loop_count, sizes) if not ns.only or case.name in ns.only]
+        contexts = {}
+        for case in cases:
+            if case.context == "files":   # one generated context for every case that COPYs it
+                if "files" not in contexts:
+                    log(f"writing the COPY context ({case.description.split(',')[0]})...")
+                    contexts["files"] = write_files_context(os.path.join(work, "files"), case.dockerfile, sizes)
+                contexts[case.name] = contexts["files"]
+            elif case.step == "build":
+                contexts[case.name] = write_context(os.path.join(work, case.name), case.dockerfile)
+        warmup_context = write_context(os.path.join(work, "warm-up"), trivial_runs(base, 1))
 
         tools = []
         build_image = BuildImage(shlex.split(ns.build_image), os.path.join(work, "store"))
@@ -151,11 +199,25 @@ def run(ns: argparse.Namespace) -> int:
                 facts["docker"] = "unavailable: dockerd did not start"
                 log(f"dockerd is unavailable, timing build-image only:\n{indent(str(error))}")
 
-        for case in cases:
-            log(f"{case.name}: {case.description}")
-            results[case.name] = measure(
-                case, tools, contexts[case.name], ns.repeat,
-                lambda s, t, i, o: _report_outcome(s, t, i, o, ns.repeat))
+        on_outcome = lambda s, t, i, o: _report_outcome(s, t, i, o, ns.repeat)  # noqa: E731
+        changes = iter(range(1, 1 << 30))
+        for position, case in enumerate(cases):
+            if case.step != "build":
+                continue                  # measured with the build before it
+            steps = []
+            for later in cases[position + 1:]:
+                if later.step == "build":
+                    break
+                steps.append(later)
+            for each in (case, *steps):
+                log(f"{each.label}: {each.description}")
+            if steps:
+                results.update(measure_image_steps(case, steps, tools, contexts[case.name], ns.repeat,
+                                                   lambda: _fresh_registry(Registry), on_outcome))
+                continue
+            context = contexts[case.name]
+            before = (lambda c=context: change_one_file(c, next(changes))) if case.change_one_file else None
+            results[case.name] = measure(case, tools, context, ns.repeat, on_outcome, before)
 
     rows = report.build_rows(results, buildkit_available=buildkit_available)
     print(report.format_facts(facts))
@@ -163,12 +225,19 @@ def run(ns: argparse.Namespace) -> int:
     print(report.format_table(rows))
     if ns.json:
         settings = {"repeat": ns.repeat, "loop_count": loop_count, "build_image_command": ns.build_image,
-                    "targets": report.TARGETS}
+                    "size": ns.size, "targets": report.TARGETS}
         with open(ns.json, "w") as f:
             json.dump(report.to_json(results, rows, facts, settings), f, indent=2)
             f.write("\n")
         log(f"raw numbers written to {ns.json}")
     return 0
+
+
+@contextlib.contextmanager
+def _fresh_registry(registry_class):
+    """An empty registry for one push; its host."""
+    with registry_class() as registry:
+        yield registry.host
 
 
 def _interrupt(signum, frame) -> None:

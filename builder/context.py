@@ -10,22 +10,28 @@ Two pattern languages meet here, as in BuildKit:
 
 A context path that `.dockerignore` excludes does not exist for COPY; a directory that is excluded
 but holds a re-included file still exists as that file's parent.
+
+Checksums of regular files are kept between builds (ChecksumCache, one file per context directory
+in the store), keyed by what lstat says of the file, as BuildKit's contenthash does: a rebuild reads
+and hashes only the files whose (device, inode, size, mtime, ctime, mode) changed.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import posixpath
 import re
 import stat
+import time
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Iterable, Sequence
 
 from builder.errors import ParseError, SolveError, SourceNotFound
 from builder.plumbing import paths
-
+from builder.plumbing.files import locked, write_atomically
 
 
 # ---- Go filepath.Match (COPY sources) -------------------------------------------------------
@@ -302,15 +308,116 @@ def _relative(root: str, host_path: str) -> str:
 
 # ---- a source tree -----------------------------------------------------------------------------
 
+# ---- checksums kept between builds -----------------------------------------------------------
+
+_CACHE_FORMAT = 1
+_HEX = re.compile(r"[0-9a-f]{64}\Z")
+
+
+def _stat_key(st: os.stat_result) -> tuple[int, ...]:
+    """What must be unchanged for a file's recorded digest to stand: any write changes mtime and
+    ctime, a replacement changes the inode, a chmod the mode and ctime."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode)
+
+
+def _well_formed(entry) -> bool:
+    """[dev, ino, size, mtime_ns, ctime_ns, mode, hex digest], as ChecksumCache writes them."""
+    return (isinstance(entry, (list, tuple)) and len(entry) == 7 and isinstance(entry[6], str)
+            and _HEX.match(entry[6]) is not None and all(type(v) is int for v in entry[:6]))
+
+
+class ChecksumCache:
+    """Entry digests of one context directory's regular files, kept in a file between builds.
+
+    ROOT/cache/context/<sha256 of the directory's path>.json maps each path (relative to the
+    directory) to the lstat key it was hashed under and its digest. The file is only ever a hint:
+    unreadable or malformed content is ignored, an entry is used only while the file's lstat key
+    is exactly the recorded one, and a file changed less than SETTLE_SECONDS ago is not recorded
+    (another write in the same timestamp tick would leave its key as it was). Builds that share a
+    store write it under a lock file, merging, with an atomic replace; readers never lock.
+    """
+
+    SETTLE_SECONDS = 2.0
+
+    def __init__(self, cache_dir: str, context_root: str, *, settle_seconds: float = SETTLE_SECONDS):
+        self.context_root = os.path.abspath(context_root)
+        name = hashlib.sha256(self.context_root.encode()).hexdigest()
+        self.path = os.path.join(cache_dir, name + ".json")
+        self.settle_ns = int(settle_seconds * 1e9)
+        self._entries: dict[str, list] | None = None
+        self._new: dict[str, tuple] = {}
+        self._seen: set[str] = set()
+
+    @classmethod
+    def in_store(cls, store_root: str, context_root: str) -> "ChecksumCache":
+        return cls(os.path.join(store_root, "cache", "context"), context_root)
+
+    def _load(self) -> dict[str, list]:
+        if self._entries is None:
+            self._entries = self._read()
+        return self._entries
+
+    def _read(self) -> dict[str, list]:
+        """The file's entries, unchecked (each is checked when used or written back)."""
+        try:
+            with open(self.path, "rb") as f:
+                data = json.loads(f.read())
+        except (OSError, ValueError):
+            return {}
+        if not isinstance(data, dict) or data.get("format") != _CACHE_FORMAT or data.get("root") != self.context_root:
+            return {}
+        entries = data.get("entries")
+        return entries if isinstance(entries, dict) else {}
+
+    def get(self, rel: str, st: os.stat_result) -> str | None:
+        """The recorded digest of REL if it was hashed with exactly this lstat key."""
+        self._seen.add(rel)
+        entry = self._new.get(rel) or self._load().get(rel)
+        if _well_formed(entry) and tuple(entry[:6]) == _stat_key(st):
+            return entry[6]
+        return None
+
+    def put(self, rel: str, st: os.stat_result, digest: str) -> None:
+        """Record DIGEST for REL, unless the file changed too recently for its key to be trusted."""
+        self._seen.add(rel)
+        if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) < self.settle_ns:
+            return
+        self._new[rel] = (*_stat_key(st), digest)
+
+    def save(self) -> None:
+        """Merge what this build hashed into the file. Entries of paths that are gone are dropped.
+        Failing to write only costs the next build some hashing, so errors are swallowed."""
+        if not self._new:
+            return
+        try:
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            with locked(self.path[:-len(".json")] + ".lock"):
+                merged = {rel: entry for rel, entry in self._read().items()   # what other builds wrote
+                          if _well_formed(entry) and (rel in self._seen
+                                                      or os.path.lexists(os.path.join(self.context_root, rel)))}
+                merged.update(self._new)
+                body = {"format": _CACHE_FORMAT, "root": self.context_root,
+                        "entries": {rel: list(value) for rel, value in sorted(merged.items())}}
+                write_atomically(self.path, json.dumps(body, separators=(",", ":")).encode())
+        except OSError:
+            return
+        self._entries = merged
+        self._new = {}
+
+
 class BuildContext:
     """A directory COPY reads from, with the .dockerignore rules that hide parts of it (none for a
     stage's filesystem). Paths given to and returned by it are relative to the root."""
 
-    def __init__(self, root: str, rules: Sequence[IgnoreRule] = ()):
+    def __init__(self, root: str, rules: Sequence[IgnoreRule] = (), *,
+                 checksum_cache: ChecksumCache | None = None):
         self.root = os.path.abspath(root)
         self.rules = tuple(rules)
         self.ignore = PatternMatcher(str(r) for r in self.rules)
+        self.checksum_cache = checksum_cache
         self._digests: dict[tuple, str] = {}
+        self.files_hashed = 0        # regular files read for a checksum (the checksum cache's misses)
+        self.bytes_hashed = 0
 
     # -- what exists
     def excluded(self, rel: str) -> bool:
@@ -330,13 +437,27 @@ class BuildContext:
 
     def _walk(self, rel: str, out: list[str]) -> None:
         full = os.path.join(self.root, rel)
-        is_dir = os.path.isdir(full) and not os.path.islink(full)
+        try:
+            is_dir = stat.S_ISDIR(os.lstat(full).st_mode)
+        except (FileNotFoundError, NotADirectoryError):
+            is_dir = False
         if rel and self.hidden(rel, is_dir):
             return
         out.append(rel)
         if is_dir:
-            for name in sorted(os.listdir(full)):
-                self._walk(f"{rel}/{name}" if rel else name, out)
+            self._walk_below(full, rel, out)
+
+    def _walk_below(self, full: str, rel: str, out: list[str]) -> None:
+        # scandir's entry types come with the directory listing: no stat per entry
+        with os.scandir(full) as listing:
+            entries = sorted((entry.name, entry.is_dir(follow_symlinks=False)) for entry in listing)
+        for name, is_dir in entries:
+            child = f"{rel}/{name}" if rel else name
+            if self.hidden(child, is_dir):
+                continue
+            out.append(child)
+            if is_dir:
+                self._walk_below(os.path.join(full, name), child, out)
 
     def match(self, source: str) -> list[str]:
         """The paths a COPY source names (symlinks in it followed, wildcards expanded), relative to
@@ -395,6 +516,8 @@ class BuildContext:
                     raise SourceNotFound(f'failed to compute cache key: "/{name}": not found')
                 for rel in self.walk(resolved):
                     h.update(self._entry_digest(rel).encode())
+        if self.checksum_cache is not None:
+            self.checksum_cache.save()
         return "sha256:" + h.hexdigest()
 
     def entry_digests(self, sources: Sequence[str]) -> dict[str, str]:
@@ -419,17 +542,34 @@ class BuildContext:
         cached = self._digests.get(key)
         if cached is not None:
             return cached
+        regular = stat.S_ISREG(st.st_mode)
+        if regular and self.checksum_cache is not None:
+            cached = self.checksum_cache.get(rel, st)
+            if cached is not None:
+                self._digests[key] = cached
+                return cached
         h = hashlib.sha256(f"{rel}\0{stat.S_IFMT(st.st_mode)}\0{stat.S_IMODE(st.st_mode):o}\0".encode())
-        if stat.S_ISREG(st.st_mode):
+        if regular:
             h.update(str(st.st_size).encode() + b"\0")
-            with open(full, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    h.update(chunk)
+            self.bytes_hashed += _hash_file(full, h)
+            self.files_hashed += 1
         elif stat.S_ISLNK(st.st_mode):
             h.update(os.readlink(full).encode())
         digest = h.hexdigest()
         self._digests[key] = digest
+        if regular and self.checksum_cache is not None:
+            self.checksum_cache.put(rel, st, digest)
         return digest
+
+
+def _hash_file(path: str, h) -> int:
+    """Feed PATH's bytes to H; returns how many were read."""
+    total = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+            total += len(chunk)
+    return total
 
 
 def split_parents(source: str) -> tuple[str, "PatternMatcher"]:

@@ -277,7 +277,7 @@ class _MissLog:
 
 
 def _build_watched(options: BuildOptions, progress: events.Progress, executor, misses: _MissLog) -> BuildResult:
-    from builder.context import utf8_text
+    from builder.context import ChecksumCache, utf8_text
     from builder.plan_cache import PlanCache, RecordingContext, inputs_key
     from builder.registry.reference import parse_reference
     from builder.solver.sources import ImageSources
@@ -324,7 +324,8 @@ def _build_watched(options: BuildOptions, progress: events.Progress, executor, m
 
         sources = ImageSources(store.blobs, store.images, client_factory, pull=options.pull, progress=progress)
         try:
-            context = RecordingContext(context_dir, _load_dockerignore(context_dir, options.dockerfile, progress))
+            context = RecordingContext(context_dir, _load_dockerignore(context_dir, options.dockerfile, progress),
+                                       checksum_cache=ChecksumCache.in_store(store.root, context_dir))
             rewrites = _timestamp_modes(options.outputs, epoch)
             key = inputs_key(text, dockerfile_name, context, build_args=options.build_args, target=options.target,
                              platform=options.platform, source_date_epoch=epoch,
@@ -747,7 +748,7 @@ def _solve(options, text, dockerfile_name, store, sources, context, epoch, progr
         if warm is not None and any(isinstance(v.op, ExecOp) and v.op.network == "default" for v in plan.vertices):
             warm()  # (started already, unless the hint above missed this RUN)
         solver = Solver(store, executor, sources, context, jobs=options.jobs, no_cache=options.no_cache,
-                        no_cache_for=no_cache_for, named_contexts=_local_contexts(named_contexts),
+                        no_cache_for=no_cache_for, named_contexts=_local_contexts(named_contexts, store.root),
                         progress=progress, names=dict(plan.names), source_date_epoch=epoch,
                         secrets=secrets, ssh={s.id: s.path for s in options.ssh},
                         rewrite_timestamp=all(rewrites), explainer=explainer, imported=imported,
@@ -863,11 +864,11 @@ def _context_kinds(named_contexts: dict[str, str]) -> dict[str, str]:
     return {n: v if v.startswith(_IMAGE_CONTEXTS) else "local" for n, v in named_contexts.items()}
 
 
-def _local_contexts(named_contexts: dict[str, str]) -> dict:
-    from builder.context import BuildContext, read_dockerignore
+def _local_contexts(named_contexts: dict[str, str], store_root: str) -> dict:
+    from builder.context import BuildContext, ChecksumCache, read_dockerignore
 
-    return {n: BuildContext(v, read_dockerignore(v)) for n, v in named_contexts.items()
-            if not v.startswith(_IMAGE_CONTEXTS)}
+    return {n: BuildContext(v, read_dockerignore(v), checksum_cache=ChecksumCache.in_store(store_root, v))
+            for n, v in named_contexts.items() if not v.startswith(_IMAGE_CONTEXTS)}
 
 
 def _attach_source(error: BuildError, plan, text: str, dockerfile_name: str) -> None:

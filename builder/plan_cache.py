@@ -47,8 +47,8 @@ class PlanRecord:
 class RecordingContext(BuildContext):
     """A build context that remembers every checksum the cache keys were computed from."""
 
-    def __init__(self, root: str, rules=()):
-        super().__init__(root, rules)
+    def __init__(self, root: str, rules=(), **options):
+        super().__init__(root, rules, **options)
         self.reads: dict[tuple[str, ...], str] = {}
 
     def checksum(self, sources: tuple[str, ...]) -> str:

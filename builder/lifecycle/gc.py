@@ -83,8 +83,9 @@ def prune(store: Store, *, all_images: bool = False, cache: bool = False,
         return PruneReport(tuple(untagged), deleted_ids, tuple(deleted_cache), reclaimed)
 
 
-# Build-cache files beside the records: unchanged-rebuild plans, RUN cache mounts, ADD downloads.
-_BUILD_CACHE_DIRS = (("cache", "plans"), ("cache", "mounts"), ("http",))
+# Build-cache files beside the records: unchanged-rebuild plans, context checksums, RUN cache mounts,
+# ADD downloads.
+_BUILD_CACHE_DIRS = (("cache", "plans"), ("cache", "context"), ("cache", "mounts"), ("http",))
 
 
 def _prune_build_files(root: str, old_enough) -> int:

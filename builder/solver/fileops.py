@@ -9,6 +9,8 @@ tonistiigi/fsutil's `Copy`, which BuildKit uses:
   (root-owned 0755, or the --chown owner and octal --chmod mode) and left as it is when present;
 - a file onto an existing directory (or a destination ending in '/') goes inside it, keeping its
   name; otherwise it becomes the destination path;
+- file data goes through plumbing.files.copy_file (reflink, copy_file_range or sendfile: the
+  kernel moves the bytes);
 - copied entries keep their mode, mtime, xattrs, symlinks and hard links; their owner is the
   source's (0:0 for the build context) unless --chown; --chmod applies to every copied entry and
   to the directories created for the destination;
@@ -21,7 +23,6 @@ from __future__ import annotations
 import errno
 import os
 import posixpath
-import shutil
 import stat
 
 from builder.context import (BuildContext, PatternMatcher, clean_path, has_wildcards, resolve_in_root,
@@ -29,6 +30,7 @@ from builder.context import (BuildContext, PatternMatcher, clean_path, has_wildc
 from builder.errors import SolveError
 from builder.grammar.flags import ModeSpec, parse_user_id
 from builder.llb.ops import CopyAction, MkdirAction
+from builder.plumbing.files import copy_file
 
 # ---- --chown --------------------------------------------------------------------------------
 
@@ -228,7 +230,7 @@ class _Copier:
             if first is not None:
                 os.link(first, target)
             else:
-                shutil.copyfile(src, target, follow_symlinks=False)
+                copy_file(src, target)
                 if st.st_nlink > 1:
                     self.inodes[key] = target
         elif stat.S_ISLNK(st.st_mode):
