@@ -280,6 +280,7 @@ def _build(options: BuildOptions, progress: events.Progress, executor) -> BuildR
             for tag in tags:
                 store.images.tag(tag, image.manifest.digest)
                 progress(events.Log(export_id, f"naming to {tag} done"))
+            store.images.own(image.manifest.digest)  # in a user's namespace: theirs, even unnamed
             for output, rewrite in zip(options.outputs, rewrites):
                 _export(output, variants[rewrite], store, tags, progress, export_id)
             progress(events.Finished(export_id))
