@@ -308,6 +308,9 @@ def _build(address: str, tls_ca: str | None, options, progress):
                     progress(event)
             elif kind == "data":
                 outputs.write(data)
+            elif kind in ("stdout", "stderr"):  # the worker's own prints (warnings): to stderr, as local
+                sys.stderr.buffer.write(data)
+                sys.stderr.buffer.flush()
             elif kind == "output":
                 outputs.start(doc["index"], doc["form"])
             elif kind == "output-end":
@@ -402,7 +405,7 @@ class OutputWriters:
             current.flush()
         elif self.form == "file":
             current.close()
-            os.replace(current.name, self.target)
+            _publish(current.name, self.target)
         else:
             import tarfile
 
@@ -410,6 +413,14 @@ class OutputWriters:
             os.makedirs(self.target, exist_ok=True)
             with current, tarfile.open(fileobj=current, mode="r|") as tf:
                 tf.extractall(self.target, filter=protocol.safe_tar_filter)
+
+
+def _publish(temp: str, dest: str) -> None:
+    """A finished temp file to DEST, with the mode a new file gets here (temp files are 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temp, 0o666 & ~umask)
+    os.replace(temp, dest)
 
 
 # ---- image commands ---------------------------------------------------------------------------------
@@ -473,12 +484,13 @@ def remote_command(address: str, tls_ca: str | None, name: str, argv: list[str])
             if target is not sys.stdout.buffer:
                 target.close()
                 if code == 0:
-                    os.replace(target.name, output)
+                    _publish(target.name, output)
                 else:
                     os.unlink(target.name)
         if code is None:
             raise BuildError(f"the build server at {address} closed the connection before the command ended")
-        target.flush()
+        if target is sys.stdout.buffer:
+            target.flush()
         return code
 
     return run_command(run, debug)

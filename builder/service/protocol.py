@@ -79,7 +79,7 @@ def encode_event(event) -> dict:
     for f in dataclasses.fields(event):
         value = getattr(event, f.name)
         fields[f.name] = {"b64": base64.b64encode(value).decode()} if isinstance(value, bytes) else value
-    return {"kind": type(event).__name__, "fields": fields}
+    return {"event": type(event).__name__, "fields": fields}
 
 
 def decode_event(doc: dict):
@@ -87,7 +87,7 @@ def decode_event(doc: dict):
 
     from builder import events
 
-    kind = getattr(events, doc.get("kind", ""), None)
+    kind = getattr(events, doc.get("event", ""), None)
     if kind not in (events.Started, events.Output, events.Log, events.Finished):
         return None
     known = {f.name for f in dataclasses.fields(kind)}

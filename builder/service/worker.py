@@ -49,13 +49,14 @@ def spawn(target, *, stdin_fd: int, env: dict[str, str], close_in_child) -> Work
         pipes = [os.pipe() for _ in range(3)]
         pid = os.fork()
         if pid == 0:
-            code = 1
+            code, log = 1, 2
             try:
                 set_parent_death_signal(signal.SIGINT)
                 close_in_child()
                 (msg_r, msg_w), (out_r, out_w), (err_r, err_w) = pipes
                 for fd in (msg_r, out_r, err_r):
                     os.close(fd)
+                log = os.dup(2)   # the server's log, for what is no business of the client's
                 os.dup2(stdin_fd, 0)
                 os.dup2(out_w, 1)
                 os.dup2(err_w, 2)
@@ -76,7 +77,9 @@ def spawn(target, *, stdin_fd: int, env: dict[str, str], close_in_child) -> Work
             except BaseException:
                 import traceback
 
-                traceback.print_exc()
+                with open(log, "w", closefd=False) as server_log:
+                    traceback.print_exc(file=server_log)
+                print("ERROR: the build server failed (its log has the details)", file=sys.stderr)
             finally:
                 try:
                     sys.stdout.flush()
