@@ -550,6 +550,8 @@ def cmd_login_server(argv: list[str], tls_ca: str | None = None) -> int:
             doc = connection.read_json(headers)
         finally:
             connection.close()
+        if not isinstance(doc.get("token"), str):
+            raise BuildError(f"{ns.server}: the server sent no token")
         tokens = _read_tokens()
         tokens[ns.server] = {"token": doc["token"], "expires": doc["expires"], "user": doc.get("user", ns.username)}
         _write_tokens(tokens)

@@ -132,7 +132,7 @@ def parse_address(text: str) -> tuple[str, str, int]:
         return "unix", rest, 0
     if sep and scheme == "tcp":
         host, colon, port = rest.rstrip("/").rpartition(":")
-        if colon and host and port.isdigit() and 0 < int(port) < 65536:
+        if colon and host and port.isdigit() and 0 <= int(port) < 65536:  # 0: a listener picks one
             return "tcp", host.strip("[]"), int(port)
     raise ValueError(f'invalid server address "{text}" (use unix:///PATH or tcp://HOST:PORT)')
 

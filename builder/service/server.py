@@ -432,9 +432,25 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
     def body(self) -> Body:
-        return Body(self.rfile, self.headers)
+        self._body = Body(self.rfile, self.headers)
+        return self._body
+
+    def _drain(self, limit: int = 1 << 20) -> None:
+        """Read what is left of a small request body before answering without it: closing a
+        socket with unread bytes resets the connection, and the client would lose the answer."""
+        body = getattr(self, "_body", None) or Body(self.rfile, self.headers)
+        self._body = body
+        try:
+            self.connection.settimeout(2)
+            while not body.done and body.received < limit and body.read(65536):
+                pass
+        except (OSError, protocol.ProtocolError, ValueError):
+            pass
+        finally:
+            self.connection.settimeout(None)
 
     def reply(self, status: int, doc: dict) -> None:
+        self._drain()
         data = json.dumps(doc).encode()
         self.status = status
         self.send_response(status)
