@@ -118,12 +118,13 @@ class BuildServer:
         if self.pam_service:
             args += ["--pam-service", self.pam_service]
         log = open(self.log_path, "a")
+        offset = log.tell()   # a restart appends: only what this server says counts
         self.proc = subprocess.Popen(args, stdout=log, stderr=log, stdin=subprocess.DEVNULL, cwd="/")
         log.close()
         wanted = 1 + (self.tls is not None)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            found = _LISTENING.findall(self.log())
+            found = _LISTENING.findall(self.log()[offset:])
             if len(found) >= wanted:
                 self.address = next(a for a in found if a.startswith("unix://"))
                 self.tcp_address = next((a for a in found if a.startswith("tcp://")), "")
