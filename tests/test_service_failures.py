@@ -131,3 +131,16 @@ def test_max_builds_runs_one_at_a_time_and_the_second_waits(store_root, busybox_
             time.sleep(0.05)
         assert second.wait(120) == 0 and first.returncode == 0
         assert not overlap
+
+
+def test_the_servers_limits_are_every_builds_defaults_and_caps(store_root, busybox_registry):
+    with BuildServer(store_root, extra=("--memory", "32m", "--pids-limit", "64")) as server:
+        hungry = write_context(server.workdir("hungry"), {"Dockerfile": (
+            f"FROM {busybox_registry.reference}\nRUN dd if=/dev/zero of=/dev/null bs=96M count=1\n")})
+        killed = server.client("build", "--progress", "plain", hungry)
+        assert killed.returncode == 1
+        assert b"RUN was killed: out of memory (limit 32 MiB)" in killed.stderr
+        over = server.client("build", "--memory", "1g", hungry)
+        assert over.returncode == 1
+        assert over.stderr.decode().strip().splitlines()[-1] == \
+            "ERROR: --memory 1g: over the server's limit of 32 MiB"

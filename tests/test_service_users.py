@@ -202,3 +202,22 @@ def test_every_endpoint_rejects_unauthenticated_requests(tls_server, certificate
     assert len(rejected) == len(results), [r for r in results if r[1] not in (401, 429)]
     record_property("figure", f"serve: unauthenticated requests rejected: {len(rejected)}/{len(results)} "
                               f"({len(ROUTES)} routes x {len(METHODS)} methods)")
+
+
+def test_a_users_prune_removes_only_their_own_images(store_root, users, busybox_registry):
+    alice, _ = users
+    with BuildServer(store_root) as server:
+        context = _context(server, "shared", f"FROM {busybox_registry.reference}\nRUN echo kept > /kept\n")
+        mine = _context(server, "alices", f"FROM {busybox_registry.reference}\nRUN echo gone > /gone\n")
+        assert server.client("build", "-q", "-t", "roots-image", context).returncode == 0
+        assert alice.client(server.address, "build", "-q", "-t", "alices-image", mine).returncode == 0
+        assert alice.client(server.address, "build", "-q", "-t", "same-as-roots", context).returncode == 0
+        pruned = alice.client(server.address, "prune", "-a", "-f")
+        assert pruned.returncode == 0, pruned.stderr
+        assert alice.client(server.address, "images", "-q").stdout.strip() == b""
+        assert server.client("inspect", "roots-image").returncode == 0
+        assert server.client("history", "roots-image").returncode == 0
+        rebuilt = server.client("build", "--progress", "plain", "-t", "roots-image", context)
+        assert rebuilt.returncode == 0 and b"CACHED" in rebuilt.stderr
+    fsck = build_image("fsck", "--root", store_root, check=False)
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
