@@ -217,3 +217,31 @@ def test_the_client_imports_nothing_heavy(server, busybox_registry):
         assert sorted(m for m in modules if m.split(".")[0] in HEAVY) == []
         assert not any(m.startswith(("builder.solver", "builder.executor", "builder.convert", "builder.grammar",
                                      "builder.lifecycle", "builder.registry", "http.client")) for m in modules)
+
+
+def test_the_shipped_units_start_the_server_from_systemds_socket(tmp_path, busybox_registry):
+    """build-image.socket's way: systemd-socket-activate binds the socket and starts the server
+    with it (LISTEN_FDS), as build-image.service would be."""
+    units = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures", "service")
+    with open(os.path.join(units, "build-image.service")) as f:
+        assert "build-image serve" in f.read()
+    with open(os.path.join(units, "build-image.socket")) as f:
+        assert "ListenStream=/run/build-image/build-image.sock" in f.read()
+    sock = tmp_path / "activated.sock"
+    log = open(tmp_path / "server.log", "w")
+    proc = subprocess.Popen(["systemd-socket-activate", "-l", str(sock), sys.executable, "-m", "builder.cli",
+                             "serve", "--root", str(tmp_path / "root")], stdout=log, stderr=log,
+                            stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while not sock.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        listed = subprocess.run([sys.executable, "-m", "builder.cli", "--server", f"unix://{sock}", "images"],
+                                capture_output=True, timeout=120, stdin=subprocess.DEVNULL)
+        assert listed.returncode == 0, listed.stderr
+        assert listed.stdout.decode().split() == ["REPOSITORY", "TAG", "IMAGE", "ID", "CREATED", "SIZE"]
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        log.close()
+    assert f"listening on unix://{sock}" in (tmp_path / "server.log").read_text()

@@ -504,9 +504,13 @@ class UnixServer(_Server, socketserver.UnixStreamServer):
     kind = "unix"
     tls = None
 
-    def __init__(self, path: str, service: Service, mode: int, group: str | None):
+    def __init__(self, path: str, service: Service, mode: int, group: str | None, inherited=None):
         self.service, self.path, self.mode, self.group = service, path, mode, group
-        super().__init__(path, Handler)
+        self.inherited = inherited is not None
+        super().__init__(path, Handler, bind_and_activate=inherited is None)
+        if inherited is not None:   # systemd's socket: bound, listening, mode and group set by the unit
+            self.socket.close()
+            self.socket = inherited
 
     def server_bind(self) -> None:
         try:
@@ -532,6 +536,8 @@ class UnixServer(_Server, socketserver.UnixStreamServer):
 
     def server_close(self) -> None:
         super().server_close()
+        if self.inherited:
+            return   # systemd's to remove
         try:
             os.unlink(self.path)
         except FileNotFoundError:
@@ -542,11 +548,26 @@ class TLSServer(_Server, socketserver.TCPServer):
     kind = "tcp"
     allow_reuse_address = True
 
-    def __init__(self, host: str, port: int, service: Service, tls):
+    def __init__(self, host: str, port: int, service: Service, tls, inherited=None):
         self.service, self.tls = service, tls
         if ":" in host:
             self.address_family = socket.AF_INET6
-        super().__init__((host, port), Handler)
+        super().__init__((host, port), Handler, bind_and_activate=inherited is None)
+        if inherited is not None:
+            self.socket.close()
+            self.socket = inherited
+            self.server_address = inherited.getsockname()
+
+
+def systemd_sockets() -> list[socket.socket]:
+    """The listening sockets systemd passed (socket activation: $LISTEN_FDS from fd 3 on, for
+    this very process); with them, --listen is not used."""
+    if os.environ.get("LISTEN_PID") != str(os.getpid()):
+        return []
+    count = int(os.environ.get("LISTEN_FDS") or 0)
+    for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        os.environ.pop(name, None)   # not for the workers
+    return [socket.socket(fileno=fd) for fd in range(3, 3 + count)]
 
 
 def tls_context(config: Config):
@@ -569,7 +590,18 @@ def serve(config: Config, run_cli, ready=None) -> int:
     service = Service(config, run_cli)
     tls = None
     addresses = []
-    for address in config.listen:
+    for sock in systemd_sockets():
+        if sock.family == socket.AF_UNIX:
+            path = sock.getsockname()
+            server = UnixServer(path, service, config.socket_mode, config.socket_group, inherited=sock)
+            addresses.append(f"unix://{path}")
+        else:
+            tls = tls or tls_context(config)
+            host, port = sock.getsockname()[:2]
+            server = TLSServer(host, port, service, tls, inherited=sock)
+            addresses.append(f"tcp://{host}:{port}")
+        service.servers.append(server)
+    for address in config.listen if not service.servers else ():
         kind, host, port = protocol.parse_address(address)
         if kind == "unix":
             server = UnixServer(host, service, config.socket_mode, config.socket_group)
