@@ -58,6 +58,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="build-image command line, split like a shell would (default: %(default)s)")
     p.add_argument("--json", metavar="FILE", help="also write the raw numbers to FILE")
     p.add_argument("--skip-buildkit", action="store_true", help="time build-image only (no dockerd)")
+    p.add_argument("--server", action="store_true", help="also time builds through a warm `build-image serve` "
+                   "(bench/server.py: the b1, b2, b4 columns)")
     ns = p.parse_args(argv)
     if ns.repeat < 1:
         p.error("--repeat must be at least 1")
@@ -128,6 +130,12 @@ def run(ns: argparse.Namespace) -> int:
             log(f"build-image: the untimed first build failed; timed runs will be tried anyway:\n"
                 f"{indent(warm.error)}")
         tools.append(build_image)
+        if ns.server:
+            from bench.server import BuildImageServer
+
+            served = stack.enter_context(BuildImageServer(shlex.split(ns.build_image), work))
+            served.prepare(base, warmup_context)
+            tools.append(served)
 
         buildkit_available = False
         if ns.skip_buildkit:
@@ -161,6 +169,10 @@ def run(ns: argparse.Namespace) -> int:
     print(report.format_facts(facts))
     print()
     print(report.format_table(rows))
+    if ns.server:
+        from bench.server import server_table
+
+        print("\n" + server_table(results)[0])
     if ns.json:
         settings = {"repeat": ns.repeat, "loop_count": loop_count, "build_image_command": ns.build_image,
                     "targets": report.TARGETS}
