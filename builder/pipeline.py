@@ -257,7 +257,7 @@ def _build(options: BuildOptions, progress: events.Progress, executor) -> BuildR
             key = inputs_key(text, dockerfile_name, context, build_args=options.build_args, target=options.target,
                              platform=options.platform, source_date_epoch=epoch,
                              run_options={**run_options, "rewrite_timestamp": rewrites[0]})
-            plans = PlanCache(store.root)
+            plans = PlanCache(store.cache_root)
             # Named contexts' reads are not recorded by the plan cache: such builds always plan; nor
             # do outputs that disagree on rewrite-timestamp (they need the unclamped image).
             mixed = len(set(rewrites)) > 1

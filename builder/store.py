@@ -58,8 +58,6 @@ class Store:
         self.root = os.path.abspath(root or default_root())
         os.makedirs(self.root, exist_ok=True)
         self.blobs = blobs if blobs is not None else BlobStore(os.path.join(self.root, "blobs"))
-        records_dir = os.path.join(self.root, "cache", "records")
-        self.records = records if records is not None else CacheRecords(records_dir)
         self.snapshots = SnapshotStore(self.root)
         self.namespace = namespace if namespace is not None else default_namespace()
         if self.namespace is not None:
@@ -72,6 +70,11 @@ class Store:
             own_dir = self.root
             self.images = ImageStore(self.root)
         self.cache_mounts_dir = os.path.join(own_dir, "cache", "mounts")
+        # `serve --isolate-cache`: the namespace's own build cache (records and plans), not the root's.
+        isolated = self.namespace is not None and os.environ.get("BUILD_IMAGE_ISOLATE_CACHE") == "1"
+        self.cache_root = own_dir if isolated else self.root
+        records_dir = os.path.join(self.cache_root, "cache", "records")
+        self.records = records if records is not None else CacheRecords(records_dir)
         self.run_dir = os.path.join(self.root, "run")
         os.makedirs(self.run_dir, exist_ok=True)
         self._lock_file = None
@@ -134,6 +137,25 @@ class Store:
         found.extend((name, ImageStore(os.path.join(directory, name), track_owned=True))
                      for name in names if _NAMESPACE.fullmatch(name))
         return found
+
+    def protected_layers(self) -> set[str]:
+        """Layer digests of the build cache records other than this store's own (the root's
+        shared ones, and every namespace's isolated ones): a prune here must keep them."""
+        directories = [os.path.join(self.root, "cache", "records")]
+        namespaces = os.path.join(self.root, "namespaces")
+        if os.path.isdir(namespaces):
+            directories += [os.path.join(namespaces, n, "cache", "records") for n in sorted(os.listdir(namespaces))]
+        own = os.path.join(self.cache_root, "cache", "records")
+        layers: set[str] = set()
+        for directory in directories:
+            if directory == own or not os.path.isdir(directory):
+                continue
+            records = CacheRecords(directory)
+            for key in records.keys():
+                cached = records.get(key)
+                if cached is not None:
+                    layers.add(cached.layer_digest)
+        return layers
 
     def protected_manifests(self) -> set[str]:
         """Manifest digests other namespaces (and the root's own index) name or own: a prune in

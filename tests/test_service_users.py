@@ -211,7 +211,8 @@ def test_a_users_prune_removes_only_their_own_images(store_root, users, busybox_
         mine = _context(server, "alices", f"FROM {busybox_registry.reference}\nRUN echo gone > /gone\n")
         assert server.client("build", "-q", "-t", "roots-image", context).returncode == 0
         assert alice.client(server.address, "build", "-q", "-t", "alices-image", mine).returncode == 0
-        assert alice.client(server.address, "build", "-q", "-t", "same-as-roots", context).returncode == 0
+        shared = alice.client(server.address, "build", "--progress", "plain", "-t", "same-as-roots", context)
+        assert shared.returncode == 0 and b"CACHED" in shared.stderr   # the build cache is shared
         pruned = alice.client(server.address, "prune", "-a", "-f")
         assert pruned.returncode == 0, pruned.stderr
         assert alice.client(server.address, "images", "-q").stdout.strip() == b""
@@ -219,5 +220,21 @@ def test_a_users_prune_removes_only_their_own_images(store_root, users, busybox_
         assert server.client("history", "roots-image").returncode == 0
         rebuilt = server.client("build", "--progress", "plain", "-t", "roots-image", context)
         assert rebuilt.returncode == 0 and b"CACHED" in rebuilt.stderr
+    fsck = build_image("fsck", "--root", store_root, check=False)
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+
+
+def test_isolate_cache_keeps_each_users_build_cache_apart(store_root, users, busybox_registry):
+    alice, _ = users
+    with BuildServer(store_root, extra=("--isolate-cache",)) as server:
+        context = _context(server, "same", f"FROM {busybox_registry.reference}\nRUN echo once > /once\n")
+        assert server.client("build", "-q", context).returncode == 0
+        first = alice.client(server.address, "build", "--progress", "plain", context)
+        assert first.returncode == 0 and b"CACHED" not in first.stderr.split(b"RUN echo once")[1]
+        again = alice.client(server.address, "build", "--progress", "plain", context)
+        assert again.returncode == 0 and b"CACHED" in again.stderr
+        assert alice.client(server.address, "prune", "-a", "-f", "--cache").returncode == 0
+        rebuilt = server.client("build", "--progress", "plain", context)
+        assert rebuilt.returncode == 0 and b"CACHED" in rebuilt.stderr   # root's cache survived her prune
     fsck = build_image("fsck", "--root", store_root, check=False)
     assert fsck.returncode == 0, fsck.stdout + fsck.stderr

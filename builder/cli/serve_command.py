@@ -31,6 +31,8 @@ def _parser():
                    help="every build's RUN process limit: the default and the most (default 4096)")
     p.add_argument("--cpu-shares", type=int, metavar="N", help="every build's default RUN CPU weight")
     p.add_argument("--jobs", type=int, metavar="N", help="the most steps one build runs at once")
+    p.add_argument("--isolate-cache", action="store_true",
+                   help="keep each user's build cache apart (default: shared; keys are the server's own)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
 
@@ -68,7 +70,7 @@ def cmd_serve(argv: list[str]) -> int:
         config = Config(root=os.path.abspath(ns.root or default_root()), listen=listen, tls_cert=ns.tls_cert,
                         tls_key=ns.tls_key, tls_client_ca=ns.tls_client_ca, max_builds=ns.max_builds,
                         pam_service=ns.pam_service, socket_mode=mode, socket_group=ns.socket_group,
-                        login_attempts=ns.login_attempts, limits=limits)
+                        login_attempts=ns.login_attempts, isolate_cache=ns.isolate_cache, limits=limits)
         return serve(config, run_local)
 
     from builder.cli.runner import run_command

@@ -63,7 +63,7 @@ def prune(store: Store, *, all_images: bool = False, cache: bool = False,
                     reclaimed += _file_size(os.path.join(store.records.root, key.partition(":")[2] + ".json"))
                     store.records.delete(key)
                     deleted_cache.append(key)
-            reclaimed += _prune_build_files(store.root, old_enough)
+            reclaimed += _prune_build_files(store, old_enough)
         doomed_digests = {r.manifest_digest for r in doomed}
         store.images.disown(doomed_digests)  # a namespace's dangling images go with their blobs
         kept = [r for r in images if r.manifest_digest not in doomed_digests]
@@ -81,15 +81,12 @@ def prune(store: Store, *, all_images: bool = False, cache: bool = False,
         return PruneReport(tuple(untagged), deleted_ids, tuple(deleted_cache), reclaimed)
 
 
-# Build-cache files beside the records: unchanged-rebuild plans, RUN cache mounts, ADD downloads.
-_BUILD_CACHE_DIRS = (("cache", "plans"), ("cache", "mounts"), ("http",))
-
-
-def _prune_build_files(root: str, old_enough) -> int:
-    """Removes the build-cache entries (files or directories) last changed before the cut-off."""
+def _prune_build_files(store: Store, old_enough) -> int:
+    """Removes the build-cache entries (files or directories) last changed before the cut-off:
+    unchanged-rebuild plans, RUN cache mounts (the namespace's own), ADD downloads."""
     reclaimed = 0
-    for parts in _BUILD_CACHE_DIRS:
-        base = os.path.join(root, *parts)
+    for base in (os.path.join(store.cache_root, "cache", "plans"), store.cache_mounts_dir,
+                 os.path.join(store.root, "http")):
         try:
             names = os.listdir(base)
         except FileNotFoundError:
@@ -122,6 +119,7 @@ def _mark(store: Store, kept: list[ImageRecord]) -> set[str]:
         cached = store.records.get(key)
         if cached is not None:
             marked.add(cached.layer_digest)
+    marked.update(store.protected_layers())  # other namespaces' build caches
     return marked
 
 

@@ -52,6 +52,7 @@ class Config:
     socket_mode: int = 0o660
     socket_group: str | None = None
     login_attempts: int = 5          # failed logins per user and per address a minute
+    isolate_cache: bool = False      # each user's own build cache (records, plans), not the shared one
     limits: dict = field(default_factory=dict)   # memory (bytes), pids, cpu_shares, jobs
 
 
@@ -171,7 +172,10 @@ class Service:
     def _user_env(self, user: User) -> dict[str, str]:
         docker = os.path.join(self.root, "namespaces", user.namespace, "docker")
         os.makedirs(docker, mode=0o700, exist_ok=True)
-        return {"BUILD_IMAGE_NAMESPACE": user.namespace, "DOCKER_CONFIG": docker}
+        env = {"BUILD_IMAGE_NAMESPACE": user.namespace, "DOCKER_CONFIG": docker}
+        if self.config.isolate_cache:
+            env["BUILD_IMAGE_ISOLATE_CACHE"] = "1"
+        return env
 
     def _close_in_child(self) -> None:
         for server in self.servers:
