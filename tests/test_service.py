@@ -245,3 +245,53 @@ def test_the_shipped_units_start_the_server_from_systemds_socket(tmp_path, busyb
         proc.wait(30)
         log.close()
     assert f"listening on unix://{sock}" in (tmp_path / "server.log").read_text()
+
+
+def test_stdin_and_url_contexts_through_the_server(server, busybox_registry, tmp_path):
+    from http.server import BaseHTTPRequestHandler
+
+    from tests.support.httpserver import LoopbackHTTPServer
+
+    dockerfile = f"FROM {busybox_registry.reference}\nRUN echo from-stdin > /s\n".encode()
+    piped = server.client("build", "-q", "-t", "piped", "-", input=dockerfile)
+    assert piped.returncode == 0, piped.stderr
+    context = _context(server, "dir", "FROM scratch\nCOPY a.txt /\n", {"a.txt": "a\n"})
+    alt = tmp_path / "Other.Dockerfile"
+    alt.write_text("FROM scratch\nCOPY a.txt /copied\n")
+    named = server.client("build", "-q", "-f", str(alt), "-t", "other-file", context)
+    assert named.returncode == 0, named.stderr
+    history = server.client("history", "--format", "{{.CreatedBy}}", "other-file").stdout.decode()
+    assert "COPY a.txt /copied" in history
+    with tarfile.open(tmp_path / "ctx.tar", "w") as tf:
+        tf.add(os.path.join(context, "Dockerfile"), arcname="Dockerfile")
+        tf.add(os.path.join(context, "a.txt"), arcname="a.txt")
+    body = (tmp_path / "ctx.tar").read_bytes()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    with LoopbackHTTPServer(Handler) as http:
+        fetched = server.client("build", "-q", "-t", "fetched", f"{http.url}/ctx.tar")
+    assert fetched.returncode == 0, fetched.stderr
+    refused = server.client("build", "git@example.invalid:repo.git")
+    assert refused.returncode == 1 and b"the server fetches only" in refused.stderr
+
+
+def test_a_build_that_waits_for_a_slot_shows_it(store_root, busybox_registry):
+    with BuildServer(store_root, extra=("--max-builds", "1")) as server:
+        slow = _context(server, "slow", f"FROM {busybox_registry.reference}\nRUN echo started && sleep 3\n")
+        first = subprocess.Popen([sys.executable, "-m", "builder.cli", "--server", server.address, "build",
+                                  "--progress", "plain", slow], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        while b"started" not in first.stderr.readline():
+            pass
+        quick = _context(server, "quick", "FROM scratch\n")
+        waited = server.client("build", "--progress", "plain", quick)
+        first.communicate(timeout=120)
+        assert waited.returncode == 0 and b"[internal] waiting for a build slot (1 running)" in waited.stderr

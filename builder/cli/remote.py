@@ -230,6 +230,9 @@ def remote_build(address: str, tls_ca: str | None, argv: list[str]) -> int:
     return run_command(run, ns.debug)
 
 
+# URL contexts the server fetches itself: anonymous ones (ssh:// and git@ would be the server's keys).
+SERVER_FETCHES = ("http://", "https://", "git://")
+
 _FORWARDED = ("tags", "target", "no_cache", "no_cache_filter", "pull", "annotations", "jobs", "platform",
               "insecure_registries", "network", "add_hosts", "allow", "shm_size", "ulimits", "security_opts",
               "memory", "pids_limit", "cpu_shares")
@@ -263,8 +266,11 @@ def _build(address: str, tls_ca: str | None, options, progress):
     STDIN = "-"  # as builder.stdin_context names it
     request = _request(options)
     if "://" in options.context or options.context.startswith("git@"):
-        raise BuildError(f"{options.context}: a URL context does not work with --server yet (clone or fetch it first)")
-    if options.context == STDIN:
+        if not options.context.startswith(SERVER_FETCHES):
+            raise BuildError(f"{options.context}: the server fetches only {', '.join(SERVER_FETCHES)} contexts "
+                             "(it has no credentials of yours); clone or fetch it here and send the directory")
+        request["context_url"] = options.context
+    elif options.context == STDIN:
         request["stdin_context"] = True
     elif not os.path.isdir(options.context):
         raise BuildError(f"unable to prepare context: path {options.context!r} not found")
@@ -288,6 +294,8 @@ def _build(address: str, tls_ca: str | None, options, progress):
         request["dockerfile"] = base64.b64encode(data).decode()
 
     def body(writer) -> None:
+        if request.get("context_url"):
+            return
         if request.get("stdin_context"):
             for chunk in iter(lambda: sys.stdin.buffer.read(1 << 18), b""):
                 writer.write(chunk)

@@ -133,7 +133,7 @@ class Service:
                 return
             h.start_stream()
             try:
-                self.queue.acquire(user.namespace, cancelled=lambda: h.gone() or self.stopping.is_set())
+                self._wait_for_slot(h, user)
             except Cancelled:
                 return
             try:
@@ -143,6 +143,18 @@ class Service:
                 self.queue.release()
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
+
+    def _wait_for_slot(self, h, user: User) -> None:
+        """A --max-builds slot; a build that has to wait shows it as a step of its own."""
+        from builder import events
+
+        waits = self.queue.running >= self.queue.slots
+        if waits:
+            h.send_frame(protocol.message("event", **protocol.encode_event(
+                events.Started("queue", f"[internal] waiting for a build slot ({self.queue.slots} running)"))))
+        self.queue.acquire(user.namespace, cancelled=lambda: h.gone() or self.stopping.is_set())
+        if waits:
+            h.send_frame(protocol.message("event", **protocol.encode_event(events.Finished("queue"))))
 
     def command(self, h, user: User) -> None:
         body = h.body()
@@ -172,7 +184,9 @@ class Service:
     def _user_env(self, user: User) -> dict[str, str]:
         docker = os.path.join(self.root, "namespaces", user.namespace, "docker")
         os.makedirs(docker, mode=0o700, exist_ok=True)
-        env = {"BUILD_IMAGE_NAMESPACE": user.namespace, "DOCKER_CONFIG": docker}
+        # Git (URL contexts) sees none of the server's own configuration or credential helpers.
+        env = {"BUILD_IMAGE_NAMESPACE": user.namespace, "DOCKER_CONFIG": docker,
+               "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1"}
         if self.config.isolate_cache:
             env["BUILD_IMAGE_ISOLATE_CACHE"] = "1"
         return env
@@ -288,6 +302,8 @@ def _receive_context(body, request: dict, workdir: str) -> None:
         if request.get("dockerignore") is not None:
             with open(os.path.join(directory, name + ".dockerignore"), "wb") as f:
                 f.write(base64.b64decode(request["dockerignore"]))
+    if request.get("context_url"):
+        return   # the worker fetches it
     if request.get("stdin_context"):
         with open(os.path.join(workdir, "stdin"), "wb") as f:
             for chunk in iter(lambda: body.read(1 << 20), b""):

@@ -219,7 +219,12 @@ def build_options(request: dict, workdir: str, root: str, limits: dict):
     dockerfile = None
     if request.get("dockerfile_name"):
         dockerfile = os.path.join(workdir, "dockerfile", os.path.basename(request["dockerfile_name"]))
-    if request.get("stdin_context"):
+    url = request.get("context_url")
+    if url:
+        if not isinstance(url, str) or not url.startswith(("http://", "https://", "git://")):
+            raise BuildError("the server fetches only http://, https:// and git:// contexts")
+        context = url
+    elif request.get("stdin_context"):
         context = "-"
     else:
         context = os.path.join(workdir, "context")
