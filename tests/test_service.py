@@ -295,3 +295,30 @@ def test_a_build_that_waits_for_a_slot_shows_it(store_root, busybox_registry):
         waited = server.client("build", "--progress", "plain", quick)
         first.communicate(timeout=120)
         assert waited.returncode == 0 and b"[internal] waiting for a build slot (1 running)" in waited.stderr
+
+
+def test_ssh_agents_are_forwarded_over_the_build_connection(server, debian_registry, tmp_path):
+    """A real ssh-agent on the client's side answers a RUN on the server's side (perl from the
+    Debian base speaks the agent protocol: REQUEST_IDENTITIES, 11, is answered by 12)."""
+    agent_socket = str(tmp_path / "agent.sock")
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", agent_socket], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while not os.path.exists(agent_socket) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        ask = ("perl -MIO::Socket::UNIX -e '$s=IO::Socket::UNIX->new(Peer=>$ENV{SSH_AUTH_SOCK}) or die \"no agent\"; "
+               "print $s pack(\"NC\",1,11); read($s,$h,5)==5 or die \"short\"; ($l,$t)=unpack(\"NC\",$h); "
+               "print \"agent answered type $t\\n\"'")
+        context = _context(server, "ssh", f"FROM {debian_registry.reference}\nRUN --mount=type=ssh {ask}\n")
+        built = server.client("build", "--no-cache", "--progress", "plain", "--ssh", f"default={agent_socket}",
+                              context)
+        assert built.returncode == 0, built.stderr.decode()[-3000:] + server.log()[-3000:]
+        assert b"agent answered type 12" in built.stderr
+        missing = server.client("build", "--no-cache", "--progress", "plain", context)
+        assert missing.returncode == 1
+    finally:
+        agent.terminate()
+        agent.wait(10)
+    left = subprocess.run(["find", os.path.join(server.root, "service", "tmp")], capture_output=True, text=True).stdout
+    assert os.listdir(os.path.join(server.root, "service", "tmp")) == [], left + server.log()[-2000:]

@@ -106,9 +106,9 @@ class Connection:
             return False
 
     def request(self, method: str, path: str, document: dict | None = None, body=None,
-                authorization: str | None = None) -> tuple[int, dict]:
+                authorization: str | None = None, finish: bool = True) -> tuple[int, dict]:
         """Send a request whose body is DOCUMENT's JSON line and then BODY(write) streams the rest;
-        returns the status and headers."""
+        returns the status and headers. Unless FINISH, the body stays open: `self.upstream`."""
         host = "localhost" if self.kind == "unix" else self.host
         head = [f"{method} {path} HTTP/1.1", f"Host: {host}", "User-Agent: build-image", "Connection: close"]
         if authorization:
@@ -121,7 +121,11 @@ class Connection:
             writer.write(json.dumps(document).encode() + b"\n")
             if body is not None:
                 body(writer)
-            writer.close()
+            if finish:
+                writer.close()
+            else:
+                writer.flush()
+                self.upstream = writer
         return self._response_head()
 
     def _response_head(self) -> tuple[int, dict]:
@@ -206,8 +210,7 @@ def remote_build(address: str, tls_ca: str | None, argv: list[str]) -> int:
     if ns.progress not in local.PROGRESS_MODES:
         parser.error(f'invalid progress mode "{ns.progress}" in BUILDKIT_PROGRESS '
                      f"(use {', '.join(local.PROGRESS_MODES)})")
-    for flag, given in (("--root", ns.root), ("--verify-reproducible", ns.verify_reproducible),
-                        ("--ssh", ns.ssh)):
+    for flag, given in (("--root", ns.root), ("--verify-reproducible", ns.verify_reproducible)):
         if given:
             parser.error(f"{flag} cannot be used with --server (it is a local build's)")
     quiet = ns.quiet or ns.progress in ("quiet", "none")
@@ -293,23 +296,50 @@ def _build(address: str, tls_ca: str | None, options, progress):
         request["dockerfile_name"] = name
         request["dockerfile"] = base64.b64encode(data).decode()
 
+    spooled = None
+    if options.ssh:
+        # The body stays open for the agents' bytes, so the server is told where the tar ends.
+        if not address.startswith("unix://"):
+            raise BuildError("--ssh works over the server's unix socket only, for now")
+        if request.get("stdin_context"):
+            raise BuildError("--ssh with a context on stdin (-) does not work through a server yet")
+        request["ssh"] = [s.id for s in options.ssh]
+        if not request.get("context_url"):
+            import tempfile
+
+            spooled = tempfile.TemporaryFile()
+            write_context_tar(options.context, options.dockerfile if options.dockerfile != STDIN else None, spooled)
+            request["context_size"] = spooled.tell()
+            spooled.seek(0)
+
     def body(writer) -> None:
         if request.get("context_url"):
             return
-        if request.get("stdin_context"):
+        if spooled is not None:
+            for chunk in iter(lambda: spooled.read(1 << 18), b""):
+                writer.write(chunk)
+        elif request.get("stdin_context"):
             for chunk in iter(lambda: sys.stdin.buffer.read(1 << 18), b""):
                 writer.write(chunk)
         else:
             write_context_tar(options.context, options.dockerfile if options.dockerfile != STDIN else None, writer)
 
     connection = Connection(address, tls_ca)
+    agents = None
     try:
         status, headers = connection.request("POST", f"{protocol.API}/build", request, body,
-                                             _authorization(address))
+                                             _authorization(address), finish=not options.ssh)
         connection.check(status, headers)
-        result = None
+        if options.ssh:
+            from builder.service.sshrelay import ClientAgents
+
+            agents = ClientAgents({s.id: s.path for s in options.ssh}, connection.upstream)
+        result = failure = None
         outputs = OutputWriters(options)
         for kind, doc, data in _frames(connection):
+            if kind in ("ssh-open", "ssh-close", "ssh-data"):
+                agents.handle(kind, doc, data)
+                continue
             if kind == "event":
                 event = protocol.decode_event(doc)
                 if event is not None:
@@ -326,16 +356,21 @@ def _build(address: str, tls_ca: str | None, options, progress):
             elif kind == "result":
                 result = BuildResult(doc["image_id"], doc["manifest_digest"], tuple(doc["tags"]),
                                      tuple(doc["warnings"]), doc["wrote_stdout"])
-            elif kind == "error":
-                if doc.get("interrupted"):
-                    raise BuildError("the build was cancelled on the server")
-                raise _error(doc)
+            elif kind == "error":  # raised once the server has finished (and cleaned up): at exit
+                failure = (BuildError("the build was cancelled on the server") if doc.get("interrupted")
+                           else _error(doc))
             elif kind == "exit":
+                if failure is not None:
+                    raise failure
                 if result is None:
                     raise BuildError(f"the build server ended the build without a result (exit {doc.get('code')})")
                 return result
-        raise BuildError(f"the build server at {address} closed the connection mid-build")
+        raise failure or BuildError(f"the build server at {address} closed the connection mid-build")
     finally:
+        if agents is not None:
+            agents.close()
+            with agents.lock:
+                connection.upstream.close()
         connection.close()
 
 
@@ -360,7 +395,8 @@ def _frames(connection: Connection):
             doc = json.loads(payload)
             yield doc.get("type", ""), doc, b""
         else:
-            yield {protocol.STDOUT: "stdout", protocol.STDERR: "stderr"}.get(channel, "data"), {}, payload
+            kinds = {protocol.STDOUT: "stdout", protocol.STDERR: "stderr", protocol.SSH: "ssh-data"}
+            yield kinds.get(channel, "data"), {}, payload
 
 
 def write_context_tar(context: str, dockerfile: str | None, out) -> None:

@@ -9,6 +9,7 @@ frames: a 4-byte big-endian payload length, a 1-byte channel, the payload.
     channel 1  bytes for the client's stdout (an image command's output)
     channel 2  bytes for the client's stderr
     channel 3  bytes of the output file that the last "output" message announced
+    channel 4  ssh-agent bytes: a 4-byte connection number, then the data (both ways; sshrelay.py)
 
 Nothing here is pickled: events and errors cross as JSON, bytes inside them as base64. This module
 is all the client imports of the service, so it imports nothing heavy.
@@ -20,7 +21,7 @@ import base64
 import json
 import struct
 
-MESSAGE, STDOUT, STDERR, FILE = 0, 1, 2, 3
+MESSAGE, STDOUT, STDERR, FILE, SSH = 0, 1, 2, 3, 4
 _HEADER = struct.Struct(">IB")
 MAX_FRAME = 16 << 20
 MAX_REQUEST_LINE = 4 << 20

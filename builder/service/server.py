@@ -124,25 +124,42 @@ class Service:
     def build(self, h, user: User) -> None:
         body = h.body()
         request = _request_document(body)
+        request.pop("ssh_paths", None)   # the server's to say, never the client's
+        ssh_ids = request.get("ssh") or []
+        if not (isinstance(ssh_ids, list) and len(ssh_ids) <= 16 and len(set(ssh_ids)) == len(ssh_ids)
+                and all(isinstance(i, str) and i for i in ssh_ids)):
+            raise RequestError("ssh must be a list of distinct ids")
+        if ssh_ids and h.server.kind != "unix":
+            raise RequestError("--ssh works over the server's unix socket only, for now")
         workdir = tempfile.mkdtemp(prefix="build-", dir=self.tmp_dir)
+        relay = None
         try:
             try:
-                _receive_context(body, request, workdir)
+                _receive_context(body, request, workdir, more=bool(ssh_ids))
             except (protocol.ProtocolError, tarfile.TarError, OSError, ValueError) as error:
                 h.reply(400, {"message": f"context upload failed: {error}"})
                 return
             h.start_stream()
+            if ssh_ids:
+                from builder.service.sshrelay import AgentRelay
+
+                relay = AgentRelay(os.path.join(workdir, "ssh"), ssh_ids, h.send_frame)
+                request = {**request, "ssh_paths": relay.paths}
+                h.read_upstream(body, relay)
             try:
                 self._wait_for_slot(h, user)
             except Cancelled:
                 return
             try:
                 target = worker.build_target(request, workdir, self.root, self.config.limits)
-                self._run(h, user, target, os.open(os.devnull, os.O_RDONLY))
+                code = self._run(h, user, target, os.open(os.devnull, os.O_RDONLY), relay)
             finally:
                 self.queue.release()
         finally:
+            if relay is not None:
+                relay.close()
             shutil.rmtree(workdir, ignore_errors=True)
+        h.send_frame(protocol.message("exit", code=code))   # last: nothing of the build is left
 
     def _wait_for_slot(self, h, user: User) -> None:
         """A --max-builds slot; a build that has to wait shows it as a step of its own."""
@@ -177,7 +194,9 @@ class Service:
             stdin.flush()
             stdin.seek(0)
             h.start_stream()
-            self._run(h, user, worker.command_target(self.run_cli, name, argv, self.root), os.dup(stdin.fileno()))
+            code = self._run(h, user, worker.command_target(self.run_cli, name, argv, self.root),
+                             os.dup(stdin.fileno()))
+        h.send_frame(protocol.message("exit", code=code))
 
     # ---- workers ----------------------------------------------------------------------------
 
@@ -200,7 +219,8 @@ class Service:
             except OSError:
                 pass
 
-    def _run(self, h, user: User, target, stdin_fd: int) -> None:
+    def _run(self, h, user: User, target, stdin_fd: int, relay=None) -> int:
+        """Fork the worker for TARGET and forward what it says; its exit code."""
         try:
             child = worker.spawn(target, stdin_fd=stdin_fd, env=self._user_env(user),
                                  close_in_child=self._close_in_child)
@@ -209,26 +229,33 @@ class Service:
         with self.lock:
             self.workers.add(child)
         try:
-            code = self._pump(h, child)
+            code = self._pump(h, child, relay)
         finally:
             with self.lock:
                 self.workers.discard(child)
-        h.send_frame(protocol.message("exit", code=code))
+        return code
 
-    def _pump(self, h, child: worker.Worker) -> int:
-        """Forward the worker's frames, stdout and stderr to the client until the worker ends;
-        SIGINT it when the client goes away or the server stops, SIGKILL it after CANCEL_GRACE."""
+    def _pump(self, h, child: worker.Worker, relay=None) -> int:
+        """Forward the worker's frames, stdout and stderr to the client until the worker ends (and
+        the RUNs' ssh-agent connections, with RELAY); SIGINT the worker when the client goes away
+        or the server stops, SIGKILL it after CANCEL_GRACE."""
         channels = {child.messages: None, child.stdout: protocol.STDOUT, child.stderr: protocol.STDERR}
         pending = b""
         interrupted = None
         client = h.connection
         while channels:
-            watch = list(channels) + ([client] if not h.client_lost else [])
+            # While a thread reads the client's ssh frames, that thread sees the client go.
+            watch_client = not h.client_lost and not h.reading_upstream.is_set()
+            agents = relay.sockets() if relay is not None else []
+            watch = list(channels) + ([client] if watch_client else []) + agents
             ready, _, _ = select.select(watch, [], [], 0.25)
             if client in ready:
                 h.client_lost = True
             for fd in ready:
                 if fd is client:
+                    continue
+                if not isinstance(fd, int):
+                    relay.ready(fd)
                     continue
                 data = os.read(fd, 1 << 16)
                 if not data:
@@ -289,8 +316,9 @@ def _request_document(body) -> dict:
     return doc
 
 
-def _receive_context(body, request: dict, workdir: str) -> None:
-    """The context tar (or, for `-`, the raw stdin) and a Dockerfile sent beside it, into WORKDIR."""
+def _receive_context(body, request: dict, workdir: str, more: bool = False) -> None:
+    """The context tar (or, for `-`, the raw stdin) and a Dockerfile sent beside it, into WORKDIR.
+    With MORE (ssh frames follow in the body), the tar is `context_size` bytes long."""
     import base64
 
     if request.get("dockerfile_name"):
@@ -311,11 +339,37 @@ def _receive_context(body, request: dict, workdir: str) -> None:
         return
     context = os.path.join(workdir, "context")
     os.makedirs(context)
-    with tarfile.open(fileobj=body, mode="r|") as tf:
+    source = body
+    if more:
+        size = request.get("context_size")
+        if not isinstance(size, int) or size < 0:
+            raise ValueError("an ssh build's request needs context_size")
+        source = _Limited(body, size)
+    with tarfile.open(fileobj=source, mode="r|") as tf:
         tf.extractall(context, filter=protocol.safe_tar_filter)
+    if more:
+        while source.read(1 << 16):   # the tar's end blocks
+            pass
+        return
     body.read(1 << 20)  # the tar's end blocks: the body must end cleanly too
     if body.read(1):
         raise ValueError("bytes after the end of the context tar")
+
+
+class _Limited:
+    """The first SIZE bytes of a body; fewer is an upload cut off."""
+
+    def __init__(self, body, size: int):
+        self.body, self.left = body, size
+
+    def read(self, size: int = -1) -> bytes:
+        if self.left <= 0:
+            return b""
+        data = self.body.read(min(self.left, 1 << 20 if size is None or size < 0 else size))
+        if not data:
+            raise protocol.ProtocolError("the upload was cut off in the context")
+        self.left -= len(data)
+        return data
 
 
 class RequestError(Exception):
@@ -399,6 +453,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         self.client_lost = False
+        self.reading_upstream = threading.Event()
         self.streaming = False
         self.user: User | None = None
         self.status = 0
@@ -502,10 +557,29 @@ class Handler(BaseHTTPRequestHandler):
 
     send_frame = send_raw
 
+    def read_upstream(self, body: Body, relay) -> None:
+        """A thread reads the rest of the request body: the client's ssh frames, for RELAY; the
+        body ending before its end means the client went away."""
+
+        def run() -> None:
+            reader = protocol.FrameReader(body.read)
+            try:
+                while (item := reader.next()) is not None:
+                    relay.from_client(*item)
+            except (protocol.ProtocolError, OSError, ValueError):
+                self.client_lost = True
+            finally:
+                self.reading_upstream.clear()
+
+        self.reading_upstream.set()
+        threading.Thread(target=run, name="ssh-upstream", daemon=True).start()
+
     def gone(self) -> bool:
         """The client closed its end (it sends nothing after its request)."""
         if self.client_lost:
             return True
+        if self.reading_upstream.is_set():
+            return False
         ready, _, _ = select.select([self.connection], [], [], 0)
         self.client_lost = bool(ready)
         return self.client_lost

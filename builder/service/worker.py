@@ -228,8 +228,11 @@ def build_options(request: dict, workdir: str, root: str, limits: dict):
         context = "-"
     else:
         context = os.path.join(workdir, "context")
+    from builder.session import SSHSource
+
+    ssh = tuple(SSHSource(ssh_id, path) for ssh_id, path in request.get("ssh_paths", {}).items())
     options = BuildOptions(
-        context=context, dockerfile=dockerfile, root=root, outputs=tuple(outputs), secrets=secrets,
+        context=context, dockerfile=dockerfile, root=root, outputs=tuple(outputs), secrets=secrets, ssh=ssh,
         metadata_file=os.path.join(workdir, "metadata.json") if request.get("metadata_file") else None,
         build_contexts=tuple(f"{k}={v}" for k, v in request.get("build_contexts", {}).items()),
         **{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
