@@ -450,6 +450,7 @@ class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "build-image"
     sys_version = ""
+    timeout = 60   # seconds a client may stay silent while it sends its request (none once answered)
 
     def setup(self) -> None:
         self.client_lost = False
@@ -491,7 +492,7 @@ class Handler(BaseHTTPRequestHandler):
             getattr(service, route)(self, user)
         except RequestError as error:
             self.reply(400, {"message": str(error)})
-        except (BrokenPipeError, ConnectionError):
+        except (BrokenPipeError, ConnectionError, TimeoutError):
             self.client_lost = True
         finally:
             who = self.user.name if self.user else "-"
@@ -522,7 +523,7 @@ class Handler(BaseHTTPRequestHandler):
         except (OSError, protocol.ProtocolError, ValueError):
             pass
         finally:
-            self.connection.settimeout(None)
+            self.connection.settimeout(self.timeout)
 
     def reply(self, status: int, doc: dict) -> None:
         self._drain()
@@ -539,6 +540,8 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.write(data)
 
     def start_stream(self) -> None:
+        # From here the client only reads (or sends ssh frames, at any pace): no more timeout.
+        self.connection.settimeout(None)
         self.status = 200
         self.streaming = True
         self.send_response(200)
