@@ -13,7 +13,6 @@ import shutil
 import ssl
 import stat
 import subprocess
-import sys
 
 import pytest
 
