@@ -237,3 +237,33 @@ def test_isolate_cache_keeps_each_users_build_cache_apart(store_root, users, bus
         assert rebuilt.returncode == 0 and b"CACHED" in rebuilt.stderr   # root's cache survived her prune
     fsck = build_image("fsck", "--root", store_root, check=False)
     assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+
+
+def test_two_users_build_at_once_over_tls_and_stay_apart(tls_server, user_ca, users, busybox_registry):
+    address = tls_server.tcp_address
+    for user in users:
+        login = user.client("", "login-server", address, "-u", user.name, "--password-stdin", "--tls-ca", user_ca,
+                            input=f"{user.password}\n".encode())
+        assert login.returncode == 0, login.stderr
+    builds = {}
+    for user in users:
+        context = _context(tls_server, f"tls-{user.name}",
+                           f"FROM {busybox_registry.reference}\nRUN echo tls-log-of-{user.name} && sleep 1\n")
+        builds[user.name] = subprocess.Popen(
+            [SYSTEM_PYTHON, "-m", "builder.cli", "--server", address, "--tls-ca", user_ca, "build", "--progress",
+             "plain", "-t", f"tls-{user.name}", context], user=user.uid, group=user.gid, extra_groups=[],
+            env=user.env(), cwd=user.home, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    logs = {}
+    for name, proc in builds.items():
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err.decode()
+        logs[name] = err.decode()
+    alice, bob = users
+    for user, other in ((alice, bob), (bob, alice)):
+        assert f"tls-log-of-{user.name}" in logs[user.name] and f"tls-log-of-{other.name}" not in logs[user.name]
+        listed = user.client(address, "images", "--format", "{{.Repository}}", global_flags=("--tls-ca", user_ca))
+        assert f"tls-{user.name}" in listed.stdout.decode() and f"tls-{other.name}" not in listed.stdout.decode()
+        for attempt in (("inspect", f"tls-{other.name}"), ("rmi", f"tls-{other.name}"),
+                        ("tag", f"tls-{other.name}", "mine")):
+            tried = user.client(address, *attempt, global_flags=("--tls-ca", user_ca))
+            assert tried.returncode == 1 and b"No such image" in tried.stderr, (attempt, tried.stderr)
