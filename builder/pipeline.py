@@ -205,7 +205,23 @@ def build(options: BuildOptions, progress: events.Progress = events.ignore, exec
         return _build(replace(options, context=context, dockerfile=dockerfile), progress, executor)
 
 
-def _build(options: BuildOptions, progress: events.Progress, executor) -> BuildResult:
+def build_if_cached(options: BuildOptions, progress: events.Progress = events.ignore, *,
+                    namespace: str | None = None, isolate_cache: bool = False) -> BuildResult | None:
+    """OPTIONS' build when its unchanged-rebuild record answers it whole, nothing parsed, run or
+    fetched (a warm server answers those on a thread of its own, in the user's NAMESPACE of the
+    store); None when it needs more, and what PROGRESS was told is then the caller's to drop."""
+    from builder.remote_context import is_remote
+    from builder.stdin_context import STDIN
+
+    if (options.pull or options.no_cache or STDIN in (options.context, options.dockerfile)
+            or is_remote(options.context) or options.build_contexts
+            or any(o.type in ("image", "registry") and o.get("push", "false" if o.type == "image" else "true") == "true"
+                   for o in options.outputs)):
+        return None
+    return _build(options, progress, None, cached_only=(namespace, isolate_cache))
+
+
+def _build(options: BuildOptions, progress: events.Progress, executor, cached_only=None) -> BuildResult | None:
     from builder.context import read_dockerignore, utf8_text
     from builder.plan_cache import PlanCache, RecordingContext, inputs_key
     from builder.registry.reference import parse_reference
@@ -244,9 +260,13 @@ def _build(options: BuildOptions, progress: events.Progress, executor) -> BuildR
             tags += tuple(str(parse_reference(n)) for n in output.get("name").split(",") if n)
     epoch = _source_date_epoch(options.build_args)
 
-    with Store(options.root) as store:
+    namespace, isolate_cache = cached_only or (None, None)
+    with Store(options.root, namespace=namespace, isolate_cache=isolate_cache) as store:
         def client_factory():
             from builder.registry.client import RegistryClient
+
+            if cached_only is not None:  # a base that is not local: more than the record can answer
+                raise BuildError("a registry is needed")
 
             return RegistryClient(insecure_registries=options.insecure_registries)
 
@@ -266,6 +286,8 @@ def _build(options: BuildOptions, progress: events.Progress, executor) -> BuildR
             if reused is not None:
                 image, warnings = reused
                 variants = {rewrites[0]: image}
+            elif cached_only is not None:
+                return None
             else:
                 variants, warnings = _solve(options, text, dockerfile_name, store, sources, context, epoch,
                                             progress, executor, plans, key, run_options, secrets, named_contexts,

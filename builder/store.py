@@ -51,7 +51,8 @@ class Store:
     twins); everything else stays under ROOT."""
 
     def __init__(self, root: str | None = None, *, blobs: BaseBlobStore | None = None,
-                 records: BaseCacheRecords | None = None, namespace: str | None = None):
+                 records: BaseCacheRecords | None = None, namespace: str | None = None,
+                 isolate_cache: bool | None = None):
         from builder.image.names import ImageStore
         from builder.snapshot.snapshots import SnapshotStore
 
@@ -71,7 +72,9 @@ class Store:
             self.images = ImageStore(self.root)
         self.cache_mounts_dir = os.path.join(own_dir, "cache", "mounts")
         # `serve --isolate-cache`: the namespace's own build cache (records and plans), not the root's.
-        isolated = self.namespace is not None and os.environ.get("BUILD_IMAGE_ISOLATE_CACHE") == "1"
+        if isolate_cache is None:
+            isolate_cache = os.environ.get("BUILD_IMAGE_ISOLATE_CACHE") == "1"
+        isolated = self.namespace is not None and isolate_cache
         self.cache_root = own_dir if isolated else self.root
         records_dir = os.path.join(self.cache_root, "cache", "records")
         self.records = records if records is not None else CacheRecords(records_dir)

@@ -132,7 +132,7 @@ class Service:
         if ssh_ids and h.server.kind != "unix":
             raise RequestError("--ssh works over the server's unix socket only, for now")
         workdir = tempfile.mkdtemp(prefix="build-", dir=self.tmp_dir)
-        relay = None
+        relay = code = None
         try:
             try:
                 _receive_context(body, request, workdir, more=bool(ssh_ids))
@@ -146,6 +146,10 @@ class Service:
                 relay = AgentRelay(os.path.join(workdir, "ssh"), ssh_ids, h.send_frame)
                 request = {**request, "ssh_paths": relay.paths}
                 h.read_upstream(body, relay)
+            if worker.answer_if_cached(_StreamWriter(h), request, workdir, self.root, self.config.limits,
+                                       user.namespace, self.config.isolate_cache):
+                code = 0
+                return
             try:
                 self._wait_for_slot(h, user)
             except Cancelled:
@@ -159,7 +163,8 @@ class Service:
             if relay is not None:
                 relay.close()
             shutil.rmtree(workdir, ignore_errors=True)
-        h.send_frame(protocol.message("exit", code=code))   # last: nothing of the build is left
+            if code is not None:
+                h.send_frame(protocol.message("exit", code=code))   # last: nothing of the build is left
 
     def _wait_for_slot(self, h, user: User) -> None:
         """A --max-builds slot; a build that has to wait shows it as a step of its own."""
@@ -292,6 +297,19 @@ class Service:
             running = list(self.workers)
         for child in running:
             child.interrupt()
+
+
+class _StreamWriter:
+    """worker.MessageWriter's two methods, straight to the client (for answers made in-thread)."""
+
+    def __init__(self, handler):
+        self.handler = handler
+
+    def write(self, data: bytes) -> None:
+        self.handler.send_raw(data)
+
+    def send(self, kind: str, **fields) -> None:
+        self.handler.send_raw(protocol.message(kind, **fields))
 
 
 def _split_frames(data: bytes) -> tuple[bytes, bytes]:

@@ -144,15 +144,43 @@ def build_target(request: dict, workdir: str, root: str, limits: dict):
                 raise
             out.send("error", **protocol.encode_error(error))
             return 1
-        out.send("result", image_id=result.image_id, manifest_digest=result.manifest_digest,
-                 tags=list(result.tags), warnings=list(result.warnings), wrote_stdout=result.wrote_stdout)
-        for index, path in outputs:
-            send_output(out, index, path)
-        metadata = os.path.join(workdir, "metadata.json")
-        if request.get("metadata_file") and os.path.exists(metadata):
-            send_output(out, "metadata", metadata)
+        send_result(out, result, outputs, request, workdir)
         return 0
     return run
+
+
+def send_result(out, result, outputs, request: dict, workdir: str) -> None:
+    """The build's result and the outputs it wrote on the server, for the client."""
+    out.send("result", image_id=result.image_id, manifest_digest=result.manifest_digest,
+             tags=list(result.tags), warnings=list(result.warnings), wrote_stdout=result.wrote_stdout)
+    for index, path in outputs:
+        send_output(out, index, path)
+    metadata = os.path.join(workdir, "metadata.json")
+    if request.get("metadata_file") and os.path.exists(metadata):
+        send_output(out, "metadata", metadata)
+
+
+def answer_if_cached(out, request: dict, workdir: str, root: str, limits: dict, namespace: str,
+                     isolate_cache: bool) -> bool:
+    """Answer a fully cached build on the server's own thread (no worker: nothing runs, nothing is
+    fetched, so there is nothing to cancel). False when it needs a worker after all; whatever went
+    wrong is then the worker's to report, the way it always does."""
+    from builder.pipeline import build_if_cached
+
+    seen: list = []
+    try:
+        options, outputs = build_options(request, workdir, root, limits)
+        if options.secrets or request.get("ssh_paths"):
+            return False
+        result = build_if_cached(options, seen.append, namespace=namespace, isolate_cache=isolate_cache)
+    except Exception:
+        return False
+    if result is None:
+        return False
+    for event in seen:
+        out.send("event", **protocol.encode_event(event))
+    send_result(out, result, outputs, request, workdir)
+    return True
 
 
 def send_output(out: MessageWriter, index, path: str) -> None:
