@@ -256,15 +256,21 @@ def parse_dockerignore(text: str) -> tuple[IgnoreRule, ...]:
 def read_dockerignore(context_dir: str, dockerfile: str | None = None) -> tuple[IgnoreRule, ...]:
     """`<Dockerfile>.dockerignore` beside the Dockerfile (CONTEXT/Dockerfile when not given) wins
     over the context's `.dockerignore`."""
+    return load_dockerignore(context_dir, dockerfile)[0]
+
+
+def load_dockerignore(context_dir: str, dockerfile: str | None = None) -> tuple[tuple[IgnoreRule, ...], int]:
+    """The rules `read_dockerignore` gives, and the size in bytes of the file they came from (0: none)."""
     dockerfile = dockerfile or os.path.join(context_dir, "Dockerfile")
     candidates = [dockerfile + ".dockerignore", os.path.join(context_dir, ".dockerignore")]
     for path in candidates:
         try:
             with open(path, "rb") as f:
-                return parse_dockerignore(utf8_text(f.read(), os.path.basename(path)))
+                data = f.read()
         except FileNotFoundError:
             continue
-    return ()
+        return parse_dockerignore(utf8_text(data, os.path.basename(path))), len(data)
+    return (), 0
 
 
 def utf8_text(data: bytes, filename: str) -> str:

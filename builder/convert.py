@@ -20,6 +20,7 @@ from builder.grammar.flags import FlagSyntaxError, ModeSpec, chown_names, parse_
 from builder.grammar.runmount import parse_mount, secret_defaults, ssh_defaults
 from builder.image.config import Healthcheck, ImageConfig, RuntimeConfig
 from builder.llb import CopyAction, ExecOp, FileOp, ImageSource, LocalSource, MkdirAction, Vertex
+from builder.llb.order import OrderMemo, solve_order
 from builder.llb.ops import (BindMountSpec, CacheMountSpec, MountSpec, ScriptMountSpec, SecretMountSpec, SSHMountSpec,
                              TmpfsMountSpec)
 
@@ -176,8 +177,10 @@ class Converter:
         shm_size: int = 0,
         ulimits: Sequence[tuple[str, int, int]] = (),
         build_contexts: Mapping[str, str] = {},
+        order_memo: OrderMemo | None = None,
     ):
         self.df = dockerfile
+        self.order_memo = order_memo          # remembers solve orders between builds (builder.llb.order)
         self.escape = dockerfile.escape
         self.build_args = dict(build_args)
         self.target = target
@@ -193,7 +196,7 @@ class Converter:
         self.resolver = resolver
         self.context = Vertex(LocalSource("context", tuple(context_excludes)))
         self.used_args: set[str] = set()
-        self.names: dict[str, str] = {}
+        self.names: dict[str, str] = {self.context.digest: "[internal] load build context"}
         self.auto_args = platform_args(platform)
 
     # -- errors carry the Dockerfile's name and the line
@@ -209,7 +212,7 @@ class Converter:
             from_node, body = stage_nodes[index]
             stages[index] = self._convert_stage(index, from_node, body, global_args, stages, stage_nodes)
         target = stages[target_index]
-        vertices = self._topological(target.vertex)
+        vertices = solve_order(target.vertex, self.order_memo)
         # BUILDKIT_* arguments are options to the builder itself (BUILDKIT_CONTEXT_KEEP_GIT_DIR), never "unused".
         unused = tuple(sorted(k for k in self.build_args if k not in self.used_args and k not in PROXY_ARGS
                               and not k.startswith("BUILDKIT_")))
@@ -249,6 +252,13 @@ class Converter:
             if from_node.stage_name and from_node.stage_name.lower() == name.lower():
                 return i
         return None
+
+    @staticmethod
+    def _step_prefix(stage_name: str, position: int, total: int, stage_nodes) -> str:
+        """BuildKit's step label: "[stage-1 2/4]"; without the stage name when the Dockerfile has
+        only one stage ("[2/4]"); the position padded to the total's width ("[ 2/12]")."""
+        where = f"{stage_name} " if len(stage_nodes) > 1 else ""
+        return f"[{where}{position:{len(str(total))}d}/{total}]"
 
     def _named_context(self, name: str, stage_nodes, node) -> Vertex | None:
         """The --build-context NAME as a source: a directory, or the image it names."""
@@ -348,17 +358,19 @@ class Converter:
             except BuildError as error:  # a bad name, an unknown image, no such platform: name the line
                 raise _at_line(error, f"{self.df.filename}:{from_node.start_line}") from None
             vertex = Vertex(ImageSource(ref, platform))
-            self.names.setdefault(vertex.digest, f"[{from_node.stage_name or f'stage-{index}'} 1/{len(body) + 1}] "
-                                                 f"FROM {ref}")
+            prefix = self._step_prefix(from_node.stage_name or f"stage-{index}", 1, len(body) + 1, stage_nodes)
+            self.names.setdefault(vertex.digest, f"{prefix} FROM {ref}")
             if not any(e.partition("=")[0] == "PATH" for e in config.config.env):
                 config = config.with_config(env=(f"PATH={DEFAULT_PATH}",) + config.config.env)
             stage = Stage(index, from_node.stage_name, vertex, config, base_ref=ref)
         triggers = self._onbuild_triggers(stage, from_node)
         stage_total = len(body) + 1
         for node in triggers:
-            self._dispatch(stage, node, global_args, stages, stage_nodes, f"[{stage.display} 1/{stage_total}]")
+            self._dispatch(stage, node, global_args, stages, stage_nodes,
+                           self._step_prefix(stage.display, 1, stage_total, stage_nodes))
         for position, node in enumerate(body, start=2):
-            self._dispatch(stage, node, global_args, stages, stage_nodes, f"[{stage.display} {position}/{stage_total}]")
+            self._dispatch(stage, node, global_args, stages, stage_nodes,
+                           self._step_prefix(stage.display, position, stage_total, stage_nodes))
         return stage
 
     def _onbuild_triggers(self, stage: Stage, from_node: nodes.From) -> list[nodes.Instruction]:
@@ -807,26 +819,6 @@ class Converter:
     def _do_onbuild(self, stage: Stage, node: nodes.Onbuild, label: str) -> None:
         # Recorded in the config only: BuildKit adds no history entry for ONBUILD.
         self._config(stage, on_build=stage.config.config.on_build + (node.trigger.original,))
-
-    # -- graph
-    def _topological(self, final: Vertex | None) -> tuple[Vertex, ...]:
-        """Every vertex the final one needs, inputs before their users (ties broken by digest,
-        so the order, and with it the progress numbering, is stable)."""
-        import networkx as nx
-
-        graph = nx.DiGraph()
-        todo, seen = ([final] if final is not None else []), set()
-        while todo:
-            vertex = todo.pop()
-            if vertex in seen:
-                continue
-            seen.add(vertex)
-            graph.add_node(vertex)
-            for dep in vertex.inputs:
-                if dep is not None:
-                    graph.add_edge(dep, vertex)
-                    todo.append(dep)
-        return tuple(nx.lexicographical_topological_sort(graph, key=lambda v: v.digest))
 
 
 def _at_line(error: BuildError, where: str) -> BuildError:

@@ -123,11 +123,12 @@ class BuildOptions:
     annotations: tuple[str, ...] = ()        # --annotation [manifest:]KEY=VALUE: on the image manifest
     shm_size: str | None = None              # --shm-size: /dev/shm of every RUN (bytes, or 64m, 1g, ...)
     ulimits: tuple[str, ...] = ()            # --ulimit NAME=SOFT[:HARD]: rlimits of every RUN
-    build_contexts: tuple[str, ...] = ()     # --build-context NAME=DIR|docker-image://REF
+    build_contexts: tuple[str, ...] = ()     # --build-context NAME=DIR|URL|docker-image://REF|oci-layout://PATH[:TAG][@DIGEST]
     security_opts: tuple[str, ...] = ()      # --security-opt: seccomp=unconfined (needs security.insecure)
     memory: str | int | None = None          # --memory: every RUN's limit, bytes or "512m"/"2g"; None: none
     pids_limit: int | None = DEFAULT_PIDS_LIMIT  # --pids-limit: every RUN's; None, 0 or -1: unlimited
     cpu_shares: int | None = None            # --cpu-shares: every RUN's relative CPU weight
+    cgroup_parent: str | None = None         # --cgroup-parent: the cgroup every RUN's cgroup goes under
 
     def __post_init__(self):
         """The Python API takes the CLI's spellings too: outputs, secrets and ssh as strings
@@ -222,7 +223,7 @@ def build_if_cached(options: BuildOptions, progress: events.Progress = events.ig
 
 
 def _build(options: BuildOptions, progress: events.Progress, executor, cached_only=None) -> BuildResult | None:
-    from builder.context import read_dockerignore, utf8_text
+    from builder.context import utf8_text
     from builder.plan_cache import PlanCache, RecordingContext, inputs_key
     from builder.registry.reference import parse_reference
     from builder.solver.sources import ImageSources
@@ -253,6 +254,7 @@ def _build(options: BuildOptions, progress: events.Progress, executor, cached_on
         raise BuildError(f"failed to read dockerfile: open {dockerfile_path}: no such file or directory") from None
     except OSError as e:  # a directory, no permission (invalid UTF-8 is utf8_text's ParseError)
         raise BuildError(f"failed to read dockerfile: read {dockerfile_path}: {(e.strerror or str(e)).lower()}") from None
+    progress(events.Log(load_id, f"transferring dockerfile: {_byte_size(len(text.encode()))} done"))
     progress(events.Finished(load_id))
     tags = tuple(str(parse_reference(t)) for t in options.tags)
     for output in options.outputs:
@@ -272,7 +274,7 @@ def _build(options: BuildOptions, progress: events.Progress, executor, cached_on
 
         sources = ImageSources(store.blobs, store.images, client_factory, pull=options.pull, progress=progress)
         try:
-            context = RecordingContext(context_dir, read_dockerignore(context_dir, options.dockerfile))
+            context = RecordingContext(context_dir, _load_dockerignore(context_dir, options.dockerfile, progress))
             rewrites = _timestamp_modes(options.outputs, epoch)
             key = inputs_key(text, dockerfile_name, context, build_args=options.build_args, target=options.target,
                              platform=options.platform, source_date_epoch=epoch,
@@ -294,6 +296,7 @@ def _build(options: BuildOptions, progress: events.Progress, executor, cached_on
                                             rewrites)
             variants = {mode: _decorate(variant, options, store) for mode, variant in variants.items()}
             image = variants[rewrites[0]]
+            store.sync()  # the steps' records and layers are durable before a name points at them
             # Before any name moves: a failure here leaves the store as it was.
             _write_result_files(options, image, tags, warnings)
             export_id = "export"
@@ -310,6 +313,33 @@ def _build(options: BuildOptions, progress: events.Progress, executor, cached_on
             sources.close()
     return BuildResult(image.image_id, image.manifest.digest, tags, warnings,
                        wrote_stdout=any(o.get("dest") == "-" for o in options.outputs))
+
+
+def _load_dockerignore(context_dir: str, dockerfile: str | None, progress):
+    """The context's ignore rules, read as BuildKit's "[internal] load .dockerignore" step."""
+    from builder.context import load_dockerignore
+
+    step = "load-dockerignore"
+    progress(events.Started(step, "[internal] load .dockerignore"))
+    try:
+        rules, size = load_dockerignore(context_dir, dockerfile)
+    except BuildError as error:
+        progress(events.Finished(step, error=str(error)))
+        raise
+    # BuildKit transfers the file as a directory listing: an absent one still counts 2 bytes.
+    progress(events.Log(step, f"transferring context: {_byte_size(size or 2)} done"))
+    progress(events.Finished(step))
+    return rules
+
+
+def _byte_size(count: int) -> str:
+    """Sizes as BuildKit's progress writes them (go-units HumanSize: 45B, 1.04kB, 2.3MB)."""
+    size, unit = float(count), "B"
+    for next_unit in ("kB", "MB", "GB", "TB"):
+        if size < 1000:
+            break
+        size, unit = size / 1000, next_unit
+    return f"{size:.4g}{unit}"
 
 
 def _decorate(image, options: BuildOptions, store):
@@ -466,6 +496,8 @@ def _sandbox(options: BuildOptions) -> dict:
                          "needs --allow security.insecure")
     memory = parse_memory(options.memory) if options.memory not in (None, "") else None
     pids = options.pids_limit if options.pids_limit is not None and options.pids_limit > 0 else None
+    if options.cgroup_parent is not None and (".." in options.cgroup_parent.split("/") or "\0" in options.cgroup_parent):
+        raise BuildError(f"invalid --cgroup-parent {options.cgroup_parent!r}: a cgroup path without '..'")
     if options.cpu_shares is not None and not 2 <= options.cpu_shares <= 262144:
         raise BuildError(f"invalid --cpu-shares {options.cpu_shares}: must be between 2 and 262144")
     return {"seccomp": seccomp, "memory": memory, "pids": pids, "cpu_shares": options.cpu_shares}
@@ -545,18 +577,21 @@ def _solve(options, text, dockerfile_name, store, sources, context, epoch, progr
         settings = _sandbox(options)
         sandbox = Sandbox(seccomp=settings.pop("seccomp"), limits=ResourceLimits(**settings))
         executor = NamespaceExecutor(runtime_root=store.run_dir, network_ready=min(options.jobs or os.cpu_count() or 1, 4),
-                                     sandbox=sandbox)
+                                     sandbox=sandbox, cgroup_parent=options.cgroup_parent)
     warm = getattr(executor, "warm_network", None)
+    warm_sandbox = getattr(executor, "warm_sandbox", None)
     try:
         if warm is not None and run_options["network"] == "default" and _may_run_networked(text):
             warm()  # the network agent starts beside parsing and planning, on the other core
+        if warm_sandbox is not None and _RUN_LINE.search(text):
+            warm_sandbox()  # the seccomp filter compiles beside parsing (its ldconfig runs cost no GIL)
         dockerfile = parse_dockerfile(text, dockerfile_name)
         plan = convert(dockerfile, build_args=options.build_args, target=options.target,
                        platform=options.platform, resolver=sources, network=run_options["network"],
                        extra_hosts=tuple(tuple(h) for h in run_options["extra_hosts"]),
                        shm_size=run_options.get("shm_size", 0),
                        ulimits=tuple(tuple(u) for u in run_options.get("ulimits", ())),
-                       build_contexts=_context_kinds(named_contexts))
+                       build_contexts=_context_kinds(named_contexts), order_memo=plans.order_memo())
         _check_entitlements(plan, run_options)
         no_cache_for = _no_cache_vertices(plan, options.no_cache_filter)
         if warm is not None and any(isinstance(v.op, ExecOp) and v.op.network == "default" for v in plan.vertices):
@@ -609,7 +644,7 @@ def _clamped_copy(image, results, store, epoch):
 
 
 def _parse_build_contexts(values) -> dict[str, str]:
-    """`--build-context NAME=VALUE`: NAME -> an absolute directory or `docker-image://REF`."""
+    """`--build-context NAME=VALUE`: NAME -> an absolute directory, `docker-image://REF` or `oci-layout://ABSPATH[:TAG][@DIGEST]`."""
     contexts: dict[str, str] = {}
     for text in values:
         name, sep, value = text.partition("=")
@@ -619,10 +654,14 @@ def _parse_build_contexts(values) -> dict[str, str]:
             if not value.removeprefix("docker-image://"):
                 raise BuildError(f'invalid --build-context "{text}": docker-image:// needs an image name')
             contexts[name] = value
+        elif value.startswith("oci-layout://"):
+            from builder.image.layout import parse_layout_ref
+
+            contexts[name] = str(parse_layout_ref(value))   # the path made absolute
         elif "://" in value:
             scheme = value.split("://")[0]
             raise BuildError(f'--build-context {name}: {scheme} contexts are not supported yet '
-                             "(a directory, a git or http(s) URL, or docker-image://REF is)")
+                             "(a directory, a git or http(s) URL, docker-image://REF or oci-layout://PATH is)")
         elif not os.path.isdir(value):
             raise BuildError(f"--build-context {name}: {value} is not a directory")
         else:
@@ -630,15 +669,18 @@ def _parse_build_contexts(values) -> dict[str, str]:
     return contexts
 
 
+_IMAGE_CONTEXTS = ("docker-image://", "oci-layout://")
+
+
 def _context_kinds(named_contexts: dict[str, str]) -> dict[str, str]:
-    return {n: v if v.startswith("docker-image://") else "local" for n, v in named_contexts.items()}
+    return {n: v if v.startswith(_IMAGE_CONTEXTS) else "local" for n, v in named_contexts.items()}
 
 
 def _local_contexts(named_contexts: dict[str, str]) -> dict:
     from builder.context import BuildContext, read_dockerignore
 
     return {n: BuildContext(v, read_dockerignore(v)) for n, v in named_contexts.items()
-            if not v.startswith("docker-image://")}
+            if not v.startswith(_IMAGE_CONTEXTS)}
 
 
 def _attach_source(error: BuildError, plan, text: str, dockerfile_name: str) -> None:

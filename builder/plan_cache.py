@@ -21,7 +21,7 @@ from builder.context import BuildContext
 from builder.plumbing.files import write_atomically
 from builder.version import __version__
 
-FORMAT = 1  # bump when the converter's output for the same inputs changes
+FORMAT = 2  # bump when the converter's output for the same inputs changes
 
 
 @dataclass(frozen=True)
@@ -95,6 +95,9 @@ class PlanCache:
         os.makedirs(self.dir, exist_ok=True)
         write_atomically(self._path(key), json.dumps(record.to_json(), sort_keys=True).encode())
 
+    def order_memo(self) -> "OrderFiles":
+        return OrderFiles(os.path.join(self.dir, "orders"))
+
     def still_valid(self, record: PlanRecord, sources, context: BuildContext, blobs) -> bool:
         """True when the recorded image is what a full build would produce now."""
         from builder.errors import BuildError
@@ -111,6 +114,31 @@ class PlanCache:
         from builder.image.manifest import image_complete
 
         return image_complete(blobs, record.manifest_digest)
+
+
+class OrderFiles:
+    """Solve orders (builder.llb.order) by final vertex digest, a small JSON file each. Only a
+    cache, and checked on use, so written without fsync (builder.plumbing.files)."""
+
+    def __init__(self, directory: str):
+        self.dir = directory
+
+    def _path(self, final_digest: str) -> str:
+        return os.path.join(self.dir, final_digest.partition(":")[2] + ".json")
+
+    def get(self, final_digest: str) -> list[str] | None:
+        try:
+            with open(self._path(final_digest)) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return None
+
+    def put(self, final_digest: str, order: list[str]) -> None:
+        try:
+            os.makedirs(self.dir, exist_ok=True)
+            write_atomically(self._path(final_digest), json.dumps(order).encode(), durable=False)
+        except OSError:
+            pass  # a memo that cannot be written costs the next build a recomputation
 
 
 # Ops whose inputs a record captures: their definition (in the Dockerfile text), base images and

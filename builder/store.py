@@ -82,6 +82,13 @@ class Store:
         os.makedirs(self.run_dir, exist_ok=True)
         self._lock_file = None
 
+    def sync(self) -> None:
+        """Make every write so far under the root durable (the cache records are written
+        without fsync each; see builder.cache.records)."""
+        from builder.plumbing.files import sync_filesystem
+
+        sync_filesystem(self.root)
+
     def __enter__(self) -> "Store":
         self.acquire(shared=True)
         return self

@@ -2,6 +2,10 @@
 
     BaseCacheRecords     the interface: get, put, delete, keys
     DiskCacheRecords     small JSON at RECORDS/<key hex>.json, written atomically (`CacheRecords`)
+                         but not fsync-ed one by one: a build makes them durable all at once
+                         (`Store.sync`) before any image name moves. A record lost or torn by a
+                         power loss reads as a miss; one that outlived its layer's blob fails
+                         the solver's check (the blob must be there, at the recorded size).
     MemoryCacheRecords   the same JSON in a dict, for tests
 
 The layer blob itself lives in the blob store; a record whose blob is gone is treated as a miss.
@@ -79,7 +83,8 @@ class DiskCacheRecords(BaseCacheRecords):
             return None
 
     def put(self, record: CacheRecord) -> None:
-        write_atomically(self._path(record.key), json.dumps(record.to_json(), sort_keys=True).encode())
+        write_atomically(self._path(record.key), json.dumps(record.to_json(), sort_keys=True).encode(),
+                         durable=False)
 
     def delete(self, key: str) -> None:
         try:

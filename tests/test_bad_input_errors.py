@@ -52,7 +52,7 @@ def test_a_wildcard_matching_a_dangling_symlink_is_not_found(tmp_path, store_roo
     result = build_image("--root", store_root, "--progress", "plain", context, check=False)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == (
-        'ERROR: [stage-0 2/2] COPY dang* /w/: failed to compute cache key: "/dangling": not found')
+        'ERROR: [2/2] COPY dang* /w/: failed to compute cache key: "/dangling": not found')
 
 
 def test_parse_command_names_line_and_byte_of_invalid_utf8(tmp_path):

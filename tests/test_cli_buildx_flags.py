@@ -230,7 +230,7 @@ def test_build_context_errors(store_root, tmp_path):
     context = write_context(tmp_path / "ctx", {"Dockerfile": "FROM scratch AS extra\nFROM scratch\n"
                                                              "COPY --from=extra /a /\n"})
     for value, message in ((f"extra={tmp_path}", b"a stage has that name"),
-                           ("x=oci-layout:///tmp/layout", b"oci-layout contexts are not supported"),
+                           ("x=ftp://host/file", b"ftp contexts are not supported"),
                            (f"x={tmp_path / 'missing'}", b"is not a directory"),
                            ("novalue", b"use NAME=DIR")):
         proc = cli("--root", store_root, "--build-context", value, context, check=False)
@@ -251,3 +251,41 @@ def test_build_context_image_and_run_mount(store_root, tmp_path, busybox_registr
                 "--build-context", f"files={files}", "-o", f"type=local,dest={out}", context)
     assert (out / "copied").read_text() == "from a named context\n"
     assert (out / "busybox-again").read_bytes() == (out / "bin" / "busybox").read_bytes()
+
+
+@pytest.mark.root
+@pytest.mark.overlay
+@pytest.mark.registry
+def test_build_context_oci_layout_serves_from_and_copy_from(store_root, tmp_path, busybox_registry):
+    made = write_context(tmp_path / "made", {"Dockerfile": f"FROM {busybox_registry.reference}\n"
+                                                           "RUN echo from-layout > /hello\n"})
+    layout = tmp_path / "layout"
+    build_image("--root", store_root, "-o", f"type=oci,dest={layout},tar=false,name=made:v2", made)
+    index = json.loads((layout / "index.json").read_text())
+    digest = index["manifests"][0]["digest"]
+    context = write_context(tmp_path / "ctx", {"Dockerfile": "FROM base\nCOPY --from=files /hello /copied\n"})
+    fresh = str(tmp_path / "fresh-store")     # a store that has never seen the image
+    for ref in (f"oci-layout://{layout}:v2", f"oci-layout://{layout}@{digest}", f"oci-layout://{layout}"):
+        out = tmp_path / f"out-{len(ref)}"
+        build_image("--root", fresh, "--build-context", f"base={ref}", "--build-context", f"files={ref}",
+                    "-o", f"type=local,dest={out}", context)
+        assert (out / "hello").read_text() == "from-layout\n" and (out / "copied").read_text() == "from-layout\n"
+    missing_tag = cli("--root", fresh, "--build-context", f"base=oci-layout://{layout}:nope", context, check=False)
+    assert missing_tag.returncode == 1 and b"no image tagged 'nope'" in missing_tag.stderr, missing_tag.stderr
+
+
+@pytest.mark.root
+@pytest.mark.overlay
+@pytest.mark.registry
+def test_a_tampered_oci_layout_blob_is_refused(store_root, tmp_path, busybox_registry):
+    made = write_context(tmp_path / "made", {"Dockerfile": f"FROM {busybox_registry.reference}\nRUN echo x > /x\n"})
+    layout = tmp_path / "layout"
+    build_image("--root", store_root, "-o", f"type=oci,dest={layout},tar=false", made)
+    manifest_digest = json.loads((layout / "index.json").read_text())["manifests"][0]["digest"]
+    manifest = json.loads((layout / "blobs" / "sha256" / manifest_digest[7:]).read_bytes())
+    top = layout / "blobs" / "sha256" / manifest["layers"][-1]["digest"][7:]
+    top.write_bytes(top.read_bytes()[:-1] + b"!")
+    context = write_context(tmp_path / "ctx", {"Dockerfile": "FROM base\n"})
+    proc = cli("--root", str(tmp_path / "fresh"), "--build-context", f"base=oci-layout://{layout}", context,
+               check=False)
+    assert proc.returncode == 1 and b"does not match its digest" in proc.stderr and b"Traceback" not in proc.stderr

@@ -107,7 +107,7 @@ def test_a_missing_copy_source_shows_its_step_block_and_dockerfile_lines(store_r
                                                "a": "a\n"})
     err = cli("--root", store_root, "--progress", "plain", context).stderr.decode()
     lines = err.splitlines()
-    step = "[stage-0 3/4] COPY missing /"
+    step = "[3/4] COPY missing /"
     number = next(line.split()[0] for line in lines if line.endswith(step))
     assert f"{number} ERROR: " in err and "Traceback" not in err
     excerpt = lines[lines.index("Dockerfile:3"):]
@@ -222,3 +222,24 @@ def test_a_build_context_may_be_a_git_url(store_root, tmp_path, bare_repo):
     image_id(cli("--root", store_root, "-q", "--build-context", f"repo=file://{bare_repo}#main:sub",
                  "-o", f"type=local,dest={out}", context))
     assert (out / "from-git").read_text() == "x\n"
+
+
+@pytest.mark.parametrize("server", ["git-daemon", "http-backend"])
+def test_a_git_url_served_on_loopback_is_fetched_at_its_ref(store_root, tmp_path, bare_repo, server):
+    from tests.support.gitserver import GitDaemon, GitHTTPBackend
+
+    serving = GitDaemon(bare_repo.parent) if server == "git-daemon" else GitHTTPBackend(bare_repo.parent)
+    with serving:
+        url = f"{serving.url}/{bare_repo.name}"
+        tip, tagged, sub = tmp_path / "tip", tmp_path / "tagged", tmp_path / "sub"
+        image_id(cli("--root", store_root, "-q", "-o", f"type=local,dest={tip}", url))
+        image_id(cli("--root", store_root, "-q", "-o", f"type=local,dest={tagged}", f"{url}#v1"))
+        image_id(cli("--root", store_root, "-q", "-o", f"type=local,dest={sub}", f"{url}#main:sub"))
+        context = write_context(tmp_path / "ctx", {"Dockerfile": "FROM scratch\nCOPY --from=repo /x /from-git\n"})
+        named = tmp_path / "named"
+        image_id(cli("--root", store_root, "-q", "--build-context", f"repo={url}#v1:sub",
+                     "-o", f"type=local,dest={named}", context))
+        missing = cli("--root", store_root, f"{url}#nope")
+    assert (tip / "a").read_text() == "v2\n" and (tagged / "a").read_text() == "v1\n"
+    assert os.listdir(sub) == ["x"] and (named / "from-git").read_text() == "x\n"
+    assert missing.returncode == 1 and b"failed to fetch" in missing.stderr and b"Traceback" not in missing.stderr

@@ -256,6 +256,7 @@ def test_inspect_shape(store_root, tmp_path):
     assert (config["WorkingDir"], config["User"], config["Labels"]) == ("/srv", "1000", {"a": "b"})
     assert config["Volumes"] == {"/data": {}} and config["Cmd"] is None
     assert doc["History"] == [{"created": doc["Created"], "comment": "Imported from -"}]
+    assert doc["Comment"] == "Imported from -"        # docker reads it from the newest history entry
 
 
 @pytest.mark.root
@@ -268,7 +269,9 @@ def test_history_of_a_build(store_root, busybox_registry, tmp_path):
                       'CMD ["sh"]\n',
     })
     build_image("--root", store_root, "-t", "hist", "-q", context)
-    image_id = json.loads(cli(store_root, "inspect", "hist").stdout)[0]["Id"]
+    [doc] = json.loads(cli(store_root, "inspect", "hist").stdout)
+    image_id = doc["Id"]
+    assert doc["Comment"] == "buildkit.dockerfile.v0"   # as docker inspect shows a BuildKit image
     listed = rows(cli(store_root, "history", "hist").stdout)
     assert [r[0] for r in listed] == [image_id[7:19], "<missing>", "<missing>", "<missing>"]
     cmd, run, env, base = listed

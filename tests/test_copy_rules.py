@@ -116,7 +116,7 @@ def test_missing_source_names_the_step(tmp_path, store_root):
     proc = build_image("--root", store_root, context, check=False)
     assert proc.returncode == 1
     last = proc.stderr.strip().splitlines()[-1]
-    assert last == 'ERROR: [stage-0 2/2] COPY present missing.txt /d/: failed to compute cache key: ' \
+    assert last == 'ERROR: [2/2] COPY present missing.txt /d/: failed to compute cache key: ' \
                    '"/missing.txt": not found'
 
 

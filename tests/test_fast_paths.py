@@ -55,3 +55,16 @@ def test_pyroute2_is_imported_only_when_a_run_uses_the_default_network(tmp_path,
     assert "pyroute2" not in imported_modules("--root", store_root, "--network", "none", cli_none)
     networked = write_context(tmp_path / "networked", {"Dockerfile": f"FROM {base}\nRUN echo c > /c\n"})
     assert "pyroute2" in imported_modules("--root", store_root, networked)
+
+
+@pytest.mark.root
+@pytest.mark.overlay
+@pytest.mark.registry
+def test_a_no_cache_rebuild_of_the_same_dockerfile_takes_its_solve_order_from_the_memo(tmp_path, store_root,
+                                                                                       busybox_registry):
+    context = write_context(tmp_path / "ctx", {
+        "Dockerfile": f"FROM {busybox_registry.reference} AS a\nRUN echo a > /a\n"
+                      f"FROM {busybox_registry.reference}\nCOPY --from=a /a /a\nRUN cat /a\n"})
+    assert "networkx" in imported_modules("--root", store_root, "--no-cache", context)   # first: computed
+    modules = imported_modules("--root", store_root, "--no-cache", context)
+    assert "builder.convert" in modules and "networkx" not in modules                   # then: remembered

@@ -174,7 +174,40 @@ RUN for i in $(seq 30); do sleep 3 & done; wait
     assert limited.returncode == 1 and "can't fork" in limited.stderr
 
 
+@needs_cgroups
+@pytest.mark.parametrize("relative", [False, True])
+def test_cgroup_parent_holds_the_steps_cgroups_and_is_removed_if_made(tmp_path, layer, relative):
+    top = f"build-image-test-parent-{os.getpid()}-{int(relative)}"
+    parent = f"{top}/inner" if relative else f"/{top}/inner"
+    layout = cgroups.detect(parent=parent)
+    for d in ("upper", "work", "run"):
+        (tmp_path / d).mkdir()
+    rootfs = RootFS((layer,), str(tmp_path / "upper"), str(tmp_path / "work"))
+    executor = NamespaceExecutor(runtime_root=str(tmp_path / "run"), cgroup_parent=parent)
+    seen: list[list[str]] = []
+    running = threading.Thread(target=lambda: seen.append(list(_sh(executor, rootfs, "sleep 1"))))
+    running.start()
+    deadline = time.monotonic() + 10
+    inside = []
+    while running.is_alive() and not inside and time.monotonic() < deadline:
+        inside = [os.path.join(dir, n) for _, dir in layout.parents for n in os.listdir(dir)
+                  if n.startswith(cgroups.PREFIX)]
+        time.sleep(0.02)
+    running.join()
+    executor.close()
+    assert seen == [[0, ""]]
+    assert len(inside) == len(layout.parents)       # one step cgroup in each hierarchy, under the parent
+    for _, dir in layout.parents:
+        assert dir.endswith(f"/{top}/inner") and not os.path.exists(os.path.dirname(dir))   # made, then removed
+    own = dict(LAYOUT.parents)
+    for controller, dir in layout.parents:
+        above = os.path.dirname(os.path.dirname(dir))
+        # Relative: under build-image's own cgroup; absolute: from the hierarchy's root (its mount).
+        assert above == os.path.normpath(own[controller]) if relative else os.path.ismount(above)
+
+
 @pytest.mark.parametrize("flags, message", [
+    (("--cgroup-parent", "a/../b"), "ERROR: invalid --cgroup-parent 'a/../b': a cgroup path without '..'"),
     (("-m", "lots"), 'ERROR: invalid --memory "lots" (use bytes or a unit: 512m, 2g)'),
     (("--memory", "1m"), 'ERROR: invalid --memory "1m": the minimum is 6 MiB'),
     (("--cpu-shares", "1"), "ERROR: invalid --cpu-shares 1: must be between 2 and 262144"),

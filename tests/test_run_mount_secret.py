@@ -130,7 +130,7 @@ RUN --mount=type=secret,id=needed,required=true true
     assert result.returncode == 1
     assert output_lines(result.stderr, "id=optional") == ["absent"]
     assert result.stderr.rstrip().splitlines()[-1] == (
-        "ERROR: [stage-0 3/3] RUN --mount=type=secret,id=needed,required=true true: secret needed: not found")
+        "ERROR: [3/3] RUN --mount=type=secret,id=needed,required=true true: secret needed: not found")
 
 
 @builds

@@ -98,7 +98,7 @@ RUN --network=host true
     result = build(context, store_root, check=False)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == (
-        "ERROR: network.host is not allowed: [stage-0 3/3] RUN --network=host true needs --allow network.host")
+        "ERROR: network.host is not allowed: [3/3] RUN --network=host true needs --allow network.host")
     assert "first-step-ran" not in result.stderr
 
 

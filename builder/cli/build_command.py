@@ -16,7 +16,6 @@ _LATER = {
     "cache": "importing and exporting the build cache (--cache-from/--cache-to) is not built yet",
     "attest": "attestations (SBOM, provenance) are not built yet",
     "check": "build checks and frontend subrequests (--check, --call) are not built yet",
-    "cgroup": "RUN cgroups are made under build-image's own cgroup; another parent is not supported yet",
     "cpu": "CPU limits other than --cpu-shares are not applied to RUN steps; drop the flag",
     "swap": "RUN steps have no swap limit; drop the flag (a memory limit is -m)",
 }
@@ -73,10 +72,12 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="process limit of every RUN (default 4096; -1: unlimited)")
     p.add_argument("--cpu-shares", type=int, default=None, metavar="N",
                    help="relative CPU weight of every RUN (1024 = default weight)")
+    p.add_argument("--cgroup-parent", metavar="PATH", default=None,
+                   help="the cgroup every RUN's cgroup is made under (absolute: from the hierarchy's root)")
     p.add_argument("--shm-size", metavar="BYTES", help="size of /dev/shm in RUN steps (e.g. 128m; default 64m)")
     p.add_argument("--ulimit", action="append", default=[], metavar="NAME=SOFT[:HARD]",
                    help="a resource limit for RUN steps, e.g. nofile=1024:2048 (repeatable)")
-    p.add_argument("--build-context", action="append", default=[], metavar="NAME=DIR|URL|docker-image://REF",
+    p.add_argument("--build-context", action="append", default=[], metavar="NAME=DIR|URL|docker-image://REF|oci-layout://PATH",
                    help="a named context for FROM NAME, COPY --from=NAME and RUN --mount from=NAME (repeatable)")
     p.add_argument("--verify-reproducible", action="store_true",
                    help="build twice in fresh temporary stores, varying time, TZ, hostname, umask, jobs, "
@@ -94,7 +95,6 @@ def _build_parser() -> argparse.ArgumentParser:
     refused(p, "--sbom", "--provenance", "--attest", why=_LATER["attest"])
     refused(p, "--check", why=_LATER["check"], takes_value=False)
     refused(p, "--call", why=_LATER["check"])
-    refused(p, "--cgroup-parent", why=_LATER["cgroup"])
     refused(p, "--cpu-period", "--cpu-quota", "--cpuset-cpus", "--cpuset-mems", why=_LATER["cpu"])
     refused(p, "--memory-swap", why=_LATER["swap"])
     refused(p, "--squash", why="squashing an image's layers into one is not built", takes_value=False)
@@ -214,6 +214,7 @@ def _options(ns: argparse.Namespace):
         memory=ns.memory,
         pids_limit=ns.pids_limit,
         cpu_shares=ns.cpu_shares,
+        cgroup_parent=ns.cgroup_parent or None,
     )
 
 

@@ -79,8 +79,11 @@ class Layout:
         return dict(self.parents)[controller]
 
 
-def detect(mountinfo: str | None = None, own: str | None = None) -> Layout | None:
-    """This machine's layout from /proc/self/mountinfo and /proc/self/cgroup; None without cgroups."""
+def detect(mountinfo: str | None = None, own: str | None = None, parent: str | None = None) -> Layout | None:
+    """This machine's layout from /proc/self/mountinfo and /proc/self/cgroup; None without cgroups.
+
+    PARENT (--cgroup-parent, as docker's cgroupfs driver reads it): step cgroups go under that path,
+    from each hierarchy's root if it is absolute, else under this process's own cgroup."""
     mountinfo = _read("/proc/self/mountinfo") if mountinfo is None else mountinfo
     own = _read("/proc/self/cgroup") if own is None else own
     v1_mounts: dict[str, str] = {}
@@ -101,11 +104,45 @@ def detect(mountinfo: str | None = None, own: str | None = None) -> Layout | Non
         _, controllers, path = line.split(":", 2)
         for controller in controllers.split(",") if controllers else ("",):
             own_paths[controller] = path
+
+    def under(mount: str, own_path: str) -> str:
+        base = os.path.join(mount, own_path.lstrip("/"))
+        if parent is None:
+            return base
+        return os.path.normpath(os.path.join(mount if parent.startswith("/") else base, parent.lstrip("/")))
+
     if v2_mount is not None:  # unified: /sys/fs/cgroup itself is cgroup2
-        return Layout(2, (("", os.path.join(v2_mount, own_paths.get("", "/").lstrip("/"))),))
+        return Layout(2, (("", under(v2_mount, own_paths.get("", "/"))),))
     if all(c in v1_mounts and c in own_paths for c in V1_CONTROLLERS):
-        return Layout(1, tuple((c, os.path.join(v1_mounts[c], own_paths[c].lstrip("/"))) for c in V1_CONTROLLERS))
+        return Layout(1, tuple((c, under(v1_mounts[c], own_paths[c])) for c in V1_CONTROLLERS))
     return None
+
+
+def make_parents(layout: Layout) -> tuple[str, ...]:
+    """Create LAYOUT's parent directories that are missing (a new --cgroup-parent); returns those
+    made, outermost first, for ``remove_parents`` to take away again."""
+    made: list[str] = []
+    for _, parent in layout.parents:
+        missing = []
+        path = parent
+        while not os.path.isdir(path):
+            missing.append(path)
+            path = os.path.dirname(path)
+        for path in reversed(missing):
+            try:
+                os.mkdir(path)
+            except FileExistsError:
+                continue
+            except OSError as exc:
+                remove_parents(tuple(made))
+                raise CgroupError(f"cannot create cgroup parent {path}: {os.strerror(exc.errno or errno.EIO).lower()}") from None
+            made.append(path)
+    return tuple(made)
+
+
+def remove_parents(made: tuple[str, ...]) -> None:
+    for path in reversed(made):
+        _rmdir_when_empty(path, attempts=1)
 
 
 _counter = itertools.count()

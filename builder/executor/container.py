@@ -144,13 +144,18 @@ class NamespaceExecutor:
 
     def __init__(self, runtime_root: str | None = None, network: net.BridgeNetwork | None = None,
                  network_ready: int = 1, sandbox: Sandbox = Sandbox(),
-                 cgroup_layout: cgroups.Layout | None | bool = True):
+                 cgroup_layout: cgroups.Layout | None | bool = True, cgroup_parent: str | None = None):
         """SANDBOX: seccomp and resource limits of every RUN. CGROUP_LAYOUT: True detects this
-        machine's (every RUN then gets its own cgroup); tests may pass a Layout."""
+        machine's (every RUN then gets its own cgroup); tests may pass a Layout. CGROUP_PARENT
+        (--cgroup-parent): the cgroup the steps' cgroups go under, made if missing (and then
+        removed again by ``close()`` once empty)."""
         self.sandbox = sandbox
         self._seccomp: linux.SeccompProgram | None = None  # compiled on the first run (about 150 ms)
-        self._cgroups = cgroups.detect() if cgroup_layout is True else cgroup_layout or None
+        self._cgroups = cgroups.detect(parent=cgroup_parent) if cgroup_layout is True else cgroup_layout or None
+        self._made_cgroup_parents: tuple[str, ...] = ()
         if self._cgroups is not None:
+            if cgroup_parent is not None:
+                self._made_cgroup_parents = cgroups.make_parents(self._cgroups)
             cgroups.sweep_stale(self._cgroups)
         # Per-run scratch directories (overlay mount point, generated /etc/hosts) go here.
         self._runtime_root = runtime_root
@@ -160,10 +165,11 @@ class NamespaceExecutor:
         self._owns_network = network is None
         self._network_ready = network_ready
         self._network_lock = threading.Lock()
+        self._seccomp_lock = threading.Lock()
 
     def _seccomp_program(self) -> linux.SeccompProgram | None:
         if self.sandbox.seccomp and self._seccomp is None:
-            with self._network_lock:
+            with self._seccomp_lock:
                 if self._seccomp is None:
                     self._seccomp = linux.SeccompProgram(seccomp.default_program())
         return self._seccomp
@@ -172,16 +178,30 @@ class NamespaceExecutor:
         """Kills every container this executor is running (their run() calls then return)."""
         self._running.kill_all()
 
+    def warm_sandbox(self) -> None:
+        """Compile the seccomp filter now, on a thread of its own, so the first RUN need not wait
+        for it (pyseccomp's import runs ldconfig twice; the compile itself is mostly C)."""
+        def compile_quietly() -> None:
+            try:
+                self._seccomp_program()
+            except Exception:
+                pass  # the first RUN compiles it again, and reports what fails
+
+        if self.sandbox.seccomp and self._seccomp is None:
+            threading.Thread(target=compile_quietly, name="build-image-seccomp", daemon=True).start()
+
     def warm_network(self) -> None:
         """Start preparing the default network now (a build that will need it calls this early)."""
         self._bridge().warm()
 
     def close(self) -> None:
-        """Tear down the default network this executor made, if any."""
+        """Tear down the default network this executor made, if any, and the cgroup parents."""
         with self._network_lock:
             network, self._network = (self._network, None) if self._owns_network else (None, self._network)
+            made, self._made_cgroup_parents = self._made_cgroup_parents, ()
         if network is not None:
             network.close()
+        cgroups.remove_parents(made)
 
     def _bridge(self) -> net.BridgeNetwork:
         with self._network_lock:

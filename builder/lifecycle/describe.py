@@ -30,7 +30,8 @@ def inspect_document(record: ImageRecord, sizes: LayerSizes) -> dict:
         "RepoTags": list(record.repo_tags),
         "RepoDigests": list(record.repo_digests),
         "Parent": "",
-        "Comment": "",
+        # As moby (#18999): the comment of the newest history entry; "buildkit.dockerfile.v0" for a build.
+        "Comment": config.history[-1].comment if config.history else "",
         "Created": config.created or "0001-01-01T00:00:00Z",
         "DockerVersion": "",
         "Author": config.author,

@@ -3,7 +3,10 @@ and the exclusive lock file writers take around a read-modify-write.
 
 The one recipe every caller uses: a temp file in the target's directory (so the rename stays on
 one filesystem), fsync of the file, rename over the target, fsync of the directory (the rename
-is durable only once the directory entry is).
+is durable only once the directory entry is). A writer whose file is only a cache may skip both
+fsyncs (`durable=False`) and make many writes durable at once with `sync_filesystem` instead: a
+rename is still all or nothing for every reader, and after a power loss such a file may be
+missing or short, never a mix of old and new bytes (ext4's ordered data).
 """
 
 from __future__ import annotations
@@ -24,8 +27,22 @@ def fsync_directory(path: str) -> None:
         os.close(fd)
 
 
-def write_atomically(path: str, content: bytes | Callable[[BinaryIO], None], *, mode: int = 0o644) -> None:
-    """Replace PATH with CONTENT (bytes, or a function that writes to the open file) and MODE.
+def sync_filesystem(path: str) -> None:
+    """Make durable every write so far to the filesystem PATH is on (syncfs: one call, however
+    many files were written without fsync)."""
+    from builder.plumbing.linux import syncfs  # ctypes only when syncing
+
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        syncfs(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomically(path: str, content: bytes | Callable[[BinaryIO], None], *, mode: int = 0o644,
+                     durable: bool = True) -> None:
+    """Replace PATH with CONTENT (bytes, or a function that writes to the open file) and MODE;
+    with DURABLE false, without the fsyncs (see the module's note).
 
     On any failure the temp file is removed and the target is left as it was; OSError is raised
     as it came, for the caller to word."""
@@ -38,7 +55,8 @@ def write_atomically(path: str, content: bytes | Callable[[BinaryIO], None], *, 
             else:
                 content(out)
             out.flush()
-            os.fsync(out.fileno())
+            if durable:
+                os.fsync(out.fileno())
         os.chmod(tmp, mode)  # mkstemp makes it 0600
         os.rename(tmp, path)
     except BaseException:
@@ -47,7 +65,8 @@ def write_atomically(path: str, content: bytes | Callable[[BinaryIO], None], *, 
         except FileNotFoundError:
             pass
         raise
-    fsync_directory(directory)
+    if durable:
+        fsync_directory(directory)
 
 
 @contextlib.contextmanager

@@ -56,6 +56,7 @@ _libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
 _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
                         ctypes.c_char_p]
 _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+_libc.syncfs.argtypes = [ctypes.c_int]
 _libc.sethostname.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
 _libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
                         ctypes.c_ulong]
@@ -109,6 +110,11 @@ def open_in_root(root_fd: int, path: str) -> int:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err), path)
     return ret
+
+
+def syncfs(fd: int) -> None:
+    """Write back everything cached for the filesystem that FD is on (one call for many files)."""
+    _check(_libc.syncfs(fd), "syncfs")
 
 
 def sethostname(name: str) -> None:

@@ -19,7 +19,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
 from builder.cache.records import CacheRecord
 from builder.context import BuildContext
-from builder.errors import BuildError, SolveError
+from builder.errors import BlobNotFound, BuildError, SolveError
 from builder import events
 from builder.llb import Vertex
 from builder.session import SecretStore
@@ -176,6 +176,12 @@ class Solver:
         self.progress(events.Finished(vertex.digest, cached=result.cached))
         return result
 
+    def _blob_whole(self, digest: str, size: int) -> bool:
+        try:
+            return self.store.blobs.size(digest) == size
+        except BlobNotFound:
+            return False
+
     def record_key(self, key: str) -> str:
         """A clamped and an unclamped layer of one step are two records: the step's cache key
         with the layer's timestamp mode."""
@@ -183,10 +189,10 @@ class Solver:
 
     def _cached(self, key: str, parent: Result) -> Result | None:
         """The result a cache record gives: the parent's layers plus the recorded layer, if its
-        blob is still in the store."""
+        blob is still in the store, whole (a power loss may have cut a blob short)."""
         record = self.store.records.get(self.record_key(key))
         if (record is None or record.timestamps != self.layer_timestamps
-                or not self.store.blobs.has(record.layer_digest)):
+                or not self._blob_whole(record.layer_digest, record.size)):
             return None
         layer = LayerRef(record.layer_digest, record.diff_id, record.size, record.media_type)
         return Result(parent.layers + (layer,), record.created, cached=True)

@@ -95,9 +95,12 @@ class ImageSources:
         return image
 
     def _resolve_any(self, name: str, platform: str) -> BaseImage:
+        from builder.image.layout import SCHEME
         from builder.image.manifest import image_complete, read_image
         from builder.registry.reference import parse_reference
 
+        if name.startswith(SCHEME):
+            return self._from_layout(name, platform)
         ref = parse_reference(name)
         if not self.pull_always:
             # As docker build: an image already in the local store is used as it is; --pull
@@ -133,6 +136,34 @@ class ImageSources:
         name = str(ref) if ref.tag and not ref.digest else ""
         return BaseImage(f"{_without_digest(ref)}@{digest}", digest, config, layers, False, name, manifest)
 
+    def _from_layout(self, name: str, platform: str) -> BaseImage:
+        """An image of an OCI layout directory: its manifest, config and layers are copied into
+        the blob store (each verified against its digest), so it is a local image from then on."""
+        from dataclasses import replace
+
+        from builder.errors import DigestMismatch, SourceNotFound
+        from builder.image.layout import ImageLayout, parse_layout_ref
+
+        layout = ImageLayout(parse_layout_ref(name))
+        desc, manifest = layout.image_manifest(_platform_test(platform))
+        document = json.loads(manifest)
+        config_desc = Descriptor.from_json(document["config"])
+        layers = tuple(Descriptor.from_json(d) for d in document.get("layers", []))
+        for blob in (config_desc, *layers):
+            if self.blobs.has(blob.digest):
+                continue
+            try:
+                with open(layout.blob_path(blob.digest), "rb") as stream:
+                    self.blobs.put_stream(stream, blob.digest)
+            except FileNotFoundError:
+                raise SourceNotFound(f"{layout.ref}: blob {blob.digest} is missing") from None
+            except DigestMismatch:
+                raise SourceNotFound(f"{layout.ref}: blob {blob.digest} does not match its digest") from None
+        config = ImageConfig.from_json(self.blobs.get_bytes(config_desc.digest))
+        if not self.blobs.has(desc.digest):
+            self.blobs.put_bytes(manifest, desc.digest)
+        return BaseImage(f"{replace(layout.ref, digest='')}@{desc.digest}", desc.digest, config, layers, True)
+
     def ensure_layers(self, ref: str) -> bool:
         """Makes sure every layer blob of a resolved base image is in the blob store; says
         whether anything had to be fetched."""
@@ -151,6 +182,14 @@ class ImageSources:
         if image.name:  # pulled whole: it is a local image now, as after `docker pull`
             self.images.tag(image.name, image.manifest_digest)
         return bool(missing)
+
+
+def _platform_test(platform: str):
+    """A test of (os, architecture, variant) for PLATFORM, as a base image is matched."""
+    from builder.image.platform_spec import parse_platform_specifier, platform_matches
+
+    spec = parse_platform_specifier(platform)
+    return lambda os_, arch, variant: platform_matches(spec, os_, arch, variant)
 
 
 def _serves(config: ImageConfig, platform: str) -> bool:

@@ -10,7 +10,11 @@ from .base import EMPTY, CopySource, Result, SolverOp, digest_key
 
 
 class LocalSourceOp(SolverOp):
-    reports_progress = False
+    @property
+    def reports_progress(self) -> bool:
+        """The build context is BuildKit's "[internal] load build context" step; named contexts
+        show as no step of their own."""
+        return self.op.name == "context"
 
     def cache_key(self) -> str:
         return digest_key("local", self.op.name)
