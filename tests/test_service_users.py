@@ -13,6 +13,7 @@ import shutil
 import ssl
 import stat
 import subprocess
+import sys
 
 import pytest
 
@@ -267,3 +268,17 @@ def test_two_users_build_at_once_over_tls_and_stay_apart(tls_server, user_ca, us
                         ("tag", f"tls-{other.name}", "mine")):
             tried = user.client(address, *attempt, global_flags=("--tls-ca", user_ca))
             assert tried.returncode == 1 and b"No such image" in tried.stderr, (attempt, tried.stderr)
+
+
+def test_a_server_with_a_client_ca_wants_a_client_certificate_and_a_login_too(store_root, certificates, tmp_path):
+    client_cert, client_key = certificates.client_certificate(str(tmp_path))
+    with PamService() as pam, BuildServer(store_root, tls=certificates, pam_service=pam.name,
+                                          extra=("--tls-client-ca", certificates.ca)) as server:
+        def images(**env):
+            return subprocess.run([sys.executable, "-m", "builder.cli", "--server", server.tcp_address,
+                                   "--tls-ca", certificates.ca, "images"], capture_output=True, timeout=120,
+                                  stdin=subprocess.DEVNULL, env={**os.environ, **env})
+        without = images()
+        assert without.returncode == 1 and without.stderr.startswith(b"ERROR: ")
+        with_cert = images(BUILD_IMAGE_TLS_CERT=client_cert, BUILD_IMAGE_TLS_KEY=client_key)
+        assert with_cert.returncode == 1 and b"unauthorized" in with_cert.stderr   # a certificate is no login

@@ -130,7 +130,7 @@ class Connection:
 
     def _response_head(self) -> tuple[int, dict]:
         while b"\r\n\r\n" not in self._buffer:
-            data = self.sock.recv(65536)
+            data = self._recv(65536)
             if not data:
                 raise BuildError(f"the build server at {self.address} closed the connection")
             self._buffer += data
@@ -147,7 +147,14 @@ class Connection:
         if self._buffer:
             data, self._buffer = self._buffer[:size], self._buffer[size:]
             return data
-        return self.sock.recv(size)
+        return self._recv(size)
+
+    def _recv(self, size: int) -> bytes:
+        try:
+            return self.sock.recv(size)
+        except OSError as error:   # a reset, a TLS alert (a client certificate the server wants)
+            reason = getattr(error, "reason", None) or error.strerror or error
+            raise BuildError(f"the build server at {self.address} ended the connection: {reason}") from None
 
     def read_json(self, headers: dict) -> dict:
         length = int(headers.get("content-length") or 0)

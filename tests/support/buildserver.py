@@ -57,6 +57,19 @@ class Certificates:
         return cls(os.path.join(directory, "ca.pem"), os.path.join(directory, "server.pem"),
                    os.path.join(directory, "server.key"))
 
+    def client_certificate(self, directory: str) -> tuple[str, str]:
+        """(certificate, key) of a client this CA signed, in DIRECTORY."""
+        ca_dir = os.path.dirname(self.ca)
+
+        def openssl(*args: str) -> None:
+            subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=directory)
+
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "client.key", "-out", "client.csr",
+                "-subj", "/CN=build-image test client")
+        openssl("x509", "-req", "-in", "client.csr", "-CA", self.ca, "-CAkey", os.path.join(ca_dir, "ca.key"),
+                "-CAcreateserial", "-CAserial", os.path.join(directory, "ca.srl"), "-out", "client.pem", "-days", "2")
+        return os.path.join(directory, "client.pem"), os.path.join(directory, "client.key")
+
 
 class PamService:
     """/etc/pam.d/NAME with pam_unix and `nodelay` (a failed login costs no 2 s), removed after."""
