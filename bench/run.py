@@ -69,6 +69,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "push-dd and save-dd bring dd-cold with them (default: all)")
     p.add_argument("--size", choices=("full", "tiny"), default="full",
                    help="tiny: a few small files and 1 MB instead of the issue's sizes (to test the harness)")
+    p.add_argument("--server", action="store_true", help="also time builds through a warm `build-image serve` "
+                   "(bench/server.py: the b1, b2, b4 columns)")
     ns = p.parse_args(argv)
     if ns.repeat < 1:
         p.error("--repeat must be at least 1")
@@ -176,6 +178,12 @@ def run(ns: argparse.Namespace) -> int:
             log(f"build-image: the untimed first build failed; timed runs will be tried anyway:\n"
                 f"{indent(warm.error)}")
         tools.append(build_image)
+        if ns.server:
+            from bench.server import BuildImageServer
+
+            served = stack.enter_context(BuildImageServer(shlex.split(ns.build_image), work))
+            served.prepare(base, warmup_context)
+            tools.append(served)
 
         buildkit_available = False
         if ns.skip_buildkit:
@@ -223,6 +231,10 @@ def run(ns: argparse.Namespace) -> int:
     print(report.format_facts(facts))
     print()
     print(report.format_table(rows))
+    if ns.server:
+        from bench.server import server_table
+
+        print("\n" + server_table(results)[0])
     if ns.json:
         settings = {"repeat": ns.repeat, "loop_count": loop_count, "build_image_command": ns.build_image,
                     "size": ns.size, "targets": report.TARGETS}

@@ -238,12 +238,28 @@ def build(options: BuildOptions, progress: events.Progress = events.ignore, exec
         return _build(replace(options, context=context, dockerfile=dockerfile), progress, executor)
 
 
-def _build(options: BuildOptions, progress: events.Progress, executor) -> BuildResult:
+def build_if_cached(options: BuildOptions, progress: events.Progress = events.ignore, *,
+                    namespace: str | None = None, isolate_cache: bool = False) -> BuildResult | None:
+    """OPTIONS' build when its unchanged-rebuild record answers it whole, nothing parsed, run or
+    fetched (a warm server answers those on a thread of its own, in the user's NAMESPACE of the
+    store); None when it needs more, and what PROGRESS was told is then the caller's to drop."""
+    from builder.remote_context import is_remote
+    from builder.stdin_context import STDIN
+
+    if (options.pull or options.no_cache or STDIN in (options.context, options.dockerfile)
+            or is_remote(options.context) or options.build_contexts
+            or any(o.type in ("image", "registry") and o.get("push", "false" if o.type == "image" else "true") == "true"
+                   for o in options.outputs)):
+        return None
+    return _build(options, progress, None, cached_only=(namespace, isolate_cache))
+
+
+def _build(options: BuildOptions, progress: events.Progress, executor, cached_only=None) -> BuildResult | None:
     """The build, with its progress watched for the cache-miss reasons of --metadata-file and,
     if asked, drawn as --timeline/--trace once it has ended (failed or not)."""
     misses = _MissLog(progress)
-    if not (options.timeline or options.trace):
-        return _build_watched(options, misses, executor, misses)
+    if cached_only is not None or not (options.timeline or options.trace):
+        return _build_watched(options, misses, executor, misses, cached_only)
     from builder.timeline import TimelineRecorder
 
     recorder = TimelineRecorder(misses)
@@ -276,7 +292,9 @@ class _MissLog:
         self.progress(event)
 
 
-def _build_watched(options: BuildOptions, progress: events.Progress, executor, misses: _MissLog) -> BuildResult:
+def _build_watched(options: BuildOptions, progress: events.Progress, executor, misses: _MissLog,
+                   cached_only=None) -> BuildResult | None:
+    """CACHED_ONLY (namespace, isolate_cache): only an unchanged rebuild's record may answer; None if it cannot."""
     from builder.context import ChecksumCache, utf8_text
     from builder.plan_cache import PlanCache, RecordingContext, inputs_key
     from builder.registry.reference import parse_reference
@@ -316,9 +334,13 @@ def _build_watched(options: BuildOptions, progress: events.Progress, executor, m
             tags += tuple(str(parse_reference(n)) for n in output.get("name").split(",") if n)
     epoch = _source_date_epoch(options.build_args)
 
-    with Store(options.root) as store:
+    namespace, isolate_cache = cached_only or (None, None)
+    with Store(options.root, namespace=namespace, isolate_cache=isolate_cache) as store:
         def client_factory():
             from builder.registry.client import RegistryClient
+
+            if cached_only is not None:  # a base that is not local: more than the record can answer
+                raise BuildError("a registry is needed")
 
             return RegistryClient(insecure_registries=options.insecure_registries)
 
@@ -330,7 +352,7 @@ def _build_watched(options: BuildOptions, progress: events.Progress, executor, m
             key = inputs_key(text, dockerfile_name, context, build_args=options.build_args, target=options.target,
                              platform=options.platform, source_date_epoch=epoch,
                              run_options={**run_options, "rewrite_timestamp": rewrites[0]})
-            plans = PlanCache(store.root)
+            plans = PlanCache(store.cache_root)
             # Named contexts' reads are not recorded by the plan cache: such builds always plan; nor
             # do outputs that disagree on rewrite-timestamp (they need the unclamped image).
             mixed = len(set(rewrites)) > 1
@@ -341,6 +363,8 @@ def _build_watched(options: BuildOptions, progress: events.Progress, executor, m
             if reused is not None:
                 image, warnings = reused
                 variants = {rewrites[0]: image}
+            elif cached_only is not None:
+                return None
             else:
                 imported = _import_cache(options, client_factory, store, progress)
                 try:
@@ -369,6 +393,7 @@ def _build_watched(options: BuildOptions, progress: events.Progress, executor, m
             for tag in tags:
                 store.images.tag(tag, image.manifest.digest)
                 progress(events.Log(export_id, f"naming to {tag} done"))
+            store.images.own(image.manifest.digest)  # in a user's namespace: theirs, even unnamed
             mounts = cache_report.get("mount_from", {})
             for output, output_image in zip(options.outputs, exported):
                 _export(output, output_image, store, tags, progress, export_id, mounts)

@@ -12,7 +12,7 @@ import csv
 import os
 import stat
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from builder.errors import BuildError, SolveError
 
@@ -26,6 +26,8 @@ class SecretSource:
     id: str
     path: str = ""
     env: str = ""
+    # The bytes themselves, when a client sent them (`build-image serve`): kept in memory only.
+    value: bytes | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def parse(cls, text: str) -> SecretSource:
@@ -66,6 +68,11 @@ class SecretStore:
         self._environ = os.environ if environ is None else environ
         self._sources: dict[str, SecretSource] = {}
         for source in sources:
+            if source.value is not None:
+                if len(source.value) > MAX_SECRET_SIZE:
+                    raise BuildError(f"secret {source.id} too big. max size 500KB")
+                self._sources[source.id] = source
+                continue
             if not source.path and not source.env:
                 if source.id in self._environ:
                     source = SecretSource(source.id, env=source.id)
@@ -84,6 +91,8 @@ class SecretStore:
         source = self._sources.get(secret_id)
         if source is None:
             return None
+        if source.value is not None:
+            return source.value
         if source.env:
             return os.fsencode(self._environ.get(source.env, ""))
         try:

@@ -8,6 +8,8 @@
     ROOT/cache/records/<key>.json build cache: cache key -> layer it produced
     ROOT/cache/compressed/        compressed variants of layers, made when an output needs them
     ROOT/run/                     per-step scratch (container roots, mount points), gone after the step
+    ROOT/namespaces/<name>/       one user's image names (images/) and RUN cache mounts, for a store
+                                  shared through `build-image serve` (blobs and snapshots stay shared)
     ROOT/lock                     held shared by every process using the root, exclusively by GC
 """
 
@@ -16,14 +18,27 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 import shutil
 import stat
 import tempfile
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from builder.cache.blobs import BaseBlobStore, BlobStore
 from builder.cache.records import BaseCacheRecords, CacheRecords
 from builder.cache.variants import LayerVariants
+from builder.errors import StoreError
+
+if TYPE_CHECKING:
+    from builder.image.names import ImageStore
+
+_NAMESPACE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
+
+
+def default_namespace() -> str | None:
+    """The image-name namespace this process sees: `build-image serve` sets $BUILD_IMAGE_NAMESPACE
+    in the worker that runs one user's request; unset, the root's own names."""
+    return os.environ.get("BUILD_IMAGE_NAMESPACE") or None
 
 
 def default_root() -> str:
@@ -39,21 +54,37 @@ class Store:
     twins); everything else stays under ROOT."""
 
     def __init__(self, root: str | None = None, *, blobs: BaseBlobStore | None = None,
-                 records: BaseCacheRecords | None = None, snapshotter: str | None = None):
+                 records: BaseCacheRecords | None = None, snapshotter: str | None = None,
+                 namespace: str | None = None, isolate_cache: bool | None = None):
         from builder.image.names import ImageStore
         from builder.snapshot.snapshotter import make_snapshotter
 
         self.root = os.path.abspath(root or default_root())
         os.makedirs(self.root, exist_ok=True)
         self.blobs = blobs if blobs is not None else BlobStore(os.path.join(self.root, "blobs"))
-        records_dir = os.path.join(self.root, "cache", "records")
-        self.records = records if records is not None else CacheRecords(records_dir)
         self.variants = LayerVariants(os.path.join(self.root, "cache", "compressed"))
         # overlay (the default) or naive: BUILD_IMAGE_SNAPSHOTTER picks it for every command.
         kind = snapshotter or os.environ.get("BUILD_IMAGE_SNAPSHOTTER") or "overlay"
         self.snapshotter = make_snapshotter(kind, self.root)
         self.snapshots = self.snapshotter.store
-        self.images = ImageStore(self.root)
+        self.namespace = namespace if namespace is not None else default_namespace()
+        if self.namespace is not None:
+            if not _NAMESPACE.fullmatch(self.namespace):
+                raise StoreError(f"invalid namespace {self.namespace!r}")
+            own_dir = os.path.join(self.root, "namespaces", self.namespace)
+            # A namespace's images are the ones it names or once named (its dangling ones).
+            self.images = ImageStore(own_dir, track_owned=True)
+        else:
+            own_dir = self.root
+            self.images = ImageStore(self.root)
+        self.cache_mounts_dir = os.path.join(own_dir, "cache", "mounts")
+        # `serve --isolate-cache`: the namespace's own build cache (records and plans), not the root's.
+        if isolate_cache is None:
+            isolate_cache = os.environ.get("BUILD_IMAGE_ISOLATE_CACHE") == "1"
+        isolated = self.namespace is not None and isolate_cache
+        self.cache_root = own_dir if isolated else self.root
+        records_dir = os.path.join(self.cache_root, "cache", "records")
+        self.records = records if records is not None else CacheRecords(records_dir)
         self.run_dir = os.path.join(self.root, "run")
         os.makedirs(self.run_dir, exist_ok=True)
         self._lock_file = None
@@ -111,7 +142,49 @@ class Store:
         finally:
             self.release()
 
-    # --- what garbage collection needs: snapshots by directory name ---
+    # --- what garbage collection needs: every namespace's names, snapshots by directory name ---
+
+    def image_indexes(self) -> list[tuple[str | None, "ImageStore"]]:
+        """(namespace or None, its ImageStore) for the root's own names and every namespace's."""
+        from builder.image.names import ImageStore
+
+        found: list[tuple[str | None, ImageStore]] = [(None, ImageStore(self.root))]
+        directory = os.path.join(self.root, "namespaces")
+        names = sorted(os.listdir(directory)) if os.path.isdir(directory) else []
+        found.extend((name, ImageStore(os.path.join(directory, name), track_owned=True))
+                     for name in names if _NAMESPACE.fullmatch(name))
+        return found
+
+    def protected_layers(self) -> set[str]:
+        """Layer digests of the build cache records other than this store's own (the root's
+        shared ones, and every namespace's isolated ones): a prune here must keep them."""
+        directories = [os.path.join(self.root, "cache", "records")]
+        namespaces = os.path.join(self.root, "namespaces")
+        if os.path.isdir(namespaces):
+            directories += [os.path.join(namespaces, n, "cache", "records") for n in sorted(os.listdir(namespaces))]
+        own = os.path.join(self.cache_root, "cache", "records")
+        layers: set[str] = set()
+        for directory in directories:
+            if directory == own or not os.path.isdir(directory):
+                continue
+            records = CacheRecords(directory)
+            for key in records.keys():
+                cached = records.get(key)
+                if cached is not None:
+                    layers.add(cached.layer_digest)
+        return layers
+
+    def protected_manifests(self) -> set[str]:
+        """Manifest digests other namespaces (and the root's own index) name or own: a prune in
+        this store's namespace must keep them whatever this namespace thinks of them."""
+        digests: set[str] = set()
+        for namespace, index in self.image_indexes():
+            if namespace == self.namespace:
+                continue
+            digests.update(digest for _, digest in index.list())
+            digests.update(index.owned())
+        return digests
+
 
     def snapshot_key(self, chain_id: str) -> str:
         """The directory name under ROOT/snapshots/ of CHAIN_ID's snapshot."""

@@ -22,6 +22,10 @@
     build-image completion bash                a bash completion script (`source <(build-image completion bash)`)
     build-image diff [--flatten] [--format json] A B   compare two images (local, archives, layouts,
                                                docker://): config, then files layer by layer
+    build-image serve [--listen unix:///PATH|tcp://HOST:PORT] ...   run the build service
+    build-image --server ADDR COMMAND ...      run build or an image command on a build server
+                                               (default $BUILD_IMAGE_HOST; --tls-ca FILE)
+    build-image login-server tcp://HOST:PORT -u USER [--password-stdin] / logout-server ADDR
 """
 
 from __future__ import annotations
@@ -32,9 +36,14 @@ import sys
 # Command name -> module under builder.cli; only the one asked for is imported.
 _COMMANDS = {
     "build": "build_command", "parse": "parse", "completion": "completion", "diff": "diff_command",
+    "serve": "serve_command",
     **{name: "images" for name in ("images", "tag", "rmi", "inspect", "history", "save", "load", "import",
                                    "export", "pull", "push", "login", "logout", "prune", "df", "fsck")},
 }
+
+# What `--server ADDR` runs on the server (the others stay local: parse, diff, fsck, ...).
+_REMOTE_COMMANDS = ("build", "images", "inspect", "history", "tag", "rmi", "push", "pull", "save", "load",
+                    "prune", "df", "login", "logout")
 
 # docker's management-command spellings: `image ls` is `images`, `system df` is `df`, ...
 _GROUPS = {
@@ -71,6 +80,20 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(argv: list[str]) -> int:
+    try:
+        argv, server, tls_ca = _split_server_flags(argv)
+    except ValueError as error:
+        return _usage_error(str(error))
+    if argv and argv[0] in ("login-server", "logout-server"):
+        from builder.cli import remote
+
+        return getattr(remote, f"cmd_{argv[0].replace('-', '_')}")(argv[1:], tls_ca)
+    return run_local(argv, server, tls_ca)
+
+
+def run_local(argv: list[str], server: str | None = None, tls_ca: str | None = None) -> int:
+    """The command ARGV; through the build server at SERVER when one is given and the command
+    is one a server runs (what `build-image serve`'s workers call, with no server)."""
     if argv and argv[0] in _GROUPS:
         group, subcommands = argv[0], _GROUPS[argv[0]]
         if len(argv) < 2 or argv[1] in ("-h", "--help"):
@@ -87,6 +110,15 @@ def _dispatch(argv: list[str]) -> int:
             return _usage_error(f"version takes no arguments, got {' '.join(argv[1:])}")
         print(f"build-image version {__version__}")
         return 0
+    if server and argv and argv[0] not in ("-h", "--help") and (argv[0] not in _COMMANDS
+                                                                or argv[0] in _REMOTE_COMMANDS):
+        from builder.cli import remote
+
+        if argv[0] not in _COMMANDS:
+            argv = ["build", *argv]
+        if argv[0] == "build":
+            return remote.remote_build(server, tls_ca, argv[1:])
+        return remote.remote_command(server, tls_ca, argv[0], argv[1:])
     if argv and argv[0] in _COMMANDS:
         return _command(argv[0])(argv[1:])
     if not argv or argv[0] in ("-h", "--help"):
@@ -94,6 +126,26 @@ def _dispatch(argv: list[str]) -> int:
         print("usage:\n" + __doc__.split("\n\n", 1)[1].rstrip(), file=sys.stdout if argv else sys.stderr)
         return 0 if argv else 2
     return _command("build")(argv)
+
+
+def _split_server_flags(argv: list[str]) -> tuple[list[str], str | None, str | None]:
+    """Take the global `--server ADDR` and `--tls-ca FILE` from the front of ARGV (before the
+    command); the defaults are $BUILD_IMAGE_HOST and $BUILD_IMAGE_TLS_CA."""
+    import os
+
+    server, ca = os.environ.get("BUILD_IMAGE_HOST") or None, os.environ.get("BUILD_IMAGE_TLS_CA") or None
+    rest = list(argv)
+    while rest and rest[0].split("=", 1)[0] in ("--server", "--tls-ca"):
+        flag, eq, value = rest.pop(0).partition("=")
+        if not eq:
+            if not rest:
+                raise ValueError(f"flag needs an argument: {flag}")
+            value = rest.pop(0)
+        if flag == "--server":
+            server = value
+        else:
+            ca = value
+    return rest, server, ca
 
 
 def _usage_error(message: str) -> int:

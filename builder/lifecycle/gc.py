@@ -63,8 +63,9 @@ def prune(store: Store, *, all_images: bool = False, cache: bool = False,
                     reclaimed += _file_size(os.path.join(store.records.root, key.partition(":")[2] + ".json"))
                     store.records.delete(key)
                     deleted_cache.append(key)
-            reclaimed += _prune_build_files(store.root, old_enough)
+            reclaimed += _prune_build_files(store, old_enough)
         doomed_digests = {r.manifest_digest for r in doomed}
+        store.images.disown(doomed_digests)  # a namespace's dangling images go with their blobs
         kept = [r for r in images if r.manifest_digest not in doomed_digests]
         marked = _mark(store, kept)
         for diff_id in store.variants.diff_ids():
@@ -83,16 +84,12 @@ def prune(store: Store, *, all_images: bool = False, cache: bool = False,
         return PruneReport(tuple(untagged), deleted_ids, tuple(deleted_cache), reclaimed)
 
 
-# Build-cache files beside the records: unchanged-rebuild plans, context checksums, RUN cache mounts,
-# ADD downloads.
-_BUILD_CACHE_DIRS = (("cache", "plans"), ("cache", "context"), ("cache", "mounts"), ("http",))
-
-
-def _prune_build_files(root: str, old_enough) -> int:
-    """Removes the build-cache entries (files or directories) last changed before the cut-off."""
+def _prune_build_files(store: Store, old_enough) -> int:
+    """Removes the build-cache entries (files or directories) last changed before the cut-off:
+    unchanged-rebuild plans, context checksums, RUN cache mounts (the namespace's own), ADD downloads."""
     reclaimed = 0
-    for parts in _BUILD_CACHE_DIRS:
-        base = os.path.join(root, *parts)
+    for base in (os.path.join(store.cache_root, "cache", "plans"), os.path.join(store.root, "cache", "context"),
+                 store.cache_mounts_dir, os.path.join(store.root, "http")):
         try:
             names = os.listdir(base)
         except FileNotFoundError:
@@ -119,10 +116,13 @@ def _mark(store: Store, kept: list[ImageRecord]) -> set[str]:
         marked.update(layer.digest for layer in record.image.layers)
     for _, digest in store.images.list():
         _mark_document(store, digest, marked)  # also names whose image is unreadable: fsck's business
+    for digest in store.protected_manifests():  # other namespaces' images, named or not
+        _mark_document(store, digest, marked)
     for key in store.records.keys():
         cached = store.records.get(key)
         if cached is not None:
             marked.add(cached.layer_digest)
+    marked.update(store.protected_layers())  # other namespaces' build caches
     # A kept layer keeps its compressed forms: the next export or push need not make them again.
     for diff_id in store.variants.diff_ids():
         if diff_id in marked:
@@ -225,6 +225,8 @@ def _named_documents(store: Store) -> set[str]:
     marked: set[str] = set()
     for _, digest in store.images.list():
         _mark_document(store, digest, marked)
+    for digest in store.protected_manifests():
+        _mark_document(store, digest, marked)
     return marked
 
 
@@ -273,14 +275,19 @@ def _check_blobs(store: Store, repair: bool, problems: list[Problem]) -> set[str
 
 
 def _check_images(store: Store, corrupt: set[str], repair: bool, problems: list[Problem]) -> None:
-    try:
-        names = store.images.list()
-    except StoreError as e:
-        problems.append(Problem("image index", str(e)))  # never deleted: it holds every name
-        return
+    indexes = {namespace: index for namespace, index in store.image_indexes()
+               if store.namespace is None or namespace == store.namespace}
     by_digest: dict[str, list[str]] = {}
-    for name, digest in names:
-        by_digest.setdefault(digest, []).append(name)
+    owners: dict[str, list] = {}
+    for namespace, index in indexes.items():
+        try:
+            names = index.list()
+        except StoreError as e:
+            problems.append(Problem("image index", str(e)))  # never deleted: it holds every name
+            return
+        for name, digest in names:
+            by_digest.setdefault(digest, []).append(name)
+            owners.setdefault(digest, []).append((index, name))
     for digest in image_manifest_digests(store):
         by_digest.setdefault(digest, [])
     for digest, image_names in sorted(by_digest.items()):
@@ -290,8 +297,8 @@ def _check_images(store: Store, corrupt: set[str], repair: bool, problems: list[
         subject = "image " + (", ".join(familiar(n) for n in image_names) if image_names
                               else f"<none> (manifest {digest})")
         if repair:
-            for name in image_names:
-                store.images.untag(name)
+            for index, name in owners.get(digest, ()):
+                index.untag(name)
             store.blobs.delete(digest)
         problems.append(Problem(subject, fault, repair))
 

@@ -109,9 +109,11 @@ def list_images(store: Store, *, include_dangling: bool = True) -> list[ImageRec
 
 
 def image_manifest_digests(store: Store) -> list[str]:
-    """Digests of every blob that is an OCI or Docker image manifest."""
+    """Digests of every blob that is an OCI or Docker image manifest; in a namespace, only those
+    its index owns (another user's images are not even dangling ones here)."""
     found = []
-    for digest in store.blobs.digests():
+    candidates = store.images.owned() if store.namespace is not None else store.blobs.digests()
+    for digest in candidates:
         if _manifest_document(store, digest) is not None:
             found.append(digest)
     return found

@@ -79,7 +79,7 @@ class ExecSolverOp(LayerOp):
 
         state = self.state
         return RunMounts(snapshots=state.store.snapshotter, executor=state.executor,
-                         caches=CacheMountStore(os.path.join(state.store.root, "cache", "mounts")),
+                         caches=CacheMountStore(state.store.cache_mounts_dir),
                          secrets=state.secrets, ssh=state.ssh, cancelled=state.cancelled)
 
     def _mount_inputs(self) -> list[MountInput]:

@@ -1,0 +1,116 @@
+"""The service's parts without a server: the fair queue, the frames, events and errors as JSON,
+rate limits and tokens, the request body reader, and which commands and flags a server runs."""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+
+import pytest
+
+from builder import events
+from builder.errors import BuildError, ExecutionError
+from builder.service import protocol
+from builder.service.auth import RateLimiter, Tokens, User, basic_credentials
+from builder.service.queue import Cancelled, FairQueue
+from builder.service.server import Body
+from builder.service.worker import check_command
+
+
+def test_the_queue_serves_users_in_turn_not_in_arrival_order():
+    queue = FairQueue(1)
+    queue.acquire("holder")
+    order, threads = [], []
+
+    def wait(user: str, label: str) -> None:
+        queue.acquire(user)
+        order.append(label)
+        queue.release()
+
+    for user, label in (("alice", "a1"), ("alice", "a2"), ("alice", "a3"), ("bob", "b1")):
+        thread = threading.Thread(target=wait, args=(user, label))
+        thread.start()
+        threads.append(thread)
+        while queue.waiting() < len(threads):
+            time.sleep(0.01)
+    queue.release()
+    for thread in threads:
+        thread.join(10)
+    assert order == ["a1", "b1", "a2", "a3"]   # bob's one build does not wait behind alice's three
+
+
+def test_a_cancelled_waiter_leaves_the_queue():
+    queue = FairQueue(1)
+    queue.acquire("holder")
+    with pytest.raises(Cancelled):
+        queue.acquire("alice", cancelled=lambda: True, poll=0.01)
+    assert queue.waiting() == 0
+    queue.release()
+    queue.acquire("bob")
+    assert queue.running == 1
+
+
+def test_frames_round_trip_and_a_cut_frame_is_an_error():
+    data = protocol.message("event", a=1) + protocol.frame(protocol.STDOUT, b"out") + protocol.frame(protocol.FILE, b"")
+    reader = protocol.FrameReader(io.BytesIO(data).read)
+    assert reader.next() == (protocol.MESSAGE, b'{"type":"event","a":1}')
+    assert reader.next() == (protocol.STDOUT, b"out")
+    assert reader.next() == (protocol.FILE, b"")
+    assert reader.next() is None
+    with pytest.raises(protocol.ProtocolError):
+        protocol.FrameReader(io.BytesIO(data[:7]).read).next()
+
+
+def test_events_and_errors_cross_as_json():
+    for event in (events.Started("s", "RUN x"), events.Output("s", b"\x00\xffbytes"), events.Log("s", "line"),
+                  events.Finished("s", cached=True, error=None)):
+        assert protocol.decode_event(protocol.encode_event(event)) == event
+    failed = ExecutionError("/bin/sh -c make", 2, ["make: *** no"], step="[stage-0 2/2] RUN make")
+    failed.source = ("Dockerfile:2", ">>> RUN make")
+    back = protocol.decode_error(protocol.encode_error(failed))
+    assert isinstance(back, ExecutionError) and str(back) == str(failed)
+    assert (back.last_lines, back.step, back.source) == (failed.last_lines, failed.step, failed.source)
+    plain = protocol.decode_error(protocol.encode_error(BuildError("Dockerfile:1: unknown instruction: X")))
+    assert type(plain) is BuildError and str(plain) == "Dockerfile:1: unknown instruction: X"
+
+
+def test_rate_limits_count_failures_per_key_in_a_window():
+    limiter = RateLimiter(limit=2, window=0.2)
+    limiter.failed("user:a", "address:1")
+    assert not limiter.blocked("user:a", "address:2")
+    limiter.failed("user:a", "address:2")
+    assert limiter.blocked("user:a", "address:3") and not limiter.blocked("user:b", "address:3")
+    time.sleep(0.25)
+    assert not limiter.blocked("user:a")
+
+
+def test_tokens_expire_and_can_be_revoked():
+    root = User.by_uid(0)
+    tokens = Tokens(lifetime=0.2)
+    token, _ = tokens.issue(root)
+    assert tokens.user(token) == root and tokens.user(token + "x") is None
+    tokens.revoke(token)
+    assert tokens.user(token) is None
+    short, _ = tokens.issue(root)
+    time.sleep(0.25)
+    assert tokens.user(short) is None
+    assert basic_credentials("Basic dTpwOnc=") == ("u", "p:w") and basic_credentials("Basic !!") is None
+
+
+def test_a_chunked_body_is_read_whole_and_a_cut_one_fails():
+    chunked = b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+    body = Body(io.BytesIO(chunked), {"Transfer-Encoding": "chunked"})
+    assert body.readline(100) == b"hello world" and body.read(10) == b""
+    cut = Body(io.BytesIO(chunked[:12]), {"Transfer-Encoding": "chunked"})
+    with pytest.raises(protocol.ProtocolError, match="cut off"):
+        while cut.read(4):
+            pass
+
+
+def test_commands_that_would_touch_the_servers_files_are_refused():
+    assert check_command("images", ["-q"]) is None
+    for name, argv in (("save", ["-o", "/etc/x", "app"]), ("save", ["-o/etc/x", "app"]), ("save", ["--output=x"]),
+                       ("load", ["-i", "/etc/shadow"]), ("images", ["--root", "/"]), ("images", ["--root=/"]),
+                       ("rmi", ["--", "--root"]), ("fsck", []), ("import", ["/etc/passwd"]), ("export", ["x"])):
+        assert check_command(name, argv) is not None, (name, argv)
