@@ -289,8 +289,11 @@ def test_a_build_that_waits_for_a_slot_shows_it(store_root, busybox_registry):
         slow = _context(server, "slow", f"FROM {busybox_registry.reference}\nRUN echo started && sleep 3\n")
         first = subprocess.Popen([sys.executable, "-m", "builder.cli", "--server", server.address, "build",
                                   "--progress", "plain", slow], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        while b"started" not in first.stderr.readline():
-            pass
+        for line in iter(first.stderr.readline, b""):   # until the first build is running (or ends)
+            if b"started" in line:
+                break
+        else:
+            raise AssertionError(f"the first build never started: exit {first.wait()}")
         quick = _context(server, "quick", "FROM scratch\n")
         waited = server.client("build", "--progress", "plain", quick)
         first.communicate(timeout=120)

@@ -63,8 +63,10 @@ def test_frames_round_trip_and_a_cut_frame_is_an_error():
 
 
 def test_events_and_errors_cross_as_json():
+    miss = events.CacheMiss("RUN x", "parent step #3 was rebuilt", "sha256:p", "[2/3] RUN y")
     for event in (events.Started("s", "RUN x"), events.Output("s", b"\x00\xffbytes"), events.Log("s", "line"),
-                  events.Finished("s", cached=True, error=None)):
+                  events.Finished("s", cached=True, error=None),
+                  events.Started("s", "RUN x", ("sha256:p", "sha256:q"), miss), events.Finished("s", cache_miss=miss)):
         assert protocol.decode_event(protocol.encode_event(event)) == event
     failed = ExecutionError("/bin/sh -c make", 2, ["make: *** no"], step="[stage-0 2/2] RUN make")
     failed.source = ("Dockerfile:2", ">>> RUN make")

@@ -76,10 +76,18 @@ def encode_event(event) -> dict:
     whatever fields the event classes grow."""
     import dataclasses
 
+    from builder.events import CacheMiss
+
     fields = {}
     for f in dataclasses.fields(event):
         value = getattr(event, f.name)
-        fields[f.name] = {"b64": base64.b64encode(value).decode()} if isinstance(value, bytes) else value
+        if isinstance(value, bytes):
+            value = {"b64": base64.b64encode(value).decode()}
+        elif isinstance(value, CacheMiss):
+            value = {"cache_miss": dataclasses.asdict(value)}
+        elif isinstance(value, tuple):
+            value = list(value)
+        fields[f.name] = value
     return {"event": type(event).__name__, "fields": fields}
 
 
@@ -94,8 +102,17 @@ def decode_event(doc: dict):
     known = {f.name for f in dataclasses.fields(kind)}
     fields = {}
     for name, value in doc.get("fields", {}).items():
-        if name in known:
-            fields[name] = base64.b64decode(value["b64"]) if isinstance(value, dict) and "b64" in value else value
+        if name not in known:
+            continue
+        if isinstance(value, dict) and "b64" in value:
+            value = base64.b64decode(value["b64"])
+        elif isinstance(value, dict) and isinstance(value.get("cache_miss"), dict):
+            miss = value["cache_miss"]
+            value = events.CacheMiss(str(miss.get("step", "")), str(miss.get("reason", "")),
+                                     miss.get("parent"), miss.get("parent_name"))
+        elif isinstance(value, list):
+            value = tuple(value)
+        fields[name] = value
     return kind(**fields)
 
 
