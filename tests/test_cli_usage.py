@@ -31,7 +31,8 @@ def assert_one_error(proc: subprocess.CompletedProcess, code: int, *, mentions: 
 
 
 EVERY_COMMAND = sorted(set(_COMMANDS) - {"completion"}) + [f"{group} {sub}" for group, subs in _GROUPS.items()
-                                                           for sub in subs if sub != "version"]
+                                                           for sub in subs if sub != "version"] \
+    + ["login-server", "logout-server"]
 
 
 @pytest.mark.parametrize("command", EVERY_COMMAND)

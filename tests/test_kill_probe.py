@@ -1,5 +1,6 @@
 """SIGKILL at random moments: builds (each new, so it has work to do), pulls (of an image whose
-blobs were just pruned away) and prunes, each killed after a random delay. After every kill `fsck`
+blobs were just pruned away), prunes and registry-cache imports (a build whose steps all come from
+an imported cache, its local cache pruned first), each killed after a random delay. After every kill `fsck`
 finds nothing wrong; every few kills, and at the end, a build runs to completion and fsck is
 clean again. Seeded (BUILD_IMAGE_KILL_SEED); at least KILLS kills land on a live process.
 The run's figure: "kills survived: N/N"."""
@@ -19,7 +20,7 @@ from tests.support.images import write_context
 pytestmark = [pytest.mark.root, pytest.mark.overlay, pytest.mark.registry]
 
 KILLS = 30
-MAX_CYCLES = 90
+MAX_CYCLES = 120
 SEED = int(os.environ.get("BUILD_IMAGE_KILL_SEED", "1201"))
 
 
@@ -59,7 +60,26 @@ def test_random_sigkills_leave_a_sound_store(tmp_path, store_root, busybox_regis
     def prune(n: int) -> list[str]:
         return _cli(store_root, "prune", "-a", "-f", "--cache")
 
-    operations = [("build", build, 1.8), ("pull", pull, 0.8), ("prune", prune, 0.8)]
+    # A registry cache to import: a build whose steps all come from it, after the local cache is gone.
+    cache_ref = f"{busybox_registry.host}/kill-cache:1"
+    exported = _run(store_root, "build", "-q", "--build-arg", "N=cached", "--cache-to",
+                    f"type=registry,ref={cache_ref},mode=max", context)
+    assert exported.returncode == 0, exported.stderr
+
+    def cache_import(n: int) -> list[str]:
+        _run(store_root, "prune", "-a", "-f", "--cache")
+        return _cli(store_root, "build", "-q", "--build-arg", "N=cached", "--cache-from",
+                    f"type=registry,ref={cache_ref}", context)
+
+    def timed(command) -> float:
+        start = time.monotonic()
+        subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+        return time.monotonic() - start
+
+    # Each kill lands at a random point of the operation's own length here (measured once, unkilled),
+    # so the kills land on a fast machine and a slow one alike.
+    operations = [(name, command, timed(command(-1 - i))) for i, (name, command) in
+                  enumerate((("build", build), ("pull", pull), ("prune", prune), ("cache import", cache_import)))]
     kills: dict[str, int] = {name: 0 for name, *_ in operations}
     problems: list[str] = []
     cycle = 0
@@ -68,7 +88,7 @@ def test_random_sigkills_leave_a_sound_store(tmp_path, store_root, busybox_regis
         name, command, duration = operations[cycle % len(operations)] if cycle % 5 else operations[0]
         proc = subprocess.Popen(command(cycle), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 stdin=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.25, duration))  # past interpreter start: inside the operation
+        time.sleep(rng.uniform(0.15, 0.95) * duration)  # mostly past interpreter start: inside the operation
         if proc.poll() is None:
             proc.kill()
             kills[name] += 1

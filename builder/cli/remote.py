@@ -578,11 +578,13 @@ def cmd_login_server(argv: list[str], tls_ca: str | None = None) -> int:
 
     p = UsageParser(prog="build-image login-server", description="Log in to a build server (tcp://HOST:PORT).")
     p.add_argument("server", metavar="tcp://HOST:PORT")
-    p.add_argument("-u", "--username", required=True, help="a user of the server's machine")
+    p.add_argument("-u", "--username", help="a user of the server's machine (required)")
     p.add_argument("--password-stdin", action="store_true", help="take the password from stdin")
     p.add_argument("--tls-ca", default=tls_ca, help="the CA that signed the server's certificate")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     ns = p.parse_args(argv)
+    if not ns.username:   # checked after parsing, so an unknown flag is the error shown first, as docker's
+        p.error("the following arguments are required: -u/--username")
 
     def run() -> int:
         if ns.password_stdin:
