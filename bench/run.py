@@ -171,6 +171,7 @@ def run(ns: argparse.Namespace) -> int:
         warmup_context = write_context(os.path.join(work, "warm-up"), trivial_runs(base, 1))
 
         tools = []
+        served_cases: set[str] = set()
         build_image = BuildImage(shlex.split(ns.build_image), os.path.join(work, "store"))
         log("build-image: untimed first build (fetches the base)...")
         warm = build_image.prepare(base, warmup_context)
@@ -179,7 +180,9 @@ def run(ns: argparse.Namespace) -> int:
                 f"{indent(warm.error)}")
         tools.append(build_image)
         if ns.server:
-            from bench.server import BuildImageServer
+            from bench.server import SERVER_SCENARIOS, BuildImageServer
+
+            served_cases = set(SERVER_SCENARIOS.values())
 
             served = stack.enter_context(BuildImageServer(shlex.split(ns.build_image), work))
             served.prepare(base, warmup_context)
@@ -220,12 +223,15 @@ def run(ns: argparse.Namespace) -> int:
             for each in (case, *steps):
                 log(f"{each.label}: {each.description}")
             if steps:
-                results.update(measure_image_steps(case, steps, tools, contexts[case.name], ns.repeat,
+                results.update(measure_image_steps(case, steps, [t for t in tools if t.name != "build-image-server"],
+                                                   contexts[case.name], ns.repeat,
                                                    lambda: _fresh_registry(Registry), on_outcome))
                 continue
             context = contexts[case.name]
             before = (lambda c=context: change_one_file(c, next(changes))) if case.change_one_file else None
-            results[case.name] = measure(case, tools, context, ns.repeat, on_outcome, before)
+            # The server columns are b1, b2 and b4's (bench/server.py); other cases time the two tools.
+            timed = [t for t in tools if t.name != "build-image-server" or case.name in served_cases]
+            results[case.name] = measure(case, timed, context, ns.repeat, on_outcome, before)
 
     rows = report.build_rows(results, buildkit_available=buildkit_available)
     print(report.format_facts(facts))

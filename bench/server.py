@@ -81,16 +81,17 @@ class BuildImageServer:
                 self.proc.wait()
         self.proc = None
 
-    def argv(self, context: str, *, no_cache: bool, network: str = "default") -> list[str]:
+    def argv(self, context: str, *, no_cache: bool, network: str = "default", tag: str | None = None) -> list[str]:
         return [*self.command, "--server", self.address, "build", "--progress", "quiet",
                 *(["--no-cache"] if no_cache else []), *(["--network", network] if network != "default" else []),
-                context]
+                *(["-t", tag] if tag else []), context]
 
     def prepare(self, base: str, context: str) -> BuildOutcome:
         return run_timed(self.argv(context, no_cache=False))
 
-    def build(self, context: str, *, no_cache: bool, network: str = "default") -> BuildOutcome:
-        return run_timed(self.argv(context, no_cache=no_cache, network=network))
+    def build(self, context: str, *, no_cache: bool, network: str = "default",
+              tag: str | None = None) -> BuildOutcome:
+        return run_timed(self.argv(context, no_cache=no_cache, network=network, tag=tag))
 
 
 def server_table(results) -> tuple[str, list[dict]]:
