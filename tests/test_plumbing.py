@@ -113,3 +113,13 @@ def test_decompressed_zstd_round_trip_and_a_truncated_frame_fails():
 
 def test_canonical_json_sorts_keys_drops_spaces_and_keeps_utf8():
     assert canonical_json({"b": 1, "a": ["é", None]}) == '{"a":["é",null],"b":1}'.encode()
+
+
+def test_json_object_says_what_a_document_is_instead():
+    from builder.plumbing.canonical import json_object
+
+    assert json_object(b'{"a": 1}') == {"a": 1}
+    for data, reason in ((b"{not json", "not JSON"), (b"[1, 2]", "not a JSON object"), (b"\xff", "not JSON")):
+        with pytest.raises(ValueError) as caught:
+            json_object(data)
+        assert str(caught.value) == reason

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from builder.errors import SourceNotFound
 from builder.image.media import INDEX_TYPES, MANIFEST_TYPES, Descriptor
+from builder.plumbing.canonical import json_object
 
 SCHEME = "oci-layout://"
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
@@ -136,12 +137,9 @@ class ImageLayout:
 
 def _json(data: bytes, ref) -> dict:
     try:
-        doc = json.loads(data)
-    except ValueError:
-        raise SourceNotFound(f"{ref}: a manifest is not JSON") from None
-    if not isinstance(doc, dict):
-        raise SourceNotFound(f"{ref}: a manifest is not a JSON object")
-    return doc
+        return json_object(data)
+    except ValueError as error:
+        raise SourceNotFound(f"{ref}: a manifest is {error}") from None
 
 
 def _ref_name(desc: Descriptor) -> str:

@@ -512,13 +512,12 @@ class _FileRange:
 
 
 def _json(data: bytes, ref: Reference, what: str) -> dict:
+    from builder.plumbing.canonical import json_object
+
     try:
-        doc = json.loads(data)
-    except ValueError:
-        raise RegistryError(f"{ref.familiar}: {what} is not valid JSON") from None
-    if not isinstance(doc, dict):
-        raise RegistryError(f"{ref.familiar}: {what} is not a JSON object")
-    return doc
+        return json_object(data)
+    except ValueError as error:
+        raise RegistryError(f"{ref.familiar}: {what} is {error}") from None
 
 
 def _media_type(content_type: str, data: bytes, ref: Reference) -> str:

@@ -347,13 +347,12 @@ def _parse(data: bytes, descriptors: dict) -> CacheConfig:
 
 
 def _json(data: bytes, what: str) -> dict:
+    from builder.plumbing.canonical import json_object
+
     try:
-        doc = json.loads(data)
-    except ValueError:
-        raise InvalidCacheConfig(f"the cache's {what} is not JSON") from None
-    if not isinstance(doc, dict):
-        raise InvalidCacheConfig(f"the cache's {what} is not a JSON object")
-    return doc
+        return json_object(data)
+    except ValueError as error:
+        raise InvalidCacheConfig(f"the cache's {what} is {error}") from None
 
 
 def _one_line(error: BaseException) -> str:
