@@ -3,34 +3,14 @@
 import errno
 import os
 import stat
-import threading
 
 import pytest
 
 from builder.plumbing import linux
 from builder.snapshot.overlay import OverlayError, mount_overlay
+from tests.support.mountns import in_private_mount_namespace
 
 pytestmark = [pytest.mark.root, pytest.mark.overlay]
-
-
-def in_private_mount_namespace(fn):
-    """Run FN on a thread with its own mount namespace, so no mount is ever visible to the host."""
-    result = {}
-
-    def body():
-        try:
-            linux.unshare(linux.CLONE_NEWNS)
-            linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)
-            result["value"] = fn()
-        except BaseException as exc:
-            result["error"] = exc
-
-    thread = threading.Thread(target=body)
-    thread.start()
-    thread.join()
-    if "error" in result:
-        raise result["error"]
-    return result["value"]
 
 
 def mounted(lowers, upper, work, target, check):

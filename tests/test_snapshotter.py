@@ -14,7 +14,6 @@ import subprocess
 import sys
 import tarfile
 import textwrap
-import threading
 
 import pytest
 
@@ -22,6 +21,7 @@ from builder.plumbing import linux
 from builder.snapshot.layers import chain_ids, write_layer
 from builder.snapshot.snapshotter import NaiveSnapshotter, OverlaySnapshotter, make_snapshotter
 from builder.cache.blobs import MemoryBlobStore
+from tests.support.mountns import in_private_mount_namespace
 
 pytestmark = [pytest.mark.root]
 
@@ -31,25 +31,6 @@ def snapshotter(request, tmp_path):
     if request.param == "overlay":
         request.applymarker(pytest.mark.overlay)
     return make_snapshotter(request.param, str(tmp_path / "store"))
-
-
-def in_private_mount_namespace(fn):
-    result = {}
-
-    def body():
-        try:
-            linux.unshare(linux.CLONE_NEWNS)
-            linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)
-            result["value"] = fn()
-        except BaseException as exc:
-            result["error"] = exc
-
-    thread = threading.Thread(target=body)
-    thread.start()
-    thread.join()
-    if "error" in result:
-        raise result["error"]
-    return result.get("value")
 
 
 def mounted(mount, tmp_path, fn):
