@@ -398,7 +398,8 @@ class ChecksumCache:
                 merged.update(self._new)
                 body = {"format": _CACHE_FORMAT, "root": self.context_root,
                         "entries": {rel: list(value) for rel, value in sorted(merged.items())}}
-                write_atomically(self.path, json.dumps(body, separators=(",", ":")).encode())
+                # Only a hint (checked on every use): no fsync of its own, the build's syncfs covers it.
+                write_atomically(self.path, json.dumps(body, separators=(",", ":")).encode(), durable=False)
         except OSError:
             return
         self._entries = merged
