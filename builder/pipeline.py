@@ -335,7 +335,9 @@ def _build_watched(options: BuildOptions, progress: events.Progress, executor, m
     epoch = _source_date_epoch(options.build_args)
 
     namespace, isolate_cache = cached_only or (None, None)
-    with Store(options.root, namespace=namespace, isolate_cache=isolate_cache) as store:
+    early = _EarlyNetwork(executor is None and cached_only is None and run_options["network"] == "default"
+                          and _may_run_networked(text), ready=_network_ready(options), now=options.no_cache)
+    with early, Store(options.root, namespace=namespace, isolate_cache=isolate_cache) as store:
         def client_factory():
             from builder.registry.client import RegistryClient
 
@@ -366,11 +368,12 @@ def _build_watched(options: BuildOptions, progress: events.Progress, executor, m
             elif cached_only is not None:
                 return None
             else:
+                early.start()  # nothing to reuse: RUNs will run (unless their records hit)
                 imported = _import_cache(options, client_factory, store, progress)
                 try:
                     variants, warnings, steps = _solve(options, text, dockerfile_name, store, sources, context,
                                                        epoch, progress, executor, plans, key, run_options, secrets,
-                                                       named_contexts, rewrites, imported)
+                                                       named_contexts, rewrites, imported, early.network)
                     variants = {mode: _decorate(variant, options, store) for mode, variant in variants.items()}
                     cache_report, cache_warnings = _export_cache(options, steps, store, imported, progress)
                 finally:
@@ -736,8 +739,39 @@ def _timestamp_modes(outputs, epoch: int | None) -> list[bool]:
     return [o.rewrite_timestamp for o in outputs] or [True]
 
 
+class _EarlyNetwork:
+    """The default network's agent, started as soon as the build knows that RUNs will run (with
+    --no-cache, before the store is even opened), so that its start-up (pyroute2's import, the NAT
+    table, the first namespaces) runs on the other core while this process imports and plans."""
+
+    def __init__(self, wanted: bool, ready: int, now: bool):
+        self.wanted, self.ready, self.now = wanted, ready, now
+        self.network = None
+
+    def start(self) -> None:
+        if self.wanted and self.network is None:
+            from builder.executor.network import BridgeNetwork
+
+            self.network = BridgeNetwork(ready=self.ready)
+            self.network.warm()
+
+    def __enter__(self) -> "_EarlyNetwork":
+        if self.now:
+            self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.network is not None:
+            self.network.close()
+
+
+def _network_ready(options: BuildOptions) -> int:
+    """Namespaces the agent keeps ready: one per step that may run at once, at most 4."""
+    return min(options.jobs or os.cpu_count() or 1, 4)
+
+
 def _solve(options, text, dockerfile_name, store, sources, context, epoch, progress, executor, plans, key,
-           run_options, secrets, named_contexts, rewrites, imported=None):
+           run_options, secrets, named_contexts, rewrites, imported=None, network=None):
     """Parse, plan, solve and assemble: the full build."""
     from builder.convert import convert
     from builder.grammar import parse_dockerfile
@@ -751,7 +785,7 @@ def _solve(options, text, dockerfile_name, store, sources, context, epoch, progr
 
         settings = _sandbox(options)
         sandbox = Sandbox(seccomp=settings.pop("seccomp"), limits=ResourceLimits(**settings))
-        executor = NamespaceExecutor(runtime_root=store.run_dir, network_ready=min(options.jobs or os.cpu_count() or 1, 4),
+        executor = NamespaceExecutor(runtime_root=store.run_dir, network=network, network_ready=_network_ready(options),
                                      sandbox=sandbox, cgroup_parent=options.cgroup_parent)
     warm = getattr(executor, "warm_network", None)
     warm_sandbox = getattr(executor, "warm_sandbox", None)

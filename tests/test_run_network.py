@@ -323,3 +323,18 @@ def test_a_builder_directory_where_build_image_runs_does_not_shadow_the_network_
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "10.89." in done.stderr
+
+
+@builds
+def test_an_agent_warmed_for_runs_that_all_hit_the_cache_leaves_quietly(store_root, busybox_registry, tmp_path):
+    """A changed comment misses the unchanged-rebuild record, so the network agent is started, but
+    the RUN's own record hits: build-image then does not wait for the agent, which gives back what
+    it made on its own, printing nothing."""
+    context = write_context(tmp_path / "ctx", {"Dockerfile": f"FROM {busybox_registry.reference}\nRUN true\n"})
+    build(context, store_root)
+    (tmp_path / "ctx" / "Dockerfile").write_text(f"# changed\nFROM {busybox_registry.reference}\nRUN true\n")
+    done = subprocess.run([sys.executable, "-m", "builder.cli", "--root", store_root, "--progress", "plain", context],
+                          capture_output=True, text=True, timeout=120)  # the agent shares stderr: read to its end
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "CACHED" in done.stderr and "Traceback" not in done.stderr
+    assert leftovers() == []
