@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 from dataclasses import dataclass, field, replace
@@ -10,7 +9,6 @@ from typing import TYPE_CHECKING, Mapping
 
 from builder.errors import BuildError, ExportError
 from builder import events
-from builder.remotecache.spec import CacheSpec  # noqa: F401  (re-exported for the CLI)
 
 if TYPE_CHECKING:
     from builder.session import SecretSource, SSHSource
@@ -153,14 +151,18 @@ class BuildOptions:
     def __post_init__(self):
         """The Python API takes the CLI's spellings too: outputs, secrets and ssh as strings
         (``"type=oci,dest=out.tar"``, ``"id=token,src=token.txt"``), and any sequence for a tuple."""
-        from builder.session import SecretSource, SSHSource
-
         def parsed(values, kind):
             return tuple(kind.parse(v) if isinstance(v, str) else v for v in ((values,) if isinstance(values, str) else values))
 
         object.__setattr__(self, "outputs", parsed(self.outputs, OutputSpec))
-        object.__setattr__(self, "secrets", parsed(self.secrets, SecretSource))
-        object.__setattr__(self, "ssh", parsed(self.ssh, SSHSource))
+        if self.secrets or self.ssh:  # (the session module is imported only for builds that use it)
+            from builder.session import SecretSource, SSHSource
+
+            object.__setattr__(self, "secrets", parsed(self.secrets, SecretSource))
+            object.__setattr__(self, "ssh", parsed(self.ssh, SSHSource))
+        else:
+            object.__setattr__(self, "secrets", ())
+            object.__setattr__(self, "ssh", ())
         object.__setattr__(self, "cache_from", _cache_specs(self.cache_from, "import"))
         object.__setattr__(self, "cache_to", _cache_specs(self.cache_to, "export"))
         for name in ("tags", "insecure_registries", "add_hosts", "allow", "no_cache_filter", "annotations",
@@ -181,6 +183,8 @@ class BuildResult:
 
 def _cache_specs(values, kind: str) -> tuple:
     """--cache-from / --cache-to values as CacheSpecs (strings are parsed, a bad one is a BuildError)."""
+    if not values:
+        return ()
     from builder.remotecache.spec import CacheSpec
 
     parse = CacheSpec.parse_import if kind == "import" else CacheSpec.parse_export
@@ -303,11 +307,10 @@ def _build_watched(options: BuildOptions, progress: events.Progress, executor, m
 
     from builder.image.platform_spec import normalize_platform
 
-    from builder.session import SecretStore
-
     options = replace(options, platform=normalize_platform(options.platform))
     run_options = _run_options(options)
-    secrets = SecretStore(options.secrets)  # a missing src= fails now, even if every step is cached
+    # A missing src= fails now, even if every step is cached (no --secret: the solve makes an empty store).
+    secrets = _secret_store(options.secrets) if options.secrets else None
     named_contexts = _parse_build_contexts(options.build_contexts)
     _sandbox(options)
     context_dir = os.path.abspath(options.context)
@@ -388,7 +391,11 @@ def _build_watched(options: BuildOptions, progress: events.Progress, executor, m
             # Each output's image: the layers compressed as it asks (oci, docker, push), made now.
             exported = [_output_image(output, variants[rewrite], store, progress, export_id)
                         for output, rewrite in zip(options.outputs, rewrites)]
-            store.sync()  # the steps' records and layers are durable before a name points at them
+            # The steps' records and layers are durable before a name points at them. A reused
+            # image was made durable by the build that recorded it: unless --label, --annotation
+            # or an output's compression wrote new blobs, there is nothing to sync.
+            if reused is None or any(e is not reused[0] for e in [image, *exported]):
+                store.sync()
             # Before any name moves: a failure here leaves the store as it was.
             _write_result_files(options, exported[0] if exported else image, tags, warnings, misses.misses,
                                 cache_report)
@@ -406,6 +413,22 @@ def _build_watched(options: BuildOptions, progress: events.Progress, executor, m
     cache_report = {k: v for k, v in cache_report.items() if k != "mount_from"}
     return BuildResult(image.image_id, image.manifest.digest, tags, warnings,
                        wrote_stdout=any(o.get("dest") == "-" for o in options.outputs), cache=cache_report)
+
+
+def _secret_store(sources):
+    from builder.session import SecretStore
+
+    return SecretStore(sources)
+
+
+def __getattr__(name: str):
+    """CacheSpec, re-exported for the CLI, is imported on first use: a build without --cache-from
+    or --cache-to never needs builder.remotecache."""
+    if name == "CacheSpec":
+        from builder.remotecache.spec import CacheSpec
+
+        return CacheSpec
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _import_cache(options: BuildOptions, client_factory, store, progress):
@@ -704,6 +727,8 @@ def _parse_add_host(text: str) -> tuple[str, str]:
     if not found or not name or not address:
         raise BuildError(f'bad format for add-host: "{text}" (use NAME:IP)')
     if address != "host-gateway":
+        import ipaddress  # (only for --add-host: its import costs more than a cached rebuild's work)
+
         try:
             ipaddress.ip_address(address)
         except ValueError:
@@ -809,7 +834,8 @@ def _solve(options, text, dockerfile_name, store, sources, context, epoch, progr
         solver = Solver(store, executor, sources, context, jobs=options.jobs, no_cache=options.no_cache,
                         no_cache_for=no_cache_for, named_contexts=_local_contexts(named_contexts, store.root),
                         progress=progress, names=dict(plan.names), source_date_epoch=epoch,
-                        secrets=secrets, ssh={s.id: s.path for s in options.ssh},
+                        secrets=secrets if secrets is not None else _secret_store(()),
+                        ssh={s.id: s.path for s in options.ssh},
                         rewrite_timestamp=all(rewrites), explainer=explainer, imported=imported,
                         every_result=any(spec.mode == "max" for spec in options.cache_to))
         try:

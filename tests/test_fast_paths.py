@@ -42,6 +42,10 @@ def test_unchanged_rebuild_neither_parses_plans_nor_asks_the_registry(tmp_path, 
     assert heavy == []
     assert "builder.convert" not in modules and "builder.executor" not in modules
     assert "http.client" not in modules            # the base image is a local image now
+    # Nor what only other builds need: the snapshotter, tar, cache import/export, secrets, layouts.
+    unneeded = {"builder.snapshot.snapshotter", "builder.cache.variants", "tarfile", "builder.remotecache",
+                "builder.session", "builder.image.layout", "builder.plumbing.linux"}
+    assert sorted(modules & unneeded) == []
 
 
 @pytest.mark.root

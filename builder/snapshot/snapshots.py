@@ -85,6 +85,12 @@ class Scratch:
         self.close()
 
 
+def store_name(kind: str) -> str:
+    """The directory under the store root of snapshotter KIND's snapshots: an overlay snapshot is
+    one layer, a naive one a whole tree, so each kind keeps its own."""
+    return "snapshots" if kind == "overlay" else f"snapshots.{kind}"
+
+
 class SnapshotStore:
     """Unpacked layers keyed by chain ID under ROOT/snapshots/, each usable as an overlay lower dir."""
 

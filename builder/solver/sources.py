@@ -95,11 +95,11 @@ class ImageSources:
         return image
 
     def _resolve_any(self, name: str, platform: str) -> BaseImage:
-        from builder.image.layout import SCHEME
+        from builder.image import LAYOUT_SCHEME
         from builder.image.manifest import image_complete, read_image
         from builder.registry.reference import parse_reference
 
-        if name.startswith(SCHEME):
+        if name.startswith(LAYOUT_SCHEME):
             return self._from_layout(name, platform)
         ref = parse_reference(name)
         if not self.pull_always:
