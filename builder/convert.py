@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import posixpath
-from dataclasses import dataclass, field, replace
 from typing import Mapping, Protocol, Sequence
 
 from builder.errors import BuildError, ParseError, SolveError
@@ -23,6 +22,7 @@ from builder.llb import CopyAction, ExecOp, FileOp, ImageSource, LocalSource, Mk
 from builder.llb.order import OrderMemo, solve_order
 from builder.llb.ops import (BindMountSpec, CacheMountSpec, MountSpec, ScriptMountSpec, SecretMountSpec, SSHMountSpec,
                              TmpfsMountSpec)
+from builder.plumbing.records import dataclass, field, replace
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_SHELL = ("/bin/sh", "-c")

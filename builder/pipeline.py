@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Mapping
 
 from builder.errors import BuildError, ExportError
 from builder import events
+from builder.plumbing.records import dataclass, field, replace
 
 if TYPE_CHECKING:
     from builder.session import SecretSource, SSHSource

@@ -22,10 +22,10 @@ import html
 import json
 import threading
 import time
-from dataclasses import dataclass, field
 
 from builder import events
 from builder.plumbing.files import write_atomically
+from builder.plumbing.records import dataclass, field
 
 STATES = ("ran", "cached", "failed")
 _COLOURS = {"ran": "#2f6fdf", "cached": "#a3acb9", "failed": "#d63b3b"}

@@ -21,9 +21,9 @@ import json
 import os
 import threading
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
 
 from builder.plumbing.files import write_atomically
+from builder.plumbing.records import dataclass, field
 
 FORMAT = 1
 

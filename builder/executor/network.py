@@ -49,10 +49,10 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
 
 from builder.errors import SolveError
 from builder.plumbing import files, linux
+from builder.plumbing.records import dataclass
 
 STATE_DIR = "/run/build-image/network"
 POOL = ipaddress.IPv4Network("10.89.0.0/16")

@@ -12,12 +12,12 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass
 
 from builder.errors import SourceNotFound
 from builder.image import LAYOUT_SCHEME
 from builder.image.media import INDEX_TYPES, MANIFEST_TYPES, Descriptor
 from builder.plumbing.canonical import json_object
+from builder.plumbing.records import dataclass
 
 SCHEME = LAYOUT_SCHEME
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")

@@ -16,7 +16,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from builder.errors import BuildError, ExportError
@@ -24,6 +23,7 @@ from builder.image.manifest import manifest_bytes
 from builder.image.media import OCI_INDEX, OCI_MANIFEST, Descriptor, convert_media_type
 from builder.plumbing.canonical import canonical_json
 from builder.plumbing.files import write_atomically
+from builder.plumbing.records import dataclass
 
 from .format import (CACHE_CONFIG_MEDIA_TYPE, CREATED_ANNOTATION, UNCOMPRESSED_ANNOTATION, CacheConfig,
                      CacheLayer, CacheRecordEntry)

@@ -17,11 +17,11 @@ local solver computed.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 
 from builder.errors import BuildError
 from builder.image.config import INLINE_CACHE_KEY  # noqa: F401  (the image config key of an inline cache)
 from builder.plumbing.canonical import canonical_json
+from builder.plumbing.records import dataclass
 
 CACHE_CONFIG_MEDIA_TYPE = "application/vnd.buildkit.cacheconfig.v0"
 UNCOMPRESSED_ANNOTATION = "containerd.io/uncompressed"

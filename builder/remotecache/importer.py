@@ -23,11 +23,11 @@ import hashlib
 import json
 import os
 import threading
-from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from builder.errors import BuildError, DigestMismatch
 from builder.image.media import INDEX_TYPES, Descriptor, Platform
+from builder.plumbing.records import dataclass, field
 
 from .format import CACHE_CONFIG_MEDIA_TYPE, INLINE_CACHE_KEY, CacheConfig, CacheLayer, InvalidCacheConfig
 from .spec import CacheSpec

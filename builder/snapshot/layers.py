@@ -30,7 +30,6 @@ import stat
 import tarfile
 import threading
 import zlib
-from dataclasses import dataclass
 from typing import BinaryIO, Iterator, Sequence
 
 from builder.cache.blobs import BlobStore, BlobWriter
@@ -38,6 +37,7 @@ from builder.errors import StoreError
 from builder.image.media import OCI_LAYER, OCI_LAYER_GZIP, OCI_LAYER_ZSTD
 from builder.plumbing import compression
 from builder.plumbing.paths import SymlinkLoop, resolve_in_root
+from builder.plumbing.records import dataclass
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"

@@ -21,11 +21,11 @@ import fcntl
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
 from typing import BinaryIO, Callable
 
 from builder.errors import StoreError
 from builder.plumbing.files import locked
+from builder.plumbing.records import dataclass, field
 
 _KEY_LEN = 32
 

@@ -29,11 +29,11 @@ import stat
 import subprocess
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import BinaryIO
 
 from builder.errors import StoreError
 from builder.plumbing.linux import clone_tree, move_mount
+from builder.plumbing.records import dataclass
 from builder.snapshot import SNAPSHOTTER_KINDS
 from builder.snapshot.overlay import overlay_mount_fd
 from builder.snapshot.snapshots import Scratch, SnapshotStore, store_name
