@@ -24,6 +24,10 @@ from builder.image.config import INLINE_CACHE_KEY  # noqa: F401  (the image conf
 from builder.plumbing.canonical import canonical_json
 
 CACHE_CONFIG_MEDIA_TYPE = "application/vnd.buildkit.cacheconfig.v0"
+# build-image's own blob beside the cache config: what each exported step's key was made of, so
+# that another machine can say why a step missed (builder.cache.step_history). A layer of the cache
+# manifest that the cache config never names: BuildKit reads only the blobs its config names.
+STEP_FACTS_MEDIA_TYPE = "application/vnd.build-image.cache.steps.v1+json"
 UNCOMPRESSED_ANNOTATION = "containerd.io/uncompressed"
 CREATED_ANNOTATION = "buildkit/createdat"
 

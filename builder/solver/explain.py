@@ -1,7 +1,8 @@
 """Why a step missed the cache: this build's facts of a step against the last build's.
 
 The last successful build of the same Dockerfile and target on this store left a BuildHistory
-(builder.cache.step_history): per step its place, instruction, cache key and facts (what its key
+(builder.cache.step_history); a step it does not have is compared with the history an imported
+cache carries (--cache-from: the build that exported it), and its reason says so: per step its place, instruction, cache key and facts (what its key
 was made of: op.facts()). A step that must run is matched with its old self (same stage and
 instruction, else the same place in the stage) and the first reason that holds is given:
 
@@ -23,11 +24,11 @@ from __future__ import annotations
 import os
 import re
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from builder import events
 from builder.cache.step_history import (BaseStepHistory, BuildHistory, DiskStepHistory, StepRecord,
-                                        history_identity)
+                                        decode_exported, encode_exported, history_identity)
 from builder.llb import Vertex
 
 # "[build 2/5] RUN make", "[2/5] RUN make" (one stage), "[ 2/12] ..." (padded): as convert names steps.
@@ -40,7 +41,8 @@ class MissExplainer:
     def __init__(self, history: BaseStepHistory, identity: str, dockerfile: str, target: str | None, *,
                  names: Mapping[str, str], lines: Mapping[str, tuple[int, int]] = {},
                  arg_names: Mapping[str, tuple[str, ...]] = {}, no_cache: bool = False,
-                 no_cache_filter: Mapping[str, str] = {}):
+                 no_cache_filter: Mapping[str, str] = {}, exported_name: str = "",
+                 imported: Callable[[], Sequence[BuildHistory]] | None = None):
         self.history = history
         self.identity = identity
         self.dockerfile = dockerfile
@@ -50,13 +52,18 @@ class MissExplainer:
         self.arg_names = arg_names
         self.no_cache = no_cache
         self.no_cache_filter = no_cache_filter     # vertex digest -> the --no-cache-filter stage
+        # The Dockerfile as the context names it ("Dockerfile", "docker/app.Dockerfile"): what a
+        # cache export calls it, so that another checkout of the same sources finds it.
+        self.exported_name = exported_name or os.path.basename(dockerfile)
+        # The histories imported caches carry (--cache-from), read only when a step's miss has no
+        # earlier build here to compare with: a build that misses nothing never fetches them.
+        self.imported = imported
         self.previous = history.get(identity)
         self._records: dict[Vertex, StepRecord] = {}
         self._lock = threading.Lock()
-        old = self.previous.steps if self.previous else ()
-        self._by_place = {(s.stage, s.position, s.text): s for s in reversed(old)}
-        self._by_text = {(s.stage, s.text): s for s in reversed(old)}
-        self._by_position = {(s.stage, s.position): s for s in reversed(old)}
+        self._local = _Earlier(self.previous)
+        self._imported: _Earlier | None = None
+        self._import_lock = threading.Lock()
 
     @classmethod
     def on_disk(cls, store_root: str, dockerfile: str, target: str | None, **options) -> "MissExplainer":
@@ -89,12 +96,34 @@ class MissExplainer:
                       if v.digest in self.names and state.op(v).explains_misses)
         self.history.put(BuildHistory(self.identity, self.dockerfile, self.target, timestamps, steps))
 
-    def _old(self, record: StepRecord) -> StepRecord | None:
-        if not record.position:
-            return self._by_text.get(("", record.text))
-        return (self._by_place.get((record.stage, record.position, record.text))
-                or self._by_text.get((record.stage, record.text))
-                or self._by_position.get((record.stage, record.position)))
+    def exported(self, state, vertices: Iterable[Vertex], timestamps: str) -> bytes:
+        """The history a cache export carries for VERTICES (the steps it exports): this build's
+        records, the Dockerfile named as the context names it."""
+        steps = tuple(self.record(state, v) for v in dict.fromkeys(vertices)
+                      if v.digest in self.names and state.op(v).explains_misses)
+        return encode_exported(BuildHistory(history_identity(self.exported_name, self.target),
+                                            self.exported_name, self.target, timestamps, steps))
+
+    def _old(self, record: StepRecord, imported_too: bool = True) -> tuple[StepRecord | None, "_Earlier"]:
+        """RECORD's old self and the build it is from: this store's last build, else (IMPORTED_TOO)
+        the build that wrote an imported cache."""
+        old = self._local.find(record)
+        if old is not None or self.imported is None or not imported_too:
+            return old, self._local
+        earlier = self._imported_build()
+        return earlier.find(record), earlier
+
+    def _imported_build(self) -> "_Earlier":
+        with self._import_lock:
+            if self._imported is None:
+                try:
+                    histories = self.imported() if self.imported is not None else ()
+                except Exception:   # the caller warns about a source it cannot read; never fail here
+                    histories = ()
+                chosen = next((h for h in histories if h.dockerfile == self.exported_name
+                               and (h.target or None) == (self.target or None)), None)
+                self._imported = _Earlier(chosen, imported=True)
+            return self._imported
 
     # -- reasons
     def explain(self, state, vertex: Vertex, timestamps: str) -> events.CacheMiss:
@@ -110,9 +139,17 @@ class MissExplainer:
             return miss("--no-cache")
         if adds_layer and vertex.digest in self.no_cache_filter:
             return miss(f"--no-cache-filter {self.no_cache_filter[vertex.digest]}")
-        old = self._old(record)
+        # A base image that had to be pulled is compared with this store's builds only: a build
+        # whose every step an imported cache gives never fetches the facts. The first step over a
+        # changed base says so, against the imported facts too.
+        old, earlier = self._old(record, imported_too=adds_layer)
         if old is None:
             return miss("no previous build of this step")
+        if earlier.imported:
+            plain = miss
+
+            def miss(reason: str, **parent) -> events.CacheMiss:
+                return plain(f"{reason} (compared with the imported cache)", **parent)
         if old.text != record.text:
             where = f"Dockerfile line {record.line}" if record.line else "Dockerfile line"
             return miss(f'{where} changed ("{_short(old.text)}" → "{_short(record.text)}")')
@@ -123,7 +160,7 @@ class MissExplainer:
             if not state.op(parent).explains_misses:
                 continue   # the build context: what a step reads of it is in its own facts
             parent_record = self.record(state, parent)
-            parent_old = self._old(parent_record)
+            parent_old, _ = self._old(parent_record)
             if parent_old is not None and parent_old.key == parent_record.key:
                 continue
             base = parent_record.facts.get("digest")
@@ -135,10 +172,33 @@ class MissExplainer:
         if old.key == record.key:
             if not adds_layer:
                 return miss("its layers were not in the store")
-            if self.previous is not None and self.previous.timestamps != timestamps:
-                return miss(f"layer timestamps changed ({self.previous.timestamps} → {timestamps})")
+            if earlier.build is not None and earlier.build.timestamps != timestamps:
+                return miss(f"layer timestamps changed ({earlier.build.timestamps} → {timestamps})")
+            if earlier.imported:
+                return miss("same cache key as the imported record, but the record could not be used "
+                            "(see the warnings)")
             return miss("same cache key as before, but its cache record or layer is gone (pruned?)")
         return miss("cache key changed (an input build-image does not explain)")
+
+
+class _Earlier:
+    """One earlier build's steps, found by place: same stage and instruction, else the same
+    instruction in the stage, else the same place in the stage."""
+
+    def __init__(self, build: BuildHistory | None, imported: bool = False):
+        self.build = build
+        self.imported = imported
+        old = build.steps if build else ()
+        self._by_place = {(s.stage, s.position, s.text): s for s in reversed(old)}
+        self._by_text = {(s.stage, s.text): s for s in reversed(old)}
+        self._by_position = {(s.stage, s.position): s for s in reversed(old)}
+
+    def find(self, record: StepRecord) -> StepRecord | None:
+        if not record.position:
+            return self._by_text.get(("", record.text))
+        return (self._by_place.get((record.stage, record.position, record.text))
+                or self._by_text.get((record.stage, record.text))
+                or self._by_position.get((record.stage, record.position)))
 
 
 def _fact_changes(old: dict, new: dict) -> list[str]:
