@@ -817,9 +817,8 @@ def _cache_steps(solver, plan, cache_to, explainer) -> dict:
     for mode in {spec.mode for spec in cache_to}:
         chosen = [] if final is None else solver.cached_steps(None if mode == "max" else final)
         steps[mode] = [StepCache(*step) for step in chosen]
-        if any(spec.mode == mode and spec.type != "inline" for spec in cache_to):
-            vertices = plan.vertices if mode == "max" else _chain_of(final)
-            steps[mode, "facts"] = explainer.exported(solver, vertices, solver.layer_timestamps)
+        vertices = plan.vertices if mode == "max" else _chain_of(final)
+        steps[mode, "facts"] = explainer.exported(solver, vertices, solver.layer_timestamps)
     return steps
 
 
@@ -835,7 +834,7 @@ def _chain_of(vertex) -> list:
 def _inline_cache(steps: dict, store) -> str:
     from builder.remotecache.exporter import inline_value
 
-    return inline_value(steps["min"], store)
+    return inline_value(steps["min"], store, steps.get(("min", "facts"), b""))
 
 
 def _explainer(options, plan, store, context, no_cache_for, imported=None):

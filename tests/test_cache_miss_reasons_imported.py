@@ -5,6 +5,7 @@ reasons compare with A's build, carried as the cache's steps' facts, not "no pre
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -101,6 +102,22 @@ def test_local_cache_of_mode_min_explains_a_changed_file(tmp_path, checkouts):
     _change_app(b)
     old = _assert_file_reason(build(b, _store(tmp_path, "b"), "--cache-from", f"type=local,src={cache_dir}"))
     assert files["src/app.py"].removeprefix("sha256:").startswith(old)   # A's digest, from the cache
+
+
+def test_inline_cache_carries_the_facts_in_its_cache_config(tmp_path, checkouts, busybox_registry):
+    context, copy_for_b = checkouts
+    image = f"{busybox_registry.host}/explain-inline/{tmp_path.name.lower()}:1"
+    layout = tmp_path / "layout"
+    build(context, _store(tmp_path, "a"), "--cache-to", "type=inline", "-t", image, "--push",
+          "-o", f"type=oci,dest={layout},tar=false")
+    manifest_digest = json.loads((layout / "index.json").read_text())["manifests"][0]["digest"]
+    manifest = json.loads((layout / "blobs/sha256" / manifest_digest[7:]).read_bytes())
+    config = json.loads((layout / "blobs/sha256" / manifest["config"]["digest"][7:]).read_bytes())
+    cache = json.loads(base64.b64decode(config["moby.buildkit.cache.v0"]))
+    assert [s["text"] for s in cache["build-image.steps.v1"]["steps"]][1:] == [COPY, RUN_VERSION, RUN_CAT]
+    b = copy_for_b()
+    _change_app(b)
+    _assert_file_reason(build(b, _store(tmp_path, "b"), "--cache-from", image))
 
 
 def test_tampered_facts_blob_is_a_warning_and_the_build_goes_on(tmp_path, checkouts):

@@ -12,7 +12,9 @@ an OCI image manifest whose config is that cache config and whose layers are the
 
 Registry and local caches carry one more blob, the exported steps' facts (STEP_FACTS_MEDIA_TYPE,
 builder.cache.step_history's JSON), as the manifest's last layer, so that a miss on another machine
-is explained against the build that wrote the cache.
+is explained against the build that wrote the cache. An inline cache carries them as a field of
+its cache config (INLINE_FACTS_KEY), unless they pass INLINE_FACTS_LIMIT bytes (every pull of the
+image reads its config).
 """
 
 from __future__ import annotations
@@ -29,8 +31,8 @@ from builder.image.media import OCI_INDEX, OCI_MANIFEST, Descriptor, convert_med
 from builder.plumbing.canonical import canonical_json
 from builder.plumbing.files import write_atomically
 
-from .format import (CACHE_CONFIG_MEDIA_TYPE, CREATED_ANNOTATION, STEP_FACTS_MEDIA_TYPE, UNCOMPRESSED_ANNOTATION,
-                     CacheConfig, CacheLayer, CacheRecordEntry)
+from .format import (CACHE_CONFIG_MEDIA_TYPE, CREATED_ANNOTATION, INLINE_FACTS_KEY, INLINE_FACTS_LIMIT,
+                     STEP_FACTS_MEDIA_TYPE, UNCOMPRESSED_ANNOTATION, CacheConfig, CacheLayer, CacheRecordEntry)
 from .spec import CacheSpec
 
 REF_NAME = "org.opencontainers.image.ref.name"
@@ -112,10 +114,15 @@ def cache_config(steps: Sequence[StepCache], store) -> tuple[CacheConfig, tuple[
     return CacheConfig(tuple(layers), records), tuple(descriptors.values())
 
 
-def inline_value(steps: Sequence[StepCache], store) -> str:
-    """The image config's "moby.buildkit.cache.v0" value: the cache config, base64."""
+def inline_value(steps: Sequence[StepCache], store, facts: bytes = b"") -> str:
+    """The image config's "moby.buildkit.cache.v0" value: the cache config, base64, with FACTS
+    (the steps' facts, canonical JSON) as one more field if they are small enough."""
     config, _ = cache_config(steps, store)
-    return base64.b64encode(config.to_bytes()).decode()
+    if not facts or len(facts) > INLINE_FACTS_LIMIT:
+        return base64.b64encode(config.to_bytes()).decode()
+    doc = config.to_json()
+    doc[INLINE_FACTS_KEY] = json.loads(facts)
+    return base64.b64encode(canonical_json(doc)).decode()
 
 
 def cache_manifest(steps: Sequence[StepCache], store,

@@ -36,8 +36,8 @@ from typing import Callable, Sequence
 from builder.errors import BuildError, DigestMismatch
 from builder.image.media import INDEX_TYPES, Descriptor, Platform
 
-from .format import (CACHE_CONFIG_MEDIA_TYPE, INLINE_CACHE_KEY, STEP_FACTS_MEDIA_TYPE, CacheConfig, CacheLayer,
-                     InvalidCacheConfig)
+from .format import (CACHE_CONFIG_MEDIA_TYPE, INLINE_CACHE_KEY, INLINE_FACTS_KEY, STEP_FACTS_MEDIA_TYPE, CacheConfig,
+                     CacheLayer, InvalidCacheConfig)
 from .spec import CacheSpec
 
 _MAX_CONFIG = 32 << 20
@@ -76,10 +76,12 @@ class ImportStats:
 class _Source:
     """One --cache-from: its cache config and how to fetch a blob it names."""
 
-    def __init__(self, spec: CacheSpec, config: CacheConfig, facts: Descriptor | None = None):
+    def __init__(self, spec: CacheSpec, config: CacheConfig, facts: Descriptor | None = None,
+                 inline_facts: bytes | None = None):
         self.spec = spec
         self.config = config
         self.facts = facts             # the steps' facts blob its manifest names, if any
+        self.inline_facts = inline_facts   # or the facts an inline cache config holds (checked with it)
         self.stats = ImportStats(spec, records=len(config.records))
 
     def fetch(self, layer: CacheLayer, blobs) -> None:
@@ -98,8 +100,8 @@ class _Source:
 
 
 class _RegistrySource(_Source):
-    def __init__(self, spec, config, client, ref, facts=None):
-        super().__init__(spec, config, facts)
+    def __init__(self, spec, config, client, ref, facts=None, inline_facts=None):
+        super().__init__(spec, config, facts, inline_facts)
         self._client = client
         self._ref = ref
 
@@ -208,9 +210,12 @@ class ImportedCache:
             if self._histories is None:
                 self._histories = []
                 for source in self.sources:
-                    if source.facts is None:
+                    if source.facts is None and source.inline_facts is None:
                         continue
                     try:
+                        if source.facts is None:
+                            self._histories.append(parse(source.inline_facts))
+                            continue
                         if not _SHA256.fullmatch(str(source.facts.digest)):
                             raise InvalidCacheConfig("its descriptor has no sha256 digest")
                         if source.facts.size > _MAX_CONFIG:
@@ -300,11 +305,13 @@ def _load_registry(spec: CacheSpec, client, blobs, platform: Platform) -> _Regis
     if config_desc.media_type == CACHE_CONFIG_MEDIA_TYPE:
         return _RegistrySource(spec, _parse(config_bytes, descriptors), client, ref, _facts(doc))
     layers = [m for m in doc.get("layers") or () if isinstance(m, dict)]
-    return _RegistrySource(spec, _inline(config_bytes, descriptors, layers, ref.familiar), client, ref)
+    config, facts = _inline(config_bytes, descriptors, layers, ref.familiar)
+    return _RegistrySource(spec, config, client, ref, inline_facts=facts)
 
 
-def _inline(config_bytes: bytes, descriptors: dict, layers: list[dict], name: str) -> CacheConfig:
-    """The inline cache an image config carries; its layers must be the image's own."""
+def _inline(config_bytes: bytes, descriptors: dict, layers: list[dict], name: str) -> tuple[CacheConfig, bytes | None]:
+    """The inline cache an image config carries (its layers must be the image's own), and the
+    steps' facts in it, if any (parsed only when asked for)."""
     image_config = _json(config_bytes, "image config")
     value = image_config.get(INLINE_CACHE_KEY)
     if not value:
@@ -319,7 +326,8 @@ def _inline(config_bytes: bytes, descriptors: dict, layers: list[dict], name: st
     strangers = {l.digest for l in config.layers} - set(descriptors)
     if strangers:
         raise InvalidCacheConfig(f"{name}: its inline cache names layers the image does not have")
-    return config
+    facts = json.loads(data).get(INLINE_FACTS_KEY)
+    return config, None if facts is None else json.dumps(facts).encode()
 
 
 def _legacy_inline(data: bytes, layers: list[dict], image_config: dict) -> bytes:
