@@ -817,8 +817,12 @@ def _cache_steps(solver, plan, cache_to, explainer) -> dict:
     for mode in {spec.mode for spec in cache_to}:
         chosen = [] if final is None else solver.cached_steps(None if mode == "max" else final)
         steps[mode] = [StepCache(*step) for step in chosen]
-        vertices = plan.vertices if mode == "max" else _chain_of(final)
-        steps[mode, "facts"] = explainer.exported(solver, vertices, solver.layer_timestamps)
+        chain = _chain_of(final)
+        try:
+            steps[mode, "facts"] = explainer.exported(solver, plan.vertices if mode == "max" else chain,
+                                                      solver.layer_timestamps, shown=chain)
+        except (OSError, BuildError):
+            pass   # the facts only explain another machine's misses: the cache goes without them
     return steps
 
 

@@ -129,6 +129,7 @@ def _step_problem(step) -> str:
     mapping = lambda value: (isinstance(value, dict)                                             # noqa: E731
                              and all(isinstance(v, str) for v in value.values()))
     checks = {"digest": lambda v: isinstance(v, str), "base": lambda v: isinstance(v, str),
+              "env_hidden": lambda v: isinstance(v, bool),
               "env": strings, "args": strings, "settings": mapping,
               "reads": lambda v: isinstance(v, list) and all(
                   isinstance(r, dict) and strings(r.get("paths")) and mapping(r.get("files")) for r in v)}

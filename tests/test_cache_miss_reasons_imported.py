@@ -6,6 +6,7 @@ reasons compare with A's build, carried as the cache's steps' facts, not "no pre
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import re
@@ -118,6 +119,33 @@ def test_inline_cache_carries_the_facts_in_its_cache_config(tmp_path, checkouts,
     b = copy_for_b()
     _change_app(b)
     _assert_file_reason(build(b, _store(tmp_path, "b"), "--cache-from", image))
+
+
+def test_a_builder_stages_build_args_travel_only_as_digests(tmp_path, busybox_registry):
+    """mode=max exports a builder stage that the image never shows: its RUN's build args and env
+    are in the facts as digests, so a token passed as a build arg is not published with the
+    cache, and a change is still named. The final stage's are the image's own (its history shows
+    them): plain."""
+    context = write_context(tmp_path / "checkout-a", {"Dockerfile": (
+        f"FROM {busybox_registry.reference} AS builder\n"
+        "ARG TOKEN\n"
+        "RUN echo built > /out\n"
+        f"FROM {busybox_registry.reference}\n"
+        "ARG VERSION=1.0\n"
+        "COPY --from=builder /out /out\n"
+        "RUN echo $VERSION > /version\n")})
+    cache_dir = tmp_path / "cache-dir"
+    build(context, _store(tmp_path, "a"), "--cache-to", f"type=local,dest={cache_dir},mode=max",
+          "--build-arg", "TOKEN=tok-3e81c0ffee")
+    facts = _facts_blob(cache_dir).read_bytes()
+    assert b"tok-3e81c0ffee" not in facts and b"VERSION=1.0" in facts
+    progress = build(context, _store(tmp_path, "b"), "--cache-from", f"type=local,src={cache_dir}",
+                     "--build-arg", "TOKEN=tok-other", "--build-arg", "VERSION=1.1")
+    old, new = (hashlib.sha256(v.encode()).hexdigest()[:8] for v in ("tok-3e81c0ffee", "tok-other"))
+    assert only(progress, "RUN echo built > /out") == (
+        f"RUN echo built > /out: build arg TOKEN changed (sha256:{old}… → sha256:{new}…){IMPORTED}")
+    assert only(progress, "RUN echo $VERSION > /version") == (
+        f'RUN echo $VERSION > /version: build arg VERSION changed ("1.0" → "1.1"){IMPORTED}')
 
 
 def test_tampered_facts_blob_is_a_warning_and_the_build_goes_on(tmp_path, checkouts):

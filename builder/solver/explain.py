@@ -21,10 +21,12 @@ at the end of the build; a fully cached rebuild never gets here (builder.plan_ca
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
 
 from builder import events
 from builder.cache.step_history import (BaseStepHistory, BuildHistory, DiskStepHistory, StepRecord,
@@ -96,11 +98,15 @@ class MissExplainer:
                       if v.digest in self.names and state.op(v).explains_misses)
         self.history.put(BuildHistory(self.identity, self.dockerfile, self.target, timestamps, steps))
 
-    def exported(self, state, vertices: Iterable[Vertex], timestamps: str) -> bytes:
+    def exported(self, state, vertices: Iterable[Vertex], timestamps: str, shown: Iterable[Vertex] = ()) -> bytes:
         """The history a cache export carries for VERTICES (the steps it exports): this build's
-        records, the Dockerfile named as the context names it."""
-        steps = tuple(self.record(state, v) for v in dict.fromkeys(vertices)
-                      if v.digest in self.names and state.op(v).explains_misses)
+        records, the Dockerfile named as the context names it. The environment of a step not in
+        SHOWN (the image's own chain, whose build args and env its config and history publish
+        anyway) is exported as digests of its values: a builder stage's build arg may be a token
+        that the image never shows, and a pushed cache must not publish it."""
+        shown = set(shown)
+        steps = tuple(self.record(state, v) if v in shown else _env_hidden(self.record(state, v))
+                      for v in dict.fromkeys(vertices) if v.digest in self.names and state.op(v).explains_misses)
         return encode_exported(BuildHistory(history_identity(self.exported_name, self.target),
                                             self.exported_name, self.target, timestamps, steps))
 
@@ -239,18 +245,38 @@ def _file_changes(old: dict[str, str], new: dict[str, str]) -> str:
     return f"{shown}, {len(changed)} of {files} file{'s' if files != 1 else ''}"
 
 
+def _env_hidden(record: StepRecord) -> StepRecord:
+    """RECORD with its environment's values as digests (`env_hidden`), for an exported cache."""
+    if not record.facts.get("env"):
+        return record
+    env = [f"{name}={_value_digest(value)}" for name, value in _env_map(record.facts["env"]).items()]
+    return replace(record, facts={**record.facts, "env": env, "env_hidden": True})
+
+
+def _value_digest(value: str) -> str:
+    return "sha256:" + hashlib.sha256(value.encode()).hexdigest()
+
+
 def _env_changes(old: dict, new: dict) -> list[str]:
     before, after = _env_map(old.get("env", [])), _env_map(new.get("env", []))
+    if old.get("env_hidden"):   # an imported cache's builder stage: compared, and shown, as digests
+        after = {name: _value_digest(value) for name, value in after.items()}
+
+        def show(value: str) -> str:
+            return _digest(value)
+    else:
+        def show(value: str) -> str:
+            return f'"{_short(value)}"'
     args = set(old.get("args", [])) | set(new.get("args", []))
     changes = []
     for name in sorted(set(before) | set(after)):
         kind = "build arg" if name in args else "env"
         if name not in before:
-            changes.append(f'{kind} {name} set ("{_short(after[name])}")')
+            changes.append(f"{kind} {name} set ({show(after[name])})")
         elif name not in after:
-            changes.append(f'{kind} {name} unset (was "{_short(before[name])}")')
+            changes.append(f"{kind} {name} unset (was {show(before[name])})")
         elif before[name] != after[name]:
-            changes.append(f'{kind} {name} changed ("{_short(before[name])}" → "{_short(after[name])}")')
+            changes.append(f"{kind} {name} changed ({show(before[name])} → {show(after[name])})")
     return changes
 
 
