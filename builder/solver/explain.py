@@ -1,8 +1,7 @@
 """Why a step missed the cache: this build's facts of a step against the last build's.
 
 The last successful build of the same Dockerfile and target on this store left a BuildHistory
-(builder.cache.step_history); a step it does not have is compared with the history an imported
-cache carries (--cache-from: the build that exported it), and its reason says so: per step its place, instruction, cache key and facts (what its key
+(builder.cache.step_history): per step its place, instruction, cache key and facts (what its key
 was made of: op.facts()). A step that must run is matched with its old self (same stage and
 instruction, else the same place in the stage) and the first reason that holds is given:
 
@@ -14,6 +13,10 @@ instruction, else the same place in the stage) and the first reason that holds i
     WORKDIR changed, base image digest changed, ...
     parent step #K was rebuilt                its own inputs are as before, a parent's key is not
     same cache key as before, ...             the record or its layer is gone (pruned)
+
+A layer step that build does not have is compared with the history an imported cache carries
+(--cache-from: the build that exported it, `exported`), fetched the first time it is needed; the
+reason then ends "(compared with the imported cache)".
 
 Everything here is computed only for steps that run, and once per step for the history written
 at the end of the build; a fully cached rebuild never gets here (builder.plan_cache).
@@ -29,8 +32,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 
 from builder import events
-from builder.cache.step_history import (BaseStepHistory, BuildHistory, DiskStepHistory, StepRecord,
+from builder.cache.step_history import (BaseStepHistory, BuildHistory, DiskStepHistory, StepRecord,  # noqa: F401
                                         decode_exported, encode_exported, history_identity)
+# (decode_exported: what the pipeline gives an imported cache to read its steps' facts with)
 from builder.llb import Vertex
 
 # "[build 2/5] RUN make", "[2/5] RUN make" (one stage), "[ 2/12] ..." (padded): as convert names steps.
@@ -137,8 +141,10 @@ class MissExplainer:
         record = self.record(state, vertex)
         step = _short(record.text, room=None)
 
+        against = ""   # what the reason was found against, when it is not this store's last build
+
         def miss(reason: str, **parent) -> events.CacheMiss:
-            return events.CacheMiss(step, reason, **parent)
+            return events.CacheMiss(step, reason + against, **parent)
 
         adds_layer = state.op(vertex).adds_layer
         if adds_layer and self.no_cache:
@@ -152,10 +158,7 @@ class MissExplainer:
         if old is None:
             return miss("no previous build of this step")
         if earlier.imported:
-            plain = miss
-
-            def miss(reason: str, **parent) -> events.CacheMiss:
-                return plain(f"{reason} (compared with the imported cache)", **parent)
+            against = " (compared with the imported cache)"
         if old.text != record.text:
             where = f"Dockerfile line {record.line}" if record.line else "Dockerfile line"
             return miss(f'{where} changed ("{_short(old.text)}" → "{_short(record.text)}")')
