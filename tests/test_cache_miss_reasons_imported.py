@@ -60,8 +60,8 @@ def _change_app(context: str) -> None:
 def _assert_file_reason(progress: str) -> str:
     """The COPY's reason names app.py with two digests; returns the old one's first 8 hex digits."""
     reason = only(progress, COPY)
-    found = re.fullmatch(re.escape(COPY) + r": src/app\.py changed \(sha256:([0-9a-f]{8})… → sha256:([0-9a-f]{8})…\), "
-                         r"1 of 3 files" + re.escape(IMPORTED), reason)
+    found = re.fullmatch(re.escape(COPY) + r": src/app\.py changed \(sha256:([0-9a-f]{8})… → "
+                         r"sha256:([0-9a-f]{8})…\), 1 of 3 files" + re.escape(IMPORTED), reason)
     assert found and found.group(1) != found.group(2), progress
     copy_number = next(line.split()[0] for line in progress.splitlines() if line.endswith(COPY))
     assert only(progress, RUN_VERSION) == f"{RUN_VERSION}: parent step {copy_number} was rebuilt"

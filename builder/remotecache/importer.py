@@ -222,7 +222,8 @@ class ImportedCache:
                             raise InvalidCacheConfig(f"it claims {source.facts.size} bytes")
                         self._histories.append(parse(source.small_blob(source.facts, blobs)))
                     except (BuildError, ValueError, OSError) as error:
-                        self.warn(f"cache from {source.spec.where}: its step facts are not used: {_one_line(error)}; misses are explained without them")
+                        self.warn(f"cache from {source.spec.where}: its step facts are not used: {_one_line(error)}; "
+                                  "misses are explained without them")
             return list(self._histories)
 
     def close(self) -> None:
