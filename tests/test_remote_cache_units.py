@@ -283,3 +283,15 @@ def test_malformed_steps_facts_are_refused_whole(data, problem):
 
     with pytest.raises(ValueError, match=problem):
         decode_exported(data)
+
+
+def test_inline_cache_carries_the_facts_only_while_they_are_small(machine_a):
+    from builder.remotecache.format import INLINE_FACTS_KEY, INLINE_FACTS_LIMIT
+
+    store, steps, _ = machine_a
+    small = _facts()
+    with_facts = json.loads(base64.b64decode(exporter.inline_value(steps, store, small)))
+    assert with_facts[INLINE_FACTS_KEY] == json.loads(small)
+    assert CacheConfig.from_bytes(json.dumps(with_facts).encode()) == exporter.cache_config(steps, store)[0]
+    big = _facts("RUN " + "x" * INLINE_FACTS_LIMIT)
+    assert INLINE_FACTS_KEY not in json.loads(base64.b64decode(exporter.inline_value(steps, store, big)))
