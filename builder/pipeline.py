@@ -470,11 +470,12 @@ def _export_cache(options: BuildOptions, steps, store, imported, progress) -> tu
         export_id = f"cache-export-{len(exported)}"
         progress(events.Started(export_id, f"exporting cache to {spec.type} {spec.where}"))
         try:
+            facts = steps.get((spec.mode, "facts"), b"")
             if spec.type == "registry":
                 result = exporter.export_registry(spec, chosen, store, _cache_client_factory(options),
-                                                  mount_from=_mounts_for(mounts, spec.get("ref")))
+                                                  mount_from=_mounts_for(mounts, spec.get("ref")), facts=facts)
             else:
-                result = exporter.export_local(spec, chosen, store)
+                result = exporter.export_local(spec, chosen, store, facts=facts)
         except BuildError as error:
             progress(events.Finished(export_id, error=str(error)))
             if not spec.flag("ignore-error", False):
@@ -828,7 +829,7 @@ def _solve(options, text, dockerfile_name, store, sources, context, epoch, progr
                        build_contexts=_context_kinds(named_contexts), order_memo=plans.order_memo())
         _check_entitlements(plan, run_options)
         no_cache_for = _no_cache_vertices(plan, options.no_cache_filter)
-        explainer = _explainer(options, plan, store, context, no_cache_for)
+        explainer = _explainer(options, plan, store, context, no_cache_for, imported)
         if warm is not None and any(isinstance(v.op, ExecOp) and v.op.network == "default" for v in plan.vertices):
             warm()  # (started already, unless the hint above missed this RUN)
         solver = Solver(store, executor, sources, context, jobs=options.jobs, no_cache=options.no_cache,
@@ -850,7 +851,7 @@ def _solve(options, text, dockerfile_name, store, sources, context, epoch, progr
     finally:
         if own_executor:
             executor.close()
-    steps = _cache_steps(solver, plan, options.cache_to)
+    steps = _cache_steps(solver, plan, options.cache_to, explainer)
     inline = next((spec for spec in options.cache_to if spec.type == "inline"), None)
     image = _assemble(plan, results, store, epoch, inline_cache=_inline_cache(steps, store) if inline else "")
     variants = {all(rewrites): image}
@@ -866,34 +867,55 @@ def _solve(options, text, dockerfile_name, store, sources, context, epoch, progr
     return variants, warnings, steps
 
 
-def _cache_steps(solver, plan, cache_to) -> dict:
-    """mode -> the StepCaches a --cache-to of that mode writes (min: the target's own chain)."""
+def _cache_steps(solver, plan, cache_to, explainer) -> dict:
+    """mode -> the StepCaches a --cache-to of that mode writes (min: the target's own chain), and
+    (mode, "facts") -> what those steps' keys were made of, for the reasons of another machine's misses."""
     from builder.remotecache.exporter import StepCache
 
     final = plan.target.vertex
-    steps = {}
+    steps: dict = {}
     for mode in {spec.mode for spec in cache_to}:
         chosen = [] if final is None else solver.cached_steps(None if mode == "max" else final)
         steps[mode] = [StepCache(*step) for step in chosen]
+        chain = _chain_of(final)
+        try:
+            steps[mode, "facts"] = explainer.exported(solver, plan.vertices if mode == "max" else chain,
+                                                      solver.layer_timestamps, shown=chain)
+        except (OSError, BuildError):
+            pass   # the facts only explain another machine's misses: the cache goes without them
     return steps
+
+
+def _chain_of(vertex) -> list:
+    """VERTEX and what it stands on through input 0, as a mode=min export keeps them."""
+    chain = []
+    while vertex is not None:
+        chain.append(vertex)
+        vertex = vertex.inputs[0] if vertex.inputs else None
+    return chain[::-1]
 
 
 def _inline_cache(steps: dict, store) -> str:
     from builder.remotecache.exporter import inline_value
 
-    return inline_value(steps["min"], store)
+    return inline_value(steps["min"], store, steps.get(("min", "facts"), b""))
 
 
-def _explainer(options, plan, store, context, no_cache_for):
-    """What says why a step runs: this build against the last one of the same Dockerfile and target."""
-    from builder.solver.explain import MissExplainer
+def _explainer(options, plan, store, context, no_cache_for, imported=None):
+    """What says why a step runs: this build against the last one of the same Dockerfile and
+    target, or, for a step that one lacks, against the build that wrote an imported cache."""
+    from builder.solver.explain import MissExplainer, decode_exported
 
     dockerfile = os.path.abspath(options.dockerfile or os.path.join(context.root, "Dockerfile"))
+    inside = os.path.relpath(dockerfile, os.path.abspath(context.root))
+    exported_name = os.path.basename(dockerfile) if inside.startswith(os.pardir) else inside
     wanted = [s.lower() for s in options.no_cache_filter]
     filtered = {digest: next((w for w in wanted if w in plan.stage_of.get(digest, ())), wanted[0] if wanted else "")
                 for digest in no_cache_for}
+    histories = None if imported is None else (lambda: imported.step_histories(decode_exported, store.blobs))
     return MissExplainer.on_disk(store.root, dockerfile, options.target, names=plan.names, lines=plan.lines, arg_names=plan.arg_names,
-                                 no_cache=options.no_cache, no_cache_filter=filtered)
+                                 no_cache=options.no_cache, no_cache_filter=filtered, exported_name=exported_name,
+                                 imported=histories)
 
 
 def _clamped_copy(image, results, store, epoch):
