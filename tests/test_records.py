@@ -11,7 +11,6 @@ import pytest
 from builder.plumbing import records
 
 
-
 def make(decorate, field):
     """The same family of classes, made with DECORATE (a dataclass-like decorator) and FIELD."""
 

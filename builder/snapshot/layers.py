@@ -817,8 +817,6 @@ def apply_layer(stream: BinaryIO, root_dir: str) -> None:
     _extract(stream, root_dir, overlay=False)
 
 
-
-
 # ---------------------------------------------------------------------------------------------
 # Checking without writing: what `load` and `import` do before they store a layer
 

@@ -29,13 +29,13 @@ import os
 import re
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import replace
 
 from builder import events
 from builder.cache.step_history import (BaseStepHistory, BuildHistory, DiskStepHistory, StepRecord,  # noqa: F401
                                         decode_exported, encode_exported, history_identity)
 # (decode_exported: what the pipeline gives an imported cache to read its steps' facts with)
 from builder.llb import Vertex
+from builder.plumbing.records import replace
 
 # "[build 2/5] RUN make", "[2/5] RUN make" (one stage), "[ 2/12] ..." (padded): as convert names steps.
 _LABEL = re.compile(r"^\[(?:(?P<stage>\S+) )?\s*(?P<position>\d+)/\d+\] (?P<text>.*)$", re.DOTALL)
