@@ -765,6 +765,36 @@ def _timestamp_modes(outputs, epoch: int | None) -> list[bool]:
     return [o.rewrite_timestamp for o in outputs] or [True]
 
 
+class _RecordingResolver:
+    """The converter's resolver, remembering which base images it asked for (the plan memo's
+    entry holds their digests: a moved tag plans again)."""
+
+    def __init__(self, sources):
+        self.sources = sources
+        self.asked: list[tuple[str, str]] = []
+
+    def resolve_config(self, name: str, platform: str):
+        answer = self.sources.resolve_config(name, platform)
+        self.asked.append((name, platform))
+        return answer
+
+    def bases(self) -> list[tuple[str, str, str]]:
+        return [(name, platform, self.sources.resolve(name, platform).manifest_digest)
+                for name, platform in dict.fromkeys(self.asked)]
+
+
+def _base_digest(sources):
+    """(name, platform) -> the base image's manifest digest now, or None if it cannot be resolved
+    (the converter then reports why)."""
+    def digest(name: str, platform: str) -> str | None:
+        try:
+            return sources.resolve(name, platform).manifest_digest
+        except BuildError:
+            return None
+
+    return digest
+
+
 class _EarlyNetwork:
     """The default network's agent, started as soon as the build knows that RUNs will run (with
     --no-cache, before the store is even opened), so that its start-up (pyroute2's import, the NAT
@@ -798,10 +828,9 @@ def _network_ready(options: BuildOptions) -> int:
 
 def _solve(options, text, dockerfile_name, store, sources, context, epoch, progress, executor, plans, key,
            run_options, secrets, named_contexts, rewrites, imported=None, network=None):
-    """Parse, plan, solve and assemble: the full build."""
-    from builder.convert import convert
-    from builder.grammar import parse_dockerfile
+    """Plan (or take the plan from the memo), solve and assemble: the full build."""
     from builder.llb import ExecOp
+    from builder.plan import PlanMemo
     from builder.plan_cache import PlanRecord, memoizable
     from builder.solver.solver import Solver
 
@@ -820,13 +849,22 @@ def _solve(options, text, dockerfile_name, store, sources, context, epoch, progr
             warm()  # the network agent starts beside parsing and planning, on the other core
         if warm_sandbox is not None and _RUN_LINE.search(text):
             warm_sandbox()  # the seccomp filter compiles beside parsing (its ldconfig runs cost no GIL)
-        dockerfile = parse_dockerfile(text, dockerfile_name)
-        plan = convert(dockerfile, build_args=options.build_args, target=options.target,
-                       platform=options.platform, resolver=sources, network=run_options["network"],
-                       extra_hosts=tuple(tuple(h) for h in run_options["extra_hosts"]),
-                       shm_size=run_options.get("shm_size", 0),
-                       ulimits=tuple(tuple(u) for u in run_options.get("ulimits", ())),
-                       build_contexts=_context_kinds(named_contexts), order_memo=plans.order_memo())
+        memo = None if named_contexts else PlanMemo(store.cache_root)
+        plan = memo.get(key, _base_digest(sources)) if memo is not None else None
+        if plan is None:
+            from builder.convert import convert
+            from builder.grammar import parse_dockerfile
+
+            asking = _RecordingResolver(sources)
+            dockerfile = parse_dockerfile(text, dockerfile_name)
+            plan = convert(dockerfile, build_args=options.build_args, target=options.target,
+                           platform=options.platform, resolver=asking, network=run_options["network"],
+                           extra_hosts=tuple(tuple(h) for h in run_options["extra_hosts"]),
+                           shm_size=run_options.get("shm_size", 0),
+                           ulimits=tuple(tuple(u) for u in run_options.get("ulimits", ())),
+                           build_contexts=_context_kinds(named_contexts), order_memo=plans.order_memo())
+            if memo is not None:
+                memo.put(key, plan, asking.bases())
         _check_entitlements(plan, run_options)
         no_cache_for = _no_cache_vertices(plan, options.no_cache_filter)
         explainer = _explainer(options, plan, store, context, no_cache_for, imported)
