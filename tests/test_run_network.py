@@ -338,3 +338,11 @@ def test_an_agent_warmed_for_runs_that_all_hit_the_cache_leaves_quietly(store_ro
     assert done.returncode == 0, done.stderr[-2000:]
     assert "CACHED" in done.stderr and "Traceback" not in done.stderr
     assert leftovers() == []
+
+
+def test_the_agent_imports_iproute_without_the_rest_of_pyroute2():
+    done = subprocess.run([sys.executable, "-c", (
+        "import sys; from builder.executor.network import _import_iproute; cls = _import_iproute(); "
+        "print(cls.__module__, cls.__name__, 'pyroute2.ndb.main' in sys.modules, 'pyroute2.ipdb' in sys.modules)")],
+        capture_output=True, text=True, timeout=60)
+    assert done.stdout.split() == ["pyroute2.iproute.linux", "IPRoute", "False", "False"], done.stderr
