@@ -97,6 +97,13 @@ class Connection:
     def close(self) -> None:
         self.sock.close()
 
+    def full_duplex(self) -> None:
+        """From here the agents' threads send while this one reads: over TLS, through one lock."""
+        if self.kind == "tcp":
+            from builder.service.duplex import DuplexTLS
+
+            self.sock = DuplexTLS(self.sock)
+
     def send(self, data: bytes) -> bool:
         """False once the server has stopped reading (it answers anyway: read the response)."""
         try:
@@ -306,8 +313,6 @@ def _build(address: str, tls_ca: str | None, options, progress):
     spooled = None
     if options.ssh:
         # The body stays open for the agents' bytes, so the server is told where the tar ends.
-        if not address.startswith("unix://"):
-            raise BuildError("--ssh works over the server's unix socket only, for now")
         if request.get("stdin_context"):
             raise BuildError("--ssh with a context on stdin (-) does not work through a server yet")
         request["ssh"] = [s.id for s in options.ssh]
@@ -340,6 +345,7 @@ def _build(address: str, tls_ca: str | None, options, progress):
         if options.ssh:
             from builder.service.sshrelay import ClientAgents
 
+            connection.full_duplex()
             agents = ClientAgents({s.id: s.path for s in options.ssh}, connection.upstream)
         result = failure = None
         outputs = OutputWriters(options)

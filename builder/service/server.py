@@ -129,8 +129,6 @@ class Service:
         if not (isinstance(ssh_ids, list) and len(ssh_ids) <= 16 and len(set(ssh_ids)) == len(ssh_ids)
                 and all(isinstance(i, str) and i for i in ssh_ids)):
             raise RequestError("ssh must be a list of distinct ids")
-        if ssh_ids and h.server.kind != "unix":
-            raise RequestError("--ssh works over the server's unix socket only, for now")
         workdir = tempfile.mkdtemp(prefix="build-", dir=self.tmp_dir)
         relay = code = None
         try:
@@ -145,6 +143,7 @@ class Service:
 
                 relay = AgentRelay(os.path.join(workdir, "ssh"), ssh_ids, h.send_frame)
                 request = {**request, "ssh_paths": relay.paths}
+                h.full_duplex(body)
                 h.read_upstream(body, relay)
             if worker.answer_if_cached(_StreamWriter(h), request, workdir, self.root, self.config.limits,
                                        user.namespace, self.config.isolate_cache):
@@ -485,9 +484,22 @@ class Handler(BaseHTTPRequestHandler):
             service.sockets.add(self.request)
         super().setup()
 
+    def full_duplex(self, body: Body) -> None:
+        """From here one thread reads BODY while others write: over TLS, through one lock
+        (duplex.py); a unix socket needs nothing."""
+        if self.server.tls is None:
+            return
+        from builder.service.duplex import DuplexReader, DuplexTLS, DuplexWriter
+
+        self.duplex = DuplexTLS(self.connection)
+        body.rfile = DuplexReader(self.duplex)
+        self.wfile = DuplexWriter(self.duplex)
+
     def finish(self) -> None:
         try:
             super().finish()
+            if getattr(self, "duplex", None) is not None:
+                self.duplex.blocking()
         finally:
             with self.server.service.lock:
                 self.server.service.sockets.discard(self.request)
@@ -659,6 +671,11 @@ class UnixServer(_Server, socketserver.UnixStreamServer):
             pass
 
 
+class TLSHandler(Handler):
+    # Unbuffered: a body read ahead into a buffer could not be handed to a DuplexReader later.
+    rbufsize = 0
+
+
 class TLSServer(_Server, socketserver.TCPServer):
     kind = "tcp"
     allow_reuse_address = True
@@ -667,7 +684,7 @@ class TLSServer(_Server, socketserver.TCPServer):
         self.service, self.tls = service, tls
         if ":" in host:
             self.address_family = socket.AF_INET6
-        super().__init__((host, port), Handler, bind_and_activate=inherited is None)
+        super().__init__((host, port), TLSHandler, bind_and_activate=inherited is None)
         if inherited is not None:
             self.socket.close()
             self.socket = inherited
