@@ -325,3 +325,42 @@ def test_ssh_agents_are_forwarded_over_the_build_connection(server, debian_regis
         agent.wait(10)
     left = subprocess.run(["find", os.path.join(server.root, "service", "tmp")], capture_output=True, text=True).stdout
     assert os.listdir(os.path.join(server.root, "service", "tmp")) == [], left + server.log()[-2000:]
+
+
+def test_directory_build_contexts_are_sent_with_their_own_dockerignore(server, busybox_registry, tmp_path):
+    """--build-context NAME=DIR through the server: each directory goes up as a tar after the main
+    context, with its own .dockerignore applied; COPY --from and RUN --mount=from read it, the image
+    is the local build's, a change in it is seen, and what cannot work says so as a local build does."""
+    base = busybox_registry.reference
+    context = _context(server, "main", f"FROM {base}\nCOPY --from=extra /o.txt /\n"
+                                       "RUN --mount=from=tools,target=/t cat /t/tool.sh > /tool-copy\n",
+                       {"unused": "u\n"})
+    extra = write_context(server.workdir("extra"), {"o.txt": "one\n", "hidden.txt": "h\n",
+                                                    ".dockerignore": "hidden.txt\n", "Dockerfile": "ignored\n"})
+    tools = write_context(server.workdir("tools"), {"tool.sh": "echo tool\n"})
+    named = ("--build-context", f"extra={extra}", "--build-context", f"tools={tools}")
+    epoch = ("--build-arg", "SOURCE_DATE_EPOCH=1700000000")
+    out = tmp_path / "out"
+    built = server.client("build", *epoch, "-q", *named, "-o", f"type=local,dest={out}", context)
+    assert built.returncode == 0, built.stderr.decode() + server.log()[-2000:]
+    assert (out / "o.txt").read_text() == "one\n" and (out / "tool-copy").read_text() == "echo tool\n"
+    local = build_image("--root", str(tmp_path / "local"), *epoch, "-q", *named, context).stdout.strip()
+    assert built.stdout.decode().strip() == local
+    with open(os.path.join(extra, "o.txt"), "w") as f:
+        f.write("two\n")
+    changed = server.client("build", *epoch, "-q", *named, context)
+    assert changed.returncode == 0 and changed.stdout.strip() and changed.stdout.decode().strip() != local
+    hidden = _context(server, "hidden", "FROM scratch\nCOPY --from=extra /hidden.txt /\n")
+    remote_hidden = server.client("build", *named, hidden)
+    local_hidden = build_image("--root", str(tmp_path / "local"), *named, hidden, check=False)
+    assert remote_hidden.returncode == local_hidden.returncode == 1
+    assert remote_hidden.stderr.decode().splitlines()[-1] == local_hidden.stderr.splitlines()[-1]
+    assert '"/hidden.txt": not found' in local_hidden.stderr
+    as_base = _context(server, "as-base", "FROM extra\n")
+    remote_base = server.client("build", *named, as_base)
+    local_base = build_image("--root", str(tmp_path / "local"), *named, as_base, check=False)
+    assert remote_base.returncode == local_base.returncode == 1
+    assert remote_base.stderr.decode().splitlines()[-1] == local_base.stderr.splitlines()[-1]
+    missing = server.client("build", "--build-context", f"x={tmp_path / 'missing'}", context)
+    assert missing.returncode == 1 and missing.stderr.decode() == f"ERROR: --build-context x: {tmp_path / 'missing'} is not a directory\n"
+    assert os.listdir(os.path.join(server.root, "service", "tmp")) == []

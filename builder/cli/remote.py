@@ -267,21 +267,29 @@ def _request(options) -> dict:
     store = SecretStore(options.secrets)  # read here: the server never sees the files
     doc["secrets"] = [{"id": s.id, "value": base64.b64encode(store.get(s.id) or b"").decode()}
                       for s in options.secrets]
-    named = {}
+    named, directories = {}, {}
     for text in options.build_contexts:
-        name, _, value = text.partition("=")
-        if not value.startswith("docker-image://"):
-            raise BuildError(f"--build-context {name}: only docker-image:// contexts work with --server")
-        named[name] = value
+        name, sep, value = text.partition("=")
+        if not sep or not name or not value:
+            raise BuildError(f'invalid --build-context "{text}": use NAME=DIR or NAME=docker-image://REF')
+        if value.startswith(("docker-image://", *SERVER_FETCHES)):
+            named[name] = value                  # the server resolves or fetches it
+        elif "://" in value or value.startswith("git@"):
+            raise BuildError(f"--build-context {name}: through a server a named context is a directory here, "
+                             f"docker-image://REF or a {', '.join(SERVER_FETCHES)} URL")
+        elif not os.path.isdir(value):
+            raise BuildError(f"--build-context {name}: {value} is not a directory")
+        else:
+            directories[name] = value            # sent as a tar after the main context
     doc["build_contexts"] = named
-    return doc
+    return doc, directories
 
 
 def _build(address: str, tls_ca: str | None, options, progress):
     from builder.pipeline import BuildResult
 
     STDIN = "-"  # as builder.stdin_context names it
-    request = _request(options)
+    request, directories = _request(options)
     if "://" in options.context or options.context.startswith("git@"):
         if not options.context.startswith(SERVER_FETCHES):
             raise BuildError(f"{options.context}: the server fetches only {', '.join(SERVER_FETCHES)} contexts "
@@ -310,26 +318,39 @@ def _build(address: str, tls_ca: str | None, options, progress):
         request["dockerfile_name"] = name
         request["dockerfile"] = base64.b64encode(data).decode()
 
-    spooled = None
+    # With named directories (more tars follow) or --ssh (the body stays open for the agents'
+    # bytes), each part is spooled first, so the server is told where each one ends.
+    spooled = []
     if options.ssh:
-        # The body stays open for the agents' bytes, so the server is told where the tar ends.
-        if request.get("stdin_context"):
-            raise BuildError("--ssh with a context on stdin (-) does not work through a server yet")
         request["ssh"] = [s.id for s in options.ssh]
-        if not request.get("context_url"):
-            import tempfile
+    if options.ssh or directories:
+        import tempfile
 
-            spooled = tempfile.TemporaryFile()
-            write_context_tar(options.context, options.dockerfile if options.dockerfile != STDIN else None, spooled)
-            request["context_size"] = spooled.tell()
-            spooled.seek(0)
+        if not request.get("context_url"):
+            main = tempfile.TemporaryFile()
+            if request.get("stdin_context"):
+                for chunk in iter(lambda: sys.stdin.buffer.read(1 << 18), b""):
+                    main.write(chunk)
+            else:
+                write_context_tar(options.context, options.dockerfile if options.dockerfile != STDIN else None, main)
+            request["context_size"] = main.tell()
+            spooled.append(main)
+        request["named_contexts"] = []
+        for name, directory in directories.items():
+            part = tempfile.TemporaryFile()
+            write_context_tar(directory, None, part, named=True)
+            request["named_contexts"].append({"name": name, "size": part.tell()})
+            spooled.append(part)
 
     def body(writer) -> None:
-        if request.get("context_url"):
+        if spooled:
+            for part in spooled:
+                part.seek(0)
+                for chunk in iter(lambda: part.read(1 << 18), b""):
+                    writer.write(chunk)
+                part.close()
+        elif request.get("context_url"):
             return
-        if spooled is not None:
-            for chunk in iter(lambda: spooled.read(1 << 18), b""):
-                writer.write(chunk)
         elif request.get("stdin_context"):
             for chunk in iter(lambda: sys.stdin.buffer.read(1 << 18), b""):
                 writer.write(chunk)
@@ -412,16 +433,17 @@ def _frames(connection: Connection):
             yield kinds.get(channel, "data"), {}, payload
 
 
-def write_context_tar(context: str, dockerfile: str | None, out) -> None:
+def write_context_tar(context: str, dockerfile: str | None, out, named: bool = False) -> None:
     """The context as docker's client sends it: a tar of what .dockerignore leaves, plus the
-    Dockerfile and .dockerignore themselves (the server applies the rules again when COPY reads)."""
+    Dockerfile and .dockerignore themselves (the server applies the rules again when COPY reads).
+    A NAMED context (--build-context NAME=DIR) has its own .dockerignore and no Dockerfile, as buildx's."""
     import tarfile
 
     from builder.context import BuildContext, read_dockerignore
 
     visible = BuildContext(context, read_dockerignore(context, dockerfile))
     names = [rel for rel in visible.walk() if rel]
-    for always in (".dockerignore", "Dockerfile" if dockerfile is None else None):
+    for always in (".dockerignore", "Dockerfile" if dockerfile is None and not named else None):
         if always and always not in names and os.path.lexists(os.path.join(context, always)):
             names.append(always)
     with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tf:

@@ -347,30 +347,52 @@ def _receive_context(body, request: dict, workdir: str, more: bool = False) -> N
         if request.get("dockerignore") is not None:
             with open(os.path.join(directory, name + ".dockerignore"), "wb") as f:
                 f.write(base64.b64decode(request["dockerignore"]))
-    if request.get("context_url"):
-        return   # the worker fetches it
-    if request.get("stdin_context"):
-        with open(os.path.join(workdir, "stdin"), "wb") as f:
-            for chunk in iter(lambda: body.read(1 << 20), b""):
-                f.write(chunk)
-        return
-    context = os.path.join(workdir, "context")
-    os.makedirs(context)
-    source = body
+    named = _named_contexts(request)
+    sized = more or bool(named)   # more parts follow the main one: each comes with its size
+    if not request.get("context_url"):   # a URL: the worker fetches it
+        source = body
+        if sized:
+            size = request.get("context_size")
+            if not isinstance(size, int) or size < 0:
+                raise ValueError("a request with named contexts or ssh needs context_size")
+            source = _Limited(body, size)
+        if request.get("stdin_context"):
+            with open(os.path.join(workdir, "stdin"), "wb") as f:
+                for chunk in iter(lambda: source.read(1 << 20), b""):
+                    f.write(chunk)
+            if not sized:
+                return
+        else:
+            _extract(source, os.path.join(workdir, "context"), sized)
+    for index, (_name, size) in enumerate(named):
+        _extract(_Limited(body, size), os.path.join(workdir, "named", str(index)), True)
     if more:
-        size = request.get("context_size")
-        if not isinstance(size, int) or size < 0:
-            raise ValueError("an ssh build's request needs context_size")
-        source = _Limited(body, size)
-    with tarfile.open(fileobj=source, mode="r|") as tf:
-        tf.extractall(context, filter=protocol.safe_tar_filter)
-    if more:
-        while source.read(1 << 16):   # the tar's end blocks
-            pass
-        return
+        return   # the client's ssh frames follow
     body.read(1 << 20)  # the tar's end blocks: the body must end cleanly too
     if body.read(1):
         raise ValueError("bytes after the end of the context tar")
+
+
+def _named_contexts(request: dict) -> list[tuple[str, int]]:
+    """The directory --build-contexts the client sends after the main context: (name, tar size)."""
+    named = request.get("named_contexts") or []
+    if not (isinstance(named, list) and len(named) <= 64 and all(
+            isinstance(n, dict) and isinstance(n.get("name"), str) and n["name"] and "=" not in n["name"]
+            and isinstance(n.get("size"), int) and n["size"] >= 0 for n in named)):
+        raise ValueError("named_contexts must be a list of {name, size}")
+    names = [n["name"] for n in named]
+    if len(set(names)) != len(names) or set(names) & set(request.get("build_contexts") or {}):
+        raise ValueError("a named context is given twice")
+    return [(n["name"], n["size"]) for n in named]
+
+
+def _extract(source, directory: str, sized: bool) -> None:
+    os.makedirs(directory)
+    with tarfile.open(fileobj=source, mode="r|") as tf:
+        tf.extractall(directory, filter=protocol.safe_tar_filter)
+    if sized:
+        while source.read(1 << 16):   # the tar's end blocks
+            pass
 
 
 class _Limited:

@@ -211,6 +211,9 @@ class _FrameFile:
         return len(data)
 
 
+# The URLs the server fetches itself: anonymous ones (ssh:// and git@ would use the server's keys).
+_SERVER_FETCHES = ("http://", "https://", "git://")
+
 # What a client may set, by BuildOptions field; everything else the server decides.
 _PLAIN_FIELDS = ("tags", "build_args", "target", "no_cache", "no_cache_filter", "pull", "labels", "annotations",
                  "jobs", "platform", "insecure_registries", "network", "add_hosts", "allow", "shm_size", "ulimits",
@@ -230,9 +233,13 @@ def build_options(request: dict, workdir: str, root: str, limits: dict):
         raise BuildError(f"--allow {entitlement}: the server grants no entitlements")
     if fields.get("network") == "host":
         raise BuildError("--network host: the server grants no entitlements (network.host)")
-    for name, value in request.get("build_contexts", {}).items():
-        if not value.startswith("docker-image://"):
-            raise BuildError(f"--build-context {name}: only docker-image:// contexts work through a server")
+    named = dict(request.get("build_contexts", {}))
+    for name, value in named.items():   # never a path: that would be the server's own files
+        if not (isinstance(value, str) and value.startswith(("docker-image://", *_SERVER_FETCHES))):
+            raise BuildError(f"--build-context {name}: through a server a named context is a directory the "
+                             f"client sends, docker-image://REF or a {', '.join(_SERVER_FETCHES)} URL")
+    for index, item in enumerate(request.get("named_contexts") or ()):
+        named[item["name"]] = os.path.join(workdir, "named", str(index))   # where the server unpacked it
     _apply_limits(fields, limits, parse_memory)
     outputs, returned = [], []
     for index, text in enumerate(request.get("outputs", ())):
@@ -249,7 +256,7 @@ def build_options(request: dict, workdir: str, root: str, limits: dict):
         dockerfile = os.path.join(workdir, "dockerfile", os.path.basename(request["dockerfile_name"]))
     url = request.get("context_url")
     if url:
-        if not isinstance(url, str) or not url.startswith(("http://", "https://", "git://")):
+        if not isinstance(url, str) or not url.startswith(_SERVER_FETCHES):
             raise BuildError("the server fetches only http://, https:// and git:// contexts")
         context = url
     elif request.get("stdin_context"):
@@ -262,7 +269,7 @@ def build_options(request: dict, workdir: str, root: str, limits: dict):
     options = BuildOptions(
         context=context, dockerfile=dockerfile, root=root, outputs=tuple(outputs), secrets=secrets, ssh=ssh,
         metadata_file=os.path.join(workdir, "metadata.json") if request.get("metadata_file") else None,
-        build_contexts=tuple(f"{k}={v}" for k, v in request.get("build_contexts", {}).items()),
+        build_contexts=tuple(f"{k}={v}" for k, v in named.items()),
         **{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
     return options, returned
 
