@@ -318,6 +318,9 @@ def test_ssh_agents_are_forwarded_over_the_build_connection(server, debian_regis
                               context)
         assert built.returncode == 0, built.stderr.decode()[-3000:] + server.log()[-3000:]
         assert b"agent answered type 12" in built.stderr
+        from_stdin = server.client("build", "--no-cache", "--progress", "plain", "--ssh", f"default={agent_socket}",
+                                   "-", input=f"FROM {debian_registry.reference}\nRUN --mount=type=ssh {ask}\n".encode())
+        assert from_stdin.returncode == 0 and b"agent answered type 12" in from_stdin.stderr, from_stdin.stderr
         missing = server.client("build", "--no-cache", "--progress", "plain", context)
         assert missing.returncode == 1
     finally:
