@@ -3,7 +3,11 @@ rate limits and tokens, the request body reader, and which commands and flags a 
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
+import os
+import stat
 import threading
 import time
 
@@ -98,6 +102,29 @@ def test_tokens_expire_and_can_be_revoked():
     time.sleep(0.25)
     assert tokens.user(short) is None
     assert basic_credentials("Basic dTpwOnc=") == ("u", "p:w") and basic_credentials("Basic !!") is None
+
+
+def test_tokens_kept_in_a_file_survive_a_restart_hashed_and_0600(tmp_path):
+    root = User.by_uid(0)
+    path = str(tmp_path / "service" / "tokens.json")
+    first = Tokens(lifetime=60, path=path)
+    kept, expires = first.issue(root)
+    revoked, _ = first.issue(root)
+    first.revoke(revoked)
+    short = Tokens(lifetime=0.2, path=path)
+    brief, _ = short.issue(root)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    text = open(path).read()
+    assert kept not in text and brief not in text and hashlib.sha256(kept.encode()).hexdigest() in text
+    time.sleep(0.25)
+    restarted = Tokens(lifetime=60, path=path)
+    assert restarted.user(kept) == root
+    assert restarted.user(revoked) is None and restarted.user(brief) is None and restarted.user("forged") is None
+    doc = json.loads(open(path).read())["sha256"]
+    assert [entry["expires"] for entry in doc.values()] == [expires]   # the expired one is gone from the file
+    with open(path, "w") as f:
+        f.write("{not json")
+    assert Tokens(path=path).user(kept) is None                        # a damaged file: logged out, no crash
 
 
 def test_a_chunked_body_is_read_whole_and_a_cut_one_fails():

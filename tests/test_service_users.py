@@ -325,3 +325,33 @@ def test_ssh_agents_are_forwarded_over_tls_tcp(tls_server, users, debian_registr
         agent.terminate()
         agent.wait(10)
     assert os.listdir(os.path.join(tls_server.root, "service", "tmp")) == []
+
+
+def test_login_server_tokens_survive_a_server_restart(tls_server, user_ca, users):
+    alice, _ = users
+    address = tls_server.tcp_address
+    login = alice.client("", "login-server", address, "-u", alice.name, "--password-stdin", "--tls-ca", user_ca,
+                         input=f"{alice.password}\n".encode())
+    assert login.returncode == 0, login.stderr
+    with open(os.path.join(alice.home, ".config", "build-image", "server-tokens.json")) as f:
+        token = json.load(f)[address]["token"]
+    stored = os.path.join(tls_server.root, "service", "tokens.json")
+    assert stat.S_IMODE(os.stat(stored).st_mode) == 0o600 and token not in open(stored).read()
+    assert tls_server.stop() == 0
+    tls_server.start()
+    moved = tls_server.tcp_address   # port 0: the restarted server listens elsewhere; the token is the same
+    if moved != address:
+        with open(os.path.join(alice.home, ".config", "build-image", "server-tokens.json")) as f:
+            tokens = json.load(f)
+        tokens[moved] = tokens.pop(address)
+        with open(os.path.join(alice.home, ".config", "build-image", "server-tokens.json"), "w") as f:
+            json.dump(tokens, f)
+    listed = alice.client(moved, "images", global_flags=("--tls-ca", user_ca))
+    assert listed.returncode == 0, listed.stderr.decode() + tls_server.log()[-2000:]
+    assert alice.client("", "logout-server", moved, "--tls-ca", user_ca).returncode == 0
+    assert tls_server.stop() == 0
+    tls_server.start()
+    connection = _https(tls_server, tls_server.tls)
+    connection.request("GET", "/v1/ping", headers={"Authorization": f"Bearer {token}"})
+    assert connection.getresponse().status == 401   # logged out before the restart: still out
+    connection.close()

@@ -62,7 +62,7 @@ class Service:
         self.root = os.path.abspath(config.root)
         self.run_cli = run_cli
         self.queue = FairQueue(config.max_builds)
-        self.tokens = Tokens()
+        self.tokens = Tokens(path=os.path.join(self.root, "service", "tokens.json"))
         self.limiter = RateLimiter(config.login_attempts, 60.0)
         self._pam: PamAuthenticator | None = None
         self.stopping = threading.Event()
