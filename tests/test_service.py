@@ -208,15 +208,23 @@ def _imported(*args: str, env=None) -> set[str]:
             if line.startswith("import time:") and "|" in line}
 
 
-def test_the_client_imports_nothing_heavy(server, busybox_registry):
+def test_the_client_imports_nothing_heavy(server, busybox_registry, tmp_path):
     context = _context(server, "ctx", f"FROM {busybox_registry.reference}\nRUN echo light > /l\n")
     built = _imported("build", "-q", context, env={"BUILD_IMAGE_HOST": server.address})
     listed = _imported("--server", server.address, "images")
-    for modules in (built, listed):
+    # Flags the thin path does not read itself: the local parser, still none of the build machinery.
+    whole = _imported("--server", server.address, "build", "--progress", "plain", "-o", f"type=tar,dest={tmp_path / 'o'}",
+                      "--secret", f"id=s,src={os.path.join(context, 'Dockerfile')}", context)
+    for modules in (built, listed, whole):
         assert "builder.cli.remote" in modules
         assert sorted(m for m in modules if m.split(".")[0] in HEAVY) == []
         assert not any(m.startswith(("builder.solver", "builder.executor", "builder.convert", "builder.grammar",
-                                     "builder.lifecycle", "builder.registry", "http.client")) for m in modules)
+                                     "builder.lifecycle", "builder.registry", "builder.pipeline", "builder.store",
+                                     "builder.image", "builder.snapshot", "http.client")) for m in modules)
+    # The thin path (the common flags, quiet): not even argparse, tarfile, the context's rules or typing.
+    assert "builder.plumbing.tarwriter" in built
+    assert not built & {"argparse", "tarfile", "typing", "dataclasses", "socket", "builder.cli.build_command",
+                        "builder.context", "builder.events", "builder.session", "builder.cli.progress_view"}
 
 
 def test_the_shipped_units_start_the_server_from_systemds_socket(tmp_path, busybox_registry):
@@ -328,6 +336,35 @@ def test_ssh_agents_are_forwarded_over_the_build_connection(server, debian_regis
         agent.wait(10)
     left = subprocess.run(["find", os.path.join(server.root, "service", "tmp")], capture_output=True, text=True).stdout
     assert os.listdir(os.path.join(server.root, "service", "tmp")) == [], left + server.log()[-2000:]
+
+
+def test_a_changed_file_is_always_seen_even_with_its_old_size_and_mtime(server, busybox_registry, tmp_path):
+    """The thin client's context (its own tar writer, no .dockerignore) carries every byte: a file
+    changed in place, same size, mtime put back, is a new image; a hard link (which the small writer
+    leaves to tarfile) and a .dockerignore (BuildContext's rules) take the other road to the same place."""
+    context = _context(server, "changed", f"FROM {busybox_registry.reference}\nCOPY . /ctx/\n", {"a.txt": "one\n"})
+    path = os.path.join(context, "a.txt")
+    before = os.stat(path)
+    first = server.client("build", "-q", "-o", f"type=local,dest={tmp_path / 'first'}", context)
+    with open(path, "w") as f:
+        f.write("two\n")
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    second = server.client("build", "-q", "-o", f"type=local,dest={tmp_path / 'second'}", context)
+    assert first.returncode == second.returncode == 0, second.stderr
+    assert (tmp_path / "first" / "ctx" / "a.txt").read_text() == "one\n"
+    assert (tmp_path / "second" / "ctx" / "a.txt").read_text() == "two\n"
+    assert first.stdout != second.stdout
+    os.link(path, os.path.join(context, "hard.txt"))
+    linked = server.client("build", "-q", "-o", f"type=local,dest={tmp_path / 'linked'}", context)
+    assert linked.returncode == 0 and (tmp_path / "linked" / "ctx" / "hard.txt").read_text() == "two\n"
+    with open(os.path.join(context, ".dockerignore"), "w") as f:
+        f.write("hard.txt\n")
+    ignored = server.client("build", "-q", "-o", f"type=local,dest={tmp_path / 'ignored'}", context)
+    assert ignored.returncode == 0 and not (tmp_path / "ignored" / "ctx" / "hard.txt").exists()
+    bad = server.client("build", "-q", "-o", "type=oci,nodest", context)
+    local_bad = build_image("--root", str(tmp_path / "local"), "-q", "-o", "type=oci,nodest", context, check=False)
+    assert bad.returncode == local_bad.returncode == 1
+    assert bad.stderr.decode().splitlines()[-1] == local_bad.stderr.splitlines()[-1]
 
 
 def test_directory_build_contexts_are_sent_with_their_own_dockerignore(server, busybox_registry, tmp_path):

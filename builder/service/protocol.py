@@ -17,7 +17,6 @@ is all the client imports of the service, so it imports nothing heavy.
 
 from __future__ import annotations
 
-import base64
 import json
 import struct
 
@@ -74,6 +73,7 @@ class FrameReader:
 def encode_event(event) -> dict:
     """A builder.events event as a JSON document: its class name and fields (bytes as base64),
     whatever fields the event classes grow."""
+    import base64
     import dataclasses
 
     from builder.events import CacheMiss
@@ -92,6 +92,7 @@ def encode_event(event) -> dict:
 
 
 def decode_event(doc: dict):
+    import base64
     import dataclasses
 
     from builder import events

@@ -129,6 +129,7 @@ class Service:
         if not (isinstance(ssh_ids, list) and len(ssh_ids) <= 16 and len(set(ssh_ids)) == len(ssh_ids)
                 and all(isinstance(i, str) and i for i in ssh_ids)):
             raise RequestError("ssh must be a list of distinct ids")
+        h.wants_events = request.get("events", True) is not False
         workdir = tempfile.mkdtemp(prefix="build-", dir=self.tmp_dir)
         relay = code = None
         try:
@@ -145,8 +146,10 @@ class Service:
                 request = {**request, "ssh_paths": relay.paths}
                 h.full_duplex(body)
                 h.read_upstream(body, relay)
-            if worker.answer_if_cached(_StreamWriter(h), request, workdir, self.root, self.config.limits,
+            answer = _Collected(h)
+            if worker.answer_if_cached(answer, request, workdir, self.root, self.config.limits,
                                        user.namespace, self.config.isolate_cache):
+                answer.flush()
                 code = 0
                 return
             try:
@@ -169,7 +172,7 @@ class Service:
         """A --max-builds slot; a build that has to wait shows it as a step of its own."""
         from builder import events
 
-        waits = self.queue.running >= self.queue.slots
+        waits = self.queue.running >= self.queue.slots and h.wants_events
         if waits:
             h.send_frame(protocol.message("event", **protocol.encode_event(
                 events.Started("queue", f"[internal] waiting for a build slot ({self.queue.slots} running)"))))
@@ -298,17 +301,29 @@ class Service:
             child.interrupt()
 
 
-class _StreamWriter:
-    """worker.MessageWriter's two methods, straight to the client (for answers made in-thread)."""
+class _Collected:
+    """worker.MessageWriter's two methods for an answer made in-thread: gathered, so that a small
+    one (a cached build's events and result) goes to the client in one write; past a MiB (an
+    output's bytes) it streams."""
+
+    LIMIT = 1 << 20
 
     def __init__(self, handler):
-        self.handler = handler
+        self.handler, self.frames, self.size = handler, [], 0
 
     def write(self, data: bytes) -> None:
-        self.handler.send_raw(data)
+        self.frames.append(bytes(data))
+        self.size += len(data)
+        if self.size >= self.LIMIT:
+            self.flush()
 
     def send(self, kind: str, **fields) -> None:
-        self.handler.send_raw(protocol.message(kind, **fields))
+        self.write(protocol.message(kind, **fields))
+
+    def flush(self) -> None:
+        if self.frames:
+            self.handler.send_raw(b"".join(self.frames))
+        self.frames, self.size = [], 0
 
 
 def _split_frames(data: bytes) -> tuple[bytes, bytes]:

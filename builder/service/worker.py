@@ -127,7 +127,10 @@ def build_target(request: dict, workdir: str, root: str, limits: dict):
             from builder.pipeline import build
 
             def progress(event) -> None:
-                out.send("event", **protocol.encode_event(event))
+                if wants_events:
+                    out.send("event", **protocol.encode_event(event))
+
+            wants_events = request.get("events", True) is not False   # a quiet client draws nothing
 
             stdin = open(os.path.join(workdir, "stdin"), "rb") if request.get("stdin_context") else None
             result = build(options, progress, stdin=stdin)
@@ -177,7 +180,7 @@ def answer_if_cached(out, request: dict, workdir: str, root: str, limits: dict, 
         return False
     if result is None:
         return False
-    for event in seen:
+    for event in seen if request.get("events", True) is not False else ():
         out.send("event", **protocol.encode_event(event))
     send_result(out, result, outputs, request, workdir)
     return True
@@ -249,7 +252,9 @@ def build_options(request: dict, workdir: str, root: str, limits: dict):
             spec = OutputSpec(spec.type, tuple((k, local if k == "dest" else v) for k, v in spec.attrs))
             returned.append((index, local))
         outputs.append(spec)
-    secrets = tuple(SecretSource(s["id"], value=protocol.base64.b64decode(s["value"]))
+    import base64
+
+    secrets = tuple(SecretSource(s["id"], value=base64.b64decode(s["value"]))
                     for s in request.get("secrets", ()))
     dockerfile = None
     if request.get("dockerfile_name"):
