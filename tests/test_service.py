@@ -404,3 +404,35 @@ def test_directory_build_contexts_are_sent_with_their_own_dockerignore(server, b
     missing = server.client("build", "--build-context", f"x={tmp_path / 'missing'}", context)
     assert missing.returncode == 1 and missing.stderr.decode() == f"ERROR: --build-context x: {tmp_path / 'missing'} is not a directory\n"
     assert os.listdir(os.path.join(server.root, "service", "tmp")) == []
+
+
+_FIRST_CACHED_ANSWER = """
+import json, os, shutil, sys
+from builder.service import server, worker
+
+class Out:
+    def __init__(self): self.kinds = []
+    def write(self, data): pass
+    def send(self, kind, **fields): self.kinds.append(kind)
+
+server._preload()
+root, context, work = sys.argv[1:4]
+shutil.copytree(context, os.path.join(work, "context"))
+before = set(sys.modules)
+out = Out()
+answered = worker.answer_if_cached(out, {"events": False}, work, root, {}, "uid-0", False)
+print(json.dumps({"answered": answered, "kinds": out.kinds, "imported": sorted(set(sys.modules) - before)}))
+"""
+
+
+def test_a_warm_servers_first_cached_answer_imports_nothing(store_root, tmp_path):
+    """_preload has everything a cached answer uses: the first request pays no import either."""
+    context = write_context(tmp_path / "ctx", {"Dockerfile": "FROM scratch\nCOPY a /\n", "a": "a\n"})
+    build_image("--root", store_root, "-q", context)
+    os.makedirs(tmp_path / "work")
+    proc = subprocess.run([sys.executable, "-c", _FIRST_CACHED_ANSWER, store_root, context, str(tmp_path / "work")],
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "BUILD_IMAGE_NAMESPACE": "uid-0"})
+    assert proc.returncode == 0, proc.stderr
+    answer = json.loads(proc.stdout)
+    assert answer["answered"] and answer["kinds"] == ["result"]
+    assert answer["imported"] == []

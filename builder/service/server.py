@@ -812,8 +812,13 @@ def _preload() -> None:
     import builder.convert  # noqa: F401
     import builder.executor.container  # noqa: F401
     import builder.grammar  # noqa: F401
+    import builder.image.names  # noqa: F401
+    import builder.image.platform_spec  # noqa: F401
     import builder.lifecycle.gc  # noqa: F401
     import builder.lifecycle.image_archive  # noqa: F401
     import builder.pipeline  # noqa: F401
+    import builder.plan_cache  # noqa: F401  (a cached build's first question; the pipeline imports it lazily)
     import builder.registry.client  # noqa: F401
+    import builder.remote_context  # noqa: F401
     import builder.solver.solver  # noqa: F401
+    import builder.stdin_context  # noqa: F401
