@@ -201,22 +201,36 @@ def test_sigterm_cancels_builds_in_flight_and_the_server_exits_cleanly(server, b
 
 
 def _imported(*args: str, env=None) -> set[str]:
-    proc = subprocess.run([sys.executable, "-m", "builder.cli", *args], capture_output=True, text=True, timeout=300,
-                          stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONPROFILEIMPORTTIME": "1", **(env or {})})
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return {line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines()
-            if line.startswith("import time:") and "|" in line}
+    """What the client imports, beyond what this interpreter's own start-up imports (site's .pth
+    files, such as a sandbox's certifi hook, may import typing before any code of ours runs)."""
+    def modules(*argv: str) -> set[str]:
+        proc = subprocess.run([sys.executable, *argv], capture_output=True, text=True, timeout=300,
+                              stdin=subprocess.DEVNULL,
+                              env={**os.environ, "PYTHONPROFILEIMPORTTIME": "1", **(env or {})})
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return {line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines()
+                if line.startswith("import time:") and "|" in line}
+
+    return modules("-m", "builder.cli", *args) - modules("-c", "pass")
 
 
-def test_the_client_imports_nothing_heavy(server, busybox_registry):
+def test_the_client_imports_nothing_heavy(server, busybox_registry, tmp_path):
     context = _context(server, "ctx", f"FROM {busybox_registry.reference}\nRUN echo light > /l\n")
     built = _imported("build", "-q", context, env={"BUILD_IMAGE_HOST": server.address})
     listed = _imported("--server", server.address, "images")
-    for modules in (built, listed):
+    # Flags the thin path does not read itself: the local parser, still none of the build machinery.
+    whole = _imported("--server", server.address, "build", "--progress", "plain", "-o", f"type=tar,dest={tmp_path / 'o'}",
+                      "--secret", f"id=s,src={os.path.join(context, 'Dockerfile')}", context)
+    for modules in (built, listed, whole):
         assert "builder.cli.remote" in modules
         assert sorted(m for m in modules if m.split(".")[0] in HEAVY) == []
         assert not any(m.startswith(("builder.solver", "builder.executor", "builder.convert", "builder.grammar",
-                                     "builder.lifecycle", "builder.registry", "http.client")) for m in modules)
+                                     "builder.lifecycle", "builder.registry", "builder.pipeline", "builder.store",
+                                     "builder.image", "builder.snapshot", "http.client")) for m in modules)
+    # The thin path (the common flags, quiet): not even argparse, tarfile, the context's rules or typing.
+    assert "builder.plumbing.tarwriter" in built
+    assert not built & {"argparse", "tarfile", "typing", "dataclasses", "socket", "builder.cli.build_command",
+                        "builder.context", "builder.events", "builder.session", "builder.cli.progress_view"}
 
 
 def test_the_shipped_units_start_the_server_from_systemds_socket(tmp_path, busybox_registry):
@@ -318,6 +332,9 @@ def test_ssh_agents_are_forwarded_over_the_build_connection(server, debian_regis
                               context)
         assert built.returncode == 0, built.stderr.decode()[-3000:] + server.log()[-3000:]
         assert b"agent answered type 12" in built.stderr
+        from_stdin = server.client("build", "--no-cache", "--progress", "plain", "--ssh", f"default={agent_socket}",
+                                   "-", input=f"FROM {debian_registry.reference}\nRUN --mount=type=ssh {ask}\n".encode())
+        assert from_stdin.returncode == 0 and b"agent answered type 12" in from_stdin.stderr, from_stdin.stderr
         missing = server.client("build", "--no-cache", "--progress", "plain", context)
         assert missing.returncode == 1
     finally:
@@ -325,3 +342,103 @@ def test_ssh_agents_are_forwarded_over_the_build_connection(server, debian_regis
         agent.wait(10)
     left = subprocess.run(["find", os.path.join(server.root, "service", "tmp")], capture_output=True, text=True).stdout
     assert os.listdir(os.path.join(server.root, "service", "tmp")) == [], left + server.log()[-2000:]
+
+
+def test_a_changed_file_is_always_seen_even_with_its_old_size_and_mtime(server, busybox_registry, tmp_path):
+    """The thin client's context (its own tar writer, no .dockerignore) carries every byte: a file
+    changed in place, same size, mtime put back, is a new image; a hard link (which the small writer
+    leaves to tarfile) and a .dockerignore (BuildContext's rules) take the other road to the same place."""
+    context = _context(server, "changed", f"FROM {busybox_registry.reference}\nCOPY . /ctx/\n", {"a.txt": "one\n"})
+    path = os.path.join(context, "a.txt")
+    before = os.stat(path)
+    first = server.client("build", "-q", "-o", f"type=local,dest={tmp_path / 'first'}", context)
+    with open(path, "w") as f:
+        f.write("two\n")
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    second = server.client("build", "-q", "-o", f"type=local,dest={tmp_path / 'second'}", context)
+    assert first.returncode == second.returncode == 0, second.stderr
+    assert (tmp_path / "first" / "ctx" / "a.txt").read_text() == "one\n"
+    assert (tmp_path / "second" / "ctx" / "a.txt").read_text() == "two\n"
+    assert first.stdout != second.stdout
+    os.link(path, os.path.join(context, "hard.txt"))
+    linked = server.client("build", "-q", "-o", f"type=local,dest={tmp_path / 'linked'}", context)
+    assert linked.returncode == 0 and (tmp_path / "linked" / "ctx" / "hard.txt").read_text() == "two\n"
+    with open(os.path.join(context, ".dockerignore"), "w") as f:
+        f.write("hard.txt\n")
+    ignored = server.client("build", "-q", "-o", f"type=local,dest={tmp_path / 'ignored'}", context)
+    assert ignored.returncode == 0 and not (tmp_path / "ignored" / "ctx" / "hard.txt").exists()
+    bad = server.client("build", "-q", "-o", "type=oci,nodest", context)
+    local_bad = build_image("--root", str(tmp_path / "local"), "-q", "-o", "type=oci,nodest", context, check=False)
+    assert bad.returncode == local_bad.returncode == 1
+    assert bad.stderr.decode().splitlines()[-1] == local_bad.stderr.splitlines()[-1]
+
+
+def test_directory_build_contexts_are_sent_with_their_own_dockerignore(server, busybox_registry, tmp_path):
+    """--build-context NAME=DIR through the server: each directory goes up as a tar after the main
+    context, with its own .dockerignore applied; COPY --from and RUN --mount=from read it, the image
+    is the local build's, a change in it is seen, and what cannot work says so as a local build does."""
+    base = busybox_registry.reference
+    context = _context(server, "main", f"FROM {base}\nCOPY --from=extra /o.txt /\n"
+                                       "RUN --mount=from=tools,target=/t cat /t/tool.sh > /tool-copy\n",
+                       {"unused": "u\n"})
+    extra = write_context(server.workdir("extra"), {"o.txt": "one\n", "hidden.txt": "h\n",
+                                                    ".dockerignore": "hidden.txt\n", "Dockerfile": "ignored\n"})
+    tools = write_context(server.workdir("tools"), {"tool.sh": "echo tool\n"})
+    named = ("--build-context", f"extra={extra}", "--build-context", f"tools={tools}")
+    epoch = ("--build-arg", "SOURCE_DATE_EPOCH=1700000000")
+    out = tmp_path / "out"
+    built = server.client("build", *epoch, "-q", *named, "-o", f"type=local,dest={out}", context)
+    assert built.returncode == 0, built.stderr.decode() + server.log()[-2000:]
+    assert (out / "o.txt").read_text() == "one\n" and (out / "tool-copy").read_text() == "echo tool\n"
+    local = build_image("--root", str(tmp_path / "local"), *epoch, "-q", *named, context).stdout.strip()
+    assert built.stdout.decode().strip() == local
+    with open(os.path.join(extra, "o.txt"), "w") as f:
+        f.write("two\n")
+    changed = server.client("build", *epoch, "-q", *named, context)
+    assert changed.returncode == 0 and changed.stdout.strip() and changed.stdout.decode().strip() != local
+    hidden = _context(server, "hidden", "FROM scratch\nCOPY --from=extra /hidden.txt /\n")
+    remote_hidden = server.client("build", *named, hidden)
+    local_hidden = build_image("--root", str(tmp_path / "local"), *named, hidden, check=False)
+    assert remote_hidden.returncode == local_hidden.returncode == 1
+    assert remote_hidden.stderr.decode().splitlines()[-1] == local_hidden.stderr.splitlines()[-1]
+    assert '"/hidden.txt": not found' in local_hidden.stderr
+    as_base = _context(server, "as-base", "FROM extra\n")
+    remote_base = server.client("build", *named, as_base)
+    local_base = build_image("--root", str(tmp_path / "local"), *named, as_base, check=False)
+    assert remote_base.returncode == local_base.returncode == 1
+    assert remote_base.stderr.decode().splitlines()[-1] == local_base.stderr.splitlines()[-1]
+    missing = server.client("build", "--build-context", f"x={tmp_path / 'missing'}", context)
+    assert missing.returncode == 1 and missing.stderr.decode() == f"ERROR: --build-context x: {tmp_path / 'missing'} is not a directory\n"
+    assert os.listdir(os.path.join(server.root, "service", "tmp")) == []
+
+
+_FIRST_CACHED_ANSWER = """
+import json, os, shutil, sys
+from builder.service import server, worker
+
+class Out:
+    def __init__(self): self.kinds = []
+    def write(self, data): pass
+    def send(self, kind, **fields): self.kinds.append(kind)
+
+server._preload()
+root, context, work = sys.argv[1:4]
+shutil.copytree(context, os.path.join(work, "context"))
+before = set(sys.modules)
+out = Out()
+answered = worker.answer_if_cached(out, {"events": False}, work, root, {}, "uid-0", False)
+print(json.dumps({"answered": answered, "kinds": out.kinds, "imported": sorted(set(sys.modules) - before)}))
+"""
+
+
+def test_a_warm_servers_first_cached_answer_imports_nothing(store_root, tmp_path):
+    """_preload has everything a cached answer uses: the first request pays no import either."""
+    context = write_context(tmp_path / "ctx", {"Dockerfile": "FROM scratch\nCOPY a /\n", "a": "a\n"})
+    build_image("--root", store_root, "-q", context)
+    os.makedirs(tmp_path / "work")
+    proc = subprocess.run([sys.executable, "-c", _FIRST_CACHED_ANSWER, store_root, context, str(tmp_path / "work")],
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "BUILD_IMAGE_NAMESPACE": "uid-0"})
+    assert proc.returncode == 0, proc.stderr
+    answer = json.loads(proc.stdout)
+    assert answer["answered"] and answer["kinds"] == ["result"]
+    assert answer["imported"] == []

@@ -9,11 +9,13 @@ import hashlib
 import http.client
 import json
 import os
+import re
 import shutil
 import ssl
 import stat
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -282,3 +284,74 @@ def test_a_server_with_a_client_ca_wants_a_client_certificate_and_a_login_too(st
         assert without.returncode == 1 and without.stderr.startswith(b"ERROR: ")
         with_cert = images(BUILD_IMAGE_TLS_CERT=client_cert, BUILD_IMAGE_TLS_KEY=client_key)
         assert with_cert.returncode == 1 and b"unauthorized" in with_cert.stderr   # a certificate is no login
+
+
+# A RUN that asks the agent for its identities 40 times while its output streams down the same
+# TLS connection: type 12 (IDENTITIES_ANSWER), the number of keys and the first key's comment.
+_ASK_AGENT = (
+    "perl -MIO::Socket::UNIX -e '$s=IO::Socket::UNIX->new(Peer=>$ENV{SSH_AUTH_SOCK}) or die \"no agent\"; "
+    "for $i (1..40) { print $s pack(\"NC\",1,11); read($s,$h,4)==4 or die \"short\"; $l=unpack(\"N\",$h); "
+    "read($s,$b,$l)==$l or die \"short body\"; ($t,$n,$bl)=unpack(\"CNN\",$b); "
+    "$c=substr($b,9+$bl); $cl=unpack(\"N\",$c); print \"answer $i: type $t, $n keys, \".substr($c,4,$cl).\"\\n\" }'")
+
+
+def test_ssh_agents_are_forwarded_over_tls_tcp(tls_server, users, debian_registry, tmp_path):
+    """--ssh over TCP: a real ssh-agent holding a real key answers a RUN on the server, its bytes
+    going up the TLS connection while the build's frames come down it; nothing stays behind."""
+    alice, _ = users
+    agent_socket = str(tmp_path / "agent.sock")
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "thinclient-test-key", "-f",
+                    str(tmp_path / "key")], check=True, capture_output=True)
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", agent_socket], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while not os.path.exists(agent_socket) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        subprocess.run(["ssh-add", str(tmp_path / "key")], check=True, capture_output=True,
+                       env={**os.environ, "SSH_AUTH_SOCK": agent_socket})
+        context = _context(tls_server, "ssh-tcp", f"FROM {debian_registry.reference}\nRUN --mount=type=ssh {_ASK_AGENT}\n")
+        login = {"BUILD_IMAGE_USERNAME": alice.name, "BUILD_IMAGE_PASSWORD": alice.password,
+                 "BUILD_IMAGE_TLS_CA": tls_server.tls.ca}
+        built = tls_server.client("build", "--no-cache", "--progress", "plain", "--ssh", f"default={agent_socket}",
+                                  context, address=tls_server.tcp_address, env=login)
+        assert built.returncode == 0, built.stderr.decode()[-3000:] + tls_server.log()[-3000:]
+        answers = re.findall(r"answer \d+: (.*)", built.stderr.decode().replace("answer $i", ""))
+        assert len(answers) == 40 and set(answers) == {"type 12, 1 keys, thinclient-test-key"}
+        without = tls_server.client("build", "--no-cache", "--progress", "plain", context,
+                                    address=tls_server.tcp_address, env=login)
+        assert without.returncode == 1
+    finally:
+        agent.terminate()
+        agent.wait(10)
+    assert os.listdir(os.path.join(tls_server.root, "service", "tmp")) == []
+
+
+def test_login_server_tokens_survive_a_server_restart(tls_server, user_ca, users):
+    alice, _ = users
+    address = tls_server.tcp_address
+    login = alice.client("", "login-server", address, "-u", alice.name, "--password-stdin", "--tls-ca", user_ca,
+                         input=f"{alice.password}\n".encode())
+    assert login.returncode == 0, login.stderr
+    with open(os.path.join(alice.home, ".config", "build-image", "server-tokens.json")) as f:
+        token = json.load(f)[address]["token"]
+    stored = os.path.join(tls_server.root, "service", "tokens.json")
+    assert stat.S_IMODE(os.stat(stored).st_mode) == 0o600 and token not in open(stored).read()
+    assert tls_server.stop() == 0
+    tls_server.start()
+    moved = tls_server.tcp_address   # port 0: the restarted server listens elsewhere; the token is the same
+    if moved != address:
+        with open(os.path.join(alice.home, ".config", "build-image", "server-tokens.json")) as f:
+            tokens = json.load(f)
+        tokens[moved] = tokens.pop(address)
+        with open(os.path.join(alice.home, ".config", "build-image", "server-tokens.json"), "w") as f:
+            json.dump(tokens, f)
+    listed = alice.client(moved, "images", global_flags=("--tls-ca", user_ca))
+    assert listed.returncode == 0, listed.stderr.decode() + tls_server.log()[-2000:]
+    assert alice.client("", "logout-server", moved, "--tls-ca", user_ca).returncode == 0
+    assert tls_server.stop() == 0
+    tls_server.start()
+    connection = _https(tls_server, tls_server.tls)
+    connection.request("GET", "/v1/ping", headers={"Authorization": f"Bearer {token}"})
+    assert connection.getresponse().status == 401   # logged out before the restart: still out
+    connection.close()

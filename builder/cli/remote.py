@@ -10,10 +10,8 @@ and outputs with a dest are written here. This path imports nothing heavy: the s
 
 from __future__ import annotations
 
-import base64
 import json
 import os
-import socket
 import sys
 import time
 
@@ -57,6 +55,8 @@ def _authorization(address: str) -> str | None:
         return f"Bearer {entry['token']}"
     user, password = os.environ.get("BUILD_IMAGE_USERNAME"), os.environ.get("BUILD_IMAGE_PASSWORD")
     if user and password is not None:
+        import base64
+
         return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
     return None
 
@@ -72,9 +72,14 @@ class Connection:
         self.address, self.kind, self.host = address, kind, host
         try:
             if kind == "unix":
-                self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                # The C module itself: socket.py's imports (selectors, its enums) would cost this
+                # process more than the server spends on a cached build; a unix stream needs none.
+                import _socket
+
+                self.sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
                 self.sock.connect(host)
             else:
+                import socket
                 import ssl
 
                 raw = socket.create_connection((host, port), timeout=30)
@@ -96,6 +101,13 @@ class Connection:
 
     def close(self) -> None:
         self.sock.close()
+
+    def full_duplex(self) -> None:
+        """From here the agents' threads send while this one reads: over TLS, through one lock."""
+        if self.kind == "tcp":
+            from builder.service.duplex import DuplexTLS
+
+            self.sock = DuplexTLS(self.sock)
 
     def send(self, data: bytes) -> bool:
         """False once the server has stopped reading (it answers anyway: read the response)."""
@@ -210,21 +222,35 @@ class ChunkedWriter:
 # ---- build ------------------------------------------------------------------------------------
 
 def remote_build(address: str, tls_ca: str | None, argv: list[str]) -> int:
-    from builder.cli import build_command as local
+    """`build ARGV` on the server. The common flags are read here without argparse (the thin path:
+    see _thin_options); anything else goes through the local build's own parser, so usage errors
+    are the local ones."""
+    thin = _thin_options(argv)
+    if thin is not None:
+        options, mode, quiet_flag, debug = thin, thin.progress, thin.quiet, False
+    else:
+        from builder.cli import build_command as local
 
-    parser = local._build_parser()
-    ns = parser.parse_args(argv)
-    if ns.progress not in local.PROGRESS_MODES:
-        parser.error(f'invalid progress mode "{ns.progress}" in BUILDKIT_PROGRESS '
-                     f"(use {', '.join(local.PROGRESS_MODES)})")
-    for flag, given in (("--root", ns.root), ("--verify-reproducible", ns.verify_reproducible)):
-        if given:
-            parser.error(f"{flag} cannot be used with --server (it is a local build's)")
-    quiet = ns.quiet or ns.progress in ("quiet", "none")
+        parser = local._build_parser()
+        ns = parser.parse_args(argv)
+        if ns.progress not in local.PROGRESS_MODES:
+            parser.error(f'invalid progress mode "{ns.progress}" in BUILDKIT_PROGRESS '
+                         f"(use {', '.join(local.PROGRESS_MODES)})")
+        for flag, given in (("--root", ns.root), ("--verify-reproducible", ns.verify_reproducible)):
+            if given:
+                parser.error(f"{flag} cannot be used with --server (it is a local build's)")
+        options, mode, quiet_flag, debug = ns, ns.progress, ns.quiet, ns.debug
+    quiet = quiet_flag or mode in ("quiet", "none")
 
     def run() -> int:
-        options = local._options(ns)
-        progress = (lambda event: None) if quiet else local.make_progress(ns.progress)
+        nonlocal options
+        if thin is None:
+            options = _options_from(options)   # inside run_command: a malformed flag is one error line
+        progress = None
+        if not quiet:
+            from builder.cli.progress_view import make_progress
+
+            progress = make_progress(mode)
         try:
             result = _build(address, tls_ca, options, progress)
         finally:
@@ -235,9 +261,156 @@ def remote_build(address: str, tls_ca: str | None, argv: list[str]) -> int:
             from builder.plumbing.files import write_atomically
 
             write_atomically(options.iidfile, result.image_id.encode())
-        return local._report_build(result, ns.quiet or ns.progress == "quiet")
+        for warning in result.warnings:   # as the local build reports (build_command._report_build)
+            print(warning, file=sys.stderr)
+        if quiet_flag or mode == "quiet":
+            print(result.image_id, file=sys.stderr if result.wrote_stdout else sys.stdout)
+        return 0
 
-    return run_command(run, ns.debug)
+    code = run_command(run, debug)
+    global finished_thin
+    finished_thin = thin is not None and quiet   # a progress view may have a thread (tty)
+    return code
+
+
+# Set once a thin build is done: main() may then end the process without the interpreter's teardown.
+finished_thin = False
+
+PROGRESS_MODES = ("auto", "plain", "tty", "quiet", "rawjson", "none")   # build_command's, kept in step by a test
+
+# The flags the thin path reads itself (flag -> option name); a word outside these, an attached
+# short value (-tNAME), `--flag=bool` switches, `--`, a value that looks like a flag or an empty
+# one sends the whole command line to the local parser instead.
+_THIN_SWITCHES = {"-q": "quiet", "--quiet": "quiet", "--no-cache": "no_cache", "--pull": "pull"}
+_THIN_VALUES = {"-t": "tags", "--tag": "tags", "-f": "dockerfile", "--file": "dockerfile", "--build-arg": "build_arg",
+                "--target": "target", "--progress": "progress", "--network": "network", "--label": "label",
+                "--iidfile": "iidfile", "--platform": "platform"}
+_THIN_LISTS = ("tags", "build_arg", "label")
+
+
+class ThinOptions:
+    """What a build through the server needs of BuildOptions, for the common flags; the defaults
+    are the build parser's."""
+
+    def __init__(self, **given):
+        self.context, self.dockerfile, self.target, self.iidfile, self.metadata_file = None, None, None, None, None
+        self.quiet = self.no_cache = self.pull = False
+        self.progress = os.environ.get("BUILDKIT_PROGRESS") or "auto"
+        self.network, self.platform, self.pids_limit = "default", "linux/amd64", 4096
+        self.jobs = self.shm_size = self.memory = self.cpu_shares = None
+        self.no_cache_filter = self.annotations = self.insecure_registries = self.add_hosts = self.allow = ()
+        self.ulimits = self.security_opts = self.outputs = self.secrets = self.ssh = self.build_contexts = ()
+        self.tags, self.build_arg, self.label = (), (), ()
+        self.__dict__.update(given)
+        self.build_args = _build_args(self.build_arg)
+        self.labels = dict(item.partition("=")[::2] for item in self.label)
+
+
+def _options_from(ns) -> ThinOptions:
+    """build_command._options for a build through the server, without importing the pipeline: the
+    same checks here, the outputs' own (OutputSpec.parse) on the server."""
+    outputs = [RemoteOutput.parse(text) for text in ns.output]
+    if ns.push:
+        if not ns.tag:
+            raise BuildError("tag is needed when pushing to registry (--push needs -t NAME)")
+        outputs.append(RemoteOutput("image", (("push", "true"),)))
+    if len([o for o in outputs if o.get("dest") == "-"]) > 1:
+        raise BuildError("only one output can write to stdout (dest=-)")
+    for item in ns.label:
+        if not item.partition("=")[0]:
+            raise BuildError(f'invalid label "{item}": the key is empty')
+    return ThinOptions(
+        context=ns.context, dockerfile=ns.dockerfile, tags=tuple(ns.tag), build_arg=tuple(ns.build_arg),
+        target=ns.target, no_cache=ns.no_cache,
+        no_cache_filter=tuple(s for value in ns.no_cache_filter for s in value.split(",") if s),
+        pull=ns.pull, outputs=tuple(outputs), iidfile=ns.iidfile, metadata_file=ns.metadata_file,
+        label=tuple(ns.label), annotations=tuple(ns.annotation), jobs=ns.jobs, platform=ns.platform,
+        insecure_registries=tuple(ns.insecure_registry), secrets=tuple(ns.secret), ssh=tuple(ns.ssh),
+        network=ns.network, add_hosts=tuple(ns.add_host),
+        allow=tuple(e for value in ns.allow for e in value.split(",") if e), shm_size=ns.shm_size,
+        ulimits=tuple(ns.ulimit), build_contexts=tuple(ns.build_context), security_opts=tuple(ns.security_opt),
+        memory=ns.memory, pids_limit=ns.pids_limit, cpu_shares=ns.cpu_shares)
+
+
+class RemoteOutput:
+    """An `-o` value as the client needs it: its type and attributes (dest: where the client
+    writes what the server sends). Malformed ones go as they are: the server's parser says why."""
+
+    def __init__(self, type: str, attrs: tuple, text: str | None = None):
+        self.type, self.attrs, self.text = type, attrs, text
+
+    @classmethod
+    def parse(cls, text: str) -> "RemoteOutput":
+        if text.strip() == "-":
+            return cls("tar", (("dest", "-"),))
+        if "=" not in text.split(",")[0]:
+            return cls("local", (("dest", text),))
+        parts = [part.partition("=") for part in text.split(",")]
+        if not all(sep for _, sep, _ in parts):
+            return cls("", (), text)
+        attrs = {key.strip(): value.strip() for key, _, value in parts}
+        kind = attrs.pop("type", "")
+        return cls(kind, tuple(sorted(attrs.items())))
+
+    def get(self, name: str, default: str = "") -> str:
+        return dict(self.attrs).get(name, default)
+
+    def __str__(self) -> str:
+        return self.text or ",".join([f"type={self.type}", *(f"{k}={v}" for k, v in self.attrs)])
+
+
+def _thin_options(argv: list[str]) -> ThinOptions | None:
+    given: dict = {name: [] for name in _THIN_LISTS}
+    context = []
+    words = iter(argv)
+    for word in words:
+        if word in _THIN_SWITCHES:
+            given[_THIN_SWITCHES[word]] = True
+            continue
+        flag, eq, value = word.partition("=")
+        if word in _THIN_VALUES:
+            flag, value = word, next(words, None)
+            if value is None or (value.startswith("-") and value != "-"):
+                return None
+        elif not (eq and flag.startswith("--") and flag in _THIN_VALUES):
+            if word.startswith("-") and word != "-":
+                return None
+            context.append(word)
+            continue
+        if not value:
+            return None
+        name = _THIN_VALUES[flag]
+        if name in _THIN_LISTS:
+            given[name].append(value)
+        else:
+            given[name] = value
+    if len(context) != 1 or any(item.startswith("=") for item in given["label"]):
+        return None
+    options = ThinOptions(context=context[0], **{k: tuple(v) if k in _THIN_LISTS else v for k, v in given.items()})
+    if options.progress not in PROGRESS_MODES:
+        return None
+    return options
+
+
+def _build_args(values) -> dict[str, str]:
+    """`--build-arg KEY=VALUE`; a bare KEY takes its value from the environment (build_command's)."""
+    args = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep:
+            if key not in os.environ:
+                continue
+            value = os.environ[key]
+        args[key] = value
+    return args
+
+
+class RemoteResult:
+    """The server's answer to a build (pipeline.BuildResult's fields, without importing it)."""
+
+    def __init__(self, image_id: str, manifest_digest: str, tags, warnings, wrote_stdout: bool):
+        self.image_id, self.manifest_digest, self.wrote_stdout = image_id, manifest_digest, wrote_stdout
+        self.tags, self.warnings = tuple(tags), tuple(warnings)
 
 
 # URL contexts the server fetches itself: anonymous ones (ssh:// and git@ would be the server's keys).
@@ -249,32 +422,46 @@ _FORWARDED = ("tags", "target", "no_cache", "no_cache_filter", "pull", "annotati
 
 
 def _request(options) -> dict:
-    from builder.session import SecretStore
-
     doc = {name: list(v) if isinstance(v, tuple) else v for name in _FORWARDED
            for v in [getattr(options, name)]}
     doc["build_args"] = dict(options.build_args)
     doc["labels"] = dict(options.labels)
-    doc["outputs"] = [",".join([f"type={o.type}", *(f"{k}={v}" for k, v in o.attrs)]) for o in options.outputs]
+    doc["outputs"] = [str(o) if isinstance(o, RemoteOutput) else ",".join([f"type={o.type}", *(f"{k}={v}" for k, v in o.attrs)])
+                      for o in options.outputs]
     doc["metadata_file"] = bool(options.metadata_file)
-    store = SecretStore(options.secrets)  # read here: the server never sees the files
-    doc["secrets"] = [{"id": s.id, "value": base64.b64encode(store.get(s.id) or b"").decode()}
-                      for s in options.secrets]
-    named = {}
+    doc["secrets"] = []
+    if options.secrets:
+        import base64
+
+        from builder.session import SecretStore
+
+        store = SecretStore(options.secrets)  # read here: the server never sees the files
+        doc["secrets"] = [{"id": s.id, "value": base64.b64encode(store.get(s.id) or b"").decode()}
+                          for s in options.secrets]
+    named, directories = {}, {}
     for text in options.build_contexts:
-        name, _, value = text.partition("=")
-        if not value.startswith("docker-image://"):
-            raise BuildError(f"--build-context {name}: only docker-image:// contexts work with --server")
-        named[name] = value
+        name, sep, value = text.partition("=")
+        if not sep or not name or not value:
+            raise BuildError(f'invalid --build-context "{text}": use NAME=DIR or NAME=docker-image://REF')
+        if value.startswith(("docker-image://", *SERVER_FETCHES)):
+            named[name] = value                  # the server resolves or fetches it
+        elif "://" in value or value.startswith("git@"):
+            raise BuildError(f"--build-context {name}: through a server a named context is a directory here, "
+                             f"docker-image://REF or a {', '.join(SERVER_FETCHES)} URL")
+        elif not os.path.isdir(value):
+            raise BuildError(f"--build-context {name}: {value} is not a directory")
+        else:
+            directories[name] = value            # sent as a tar after the main context
     doc["build_contexts"] = named
-    return doc
+    return doc, directories
 
 
 def _build(address: str, tls_ca: str | None, options, progress):
-    from builder.pipeline import BuildResult
-
+    """The build on the server; PROGRESS (None: quiet, and the server sends no events) sees its
+    events. The result is a RemoteResult."""
     STDIN = "-"  # as builder.stdin_context names it
-    request = _request(options)
+    request, directories = _request(options)
+    request["events"] = progress is not None
     if "://" in options.context or options.context.startswith("git@"):
         if not options.context.startswith(SERVER_FETCHES):
             raise BuildError(f"{options.context}: the server fetches only {', '.join(SERVER_FETCHES)} contexts "
@@ -285,6 +472,8 @@ def _build(address: str, tls_ca: str | None, options, progress):
     elif not os.path.isdir(options.context):
         raise BuildError(f"unable to prepare context: path {options.context!r} not found")
     if options.dockerfile:
+        import base64
+
         if options.dockerfile == STDIN:
             data, name = sys.stdin.buffer.read(), "Dockerfile"
         else:
@@ -303,28 +492,39 @@ def _build(address: str, tls_ca: str | None, options, progress):
         request["dockerfile_name"] = name
         request["dockerfile"] = base64.b64encode(data).decode()
 
-    spooled = None
+    # With named directories (more tars follow) or --ssh (the body stays open for the agents'
+    # bytes), each part is spooled first, so the server is told where each one ends.
+    spooled = []
     if options.ssh:
-        # The body stays open for the agents' bytes, so the server is told where the tar ends.
-        if not address.startswith("unix://"):
-            raise BuildError("--ssh works over the server's unix socket only, for now")
-        if request.get("stdin_context"):
-            raise BuildError("--ssh with a context on stdin (-) does not work through a server yet")
         request["ssh"] = [s.id for s in options.ssh]
-        if not request.get("context_url"):
-            import tempfile
+    if options.ssh or directories:
+        import tempfile
 
-            spooled = tempfile.TemporaryFile()
-            write_context_tar(options.context, options.dockerfile if options.dockerfile != STDIN else None, spooled)
-            request["context_size"] = spooled.tell()
-            spooled.seek(0)
+        if not request.get("context_url"):
+            main = tempfile.TemporaryFile()
+            if request.get("stdin_context"):
+                for chunk in iter(lambda: sys.stdin.buffer.read(1 << 18), b""):
+                    main.write(chunk)
+            else:
+                write_context_tar(options.context, options.dockerfile if options.dockerfile != STDIN else None, main)
+            request["context_size"] = main.tell()
+            spooled.append(main)
+        request["named_contexts"] = []
+        for name, directory in directories.items():
+            part = tempfile.TemporaryFile()
+            write_context_tar(directory, None, part, named=True)
+            request["named_contexts"].append({"name": name, "size": part.tell()})
+            spooled.append(part)
 
     def body(writer) -> None:
-        if request.get("context_url"):
+        if spooled:
+            for part in spooled:
+                part.seek(0)
+                for chunk in iter(lambda: part.read(1 << 18), b""):
+                    writer.write(chunk)
+                part.close()
+        elif request.get("context_url"):
             return
-        if spooled is not None:
-            for chunk in iter(lambda: spooled.read(1 << 18), b""):
-                writer.write(chunk)
         elif request.get("stdin_context"):
             for chunk in iter(lambda: sys.stdin.buffer.read(1 << 18), b""):
                 writer.write(chunk)
@@ -340,6 +540,7 @@ def _build(address: str, tls_ca: str | None, options, progress):
         if options.ssh:
             from builder.service.sshrelay import ClientAgents
 
+            connection.full_duplex()
             agents = ClientAgents({s.id: s.path for s in options.ssh}, connection.upstream)
         result = failure = None
         outputs = OutputWriters(options)
@@ -348,7 +549,7 @@ def _build(address: str, tls_ca: str | None, options, progress):
                 agents.handle(kind, doc, data)
                 continue
             if kind == "event":
-                event = protocol.decode_event(doc)
+                event = protocol.decode_event(doc) if progress is not None else None
                 if event is not None:
                     progress(event)
             elif kind == "data":
@@ -361,8 +562,8 @@ def _build(address: str, tls_ca: str | None, options, progress):
             elif kind == "output-end":
                 outputs.end()
             elif kind == "result":
-                result = BuildResult(doc["image_id"], doc["manifest_digest"], tuple(doc["tags"]),
-                                     tuple(doc["warnings"]), doc["wrote_stdout"])
+                result = RemoteResult(doc["image_id"], doc["manifest_digest"], doc["tags"], doc["warnings"],
+                                      doc["wrote_stdout"])
             elif kind == "error":  # raised once the server has finished (and cleaned up): at exit
                 failure = (BuildError("the build was cancelled on the server") if doc.get("interrupted")
                            else _error(doc))
@@ -406,21 +607,51 @@ def _frames(connection: Connection):
             yield kinds.get(channel, "data"), {}, payload
 
 
-def write_context_tar(context: str, dockerfile: str | None, out) -> None:
+def write_context_tar(context: str, dockerfile: str | None, out, named: bool = False) -> None:
     """The context as docker's client sends it: a tar of what .dockerignore leaves, plus the
-    Dockerfile and .dockerignore themselves (the server applies the rules again when COPY reads)."""
+    Dockerfile and .dockerignore themselves (the server applies the rules again when COPY reads).
+    A NAMED context (--build-context NAME=DIR) has its own .dockerignore and no Dockerfile, as buildx's."""
+    if not _has_dockerignore(context, dockerfile):
+        from builder.plumbing.tarwriter import Unsupported, write_tar
+
+        try:
+            write_tar(context, _every_path(context), out)
+            return
+        except Unsupported:   # a hard link, a fifo, ...: tarfile writes those (nothing was written yet)
+            pass
     import tarfile
 
     from builder.context import BuildContext, read_dockerignore
 
     visible = BuildContext(context, read_dockerignore(context, dockerfile))
     names = [rel for rel in visible.walk() if rel]
-    for always in (".dockerignore", "Dockerfile" if dockerfile is None else None):
+    for always in (".dockerignore", "Dockerfile" if dockerfile is None and not named else None):
         if always and always not in names and os.path.lexists(os.path.join(context, always)):
             names.append(always)
     with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tf:
         for rel in names:
             tf.add(os.path.join(context, rel), arcname=rel, recursive=False)
+
+
+def _has_dockerignore(context: str, dockerfile: str | None) -> bool:
+    """Whether a .dockerignore applies (context.load_dockerignore's two places); without one the
+    context is every path in it, and the thin path sends it without parsing any rules."""
+    candidates = ((dockerfile or os.path.join(context, "Dockerfile")) + ".dockerignore",
+                  os.path.join(context, ".dockerignore"))
+    return any(os.path.lexists(path) for path in candidates)
+
+
+def _every_path(root: str, rel: str = "") -> list[str]:
+    """Every path under ROOT in sorted pre-order, symlinks not followed (BuildContext.walk with no rules)."""
+    out = []
+    with os.scandir(os.path.join(root, rel)) as listing:
+        entries = sorted((entry.name, entry.is_dir(follow_symlinks=False)) for entry in listing)
+    for name, is_dir in entries:
+        child = f"{rel}/{name}" if rel else name
+        out.append(child)
+        if is_dir:
+            out.extend(_every_path(root, child))
+    return out
 
 
 class OutputWriters:
@@ -595,6 +826,8 @@ def cmd_login_server(argv: list[str], tls_ca: str | None = None) -> int:
             import getpass
 
             password = getpass.getpass("Password: ")
+        import base64
+
         basic = "Basic " + base64.b64encode(f"{ns.username}:{password}".encode()).decode()
         connection = Connection(ns.server, ns.tls_ca)
         try:

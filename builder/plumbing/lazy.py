@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import importlib
-from typing import Callable, Mapping
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:   # typing costs a CLI's fast paths ~2 ms to import; the annotations are strings
+    from typing import Callable, Mapping
 
 
 def lazy_exports(package: str, exports: Mapping[str, str]) -> Callable[[str], object]:

@@ -11,7 +11,7 @@ refused (429) without asking PAM at all.
 from __future__ import annotations
 
 import base64
-import hmac
+import hashlib
 import pwd
 import secrets
 import socket
@@ -88,33 +88,84 @@ class RateLimiter:
 
 
 class Tokens:
-    """Short-lived bearer tokens, in the server's memory only (a restart logs everybody out)."""
+    """Short-lived bearer tokens. With a PATH they survive a restart: the file (mode 0600, under
+    the server's root) keeps only each token's sha256, its user and its expiry, never the token,
+    so whoever reads it still cannot log in. Without one they live in memory only."""
 
-    def __init__(self, lifetime: float = TOKEN_LIFETIME):
-        self.lifetime = lifetime
-        self._tokens: dict[str, tuple[int, float]] = {}
+    def __init__(self, lifetime: float = TOKEN_LIFETIME, path: str | None = None):
+        self.lifetime, self.path = lifetime, path
+        self._tokens: dict[str, tuple[int, str, float]] = {}   # sha256 hex -> (uid, name, expires)
         self._lock = threading.Lock()
+        if path is not None:
+            self._tokens = _read_token_file(path)
+            self._save()   # without the ones that expired while no server ran
+
+    @staticmethod
+    def _key(token: str) -> str:
+        return hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
 
     def issue(self, user: User) -> tuple[str, float]:
         token = secrets.token_urlsafe(32)
         expires = time.time() + self.lifetime
         with self._lock:
-            self._tokens[token] = (user.uid, expires)
+            self._expire(time.time())
+            self._tokens[self._key(token)] = (user.uid, user.name, expires)
+            self._save()
         return token, expires
 
     def user(self, token: str) -> User | None:
-        now = time.time()
+        # A dict lookup by the token's hash: timing says something about the hash, nothing of the token.
         with self._lock:
-            for known, (uid, expires) in list(self._tokens.items()):
-                if expires <= now:
-                    del self._tokens[known]
-            match = next((entry for known, entry in self._tokens.items()
-                          if hmac.compare_digest(known.encode(), token.encode())), None)
-        return User.by_uid(match[0]) if match else None
+            entry = self._tokens.get(self._key(token))
+            if entry is not None and entry[2] <= time.time():
+                del self._tokens[self._key(token)]
+                self._save()
+                entry = None
+        if entry is None:
+            return None
+        user = User.by_uid(entry[0])
+        return user if user is not None and user.name == entry[1] else None   # not a reused uid
 
     def revoke(self, token: str) -> None:
         with self._lock:
-            self._tokens.pop(token, None)
+            if self._tokens.pop(self._key(token), None) is not None:
+                self._save()
+
+    def _expire(self, now: float) -> None:
+        for key in [k for k, (_, _, expires) in self._tokens.items() if expires <= now]:
+            del self._tokens[key]
+
+    def _save(self) -> None:
+        if self.path is None:
+            return
+        import json
+        import os
+
+        from builder.plumbing.files import write_atomically
+
+        doc = {key: {"uid": uid, "user": name, "expires": expires}
+               for key, (uid, name, expires) in sorted(self._tokens.items())}
+        os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
+        write_atomically(self.path, json.dumps({"sha256": doc}, indent=1).encode(), mode=0o600)
+
+
+def _read_token_file(path: str) -> dict[str, tuple[int, str, float]]:
+    """The tokens a previous server issued that have not expired; a damaged file logs everybody out."""
+    import json
+
+    try:
+        with open(path, "rb") as f:
+            doc = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    entries = doc.get("sha256") if isinstance(doc, dict) else None
+    now, tokens = time.time(), {}
+    for key, entry in (entries.items() if isinstance(entries, dict) else ()):
+        if (isinstance(key, str) and len(key) == 64 and isinstance(entry, dict)
+                and isinstance(entry.get("uid"), int) and isinstance(entry.get("user"), str)
+                and isinstance(entry.get("expires"), (int, float)) and entry["expires"] > now):
+            tokens[key] = (entry["uid"], entry["user"], float(entry["expires"]))
+    return tokens
 
 
 class PamAuthenticator:

@@ -17,7 +17,6 @@ is all the client imports of the service, so it imports nothing heavy.
 
 from __future__ import annotations
 
-import base64
 import json
 import struct
 
@@ -74,9 +73,10 @@ class FrameReader:
 def encode_event(event) -> dict:
     """A builder.events event as a JSON document: its class name and fields (bytes as base64),
     whatever fields the event classes grow."""
-    from builder.plumbing import records
+    import base64
 
     from builder.events import CacheMiss
+    from builder.plumbing import records
 
     fields = {}
     for f in records.fields(event):
@@ -92,9 +92,10 @@ def encode_event(event) -> dict:
 
 
 def decode_event(doc: dict):
-    from builder.plumbing import records
+    import base64
 
     from builder import events
+    from builder.plumbing import records
 
     kind = getattr(events, doc.get("event", ""), None)
     if kind not in (events.Started, events.Output, events.Log, events.Finished):

@@ -62,7 +62,7 @@ class Service:
         self.root = os.path.abspath(config.root)
         self.run_cli = run_cli
         self.queue = FairQueue(config.max_builds)
-        self.tokens = Tokens()
+        self.tokens = Tokens(path=os.path.join(self.root, "service", "tokens.json"))
         self.limiter = RateLimiter(config.login_attempts, 60.0)
         self._pam: PamAuthenticator | None = None
         self.stopping = threading.Event()
@@ -129,8 +129,7 @@ class Service:
         if not (isinstance(ssh_ids, list) and len(ssh_ids) <= 16 and len(set(ssh_ids)) == len(ssh_ids)
                 and all(isinstance(i, str) and i for i in ssh_ids)):
             raise RequestError("ssh must be a list of distinct ids")
-        if ssh_ids and h.server.kind != "unix":
-            raise RequestError("--ssh works over the server's unix socket only, for now")
+        h.wants_events = request.get("events", True) is not False
         workdir = tempfile.mkdtemp(prefix="build-", dir=self.tmp_dir)
         relay = code = None
         try:
@@ -145,9 +144,12 @@ class Service:
 
                 relay = AgentRelay(os.path.join(workdir, "ssh"), ssh_ids, h.send_frame)
                 request = {**request, "ssh_paths": relay.paths}
+                h.full_duplex(body)
                 h.read_upstream(body, relay)
-            if worker.answer_if_cached(_StreamWriter(h), request, workdir, self.root, self.config.limits,
+            answer = _Collected(h)
+            if worker.answer_if_cached(answer, request, workdir, self.root, self.config.limits,
                                        user.namespace, self.config.isolate_cache):
+                answer.flush()
                 code = 0
                 return
             try:
@@ -170,7 +172,7 @@ class Service:
         """A --max-builds slot; a build that has to wait shows it as a step of its own."""
         from builder import events
 
-        waits = self.queue.running >= self.queue.slots
+        waits = self.queue.running >= self.queue.slots and h.wants_events
         if waits:
             h.send_frame(protocol.message("event", **protocol.encode_event(
                 events.Started("queue", f"[internal] waiting for a build slot ({self.queue.slots} running)"))))
@@ -299,17 +301,29 @@ class Service:
             child.interrupt()
 
 
-class _StreamWriter:
-    """worker.MessageWriter's two methods, straight to the client (for answers made in-thread)."""
+class _Collected:
+    """worker.MessageWriter's two methods for an answer made in-thread: gathered, so that a small
+    one (a cached build's events and result) goes to the client in one write; past a MiB (an
+    output's bytes) it streams."""
+
+    LIMIT = 1 << 20
 
     def __init__(self, handler):
-        self.handler = handler
+        self.handler, self.frames, self.size = handler, [], 0
 
     def write(self, data: bytes) -> None:
-        self.handler.send_raw(data)
+        self.frames.append(bytes(data))
+        self.size += len(data)
+        if self.size >= self.LIMIT:
+            self.flush()
 
     def send(self, kind: str, **fields) -> None:
-        self.handler.send_raw(protocol.message(kind, **fields))
+        self.write(protocol.message(kind, **fields))
+
+    def flush(self) -> None:
+        if self.frames:
+            self.handler.send_raw(b"".join(self.frames))
+        self.frames, self.size = [], 0
 
 
 def _split_frames(data: bytes) -> tuple[bytes, bytes]:
@@ -348,30 +362,52 @@ def _receive_context(body, request: dict, workdir: str, more: bool = False) -> N
         if request.get("dockerignore") is not None:
             with open(os.path.join(directory, name + ".dockerignore"), "wb") as f:
                 f.write(base64.b64decode(request["dockerignore"]))
-    if request.get("context_url"):
-        return   # the worker fetches it
-    if request.get("stdin_context"):
-        with open(os.path.join(workdir, "stdin"), "wb") as f:
-            for chunk in iter(lambda: body.read(1 << 20), b""):
-                f.write(chunk)
-        return
-    context = os.path.join(workdir, "context")
-    os.makedirs(context)
-    source = body
+    named = _named_contexts(request)
+    sized = more or bool(named)   # more parts follow the main one: each comes with its size
+    if not request.get("context_url"):   # a URL: the worker fetches it
+        source = body
+        if sized:
+            size = request.get("context_size")
+            if not isinstance(size, int) or size < 0:
+                raise ValueError("a request with named contexts or ssh needs context_size")
+            source = _Limited(body, size)
+        if request.get("stdin_context"):
+            with open(os.path.join(workdir, "stdin"), "wb") as f:
+                for chunk in iter(lambda: source.read(1 << 20), b""):
+                    f.write(chunk)
+            if not sized:
+                return
+        else:
+            _extract(source, os.path.join(workdir, "context"), sized)
+    for index, (_name, size) in enumerate(named):
+        _extract(_Limited(body, size), os.path.join(workdir, "named", str(index)), True)
     if more:
-        size = request.get("context_size")
-        if not isinstance(size, int) or size < 0:
-            raise ValueError("an ssh build's request needs context_size")
-        source = _Limited(body, size)
-    with tarfile.open(fileobj=source, mode="r|") as tf:
-        tf.extractall(context, filter=protocol.safe_tar_filter)
-    if more:
-        while source.read(1 << 16):   # the tar's end blocks
-            pass
-        return
+        return   # the client's ssh frames follow
     body.read(1 << 20)  # the tar's end blocks: the body must end cleanly too
     if body.read(1):
         raise ValueError("bytes after the end of the context tar")
+
+
+def _named_contexts(request: dict) -> list[tuple[str, int]]:
+    """The directory --build-contexts the client sends after the main context: (name, tar size)."""
+    named = request.get("named_contexts") or []
+    if not (isinstance(named, list) and len(named) <= 64 and all(
+            isinstance(n, dict) and isinstance(n.get("name"), str) and n["name"] and "=" not in n["name"]
+            and isinstance(n.get("size"), int) and n["size"] >= 0 for n in named)):
+        raise ValueError("named_contexts must be a list of {name, size}")
+    names = [n["name"] for n in named]
+    if len(set(names)) != len(names) or set(names) & set(request.get("build_contexts") or {}):
+        raise ValueError("a named context is given twice")
+    return [(n["name"], n["size"]) for n in named]
+
+
+def _extract(source, directory: str, sized: bool) -> None:
+    os.makedirs(directory)
+    with tarfile.open(fileobj=source, mode="r|") as tf:
+        tf.extractall(directory, filter=protocol.safe_tar_filter)
+    if sized:
+        while source.read(1 << 16):   # the tar's end blocks
+            pass
 
 
 class _Limited:
@@ -485,9 +521,22 @@ class Handler(BaseHTTPRequestHandler):
             service.sockets.add(self.request)
         super().setup()
 
+    def full_duplex(self, body: Body) -> None:
+        """From here one thread reads BODY while others write: over TLS, through one lock
+        (duplex.py); a unix socket needs nothing."""
+        if self.server.tls is None:
+            return
+        from builder.service.duplex import DuplexReader, DuplexTLS, DuplexWriter
+
+        self.duplex = DuplexTLS(self.connection)
+        body.rfile = DuplexReader(self.duplex)
+        self.wfile = DuplexWriter(self.duplex)
+
     def finish(self) -> None:
         try:
             super().finish()
+            if getattr(self, "duplex", None) is not None:
+                self.duplex.blocking()
         finally:
             with self.server.service.lock:
                 self.server.service.sockets.discard(self.request)
@@ -659,6 +708,11 @@ class UnixServer(_Server, socketserver.UnixStreamServer):
             pass
 
 
+class TLSHandler(Handler):
+    # Unbuffered: a body read ahead into a buffer could not be handed to a DuplexReader later.
+    rbufsize = 0
+
+
 class TLSServer(_Server, socketserver.TCPServer):
     kind = "tcp"
     allow_reuse_address = True
@@ -667,7 +721,7 @@ class TLSServer(_Server, socketserver.TCPServer):
         self.service, self.tls = service, tls
         if ":" in host:
             self.address_family = socket.AF_INET6
-        super().__init__((host, port), Handler, bind_and_activate=inherited is None)
+        super().__init__((host, port), TLSHandler, bind_and_activate=inherited is None)
         if inherited is not None:
             self.socket.close()
             self.socket = inherited
@@ -758,8 +812,13 @@ def _preload() -> None:
     import builder.convert  # noqa: F401
     import builder.executor.container  # noqa: F401
     import builder.grammar  # noqa: F401
+    import builder.image.names  # noqa: F401
+    import builder.image.platform_spec  # noqa: F401
     import builder.lifecycle.gc  # noqa: F401
     import builder.lifecycle.image_archive  # noqa: F401
     import builder.pipeline  # noqa: F401
+    import builder.plan_cache  # noqa: F401  (a cached build's first question; the pipeline imports it lazily)
     import builder.registry.client  # noqa: F401
+    import builder.remote_context  # noqa: F401
     import builder.solver.solver  # noqa: F401
+    import builder.stdin_context  # noqa: F401

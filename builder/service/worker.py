@@ -127,7 +127,10 @@ def build_target(request: dict, workdir: str, root: str, limits: dict):
             from builder.pipeline import build
 
             def progress(event) -> None:
-                out.send("event", **protocol.encode_event(event))
+                if wants_events:
+                    out.send("event", **protocol.encode_event(event))
+
+            wants_events = request.get("events", True) is not False   # a quiet client draws nothing
 
             stdin = open(os.path.join(workdir, "stdin"), "rb") if request.get("stdin_context") else None
             result = build(options, progress, stdin=stdin)
@@ -177,7 +180,7 @@ def answer_if_cached(out, request: dict, workdir: str, root: str, limits: dict, 
         return False
     if result is None:
         return False
-    for event in seen:
+    for event in seen if request.get("events", True) is not False else ():
         out.send("event", **protocol.encode_event(event))
     send_result(out, result, outputs, request, workdir)
     return True
@@ -211,6 +214,9 @@ class _FrameFile:
         return len(data)
 
 
+# The URLs the server fetches itself: anonymous ones (ssh:// and git@ would use the server's keys).
+_SERVER_FETCHES = ("http://", "https://", "git://")
+
 # What a client may set, by BuildOptions field; everything else the server decides.
 _PLAIN_FIELDS = ("tags", "build_args", "target", "no_cache", "no_cache_filter", "pull", "labels", "annotations",
                  "jobs", "platform", "insecure_registries", "network", "add_hosts", "allow", "shm_size", "ulimits",
@@ -230,9 +236,13 @@ def build_options(request: dict, workdir: str, root: str, limits: dict):
         raise BuildError(f"--allow {entitlement}: the server grants no entitlements")
     if fields.get("network") == "host":
         raise BuildError("--network host: the server grants no entitlements (network.host)")
-    for name, value in request.get("build_contexts", {}).items():
-        if not value.startswith("docker-image://"):
-            raise BuildError(f"--build-context {name}: only docker-image:// contexts work through a server")
+    named = dict(request.get("build_contexts", {}))
+    for name, value in named.items():   # never a path: that would be the server's own files
+        if not (isinstance(value, str) and value.startswith(("docker-image://", *_SERVER_FETCHES))):
+            raise BuildError(f"--build-context {name}: through a server a named context is a directory the "
+                             f"client sends, docker-image://REF or a {', '.join(_SERVER_FETCHES)} URL")
+    for index, item in enumerate(request.get("named_contexts") or ()):
+        named[item["name"]] = os.path.join(workdir, "named", str(index))   # where the server unpacked it
     _apply_limits(fields, limits, parse_memory)
     outputs, returned = [], []
     for index, text in enumerate(request.get("outputs", ())):
@@ -242,14 +252,16 @@ def build_options(request: dict, workdir: str, root: str, limits: dict):
             spec = OutputSpec(spec.type, tuple((k, local if k == "dest" else v) for k, v in spec.attrs))
             returned.append((index, local))
         outputs.append(spec)
-    secrets = tuple(SecretSource(s["id"], value=protocol.base64.b64decode(s["value"]))
+    import base64
+
+    secrets = tuple(SecretSource(s["id"], value=base64.b64decode(s["value"]))
                     for s in request.get("secrets", ()))
     dockerfile = None
     if request.get("dockerfile_name"):
         dockerfile = os.path.join(workdir, "dockerfile", os.path.basename(request["dockerfile_name"]))
     url = request.get("context_url")
     if url:
-        if not isinstance(url, str) or not url.startswith(("http://", "https://", "git://")):
+        if not isinstance(url, str) or not url.startswith(_SERVER_FETCHES):
             raise BuildError("the server fetches only http://, https:// and git:// contexts")
         context = url
     elif request.get("stdin_context"):
@@ -262,7 +274,7 @@ def build_options(request: dict, workdir: str, root: str, limits: dict):
     options = BuildOptions(
         context=context, dockerfile=dockerfile, root=root, outputs=tuple(outputs), secrets=secrets, ssh=ssh,
         metadata_file=os.path.join(workdir, "metadata.json") if request.get("metadata_file") else None,
-        build_contexts=tuple(f"{k}={v}" for k, v in request.get("build_contexts", {}).items()),
+        build_contexts=tuple(f"{k}={v}" for k, v in named.items()),
         **{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
     return options, returned
 
