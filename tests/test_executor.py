@@ -527,3 +527,12 @@ def _processes_in(pid_ns: str) -> list[int]:
         except OSError:
             continue
     return found
+
+
+def test_close_waits_for_the_seccomp_compile_warm_sandbox_started(tmp_path):
+    """A build that fails before its first RUN closes the executor at once; exiting while the
+    compile thread is inside libseccomp crashed the interpreter's teardown (SIGSEGV, seen under load)."""
+    executor = NamespaceExecutor(str(tmp_path), cgroup_layout=False)
+    executor.warm_sandbox()
+    executor.close()
+    assert not any(t.name == "build-image-seccomp" and t.is_alive() for t in threading.enumerate())

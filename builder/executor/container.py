@@ -160,6 +160,7 @@ class NamespaceExecutor:
         self._network_ready = network_ready
         self._network_lock = threading.Lock()
         self._seccomp_lock = threading.Lock()
+        self._seccomp_warmer: threading.Thread | None = None
 
     def _seccomp_program(self) -> linux.SeccompProgram | None:
         if self.sandbox.seccomp and self._seccomp is None:
@@ -181,15 +182,20 @@ class NamespaceExecutor:
             except Exception:
                 pass  # the first RUN compiles it again, and reports what fails
 
-        if self.sandbox.seccomp and self._seccomp is None:
-            threading.Thread(target=compile_quietly, name="build-image-seccomp", daemon=True).start()
+        if self.sandbox.seccomp and self._seccomp is None and self._seccomp_warmer is None:
+            self._seccomp_warmer = threading.Thread(target=compile_quietly, name="build-image-seccomp", daemon=True)
+            self._seccomp_warmer.start()
 
     def warm_network(self) -> None:
         """Start preparing the default network now (a build that will need it calls this early)."""
         self._bridge().warm()
 
     def close(self) -> None:
-        """Tear down the default network this executor made, if any, and the cgroup parents."""
+        """Tear down the default network this executor made, if any, and the cgroup parents; wait
+        for the seccomp compile warm_sandbox started (a build that fails before its first RUN must
+        not exit while that thread is inside libseccomp: the interpreter's teardown would crash it)."""
+        if self._seccomp_warmer is not None:
+            self._seccomp_warmer.join()
         with self._network_lock:
             network, self._network = (self._network, None) if self._owns_network else (None, self._network)
             made, self._made_cgroup_parents = self._made_cgroup_parents, ()
