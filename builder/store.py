@@ -4,6 +4,7 @@
     ROOT/blobs/tmp/               blob writes in progress (atomic rename into sha256/)
     ROOT/snapshots/               unpacked layers by chain ID, used as overlay lower dirs
     ROOT/snapshots.naive/         whole trees by chain ID (BUILD_IMAGE_SNAPSHOTTER=naive, no overlayfs)
+    ROOT/layers/<hex>.json        built layers with no stored tar: diff_id -> the snapshot it is made from
     ROOT/images/                  the image index: name:tag and name@digest -> manifest digest
     ROOT/cache/records/<key>.json build cache: cache key -> layer it produced
     ROOT/cache/compressed/        compressed variants of layers, made when an output needs them
@@ -57,11 +58,14 @@ class Store:
                  records: BaseCacheRecords | None = None, snapshotter: str | None = None,
                  namespace: str | None = None, isolate_cache: bool | None = None):
         from builder.image.names import ImageStore
+        from builder.snapshot.backed import SnapshotBackedBlobs
         from builder.snapshot.snapshotter import make_snapshotter
 
         self.root = os.path.abspath(root or default_root())
         os.makedirs(self.root, exist_ok=True)
-        self.blobs = blobs if blobs is not None else BlobStore(os.path.join(self.root, "blobs"))
+        # Built layers are snapshots, made into tars only when read (builder/snapshot/backed.py).
+        self.blobs = SnapshotBackedBlobs(blobs if blobs is not None else BlobStore(os.path.join(self.root, "blobs")),
+                                         self.root)
         self.variants = LayerVariants(os.path.join(self.root, "cache", "compressed"))
         # overlay (the default) or naive: BUILD_IMAGE_SNAPSHOTTER picks it for every command.
         kind = snapshotter or os.environ.get("BUILD_IMAGE_SNAPSHOTTER") or "overlay"
