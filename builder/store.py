@@ -194,6 +194,21 @@ class Store:
         """The directory name under ROOT/snapshots/ of CHAIN_ID's snapshot."""
         return os.path.basename(self.snapshots.path(chain_id))
 
+    def backing_snapshot_keys(self) -> set[str]:
+        """The snapshots the store's built layers are made from (builder/snapshot/backed.py): kept
+        while their layers are. Only overlay snapshots back layers (a naive store keeps its tars)."""
+        if self.snapshotter.name != "overlay":
+            return set()
+        keys = set()
+        for digest in self.blobs.backed_digests():
+            try:
+                source = self.blobs.source(digest)
+            except StoreError:
+                continue  # unreadable: fsck's business; it names no snapshot
+            if source is not None:
+                keys.add(self.snapshot_key(source.chain))
+        return keys
+
     def snapshot_keys(self) -> list[str]:
         """Every committed snapshot's directory name (chain IDs are not recoverable from them)."""
         return self.snapshots.keys()

@@ -78,7 +78,7 @@ def prune(store: Store, *, all_images: bool = False, cache: bool = False,
                 store.blobs.delete(digest)
         # After the blobs: a layer made from a snapshot (builder/snapshot/backed.py) that is still
         # kept (by an image or a cache record) keeps the snapshot it is made from.
-        kept_snapshots = _snapshot_keys_of(store, kept) | _backing_snapshot_keys(store)
+        kept_snapshots = _snapshot_keys_of(store, kept) | store.backing_snapshot_keys()
         for key in store.snapshot_keys():
             if key not in kept_snapshots:
                 reclaimed += store.snapshot_size(key)
@@ -156,22 +156,6 @@ def _snapshot_keys_of(store: Store, records: list[ImageRecord]) -> set[str]:
     from builder.snapshot.layers import chain_ids
 
     return {store.snapshot_key(c) for r in records for c in chain_ids(r.image.config.diff_ids)}
-
-
-def _backing_snapshot_keys(store: Store) -> set[str]:
-    """The snapshots the store's snapshot-backed layers are made from (the overlay ones: a naive
-    store keeps its layers' tars)."""
-    if store.snapshotter.name != "overlay":
-        return set()
-    keys = set()
-    for digest in store.blobs.backed_digests():
-        try:
-            source = store.blobs.source(digest)
-        except StoreError:
-            continue  # unreadable: fsck's business; its snapshot cannot be named
-        if source is not None:
-            keys.add(store.snapshot_key(source.chain))
-    return keys
 
 
 def _blob_size(store: Store, digest: str) -> int:
