@@ -53,6 +53,11 @@ def test_a_built_layer_stores_no_tar_and_reads_back_byte_for_byte(built):
     reference = MemoryBlobStore()
     assert reference.get_bytes(write_layer(snapshot, reference, source_date_epoch=0).digest) == data
     assert layer.digest in set(blobs.digests()) and blobs.verify(layer.digest)
+    with blobs.open(layer.digest) as f:  # in pieces that straddle the producer's chunks
+        pieces = []
+        while piece := f.read(513):
+            pieces.append(piece)
+    assert b"".join(pieces) == data and f.tell() == len(data)
 
 
 def test_a_snapshot_changed_after_commit_never_gives_its_whole_tar(built):

@@ -193,6 +193,7 @@ class RegeneratedLayer:
         self._queue: queue.Queue = queue.Queue(maxsize=8)
         self._stop = threading.Event()
         self._buffer = b""
+        self._offset = 0  # how much of _buffer was read
         self._position = 0
         self._done = False
         self._thread: threading.Thread | None = None
@@ -260,15 +261,20 @@ class RegeneratedLayer:
 
     def read(self, size: int = -1) -> bytes:
         if size is None or size < 0:
-            parts = [self._buffer]
-            self._buffer = b""
+            parts = [self._buffer[self._offset:]]
+            self._buffer, self._offset = b"", 0
             while chunk := self._next():
                 parts.append(chunk)
             data = b"".join(parts)
         else:
-            while not self._buffer and not self._done:
-                self._buffer = self._next()
-            data, self._buffer = self._buffer[:size], self._buffer[size:]
+            while self._offset >= len(self._buffer) and not self._done:
+                self._buffer, self._offset = self._next(), 0
+            if self._offset == 0 and size >= len(self._buffer):
+                data, self._buffer = self._buffer, b""  # a whole chunk: on as it is, no copy
+            else:
+                # small reads (tar headers) take slices; the chunk is never copied whole again
+                data = self._buffer[self._offset:self._offset + size]
+                self._offset += len(data)
         self._position += len(data)
         return data
 
