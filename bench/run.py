@@ -60,8 +60,9 @@ def default_build_image_command() -> str:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="bench/run.py", description=__doc__.strip().splitlines()[0])
     p.add_argument("--repeat", type=int, default=5, help="timed builds per scenario and tool (default 5)")
-    p.add_argument("--build-image", default=default_build_image_command(), metavar="CMD",
-                   help="build-image command line, split like a shell would (default: %(default)s)")
+    p.add_argument("--build-image", metavar="CMD",
+                   help="build-image command line, split like a shell would (default: a regular install "
+                        "of this checkout in its own venv, as users install it: bench/install.py)")
     p.add_argument("--json", metavar="FILE", help="also write the raw numbers to FILE")
     p.add_argument("--skip-buildkit", action="store_true", help="time build-image only (no dockerd)")
     p.add_argument("--only", metavar="CASES", default="",
@@ -136,7 +137,17 @@ def _report_outcome(scenario: str, tool: str, index: int | None, outcome: BuildO
 
 
 def run(ns: argparse.Namespace) -> int:
+    installed = "given by --build-image"
+    if ns.build_image is None:
+        from bench.install import user_install
+
+        ns.build_image = user_install(log)
+        installed = "a regular install of this checkout in its own venv (bench/install.py)"
+        if ns.build_image is None:
+            ns.build_image = default_build_image_command()
+            installed = "the checkout's own install (the venv could not be made)"
     facts = machine_facts(ns.build_image)
+    facts["installed as"] = installed
     facts["bytecode"] = compile_bytecode()
     log("calibrating the CPU loop (busybox sh on the host)...")
     loop_count = calibrate_loop(1.0)

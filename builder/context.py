@@ -25,13 +25,13 @@ import posixpath
 import re
 import stat
 import time
-from dataclasses import dataclass
 from functools import lru_cache
 from typing import Iterable, Sequence
 
 from builder.errors import ParseError, SolveError, SourceNotFound
 from builder.plumbing import paths
 from builder.plumbing.files import locked, write_atomically
+from builder.plumbing.records import dataclass
 
 
 # ---- Go filepath.Match (COPY sources) -------------------------------------------------------

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import posixpath
-from dataclasses import dataclass, field, replace
 from typing import Mapping, Protocol, Sequence
 
 from builder.errors import BuildError, ParseError, SolveError
@@ -23,10 +22,11 @@ from builder.llb import CopyAction, ExecOp, FileOp, ImageSource, LocalSource, Mk
 from builder.llb.order import OrderMemo, solve_order
 from builder.llb.ops import (BindMountSpec, CacheMountSpec, MountSpec, ScriptMountSpec, SecretMountSpec, SSHMountSpec,
                              TmpfsMountSpec)
+from builder.plan import HISTORY_COMMENT, BuildPlan, Stage, Step
+from builder.plumbing.records import replace
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_SHELL = ("/bin/sh", "-c")
-HISTORY_COMMENT = "buildkit.dockerfile.v0"
 
 # Proxy variables are predefined ARGs: usable without a declaration, never recorded in history.
 PROXY_ARGS = frozenset(
@@ -40,52 +40,6 @@ class ImageResolver(Protocol):
     def resolve_config(self, ref: str, platform: str) -> tuple[str, ImageConfig]:
         """Returns (normalised reference, config) for a base image name."""
         ...
-
-
-@dataclass(frozen=True)
-class Step:
-    """One history entry the build adds, and the vertex that made its layer (if any)."""
-
-    created_by: str
-    vertex: Vertex | None
-    comment: str = HISTORY_COMMENT
-
-
-@dataclass
-class Stage:
-    """A stage being converted: its current filesystem vertex and image config."""
-
-    index: int
-    name: str | None
-    vertex: Vertex | None
-    config: ImageConfig
-    steps: list[Step] = field(default_factory=list)
-    args: dict[str, str] = field(default_factory=dict)
-    base_ref: str | None = None          # normalised base image reference, if FROM an image
-    cmd_set: bool = False                # a CMD in this stage stops ENTRYPOINT from clearing it
-    declared: list[str] = field(default_factory=list)   # ARG names in declaration order, set or not
-
-    @property
-    def display(self) -> str:
-        return self.name if self.name is not None else f"stage-{self.index}"
-
-
-@dataclass(frozen=True)
-class BuildPlan:
-    """What a build will do: the target stage's final vertex, its image config (without
-    diff_ids and history times, which the solver knows) and the steps it adds."""
-
-    target: Stage
-    vertices: tuple[Vertex, ...]          # every vertex the target needs, inputs before users
-    names: Mapping[str, str]              # vertex digest -> progress name, "[stage 2/5] RUN make"
-    context: Vertex                       # the build context source vertex
-    unused_build_args: tuple[str, ...]
-    stage_of: Mapping[str, tuple[str, ...]] = field(default_factory=dict)   # layer step digest -> its
-                                          # stage's names (name, index), for --no-cache-filter
-    lines: Mapping[str, tuple[int, int]] = field(default_factory=dict)   # step digest -> its instruction's
-                                          # first and last Dockerfile line, for error excerpts
-    arg_names: Mapping[str, tuple[str, ...]] = field(default_factory=dict)   # RUN digest -> the names in
-                                          # its env that are build args (not ENV), for cache-miss reasons
 
 
 def platform_args(platform: str) -> dict[str, str]:

@@ -7,8 +7,9 @@ worker threads at once.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable
+
+from builder.plumbing.records import dataclass
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,6 @@ global ARGs for FROM) is the caller's business.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
 from typing import Callable, Mapping
 
@@ -39,6 +38,7 @@ from builder.grammar.nodes import (
     Workdir,
 )
 from builder.grammar.shellwords import LexOptions, WordSyntaxError, process_word, process_words
+from builder.plumbing import records
 
 
 class ExpansionError(ParseError):
@@ -122,7 +122,7 @@ def _expand_mount(value: str, expand: Callable[[str], str]) -> str:
 
 def _expand_heredocs(heredocs: tuple[Heredoc, ...], env: Mapping[str, str]) -> tuple[Heredoc, ...]:
     return tuple(
-        dataclasses.replace(h, content=process_word(h.data, env, _HEREDOC_OPTIONS), expand=False, chomp=False)
+        records.replace(h, content=process_word(h.data, env, _HEREDOC_OPTIONS), expand=False, chomp=False)
         if h.expand
         else h
         for h in heredocs
@@ -130,7 +130,7 @@ def _expand_heredocs(heredocs: tuple[Heredoc, ...], env: Mapping[str, str]) -> t
 
 
 def _expand(node: Instruction, expand: Callable[[str], str], env: Mapping[str, str], escape: str) -> Instruction:
-    replace = dataclasses.replace
+    replace = records.replace
     match node:
         case From():
             return replace(

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
-from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Mapping
 
 from builder.errors import BuildError, ExportError
 from builder import events
-from builder.remotecache.spec import CacheSpec  # noqa: F401  (re-exported for the CLI)
+from builder.plumbing.records import dataclass, field, replace
 
 if TYPE_CHECKING:
     from builder.session import SecretSource, SSHSource
@@ -153,14 +151,18 @@ class BuildOptions:
     def __post_init__(self):
         """The Python API takes the CLI's spellings too: outputs, secrets and ssh as strings
         (``"type=oci,dest=out.tar"``, ``"id=token,src=token.txt"``), and any sequence for a tuple."""
-        from builder.session import SecretSource, SSHSource
-
         def parsed(values, kind):
             return tuple(kind.parse(v) if isinstance(v, str) else v for v in ((values,) if isinstance(values, str) else values))
 
         object.__setattr__(self, "outputs", parsed(self.outputs, OutputSpec))
-        object.__setattr__(self, "secrets", parsed(self.secrets, SecretSource))
-        object.__setattr__(self, "ssh", parsed(self.ssh, SSHSource))
+        if self.secrets or self.ssh:  # (the session module is imported only for builds that use it)
+            from builder.session import SecretSource, SSHSource
+
+            object.__setattr__(self, "secrets", parsed(self.secrets, SecretSource))
+            object.__setattr__(self, "ssh", parsed(self.ssh, SSHSource))
+        else:
+            object.__setattr__(self, "secrets", ())
+            object.__setattr__(self, "ssh", ())
         object.__setattr__(self, "cache_from", _cache_specs(self.cache_from, "import"))
         object.__setattr__(self, "cache_to", _cache_specs(self.cache_to, "export"))
         for name in ("tags", "insecure_registries", "add_hosts", "allow", "no_cache_filter", "annotations",
@@ -181,6 +183,8 @@ class BuildResult:
 
 def _cache_specs(values, kind: str) -> tuple:
     """--cache-from / --cache-to values as CacheSpecs (strings are parsed, a bad one is a BuildError)."""
+    if not values:
+        return ()
     from builder.remotecache.spec import CacheSpec
 
     parse = CacheSpec.parse_import if kind == "import" else CacheSpec.parse_export
@@ -303,11 +307,10 @@ def _build_watched(options: BuildOptions, progress: events.Progress, executor, m
 
     from builder.image.platform_spec import normalize_platform
 
-    from builder.session import SecretStore
-
     options = replace(options, platform=normalize_platform(options.platform))
     run_options = _run_options(options)
-    secrets = SecretStore(options.secrets)  # a missing src= fails now, even if every step is cached
+    # A missing src= fails now, even if every step is cached (no --secret: the solve makes an empty store).
+    secrets = _secret_store(options.secrets) if options.secrets else None
     named_contexts = _parse_build_contexts(options.build_contexts)
     _sandbox(options)
     context_dir = os.path.abspath(options.context)
@@ -335,7 +338,9 @@ def _build_watched(options: BuildOptions, progress: events.Progress, executor, m
     epoch = _source_date_epoch(options.build_args)
 
     namespace, isolate_cache = cached_only or (None, None)
-    with Store(options.root, namespace=namespace, isolate_cache=isolate_cache) as store:
+    early = _EarlyNetwork(executor is None and cached_only is None and run_options["network"] == "default"
+                          and _may_run_networked(text), ready=_network_ready(options), now=options.no_cache)
+    with early, Store(options.root, namespace=namespace, isolate_cache=isolate_cache) as store:
         def client_factory():
             from builder.registry.client import RegistryClient
 
@@ -366,11 +371,12 @@ def _build_watched(options: BuildOptions, progress: events.Progress, executor, m
             elif cached_only is not None:
                 return None
             else:
+                early.start()  # nothing to reuse: RUNs will run (unless their records hit)
                 imported = _import_cache(options, client_factory, store, progress)
                 try:
                     variants, warnings, steps = _solve(options, text, dockerfile_name, store, sources, context,
                                                        epoch, progress, executor, plans, key, run_options, secrets,
-                                                       named_contexts, rewrites, imported)
+                                                       named_contexts, rewrites, imported, early.network)
                     variants = {mode: _decorate(variant, options, store) for mode, variant in variants.items()}
                     cache_report, cache_warnings = _export_cache(options, steps, store, imported, progress)
                 finally:
@@ -385,7 +391,11 @@ def _build_watched(options: BuildOptions, progress: events.Progress, executor, m
             # Each output's image: the layers compressed as it asks (oci, docker, push), made now.
             exported = [_output_image(output, variants[rewrite], store, progress, export_id)
                         for output, rewrite in zip(options.outputs, rewrites)]
-            store.sync()  # the steps' records and layers are durable before a name points at them
+            # The steps' records and layers are durable before a name points at them. A reused
+            # image was made durable by the build that recorded it: unless --label, --annotation
+            # or an output's compression wrote new blobs, there is nothing to sync.
+            if reused is None or any(e is not reused[0] for e in [image, *exported]):
+                store.sync()
             # Before any name moves: a failure here leaves the store as it was.
             _write_result_files(options, exported[0] if exported else image, tags, warnings, misses.misses,
                                 cache_report)
@@ -403,6 +413,22 @@ def _build_watched(options: BuildOptions, progress: events.Progress, executor, m
     cache_report = {k: v for k, v in cache_report.items() if k != "mount_from"}
     return BuildResult(image.image_id, image.manifest.digest, tags, warnings,
                        wrote_stdout=any(o.get("dest") == "-" for o in options.outputs), cache=cache_report)
+
+
+def _secret_store(sources):
+    from builder.session import SecretStore
+
+    return SecretStore(sources)
+
+
+def __getattr__(name: str):
+    """CacheSpec, re-exported for the CLI, is imported on first use: a build without --cache-from
+    or --cache-to never needs builder.remotecache."""
+    if name == "CacheSpec":
+        from builder.remotecache.spec import CacheSpec
+
+        return CacheSpec
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _import_cache(options: BuildOptions, client_factory, store, progress):
@@ -444,11 +470,12 @@ def _export_cache(options: BuildOptions, steps, store, imported, progress) -> tu
         export_id = f"cache-export-{len(exported)}"
         progress(events.Started(export_id, f"exporting cache to {spec.type} {spec.where}"))
         try:
+            facts = steps.get((spec.mode, "facts"), b"")
             if spec.type == "registry":
                 result = exporter.export_registry(spec, chosen, store, _cache_client_factory(options),
-                                                  mount_from=_mounts_for(mounts, spec.get("ref")))
+                                                  mount_from=_mounts_for(mounts, spec.get("ref")), facts=facts)
             else:
-                result = exporter.export_local(spec, chosen, store)
+                result = exporter.export_local(spec, chosen, store, facts=facts)
         except BuildError as error:
             progress(events.Finished(export_id, error=str(error)))
             if not spec.flag("ignore-error", False):
@@ -701,6 +728,8 @@ def _parse_add_host(text: str) -> tuple[str, str]:
     if not found or not name or not address:
         raise BuildError(f'bad format for add-host: "{text}" (use NAME:IP)')
     if address != "host-gateway":
+        import ipaddress  # (only for --add-host: its import costs more than a cached rebuild's work)
+
         try:
             ipaddress.ip_address(address)
         except ValueError:
@@ -736,12 +765,72 @@ def _timestamp_modes(outputs, epoch: int | None) -> list[bool]:
     return [o.rewrite_timestamp for o in outputs] or [True]
 
 
+class _RecordingResolver:
+    """The converter's resolver, remembering which base images it asked for (the plan memo's
+    entry holds their digests: a moved tag plans again)."""
+
+    def __init__(self, sources):
+        self.sources = sources
+        self.asked: list[tuple[str, str]] = []
+
+    def resolve_config(self, name: str, platform: str):
+        answer = self.sources.resolve_config(name, platform)
+        self.asked.append((name, platform))
+        return answer
+
+    def bases(self) -> list[tuple[str, str, str]]:
+        return [(name, platform, self.sources.resolve(name, platform).manifest_digest)
+                for name, platform in dict.fromkeys(self.asked)]
+
+
+def _base_digest(sources):
+    """(name, platform) -> the base image's manifest digest now, or None if it cannot be resolved
+    (the converter then reports why)."""
+    def digest(name: str, platform: str) -> str | None:
+        try:
+            return sources.resolve(name, platform).manifest_digest
+        except BuildError:
+            return None
+
+    return digest
+
+
+class _EarlyNetwork:
+    """The default network's agent, started as soon as the build knows that RUNs will run (with
+    --no-cache, before the store is even opened), so that its start-up (pyroute2's import, the NAT
+    table, the first namespaces) runs on the other core while this process imports and plans."""
+
+    def __init__(self, wanted: bool, ready: int, now: bool):
+        self.wanted, self.ready, self.now = wanted, ready, now
+        self.network = None
+
+    def start(self) -> None:
+        if self.wanted and self.network is None:
+            from builder.executor.network import BridgeNetwork
+
+            self.network = BridgeNetwork(ready=self.ready)
+            self.network.warm()
+
+    def __enter__(self) -> "_EarlyNetwork":
+        if self.now:
+            self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.network is not None:
+            self.network.close()
+
+
+def _network_ready(options: BuildOptions) -> int:
+    """Namespaces the agent keeps ready: one per step that may run at once, at most 4."""
+    return min(options.jobs or os.cpu_count() or 1, 4)
+
+
 def _solve(options, text, dockerfile_name, store, sources, context, epoch, progress, executor, plans, key,
-           run_options, secrets, named_contexts, rewrites, imported=None):
-    """Parse, plan, solve and assemble: the full build."""
-    from builder.convert import convert
-    from builder.grammar import parse_dockerfile
+           run_options, secrets, named_contexts, rewrites, imported=None, network=None):
+    """Plan (or take the plan from the memo), solve and assemble: the full build."""
     from builder.llb import ExecOp
+    from builder.plan import PlanMemo
     from builder.plan_cache import PlanRecord, memoizable
     from builder.solver.solver import Solver
 
@@ -751,7 +840,7 @@ def _solve(options, text, dockerfile_name, store, sources, context, epoch, progr
 
         settings = _sandbox(options)
         sandbox = Sandbox(seccomp=settings.pop("seccomp"), limits=ResourceLimits(**settings))
-        executor = NamespaceExecutor(runtime_root=store.run_dir, network_ready=min(options.jobs or os.cpu_count() or 1, 4),
+        executor = NamespaceExecutor(runtime_root=store.run_dir, network=network, network_ready=_network_ready(options),
                                      sandbox=sandbox, cgroup_parent=options.cgroup_parent)
     warm = getattr(executor, "warm_network", None)
     warm_sandbox = getattr(executor, "warm_sandbox", None)
@@ -760,22 +849,32 @@ def _solve(options, text, dockerfile_name, store, sources, context, epoch, progr
             warm()  # the network agent starts beside parsing and planning, on the other core
         if warm_sandbox is not None and _RUN_LINE.search(text):
             warm_sandbox()  # the seccomp filter compiles beside parsing (its ldconfig runs cost no GIL)
-        dockerfile = parse_dockerfile(text, dockerfile_name)
-        plan = convert(dockerfile, build_args=options.build_args, target=options.target,
-                       platform=options.platform, resolver=sources, network=run_options["network"],
-                       extra_hosts=tuple(tuple(h) for h in run_options["extra_hosts"]),
-                       shm_size=run_options.get("shm_size", 0),
-                       ulimits=tuple(tuple(u) for u in run_options.get("ulimits", ())),
-                       build_contexts=_context_kinds(named_contexts), order_memo=plans.order_memo())
+        memo = None if named_contexts else PlanMemo(store.cache_root)
+        plan = memo.get(key, _base_digest(sources)) if memo is not None else None
+        if plan is None:
+            from builder.convert import convert
+            from builder.grammar import parse_dockerfile
+
+            asking = _RecordingResolver(sources)
+            dockerfile = parse_dockerfile(text, dockerfile_name)
+            plan = convert(dockerfile, build_args=options.build_args, target=options.target,
+                           platform=options.platform, resolver=asking, network=run_options["network"],
+                           extra_hosts=tuple(tuple(h) for h in run_options["extra_hosts"]),
+                           shm_size=run_options.get("shm_size", 0),
+                           ulimits=tuple(tuple(u) for u in run_options.get("ulimits", ())),
+                           build_contexts=_context_kinds(named_contexts), order_memo=plans.order_memo())
+            if memo is not None:
+                memo.put(key, plan, asking.bases())
         _check_entitlements(plan, run_options)
         no_cache_for = _no_cache_vertices(plan, options.no_cache_filter)
-        explainer = _explainer(options, plan, store, context, no_cache_for)
+        explainer = _explainer(options, plan, store, context, no_cache_for, imported)
         if warm is not None and any(isinstance(v.op, ExecOp) and v.op.network == "default" for v in plan.vertices):
             warm()  # (started already, unless the hint above missed this RUN)
         solver = Solver(store, executor, sources, context, jobs=options.jobs, no_cache=options.no_cache,
                         no_cache_for=no_cache_for, named_contexts=_local_contexts(named_contexts, store.root),
                         progress=progress, names=dict(plan.names), source_date_epoch=epoch,
-                        secrets=secrets, ssh={s.id: s.path for s in options.ssh},
+                        secrets=secrets if secrets is not None else _secret_store(()),
+                        ssh={s.id: s.path for s in options.ssh},
                         rewrite_timestamp=all(rewrites), explainer=explainer, imported=imported,
                         every_result=any(spec.mode == "max" for spec in options.cache_to))
         try:
@@ -790,7 +889,7 @@ def _solve(options, text, dockerfile_name, store, sources, context, epoch, progr
     finally:
         if own_executor:
             executor.close()
-    steps = _cache_steps(solver, plan, options.cache_to)
+    steps = _cache_steps(solver, plan, options.cache_to, explainer)
     inline = next((spec for spec in options.cache_to if spec.type == "inline"), None)
     image = _assemble(plan, results, store, epoch, inline_cache=_inline_cache(steps, store) if inline else "")
     variants = {all(rewrites): image}
@@ -806,34 +905,55 @@ def _solve(options, text, dockerfile_name, store, sources, context, epoch, progr
     return variants, warnings, steps
 
 
-def _cache_steps(solver, plan, cache_to) -> dict:
-    """mode -> the StepCaches a --cache-to of that mode writes (min: the target's own chain)."""
+def _cache_steps(solver, plan, cache_to, explainer) -> dict:
+    """mode -> the StepCaches a --cache-to of that mode writes (min: the target's own chain), and
+    (mode, "facts") -> what those steps' keys were made of, for the reasons of another machine's misses."""
     from builder.remotecache.exporter import StepCache
 
     final = plan.target.vertex
-    steps = {}
+    steps: dict = {}
     for mode in {spec.mode for spec in cache_to}:
         chosen = [] if final is None else solver.cached_steps(None if mode == "max" else final)
         steps[mode] = [StepCache(*step) for step in chosen]
+        chain = _chain_of(final)
+        try:
+            steps[mode, "facts"] = explainer.exported(solver, plan.vertices if mode == "max" else chain,
+                                                      solver.layer_timestamps, shown=chain)
+        except (OSError, BuildError):
+            pass   # the facts only explain another machine's misses: the cache goes without them
     return steps
+
+
+def _chain_of(vertex) -> list:
+    """VERTEX and what it stands on through input 0, as a mode=min export keeps them."""
+    chain = []
+    while vertex is not None:
+        chain.append(vertex)
+        vertex = vertex.inputs[0] if vertex.inputs else None
+    return chain[::-1]
 
 
 def _inline_cache(steps: dict, store) -> str:
     from builder.remotecache.exporter import inline_value
 
-    return inline_value(steps["min"], store)
+    return inline_value(steps["min"], store, steps.get(("min", "facts"), b""))
 
 
-def _explainer(options, plan, store, context, no_cache_for):
-    """What says why a step runs: this build against the last one of the same Dockerfile and target."""
-    from builder.solver.explain import MissExplainer
+def _explainer(options, plan, store, context, no_cache_for, imported=None):
+    """What says why a step runs: this build against the last one of the same Dockerfile and
+    target, or, for a step that one lacks, against the build that wrote an imported cache."""
+    from builder.solver.explain import MissExplainer, decode_exported
 
     dockerfile = os.path.abspath(options.dockerfile or os.path.join(context.root, "Dockerfile"))
+    inside = os.path.relpath(dockerfile, os.path.abspath(context.root))
+    exported_name = os.path.basename(dockerfile) if inside.startswith(os.pardir) else inside
     wanted = [s.lower() for s in options.no_cache_filter]
     filtered = {digest: next((w for w in wanted if w in plan.stage_of.get(digest, ())), wanted[0] if wanted else "")
                 for digest in no_cache_for}
+    histories = None if imported is None else (lambda: imported.step_histories(decode_exported, store.blobs))
     return MissExplainer.on_disk(store.root, dockerfile, options.target, names=plan.names, lines=plan.lines, arg_names=plan.arg_names,
-                                 no_cache=options.no_cache, no_cache_filter=filtered)
+                                 no_cache=options.no_cache, no_cache_filter=filtered, exported_name=exported_name,
+                                 imported=histories)
 
 
 def _clamped_copy(image, results, store, epoch):

@@ -15,10 +15,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
 
 from builder.context import BuildContext
 from builder.plumbing.files import write_atomically
+from builder.plumbing.records import dataclass
 from builder.version import __version__
 
 FORMAT = 2  # bump when the converter's output for the same inputs changes

@@ -15,12 +15,10 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import subprocess
 import tempfile
 from typing import Iterator
 
 from builder.errors import BuildError
-from builder.stdin_context import as_dockerfile, extract_tar
 
 _GIT_SCHEMES = ("git://", "ssh://", "git@", "file://")
 _HTTP_TIMEOUT = 60
@@ -53,6 +51,8 @@ def _http_context(url: str, scratch: str) -> tuple[str, str | None]:
     import urllib.error
     import urllib.request
 
+    from builder.stdin_context import as_dockerfile, extract_tar
+
     spooled = os.path.join(scratch, "download")
     try:
         with urllib.request.urlopen(url, timeout=_HTTP_TIMEOUT) as response, open(spooled, "wb") as out:
@@ -69,6 +69,8 @@ def _http_context(url: str, scratch: str) -> tuple[str, str | None]:
 
 
 def _git_checkout(url: str, scratch: str, keep_git_dir: bool) -> str:
+    import subprocess
+
     base, _, fragment = url.partition("#")
     ref, _, subdir = fragment.partition(":")
     repo = os.path.join(scratch, "repo")

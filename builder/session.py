@@ -12,9 +12,9 @@ import csv
 import os
 import stat
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 
 from builder.errors import BuildError, SolveError
+from builder.plumbing.records import dataclass, field
 
 MAX_SECRET_SIZE = 500 * 1024  # BuildKit's limit
 

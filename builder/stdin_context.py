@@ -14,12 +14,10 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import tarfile
 import tempfile
 from typing import BinaryIO, Iterator
 
 from builder.errors import BuildError
-from builder.plumbing import compression
 
 STDIN = "-"
 
@@ -60,6 +58,10 @@ def as_dockerfile(spooled: str, scratch: str) -> str:
 
 def extract_tar(spooled: str, dest: str, what: str = "stdin") -> bool:
     """Extract SPOOLED into DEST if it is a tar (compressed or not); False if it is plain text."""
+    import tarfile  # here: a build from a directory never needs tarfile nor the codecs
+
+    from builder.plumbing import compression
+
     kind = compression.sniff_file(spooled)
     plain = spooled
     if kind:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import os
 import re
 import shutil
@@ -27,8 +28,8 @@ from typing import TYPE_CHECKING, Iterator
 
 from builder.cache.blobs import BaseBlobStore, BlobStore
 from builder.cache.records import BaseCacheRecords, CacheRecords
-from builder.cache.variants import LayerVariants
 from builder.errors import StoreError
+from builder.snapshot import SNAPSHOTTER_KINDS
 
 if TYPE_CHECKING:
     from builder.image.names import ImageStore
@@ -59,18 +60,16 @@ class Store:
                  namespace: str | None = None, isolate_cache: bool | None = None):
         from builder.image.names import ImageStore
         from builder.snapshot.backed import SnapshotBackedBlobs
-        from builder.snapshot.snapshotter import make_snapshotter
 
         self.root = os.path.abspath(root or default_root())
         os.makedirs(self.root, exist_ok=True)
         # Built layers are snapshots, made into tars only when read (builder/snapshot/backed.py).
         self.blobs = SnapshotBackedBlobs(blobs if blobs is not None else BlobStore(os.path.join(self.root, "blobs")),
                                          self.root)
-        self.variants = LayerVariants(os.path.join(self.root, "cache", "compressed"))
         # overlay (the default) or naive: BUILD_IMAGE_SNAPSHOTTER picks it for every command.
-        kind = snapshotter or os.environ.get("BUILD_IMAGE_SNAPSHOTTER") or "overlay"
-        self.snapshotter = make_snapshotter(kind, self.root)
-        self.snapshots = self.snapshotter.store
+        self._snapshotter_kind = snapshotter or os.environ.get("BUILD_IMAGE_SNAPSHOTTER") or "overlay"
+        if self._snapshotter_kind not in SNAPSHOTTER_KINDS:
+            raise StoreError(f"unknown snapshotter {self._snapshotter_kind!r}; use {' or '.join(SNAPSHOTTER_KINDS)}")
         self.namespace = namespace if namespace is not None else default_namespace()
         if self.namespace is not None:
             if not _NAMESPACE.fullmatch(self.namespace):
@@ -92,6 +91,27 @@ class Store:
         self.run_dir = os.path.join(self.root, "run")
         os.makedirs(self.run_dir, exist_ok=True)
         self._lock_file = None
+
+    # Made on first use: a fully cached rebuild never needs them (nor their modules' import).
+    @functools.cached_property
+    def snapshotter(self):
+        from builder.snapshot.snapshotter import make_snapshotter
+
+        return make_snapshotter(self._snapshotter_kind, self.root)
+
+    @functools.cached_property
+    def snapshots(self):
+        if "snapshotter" in self.__dict__:
+            return self.snapshotter.store
+        from builder.snapshot.snapshots import SnapshotStore, store_name
+
+        return SnapshotStore(self.root, store_name(self._snapshotter_kind))
+
+    @functools.cached_property
+    def variants(self):
+        from builder.cache.variants import LayerVariants
+
+        return LayerVariants(os.path.join(self.root, "cache", "compressed"))
 
     def sync(self) -> None:
         """Make every write so far under the root durable (the cache records are written
@@ -197,7 +217,7 @@ class Store:
     def backing_snapshot_keys(self) -> set[str]:
         """The snapshots the store's built layers are made from (builder/snapshot/backed.py): kept
         while their layers are. Only overlay snapshots back layers (a naive store keeps its tars)."""
-        if self.snapshotter.name != "overlay":
+        if self._snapshotter_kind != "overlay":
             return set()
         keys = set()
         for digest in self.blobs.backed_digests():

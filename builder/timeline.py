@@ -22,10 +22,10 @@ import html
 import json
 import threading
 import time
-from dataclasses import dataclass, field
 
 from builder import events
 from builder.plumbing.files import write_atomically
+from builder.plumbing.records import dataclass, field
 
 STATES = ("ran", "cached", "failed")
 _COLOURS = {"ran": "#2f6fdf", "cached": "#a3acb9", "failed": "#d63b3b"}
@@ -259,20 +259,28 @@ def _ticks(total: float) -> list[float]:
 
 # -- Chrome trace events
 def chrome_trace(timeline: Timeline) -> dict:
-    """The timeline in the Trace Event Format: one "X" event per step (µs from the build's start)."""
+    """The timeline in the Trace Event Format: one "X" event per step, in whole µs from the build's
+    start; "M" events name the process and each lane's thread and give the lanes' order. A step's
+    end is rounded, not its duration, so that steps one after another on a lane never overlap by a
+    rounding: Perfetto drops complete events of one thread that overlap without nesting."""
     tids = {lane: index + 1 for index, lane in enumerate(timeline.lanes)}
     trace: list[dict] = [{"name": "process_name", "ph": "M", "pid": 1, "tid": 0, "args": {"name": "build-image"}}]
-    trace += [{"name": "thread_name", "ph": "M", "pid": 1, "tid": tid, "args": {"name": lane}}
-              for lane, tid in tids.items()]
+    for lane, tid in tids.items():
+        trace += [{"name": "thread_name", "ph": "M", "pid": 1, "tid": tid, "args": {"name": lane}},
+                  {"name": "thread_sort_index", "ph": "M", "pid": 1, "tid": tid, "args": {"sort_index": tid}}]
+
+    def micros(at: float) -> int:
+        return round((at - timeline.begin) * 1e6)
+
     for span in timeline.spans:
         args = {"step": f"#{span.number}", "state": span.state, "critical": span.critical}
         if span.miss:
             args["cache_miss"] = span.miss
         if span.error:
             args["error"] = span.error
+        start = micros(span.start)
         trace.append({"name": span.name, "cat": span.state, "ph": "X", "pid": 1, "tid": tids[span.lane],
-                      "ts": round((span.start - timeline.begin) * 1e6, 1), "dur": round(span.duration * 1e6, 1),
-                      "args": args})
+                      "ts": start, "dur": max(0, micros(span.start + span.duration) - start), "args": args})
     return {"traceEvents": trace, "displayTimeUnit": "ms",
             "otherData": {"total_seconds": round(timeline.total, 6),
                           "critical_path_seconds": round(timeline.critical_time, 6),

@@ -28,10 +28,10 @@ import shutil
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, replace
 
 from builder.errors import BuildError, ExecutionError
 from builder import events
+from builder.plumbing.records import dataclass, replace
 
 SECOND_TZ = "Pacific/Kiritimati"
 SECOND_UMASK = 0o077

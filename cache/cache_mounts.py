@@ -134,8 +134,6 @@ def _new_dir(base: str, number: int, seed: Callable[[str], None], mode: int) -> 
     return fd, path
 
 
-
-
 def _remove_abandoned(base: str) -> None:
     """Delete new-* directories whose maker died mid-seed (nobody holds their lock)."""
     for name in os.listdir(base):

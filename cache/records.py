@@ -17,9 +17,9 @@ import json
 import os
 import threading
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 
 from builder.plumbing.files import write_atomically
+from builder.plumbing.records import dataclass
 
 
 @dataclass(frozen=True)

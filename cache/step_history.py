@@ -12,6 +12,11 @@ digest of every file a COPY/ADD read from the context, the environment a RUN saw
 are build args, a base image's manifest digest. Never a secret's value: RUN secrets are mounted at
 run time and are in no fact. The facts are plain JSON values; only the explaining code
 (builder.solver.explain) reads their meaning.
+
+A build cache export (--cache-to) carries the same history, for the steps it exports, as one more
+blob (`encode_exported`/`decode_exported`), so that another machine's misses are explained against
+the build that wrote the cache. There the Dockerfile is named as the context names it (portable
+across checkouts), and a history that does not have this module's shape is refused whole.
 """
 
 from __future__ import annotations
@@ -21,9 +26,9 @@ import json
 import os
 import threading
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
 
 from builder.plumbing.files import write_atomically
+from builder.plumbing.records import dataclass, field
 
 FORMAT = 1
 
@@ -82,6 +87,56 @@ def _decode(text: str | bytes) -> BuildHistory | None:
 
 def _encode(history: BuildHistory) -> bytes:
     return json.dumps(history.to_json(), sort_keys=True, separators=(",", ":")).encode()
+
+
+def encode_exported(history: BuildHistory) -> bytes:
+    """HISTORY as a cache export carries it (canonical JSON; its facts are plain JSON values)."""
+    return _encode(history)
+
+
+def decode_exported(data: bytes) -> BuildHistory:
+    """A history a cache export carried, checked to have the shape the explainer reads: any other
+    is a ValueError (it came from elsewhere, so nothing in it is taken on trust)."""
+    try:
+        doc = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ValueError(f"not JSON ({error})") from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise ValueError(f"not a step history of format {FORMAT}")
+    if not (isinstance(doc.get("dockerfile"), str) and isinstance(doc.get("timestamps"), str)
+            and isinstance(doc.get("target"), (str, type(None))) and isinstance(doc.get("steps"), list)):
+        raise ValueError("its dockerfile, target, timestamps or steps are missing or of the wrong type")
+    steps = []
+    for number, step in enumerate(doc["steps"]):
+        problem = _step_problem(step)
+        if problem:
+            raise ValueError(f"step {number}: {problem}")
+        steps.append(StepRecord.from_json(step))
+    return BuildHistory(str(doc.get("identity", "")), doc["dockerfile"], doc["target"], doc["timestamps"],
+                        tuple(steps))
+
+
+def _step_problem(step) -> str:
+    """What is wrong with STEP's shape, or "" (the fields and facts explain.py reads)."""
+    if not isinstance(step, dict):
+        return "not an object"
+    for name, kind in (("stage", str), ("position", int), ("text", str), ("line", int), ("key", str),
+                       ("facts", dict)):
+        if not isinstance(step.get(name), kind) or isinstance(step.get(name), bool):
+            return f"{name} is missing or not a {kind.__name__}"
+    facts = step["facts"]
+    strings = lambda value: isinstance(value, list) and all(isinstance(v, str) for v in value)   # noqa: E731
+    mapping = lambda value: (isinstance(value, dict)                                             # noqa: E731
+                             and all(isinstance(v, str) for v in value.values()))
+    checks = {"digest": lambda v: isinstance(v, str), "base": lambda v: isinstance(v, str),
+              "env_hidden": lambda v: isinstance(v, bool),
+              "env": strings, "args": strings, "settings": mapping,
+              "reads": lambda v: isinstance(v, list) and all(
+                  isinstance(r, dict) and strings(r.get("paths")) and mapping(r.get("files")) for r in v)}
+    for name, check in checks.items():
+        if name in facts and not check(facts[name]):
+            return f"its {name} fact has the wrong shape"
+    return ""
 
 
 class BaseStepHistory(ABC):

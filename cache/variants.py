@@ -12,9 +12,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import dataclass
 
 from builder.plumbing.files import write_atomically
+from builder.plumbing.records import dataclass
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import posixpath
 import stat
-from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
+
+from builder.plumbing.records import dataclass
 
 CHMOD_ERROR = "invalid chmod parameter: '{}'. it should be octal string and between 0 and 07777"
 NETWORK_MODES = ("default", "none", "host")

@@ -7,9 +7,9 @@ word splitter; a quoted delimiter (any part of it) turns expansion of the body o
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 from builder.grammar.shellwords import LexOptions, WordSyntaxError, process_words
+from builder.plumbing.records import dataclass
 
 _MARKER = re.compile(r"^(\d*)<<(-?)\s*([^<]*)\Z")
 _RAW_WORDS = LexOptions(raw_quotes=True, raw_escapes=True, skip_unset_env=True)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
 from typing import Callable, Iterable
 
 from builder.grammar.flags import NETWORK_MODES, SECURITY_MODES
@@ -42,6 +41,7 @@ from builder.grammar.nodes import (
     Volume,
     Workdir,
 )
+from builder.plumbing.records import dataclass
 
 KEYWORDS = (
     "ADD", "ARG", "CMD", "COPY", "ENTRYPOINT", "ENV", "EXPOSE", "FROM", "HEALTHCHECK", "LABEL",

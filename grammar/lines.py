@@ -9,9 +9,9 @@ physical lines of one instruction joined with the escape character and comment l
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 from builder.errors import ParseError
+from builder.plumbing.records import dataclass
 
 _DIRECTIVE = re.compile(r"^([a-zA-Z][a-zA-Z0-9]*)\s*=\s*(.+?)\s*\Z")
 _KNOWN_DIRECTIVES = frozenset({"syntax", "escape", "check"})

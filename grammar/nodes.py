@@ -13,8 +13,9 @@ heredoc bodies.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import ClassVar, Union
+
+from builder.plumbing.records import dataclass
 
 _LEADING_TABS = re.compile(r"^\t+", re.MULTILINE)
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 import csv
 import os
 import re
-from dataclasses import dataclass, replace
 
 from builder.grammar.flags import FlagSyntaxError
+from builder.plumbing.records import dataclass, replace
 
 MOUNT_TYPES = ("bind", "cache", "tmpfs", "secret", "ssh")
 SHARING_MODES = ("shared", "private", "locked")

@@ -14,8 +14,9 @@ Errors are :class:`WordSyntaxError` (a ``ValueError``); callers attach file and 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import Mapping
+
+from builder.plumbing.records import dataclass
 
 _EOF = ""
 _SPECIAL_PARAMS = frozenset("@*#?-$!0")

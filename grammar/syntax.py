@@ -9,6 +9,7 @@ import os
 from importlib import resources
 from typing import TYPE_CHECKING
 
+from builder.plumbing import tagged
 from builder.plumbing.files import write_atomically
 
 if TYPE_CHECKING:  # lark costs ~0.25 s to import: only pay for it when a Dockerfile is parsed
@@ -62,7 +63,7 @@ def _load_tables(path: str) -> Lark | None:
 
     try:
         with open(path, encoding="utf-8") as f:
-            tables = _untag(json.load(f))
+            tables = tagged.decode(json.load(f))
         return Lark._load_from_dict(tables["data"], tables["memo"])
     except FileNotFoundError:
         return None
@@ -77,35 +78,9 @@ def _save_tables(parser: Lark, path: str) -> None:
     data, memo = parser.memo_serialize([TerminalDef, Rule])
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        write_atomically(path, json.dumps(_tag({"data": data, "memo": memo}), separators=(",", ":")).encode())
+        write_atomically(path, json.dumps(tagged.encode({"data": data, "memo": memo}), separators=(",", ":")).encode())
     except OSError:
         pass  # no writable cache directory: the next run builds the tables again
-
-
-# JSON keeps neither int dict keys nor tuples, which Lark's tables use: every container is tagged.
-def _tag(value):
-    if isinstance(value, dict):
-        return {"d": [[_tag(k), _tag(v)] for k, v in value.items()]}
-    if isinstance(value, list):
-        return {"l": [_tag(v) for v in value]}
-    if isinstance(value, tuple):
-        return {"t": [_tag(v) for v in value]}
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return value
-    raise TypeError(f"cannot store {type(value).__name__} in parser tables")
-
-
-def _untag(value):
-    if isinstance(value, dict):
-        (tag, items), = value.items()
-        if tag == "d":
-            return {_untag(k): _untag(v) for k, v in items}
-        if tag == "l":
-            return [_untag(v) for v in items]
-        if tag == "t":
-            return tuple(_untag(v) for v in items)
-        raise ValueError(f"unknown tag {tag!r} in parser tables")
-    return value
 
 
 def parse_line(text: str, escape: str = "\\") -> Tree:

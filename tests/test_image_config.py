@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import pytest
@@ -13,6 +12,7 @@ from builder.image import media
 from builder.image.config import Healthcheck, HistoryEntry, ImageConfig, RuntimeConfig
 from builder.image.manifest import InvalidImage, index_bytes, manifest_bytes, read_image, write_image
 from builder.image.media import Descriptor, Platform
+from builder.plumbing import records
 
 FULL = ImageConfig(
     architecture="arm64",
@@ -204,7 +204,7 @@ def test_inconsistent_images_are_refused(tmp_path):
         write_image(blobs, ImageConfig(), [layer])
     one = ImageConfig(diff_ids=("sha256:" + "c" * 64,))
     # History that disagrees with the layers is common in base images and harmless to loaders: kept.
-    odd_history = dataclasses.replace(one, history=(HistoryEntry("x", empty_layer=True),))
+    odd_history = records.replace(one, history=(HistoryEntry("x", empty_layer=True),))
     assert write_image(blobs, odd_history, [layer]).config.history == odd_history.history
     with pytest.raises(BlobNotFound):
         write_image(blobs, one, [Descriptor(media.OCI_LAYER_GZIP, "sha256:" + "d" * 64, 3)])

@@ -23,7 +23,6 @@ from builder.image import media
 from tests.support.images import build_image, run_oci_archive, write_context
 
 
-
 def needs_build(test):
     """Builds over a registry base and checks with skopeo, umoci, runc or buildah."""
     for mark in (pytest.mark.root, pytest.mark.overlay, pytest.mark.registry, pytest.mark.tools):
@@ -287,7 +286,6 @@ def test_docker_output_with_oci_mediatypes_true_has_oci_types(built, tmp_path):
     archive = str(tmp_path / "oci-typed-docker.tar")
     built.build("-o", f"type=docker,dest={archive},oci-mediatypes=true")
     assert not_oci(layout_media_types(archive_reader(archive))) == []
-
 
 
 # --- the attribute, and the conversion itself ----------------------------------------------------

@@ -24,6 +24,7 @@ from tests.support.registry import Registry
 from tests.support.images import build_image, step_lines, write_context
 
 pytestmark = [pytest.mark.root, pytest.mark.overlay, pytest.mark.registry]
+_STEP_FACTS = "application/vnd.build-image.cache.steps.v1+json"
 
 
 class _Counting(BaseHTTPRequestHandler):
@@ -206,7 +207,10 @@ def test_local_cache_dir_is_an_oci_layout_machine_b_reads(tmp_path, runs, busybo
     assert manifest["config"]["mediaType"] == "application/vnd.buildkit.cacheconfig.v0"
     config = json.loads((cache_dir / "blobs" / "sha256" / manifest["config"]["digest"][7:]).read_bytes())
     assert len(config["records"]) == 6
-    assert {layer["blob"] for layer in config["layers"]} == {d["digest"] for d in manifest["layers"]}
+    # Its layers are the config's blobs, and build-image's steps' facts (which the config never names).
+    assert {layer["blob"] for layer in config["layers"]} == {d["digest"] for d in manifest["layers"]
+                                                             if d["mediaType"] != _STEP_FACTS}
+    assert [d["mediaType"] for d in manifest["layers"]].count(_STEP_FACTS) == 1
     _change_source_and_rebuild(tmp_path, runs, root_b, context, ["--cache-from", f"type=local,src={cache_dir}"])
 
 
@@ -430,6 +434,6 @@ def test_python_api_reports_the_cache_and_an_unchanged_rebuild_still_exports(tmp
                                                 cache_to=[f"type=local,dest={cache_dir},mode=max"]))
     assert result.image_id == first.image_id and runs.hits["/run/lib"] == 1
     [exported] = result.cache["exported"]
-    # the base layer and six step layers, the cache config and its manifest
-    assert (exported["records"], exported["layers"], exported["blobs_written"]) == (6, 7, 9)
+    # the base layer and six step layers, the steps' facts, the cache config and its manifest
+    assert (exported["records"], exported["layers"], exported["blobs_written"]) == (6, 7, 10)
     assert exported["manifest"] == json.loads((cache_dir / "index.json").read_text())["manifests"][0]["digest"]

@@ -212,3 +212,86 @@ def test_bad_specs_name_the_problem(flag, text, message):
 def test_a_bare_reference_imports_from_the_registry():
     spec = CacheSpec.parse_import("registry.test/team/app:1")
     assert (spec.type, spec.get("ref")) == ("registry", "registry.test/team/app:1")
+
+
+# -- the steps' facts a cache carries (builder.cache.step_history's JSON, one more blob)
+
+def _facts(text: str = "RUN make") -> bytes:
+    from builder.cache.step_history import BuildHistory, StepRecord, encode_exported
+
+    step = StepRecord("stage-0", 2, text, 2, _key("two"), {"env": ["VERSION=1.0"], "args": ["VERSION"]})
+    return encode_exported(BuildHistory("", "Dockerfile", None, "unclamped", (step,)))
+
+
+def _export_with_facts(registry, store, steps, facts: bytes) -> exporter.ExportResult:
+    spec = CacheSpec.parse_export(f"type=registry,ref={REF},mode=max")
+    return exporter.export_registry(spec, steps, store,
+                                    lambda status: RegistryClient(transport=registry, blob_status=status),
+                                    facts=facts)
+
+
+def test_the_steps_facts_travel_as_a_blob_fetched_only_when_asked_for(machine_a):
+    from builder.cache.step_history import decode_exported
+
+    store, steps, _ = machine_a
+    registry = MemoryRegistryTransport()
+    facts = _facts()
+    result = _export_with_facts(registry, store, steps, facts)
+    assert (result.records, result.layers, result.blobs_written) == (3, 4, 6)   # + the facts
+    registry.requests.clear()
+    imported = _import(registry, MemoryBlobStore())
+    assert len(_blob_gets(registry)) == 1   # the cache config only
+    [history] = imported.step_histories(decode_exported, MemoryBlobStore())
+    assert history.dockerfile == "Dockerfile" and history.steps[0].facts["env"] == ["VERSION=1.0"]
+    fact_digest = "sha256:" + hashlib.sha256(facts).hexdigest()
+    assert _blob_gets(registry)[1:] == [fact_digest]
+    imported.step_histories(decode_exported, MemoryBlobStore())   # asked again: not fetched again
+    assert len(_blob_gets(registry)) == 2 and imported.warnings == []
+
+
+def test_steps_facts_that_fail_their_digest_are_a_warning(machine_a):
+    from builder.cache.step_history import decode_exported
+
+    store, steps, _ = machine_a
+    registry = MemoryRegistryTransport()
+    facts = _facts()
+    _export_with_facts(registry, store, steps, facts)
+    registry.serve_instead["sha256:" + hashlib.sha256(facts).hexdigest()] = _facts("RUN evil")
+    imported = _import(registry, MemoryBlobStore())
+    assert imported.step_histories(decode_exported, MemoryBlobStore()) == []
+    [warning] = imported.warnings
+    assert "its step facts are not used" in warning and "digest mismatch" in warning and "\n" not in warning
+    assert imported.has(_key("two"))   # the records are still used
+
+
+@pytest.mark.parametrize("data, problem", [
+    (b"not json", "not JSON"),
+    (b"[]", "not a step history"),
+    (b'{"format": 2}', "not a step history"),
+    (b'{"format": 1, "dockerfile": "Dockerfile", "target": null, "timestamps": "unclamped"}', "steps"),
+    (b'{"format": 1, "dockerfile": "D", "target": null, "timestamps": "u", "steps": [7]}', "step 0: not an object"),
+    (b'{"format": 1, "dockerfile": "D", "target": null, "timestamps": "u", "steps": [{"stage": "s", "position": "2",'
+     b' "text": "RUN x", "line": 2, "key": "k", "facts": {}}]}', "position"),
+    (b'{"format": 1, "dockerfile": "D", "target": null, "timestamps": "u", "steps": [{"stage": "s", "position": 2,'
+     b' "text": "RUN x", "line": 2, "key": "k", "facts": {"env": "A=1"}}]}', "env fact"),
+    (b'{"format": 1, "dockerfile": "D", "target": null, "timestamps": "u", "steps": [{"stage": "s", "position": 2,'
+     b' "text": "COPY", "line": 2, "key": "k", "facts": {"reads": [{"paths": ["a"], "files": {"a": 1}}]}}]}',
+     "reads fact"),
+])
+def test_malformed_steps_facts_are_refused_whole(data, problem):
+    from builder.cache.step_history import decode_exported
+
+    with pytest.raises(ValueError, match=problem):
+        decode_exported(data)
+
+
+def test_inline_cache_carries_the_facts_only_while_they_are_small(machine_a):
+    from builder.remotecache.format import INLINE_FACTS_KEY, INLINE_FACTS_LIMIT
+
+    store, steps, _ = machine_a
+    small = _facts()
+    with_facts = json.loads(base64.b64decode(exporter.inline_value(steps, store, small)))
+    assert with_facts[INLINE_FACTS_KEY] == json.loads(small)
+    assert CacheConfig.from_bytes(json.dumps(with_facts).encode()) == exporter.cache_config(steps, store)[0]
+    big = _facts("RUN " + "x" * INLINE_FACTS_LIMIT)
+    assert INLINE_FACTS_KEY not in json.loads(base64.b64decode(exporter.inline_value(steps, store, big)))

@@ -14,7 +14,6 @@ from builder.grammar.runmount import MountSyntaxError, RunMount, parse_mount
 from tests.support.images import build_image, step_lines, write_context
 
 
-
 def builds(test):
     """Marks a test that runs real builds against the busybox registry."""
     for mark in (pytest.mark.root, pytest.mark.overlay, pytest.mark.registry):

@@ -323,3 +323,26 @@ def test_a_builder_directory_where_build_image_runs_does_not_shadow_the_network_
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "10.89." in done.stderr
+
+
+@builds
+def test_an_agent_warmed_for_runs_that_all_hit_the_cache_leaves_quietly(store_root, busybox_registry, tmp_path):
+    """A changed comment misses the unchanged-rebuild record, so the network agent is started, but
+    the RUN's own record hits: build-image then does not wait for the agent, which gives back what
+    it made on its own, printing nothing."""
+    context = write_context(tmp_path / "ctx", {"Dockerfile": f"FROM {busybox_registry.reference}\nRUN true\n"})
+    build(context, store_root)
+    (tmp_path / "ctx" / "Dockerfile").write_text(f"# changed\nFROM {busybox_registry.reference}\nRUN true\n")
+    done = subprocess.run([sys.executable, "-m", "builder.cli", "--root", store_root, "--progress", "plain", context],
+                          capture_output=True, text=True, timeout=120)  # the agent shares stderr: read to its end
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "CACHED" in done.stderr and "Traceback" not in done.stderr
+    assert leftovers() == []
+
+
+def test_the_agent_imports_iproute_without_the_rest_of_pyroute2():
+    done = subprocess.run([sys.executable, "-c", (
+        "import sys; from builder.executor.network import _import_iproute; cls = _import_iproute(); "
+        "print(cls.__module__, cls.__name__, 'pyroute2.ndb.main' in sys.modules, 'pyroute2.ipdb' in sys.modules)")],
+        capture_output=True, text=True, timeout=60)
+    assert done.stdout.split() == ["pyroute2.iproute.linux", "IPRoute", "False", "False"], done.stderr

@@ -3,7 +3,9 @@ target path with a mode and owner, an environment variable, a secret from the en
 a search for the secret's value, plain and base64, everywhere a build leaves anything: every blob
 of the store (layers decompressed), the config and its history, the progress output (plain and
 rawjson), the cache records, the plan cache, the metadata file, every other file under the store
-root (snapshots, names, caches), and each output (OCI archive, docker archive, local tree).
+root (snapshots, names, caches), each output (OCI archive, docker archive, local tree), and an
+exported build cache (`--cache-to type=local,mode=max`: its layers, its cache config and the
+steps' facts that explain another machine's misses).
 The run's figure: "secrets audit: N places checked, 0 leaks"."""
 
 from __future__ import annotations
@@ -68,7 +70,9 @@ RUN --mount=type=secret,id=envtoken sh -c 'sha256sum /run/secrets/envtoken > /su
     secrets = ("--secret", f"id=token,src={secret_file}", "--secret", "id=envtoken,env=AUDIT_ENV_SECRET")
     oci, docker, local = tmp_path / "image.oci.tar", tmp_path / "image.docker.tar", tmp_path / "tree"
     metadata = tmp_path / "metadata.json"
+    cache_dir = tmp_path / "exported-cache"
     plain = build(context, store_root, *secrets, "-t", "audit:1", "--metadata-file", str(metadata),
+                  "--cache-to", f"type=local,dest={cache_dir},mode=max",
                   "-o", f"type=oci,dest={oci}", "-o", f"type=docker,dest={docker}",
                   "-o", f"type=local,dest={local}")
     rawjson = build(context, store_root, *secrets, "--no-cache", "--progress", "rawjson", "-t", "audit:2")
@@ -91,6 +95,16 @@ RUN --mount=type=secret,id=envtoken sh -c 'sha256sum /run/secrets/envtoken > /su
     for path in _files_under(str(local)):
         with open(path, "rb") as f:
             places[f"local output {os.path.relpath(path, local)}"] = f.read()
+    facts = []
+    for path in _files_under(str(cache_dir)):
+        with open(path, "rb") as f:
+            data = f.read()
+        places[f"exported cache {os.path.relpath(path, cache_dir)}"] = _expanded(data)
+        facts += [data] if data.startswith(b'{"dockerfile":') else []
+    # The steps' facts are there, with the env each RUN saw, and a secret given as an env is not in it.
+    [steps] = [json.loads(data)["steps"] for data in facts]
+    [env_run] = [s for s in steps if "env=TOKEN" in s["text"]]
+    assert env_run["facts"]["env"] and not [e for e in env_run["facts"]["env"] if "TOKEN=" in e]
     # the config and history are blobs too; name them so the figure says they were read
     index = json.loads(_tar_members(str(oci))["index.json"])
     manifest = json.loads(places[f"oci output blobs/sha256/{index['manifests'][0]['digest'][7:]}"])

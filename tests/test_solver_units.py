@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import threading
-from dataclasses import dataclass
 
 import pytest
 
@@ -23,6 +22,7 @@ from builder.llb import CopyAction, ExecOp, FileOp, ImageSource, LocalSource, Ve
 from builder.llb.ops import BindMountSpec, MergeOp, Op
 from builder.snapshot.layers import write_layer
 from builder import events
+from builder.plumbing.records import dataclass
 from builder.solver.solver import Solver
 from builder.solver.sources import ImageSources
 from builder.store import Store

@@ -73,10 +73,73 @@ def test_html_is_self_contained_with_one_bar_per_step():
     assert re.search(r'id="total">[\d.]+ s<', page) and re.search(r'id="parallelism">[\d.]+×<', page)
 
 
+_METADATA = {"process_name": "name", "process_labels": "labels", "thread_name": "name",
+             "process_sort_index": "sort_index", "thread_sort_index": "sort_index"}
+
+
+def check_trace_event_format(trace: dict) -> None:
+    """TRACE keeps the Trace Event Format (Google's "Trace Event Format" document) as strictly as
+    its readers need: the JSON object form; "X" complete events with name, cat, ph, integer pid
+    and tid, ts and dur in µs, args an object; "M" metadata events only of the five kinds the
+    format defines, each with its one argument; every thread an event is on named; and the
+    complete events of each thread nested or apart, never overlapping: Perfetto's JSON importer
+    drops overlapping ones (its slice_drop_overlapping_complete_event stat)."""
+    assert set(trace) <= {"traceEvents", "displayTimeUnit", "otherData", "systemTraceEvents", "stackFrames",
+                          "samples", "metadata"}
+    assert trace["displayTimeUnit"] in ("ms", "ns") and isinstance(trace.get("otherData", {}), dict)
+    named_threads, named_processes, by_thread = set(), set(), {}
+    for event in trace["traceEvents"]:
+        assert isinstance(event["name"], str) and isinstance(event["ph"], str) and len(event["ph"]) == 1
+        assert type(event["pid"]) is int and type(event["tid"]) is int and isinstance(event.get("args", {}), dict)
+        if event["ph"] == "M":
+            argument = _METADATA[event["name"]]
+            assert set(event["args"]) == {argument}
+            assert isinstance(event["args"][argument], int if argument == "sort_index" else str)
+            if event["name"] == "thread_name":
+                named_threads.add((event["pid"], event["tid"]))
+            if event["name"] == "process_name":
+                named_processes.add(event["pid"])
+            continue
+        assert event["ph"] == "X", event
+        assert isinstance(event["cat"], str) and event["cat"]
+        assert all(type(event[k]) in (int, float) and event[k] >= 0 for k in ("ts", "dur"))
+        by_thread.setdefault((event["pid"], event["tid"]), []).append((event["ts"], event["ts"] + event["dur"]))
+    assert set(by_thread) <= named_threads and {pid for pid, _ in by_thread} <= named_processes
+    for slices in by_thread.values():
+        open_ends: list = []
+        for start, end in sorted(slices, key=lambda s: (s[0], -s[1])):
+            while open_ends and open_ends[-1] <= start:
+                open_ends.pop()
+            assert not open_ends or end <= open_ends[-1], f"slices overlap on one thread: {sorted(slices)}"
+            open_ends.append(end)
+
+
+def test_steps_one_after_another_on_a_lane_never_overlap_in_the_trace():
+    """Rounded to µs, a step that starts the instant the one before it on its lane ended still
+    starts at or after that one's end (its end is rounded, not its duration)."""
+    import random
+    from builder.timeline import Span, Timeline
+
+    rng = random.Random(11)
+    spans, at = [], 1000.0
+    for number in range(1, 400):
+        length = rng.uniform(0, 3e-6)
+        spans.append(Span(str(number), number, f"step {number}", "worker 1", at, at + length))
+        at += length
+    trace = chrome_trace(Timeline(spans, ["worker 1"], 1000.0, at))
+    check_trace_event_format(trace)
+    ends = [(e["ts"], e["ts"] + e["dur"]) for e in trace["traceEvents"] if e["ph"] == "X"]
+    assert all(end <= next_start for (_, end), (next_start, _) in zip(ends, ends[1:]))
+
+
 def test_trace_is_chrome_trace_event_format():
     recorder, _ = _diamond()
     trace = chrome_trace(recorder.timeline())
     json.dumps(trace)   # plain JSON
+    check_trace_event_format(trace)
+    order = {e["args"]["name"]: e["tid"] for e in trace["traceEvents"] if e["name"] == "thread_name"}
+    sort_index = {e["tid"]: e["args"]["sort_index"] for e in trace["traceEvents"] if e["name"] == "thread_sort_index"}
+    assert sorted(order, key=lambda lane: sort_index[order[lane]]) == ["main", "worker 1", "worker 2"]
     complete = [e for e in trace["traceEvents"] if e["ph"] == "X"]
     assert [e["name"] for e in complete] == ["[internal] load build definition from Dockerfile", "[a 2/2] RUN slow",
                                              "[b 2/2] RUN quick", "[c 2/2] COPY --from=a --from=b", "exporting to image"]
@@ -110,6 +173,7 @@ def test_timeline_and_trace_of_a_real_build(tmp_path, store_root, busybox_regist
     assert by_name[next(n for n in by_name if "RUN echo base" in n)] == ("cached", False)
     assert "cache miss: tools.txt changed (sha256:" in page
     trace = json.load(open(tmp_path / "trace.json"))
+    check_trace_event_format(trace)
     complete = {e["name"]: e for e in trace["traceEvents"] if e["ph"] == "X"}
     assert len(complete) == len(steps)
     one, two = complete[slow], complete[quick]

@@ -25,10 +25,10 @@ import decimal
 import json
 import math
 import re
-from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from builder.errors import BuildError
+from builder.plumbing.records import dataclass, field
 
 
 class TemplateError(BuildError):

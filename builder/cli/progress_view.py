@@ -6,7 +6,8 @@ import shutil
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+
+from builder.plumbing.records import dataclass, field
 
 
 class PlainProgress:

@@ -31,11 +31,11 @@ import os
 import re
 import struct
 import time
-from dataclasses import dataclass
 
 from builder.errors import SolveError
 from builder.executor.spec import ResourceLimits
 from builder.plumbing import linux
+from builder.plumbing.records import dataclass
 
 PREFIX = "build-image-"
 V1_CONTROLLERS = ("devices", "memory", "pids", "cpu")

@@ -52,7 +52,6 @@ import stat
 import tempfile
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import NoReturn
 
 from builder.errors import BuildError, SolveError
@@ -66,6 +65,7 @@ from builder.executor.spec import (DEFAULT_PATH, DEFAULT_TMPFS_SIZE, BindMount, 
 from builder.executor.users import UserNotFound, resolve_user
 from builder.plumbing import linux
 from builder.plumbing.linux import clone_tree, move_mount
+from builder.plumbing.records import dataclass
 
 # Docker's default capability set for containers and build steps (see capabilities(7) numbers).
 DEFAULT_CAPABILITIES = frozenset({

@@ -17,13 +17,13 @@ import errno
 import os
 import stat
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 from builder.executor.spec import LayeredMount, SecretFile
 from builder.plumbing.linux import (AT_EMPTY_PATH, AT_RECURSIVE, MNT_DETACH, MOUNT_ATTR_RDONLY, MS_BIND,
                                     MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY, MS_REC, MS_REMOUNT,
                                     OPEN_TREE_CLOEXEC, OPEN_TREE_CLONE, SYS_MOUNT_SETATTR, SYS_OPEN_TREE,
                                     clone_tree, mount, move_mount, open_in_root, syscall, umount2)
+from builder.plumbing.records import dataclass
 
 _DEVICES = (("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9),
             ("tty", 5, 0))

@@ -49,10 +49,10 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
 
 from builder.errors import SolveError
 from builder.plumbing import files, linux
+from builder.plumbing.records import dataclass
 
 STATE_DIR = "/run/build-image/network"
 POOL = ipaddress.IPv4Network("10.89.0.0/16")
@@ -134,7 +134,9 @@ class _NatTable:
         "}\n"
     )
 
-    def __init__(self, state_dir: str):
+    def __init__(self, state_dir: str, meanwhile=None):
+        """Declare the table; MEANWHILE (if given) is called while nft runs (the agent imports
+        pyroute2 then: the two together cost only the longer of them)."""
         self._users = os.open(os.path.join(state_dir, "nat.users"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         self._mutex_path = os.path.join(state_dir, "nat.lock")
         fcntl.flock(self._users, fcntl.LOCK_SH)
@@ -142,8 +144,17 @@ class _NatTable:
             with self._mutex():
                 # One transaction, one nft call: make sure the table exists, drop it, declare it
                 # whole. However many processes got here first, exactly one rule remains.
-                _nft(f"table ip {NAT_TABLE} {{}}\ndelete table ip {NAT_TABLE}\n" + self._RULESET,
-                     "set up NAT for the default network")
+                nft = _start_nft(["-f", "-"], f"table ip {NAT_TABLE} {{}}\ndelete table ip {NAT_TABLE}\n"
+                                 + self._RULESET)
+                try:
+                    if meanwhile is not None:
+                        meanwhile()
+                finally:
+                    _, errors = nft.communicate()
+                if nft.returncode != 0:
+                    detail = errors.strip().splitlines()
+                    raise NetworkError("could not set up NAT for the default network: "
+                                       + (detail[-1] if detail else "nft failed"))
         except BaseException:
             os.close(self._users)
             raise
@@ -165,19 +176,27 @@ class _NatTable:
         return files.locked(self._mutex_path)
 
 
-def _nft(script: str, what: str) -> None:
-    done = _run_nft(["-f", "-"], script)
-    if done.returncode != 0:
-        detail = done.stderr.strip().splitlines()
-        raise NetworkError(f"could not {what}: {detail[-1] if detail else 'nft failed'}")
-
-
-def _run_nft(args: list[str], script: str | None = None) -> subprocess.CompletedProcess:
+def _start_nft(args: list[str], script: str) -> subprocess.Popen:
+    """nft running ARGS with SCRIPT on its stdin (already written: it is a few hundred bytes)."""
     try:
-        return subprocess.run(["nft", *args], input=script, text=True, capture_output=True)
+        nft = subprocess.Popen(["nft", *args], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
     except FileNotFoundError:
-        raise NetworkError("the default network needs nftables (the nft command); "
-                           "install it or use --network=none") from None
+        raise NetworkError(_NO_NFT) from None
+    nft.stdin.write(script)
+    nft.stdin.close()
+    nft.stdin = None  # communicate() then only reads stderr
+    return nft
+
+
+def _run_nft(args: list[str]) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(["nft", *args], text=True, capture_output=True)
+    except FileNotFoundError:
+        raise NetworkError(_NO_NFT) from None
+
+
+_NO_NFT = "the default network needs nftables (the nft command); install it or use --network=none"
 
 
 # ---- the agent: a process that makes namespaces --------------------------------------------
@@ -186,16 +205,20 @@ class _Namespaces:
     """The netlink side, in the agent process: lease slots, NAT, and the namespaces themselves."""
 
     def __init__(self, state_dir: str):
-        from pyroute2 import IPRoute  # the only import of pyroute2 (in the agent, never in build-image)
-
-        self._IPRoute = IPRoute
         self._table = _LeaseTable(state_dir)
         self._host_netns = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-        self._host = IPRoute()
-        self._nat = _NatTable(state_dir)
+        try:
+            self._nat = _NatTable(state_dir, meanwhile=self._import_pyroute2)
+        except BaseException:
+            os.close(self._host_netns)
+            raise
+        self._host = self._IPRoute()
         self._locks: dict[int, int] = {}        # index -> lease lock fd, for every lease handed out or ready
         self._netns: dict[int, int] = {}        # index -> this process's descriptor of its namespace
         self._released: dict[int, float] = {}   # index -> when it was given back
+
+    def _import_pyroute2(self) -> None:
+        self._IPRoute = _import_iproute()
 
     def prepare(self) -> NetworkLease:
         index, lock_fd = self._table.take(self._cooling())
@@ -281,6 +304,29 @@ class _Namespaces:
                 raise
 
 
+def _import_iproute():
+    """pyroute2's IPRoute: the only import of pyroute2 (in the agent, never in build-image).
+
+    The package's __init__ imports every module pyroute2 has (NDB, IPDB, conntrack, nftables,
+    wireguard, ...): about a third more import time than IPRoute's own module, and the first RUN
+    waits for it. So the package module is made without running its __init__ and only
+    pyroute2.iproute.linux is imported, which imports what it uses itself; should that fail, the
+    package is imported the ordinary way."""
+    import importlib.util
+
+    if "pyroute2" not in sys.modules:
+        spec = importlib.util.find_spec("pyroute2")
+        if spec is not None and spec.submodule_search_locations:
+            sys.modules["pyroute2"] = importlib.util.module_from_spec(spec)
+    try:
+        from pyroute2.iproute.linux import IPRoute
+    except Exception:
+        for name in [n for n in sys.modules if n == "pyroute2" or n.startswith("pyroute2.")]:
+            del sys.modules[name]
+        from pyroute2 import IPRoute
+    return IPRoute
+
+
 def serve(sock: socket.socket, state_dir: str, ready: int) -> None:
     """The agent's loop. Requests: b"L" (a lease: answered with its JSON and its namespace's
     descriptor), b"R<index>" (given back), b"C" (build-image is done: every lease is given back,
@@ -308,7 +354,10 @@ def serve(sock: socket.socket, state_dir: str, ready: int) -> None:
                 if namespaces is not None:
                     namespaces.give_back_all()
                 if request == b"C":
-                    sock.send(b"K")
+                    try:
+                        sock.send(b"K")
+                    except OSError:
+                        pass  # build-image did not wait (it never leased anything)
                 return
             if request == b"L":
                 _answer(sock, namespaces, pool, failure)
@@ -357,6 +406,7 @@ class BridgeNetwork:
         self._agent: subprocess.Popen | None = None
         self._sock: socket.socket | None = None
         self._closed = False
+        self._leased = False  # has a RUN had a lease (then close() waits for them to be given back)
 
     def warm(self) -> None:
         """Start the agent now, so the first leases are ready when the first RUN wants one."""
@@ -368,6 +418,7 @@ class BridgeNetwork:
             if self._closed:
                 raise NetworkError("the network is shut down")
             self._start()
+            self._leased = True
             try:
                 self._sock.send(b"L")
                 data, fds, _, _ = socket.recv_fds(self._sock, 4096, 1)
@@ -394,20 +445,24 @@ class BridgeNetwork:
 
     def close(self) -> None:
         """Wait until the agent has given every lease back; it then leaves the NAT table and exits
-        on its own (holding the table's user lock until it has), off build-image's critical path."""
+        on its own (holding the table's user lock until it has), off build-image's critical path.
+        An agent that never leased anything (warmed for a RUN that was cached after all) is not
+        waited for: what it made is its own, and it gives it back as it exits."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
             sock, self._sock = self._sock, None
             agent, self._agent = self._agent, None
+            leased = self._leased
         if sock is None:
             return
         threading.Thread(target=agent.wait, name="build-image-network-reaper", daemon=True).start()
         try:
             sock.send(b"C")
-            sock.settimeout(30)
-            sock.recv(1)
+            if leased:
+                sock.settimeout(30)
+                sock.recv(1)
         except OSError:
             pass  # gone already: leases go back when it ends, whatever ended it
         finally:
@@ -419,9 +474,12 @@ class BridgeNetwork:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             env = {**os.environ, "BUILD_IMAGE_NETWORK_FD": str(theirs.fileno()),
-                   "BUILD_IMAGE_NETWORK_DIR": self._state_dir, "BUILD_IMAGE_NETWORK_READY": str(self._ready)}
-            # -P and cwd "/": a `builder` directory where the user runs build-image must not shadow ours.
-            self._agent = subprocess.Popen([sys.executable, "-P", "-m", "builder.executor.network"], env=env,
+                   "BUILD_IMAGE_NETWORK_DIR": self._state_dir, "BUILD_IMAGE_NETWORK_READY": str(self._ready),
+                   "BUILD_IMAGE_NETWORK_PATH": os.pathsep.join(_agent_path())}
+            # -S: the agent finds its modules on our own path, and skips site's .pth files (tens of
+            # ms before its first lease). -P and cwd "/": a `builder` directory where the user runs
+            # build-image must not shadow ours.
+            self._agent = subprocess.Popen([sys.executable, "-S", "-P", "-c", _AGENT_BOOT], env=env,
                                            pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, cwd="/",
                                            start_new_session=True)
         except BaseException:
@@ -430,6 +488,17 @@ class BridgeNetwork:
         finally:
             theirs.close()
         self._sock = ours
+
+
+_AGENT_BOOT = ("import os, sys; sys.path[:0] = os.environ['BUILD_IMAGE_NETWORK_PATH'].split(os.pathsep); "
+               "from builder.executor.network import _agent_main; _agent_main()")
+
+
+def _agent_path() -> list[str]:
+    """Where the agent finds builder (an editable install maps it through a finder that -S skips)
+    and pyroute2: our package's parent directory, then our own sys.path."""
+    here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    return [here, *(p for p in sys.path if p and os.path.isabs(p) and p != here)]
 
 
 # ---- files a RUN sees --------------------------------------------------------------------------

@@ -14,9 +14,9 @@ Parsing is pure string work so that the executor can run it in a freshly forked 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 from builder.errors import SolveError
+from builder.plumbing.records import dataclass
 
 
 class UserNotFound(SolveError):

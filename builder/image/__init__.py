@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from builder.plumbing.lazy import lazy_exports
 
+LAYOUT_SCHEME = "oci-layout://"  # an OCI layout named as an image (builder.image.layout reads it)
+
 _EXPORTS = {
     "HistoryEntry": "config", "Healthcheck": "config", "ImageConfig": "config", "RuntimeConfig": "config",
     "canonical_json": "config",

@@ -11,9 +11,9 @@ accepted; the extras are dropped because a built image gets a fresh config anywa
 
 from __future__ import annotations
 
-import dataclasses
+from builder.plumbing import records
 import json
-from dataclasses import dataclass, field
+from builder.plumbing.records import dataclass, field
 from typing import Any
 
 from builder.plumbing.canonical import canonical_json
@@ -232,4 +232,4 @@ class ImageConfig:
         )
 
     def with_config(self, **changes: Any) -> "ImageConfig":
-        return dataclasses.replace(self, config=dataclasses.replace(self.config, **changes))
+        return records.replace(self, config=records.replace(self.config, **changes))

@@ -12,13 +12,14 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass
 
 from builder.errors import SourceNotFound
+from builder.image import LAYOUT_SCHEME
 from builder.image.media import INDEX_TYPES, MANIFEST_TYPES, Descriptor
 from builder.plumbing.canonical import json_object
+from builder.plumbing.records import dataclass
 
-SCHEME = "oci-layout://"
+SCHEME = LAYOUT_SCHEME
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 _MAX_JSON = 4 << 20          # an index or manifest larger than this is not one
 _REF_NAME = "org.opencontainers.image.ref.name"

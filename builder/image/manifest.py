@@ -8,7 +8,6 @@ names the image in the store and in registries).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
 from typing import Mapping, Sequence
 
 from builder.cache.blobs import BlobStore, sha256_digest
@@ -17,6 +16,7 @@ from builder.image import media
 from builder.image.config import ImageConfig
 from builder.image.media import Descriptor, Platform
 from builder.plumbing.canonical import canonical_json
+from builder.plumbing.records import dataclass, replace
 
 
 class InvalidImage(StoreError):

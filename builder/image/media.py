@@ -16,9 +16,9 @@ one: OCI layouts and OCI pushes OCI's, docker archives Docker's. Converting rewr
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 
 from builder.plumbing.canonical import canonical_json
+from builder.plumbing.records import dataclass, field
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import datetime
-from dataclasses import dataclass
 
 from builder.errors import StoreError
 from builder.image.config import RuntimeConfig
+from builder.plumbing.records import dataclass
 
 from .inventory import ImageRecord, parse_time
 from .layertar import LayerSizes

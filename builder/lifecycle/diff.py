@@ -29,11 +29,11 @@ import re
 import tarfile
 import tempfile
 import zlib
-from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
 from builder.errors import StoreError
 from builder.image.manifest import StoredImage
+from builder.plumbing.records import dataclass
 from builder.store import Store
 
 from .inventory import find_image

@@ -8,10 +8,10 @@ mount instead of uploading the blob again.
 
 from __future__ import annotations
 
-import dataclasses
+from builder.plumbing import records
 import json
 import threading
-from dataclasses import dataclass
+from builder.plumbing.records import dataclass
 from typing import Callable, Sequence
 
 from builder.errors import BuildError, ImageNotFound, StoreError
@@ -110,10 +110,10 @@ def pull_all_tags(store: Store, name: str, *, platform: Platform = Platform(),
 
     if _names_tag_or_digest(name):
         raise BuildError("tag can't be used with --all-tags/-a")
-    repository = dataclasses.replace(parse_reference(name), tag=None, digest=None)
+    repository = records.replace(parse_reference(name), tag=None, digest=None)
     with store, RegistryClient(insecure_registries=insecure_registries) as client:
         tags = client.list_tags(repository, page_size)
-        refs = [dataclasses.replace(repository, tag=tag) for tag in tags]
+        refs = [records.replace(repository, tag=tag) for tag in tags]
         previous = {str(ref): store.images.resolve(str(ref)) for ref in refs}
         with ThreadPoolExecutor(max_workers=_RESOLVERS) as pool:
             manifests = list(pool.map(lambda ref: client.resolve(ref, platform), refs))

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import datetime
 import re
-from dataclasses import dataclass
 
 from builder.errors import BuildError
+from builder.plumbing.records import dataclass
 from builder.store import Store
 
 from .inventory import ImageRecord, find_image

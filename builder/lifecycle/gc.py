@@ -16,10 +16,10 @@ import json
 import os
 import re
 import shutil
-from dataclasses import dataclass
 
 from builder.errors import BlobNotFound, StoreError
 from builder.image.manifest import read_image
+from builder.plumbing.records import dataclass
 from builder.store import Store, tree_size
 
 from .inventory import ImageRecord, familiar, image_manifest_digests, list_images, parse_time

@@ -23,7 +23,6 @@ import posixpath
 import tarfile
 import tempfile
 import zlib
-from dataclasses import dataclass, field
 from typing import BinaryIO, Iterator, Sequence
 
 from builder.errors import DigestMismatch, ExportError, StoreError
@@ -39,6 +38,7 @@ from builder.image.media import Descriptor, Platform
 from builder.plumbing.canonical import canonical_json
 from builder.plumbing.compression import sniff_file
 from builder.plumbing.files import fsync_directory
+from builder.plumbing.records import dataclass, field
 from builder.registry.platforms import select_manifest
 from builder.registry.reference import InvalidReference, parse_reference
 from builder.store import Store

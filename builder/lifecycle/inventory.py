@@ -11,11 +11,11 @@ from __future__ import annotations
 import datetime
 import json
 import re
-from dataclasses import dataclass
 
 from builder.errors import BlobNotFound, ImageNotFound, StoreError
 from builder.image import media
 from builder.image.manifest import StoredImage, read_image
+from builder.plumbing.records import dataclass
 from builder.registry.reference import InvalidReference, Reference, parse_reference
 from builder.store import Store
 

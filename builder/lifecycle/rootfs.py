@@ -25,7 +25,6 @@ import shutil
 import tarfile
 import tempfile
 import zlib
-from dataclasses import dataclass, replace
 from typing import BinaryIO, Sequence
 
 from builder.errors import BuildError, ExportError, ParseError, StoreError
@@ -34,6 +33,7 @@ from builder.image.config import HistoryEntry, ImageConfig, RuntimeConfig
 from builder.image.exporters import write_file_atomically, write_tree_tar
 from builder.image.manifest import write_image
 from builder.image.media import Descriptor, Platform
+from builder.plumbing.records import dataclass, replace
 from builder.registry.platforms import normalize_platform
 from builder.registry.reference import parse_reference
 from builder.store import Store

@@ -9,9 +9,9 @@ the root exclusively, so `rmi` waits for running builds rather than pull blobs f
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 from builder.errors import BuildError, StoreError
+from builder.plumbing.records import dataclass
 from builder.registry.reference import InvalidReference, parse_reference
 from builder.store import Store
 

@@ -8,10 +8,10 @@ source lines are kept out of the digest (they live in the plan, not here).
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass, field
 from functools import cached_property
 
 from builder.plumbing.canonical import canonical_json
+from builder.plumbing.records import asdict, dataclass, field
 
 
 class Op:

@@ -17,11 +17,11 @@ import re
 import subprocess
 import threading
 import time
-from dataclasses import dataclass
 from urllib.parse import urlencode, urlsplit
 
 from builder.errors import AuthenticationError, RegistryError
 from builder.plumbing.files import write_atomically
+from builder.plumbing.records import dataclass
 
 from .transport import Transport
 

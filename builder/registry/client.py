@@ -10,7 +10,6 @@ import http.client
 import ipaddress
 import json
 import re
-from dataclasses import dataclass
 from typing import Callable, Iterator, Mapping, Protocol, Sequence
 from urllib.parse import urlencode, urljoin, urlsplit
 
@@ -19,6 +18,7 @@ from builder.errors import (AuthenticationError, DigestMismatch, NotFoundError, 
                             UnsupportedMediaType)
 from builder.image.media import (DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, INDEX_TYPES, MANIFEST_TYPES,
                                  OCI_INDEX, OCI_MANIFEST, Descriptor, Platform)
+from builder.plumbing.records import dataclass
 
 from .auth import Authorizer, CredentialStore
 from .platforms import select_manifest

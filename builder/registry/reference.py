@@ -12,9 +12,9 @@ on Docker Hub, and a single-component Hub name lives under `library/`.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
 
 from builder.errors import BuildError
+from builder.plumbing.records import dataclass, replace
 
 DOCKER_HUB = "docker.io"
 _LEGACY_HUB = "index.docker.io"

@@ -9,6 +9,12 @@ an OCI image manifest whose config is that cache config and whose layers are the
                (`org.opencontainers.image.ref.name` TAG, default "latest"); blobs already there stay
     inline     the cache config, base64, under "moby.buildkit.cache.v0" in the image config itself;
                its layers are the image's own
+
+Registry and local caches carry one more blob, the exported steps' facts (STEP_FACTS_MEDIA_TYPE,
+builder.cache.step_history's JSON), as the manifest's last layer, so that a miss on another machine
+is explained against the build that wrote the cache. An inline cache carries them as a field of
+its cache config (INLINE_FACTS_KEY), unless they pass INLINE_FACTS_LIMIT bytes (every pull of the
+image reads its config).
 """
 
 from __future__ import annotations
@@ -16,7 +22,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from builder.errors import BuildError, ExportError
@@ -24,9 +29,10 @@ from builder.image.manifest import manifest_bytes
 from builder.image.media import OCI_INDEX, OCI_MANIFEST, Descriptor, convert_media_type
 from builder.plumbing.canonical import canonical_json
 from builder.plumbing.files import write_atomically
+from builder.plumbing.records import dataclass
 
-from .format import (CACHE_CONFIG_MEDIA_TYPE, CREATED_ANNOTATION, UNCOMPRESSED_ANNOTATION, CacheConfig,
-                     CacheLayer, CacheRecordEntry)
+from .format import (CACHE_CONFIG_MEDIA_TYPE, CREATED_ANNOTATION, INLINE_FACTS_KEY, INLINE_FACTS_LIMIT,
+                     STEP_FACTS_MEDIA_TYPE, UNCOMPRESSED_ANNOTATION, CacheConfig, CacheLayer, CacheRecordEntry)
 from .spec import CacheSpec
 
 REF_NAME = "org.opencontainers.image.ref.name"
@@ -108,27 +114,36 @@ def cache_config(steps: Sequence[StepCache], store) -> tuple[CacheConfig, tuple[
     return CacheConfig(tuple(layers), records), tuple(descriptors.values())
 
 
-def inline_value(steps: Sequence[StepCache], store) -> str:
-    """The image config's "moby.buildkit.cache.v0" value: the cache config, base64."""
+def inline_value(steps: Sequence[StepCache], store, facts: bytes = b"") -> str:
+    """The image config's "moby.buildkit.cache.v0" value: the cache config, base64, with FACTS
+    (the steps' facts, canonical JSON) as one more field if they are small enough."""
     config, _ = cache_config(steps, store)
-    return base64.b64encode(config.to_bytes()).decode()
+    if not facts or len(facts) > INLINE_FACTS_LIMIT:
+        return base64.b64encode(config.to_bytes()).decode()
+    doc = config.to_json()
+    doc[INLINE_FACTS_KEY] = json.loads(facts)
+    return base64.b64encode(canonical_json(doc)).decode()
 
 
-def cache_manifest(steps: Sequence[StepCache], store) -> tuple[bytes, CacheConfig, tuple[Descriptor, ...]]:
-    """The cache as an OCI image manifest (config: the cache config, in STORE's blobs; layers: its blobs)."""
+def cache_manifest(steps: Sequence[StepCache], store,
+                   facts: bytes = b"") -> tuple[bytes, CacheConfig, tuple[Descriptor, ...]]:
+    """The cache as an OCI image manifest (config: the cache config, in STORE's blobs; layers: its
+    blobs, then FACTS, the steps' facts, if any). The descriptors returned are every layer's."""
     config, descriptors = cache_config(steps, store)
     data = config.to_bytes()
     config_desc = Descriptor(CACHE_CONFIG_MEDIA_TYPE, store.blobs.put_bytes(data), len(data))
+    if facts:
+        descriptors += (Descriptor(STEP_FACTS_MEDIA_TYPE, store.blobs.put_bytes(facts), len(facts)),)
     return manifest_bytes(config_desc, descriptors), config, descriptors
 
 
 def export_registry(spec: CacheSpec, steps: Sequence[StepCache], store, client_factory: Callable,
-                    mount_from: dict[str, str] | None = None) -> ExportResult:
+                    mount_from: dict[str, str] | None = None, facts: bytes = b"") -> ExportResult:
     """Push the cache manifest as spec's ref=; blobs the registry has are skipped, others mounted
     from MOUNT_FROM's repositories (digest -> repository of the same registry) where it allows."""
     from builder.registry.reference import parse_reference
 
-    manifest, config, descriptors = cache_manifest(steps, store)
+    manifest, config, descriptors = cache_manifest(steps, store, facts)
     ref = parse_reference(spec.get("ref"))
     statuses: dict[str, str] = {}
     client = client_factory(lambda digest, status: statuses.__setitem__(digest, status))
@@ -143,11 +158,11 @@ def export_registry(spec: CacheSpec, steps: Sequence[StepCache], store, client_f
                         written, len(statuses) - written, digest)
 
 
-def export_local(spec: CacheSpec, steps: Sequence[StepCache], store) -> ExportResult:
+def export_local(spec: CacheSpec, steps: Sequence[StepCache], store, facts: bytes = b"") -> ExportResult:
     """Write (or add to) the OCI layout at dest=: the blobs, the manifest, index.json last."""
     dest = spec.get("dest")
     tag = spec.get("tag", "latest")
-    manifest, config, descriptors = cache_manifest(steps, store)
+    manifest, config, descriptors = cache_manifest(steps, store, facts)
     manifest_digest = store.blobs.put_bytes(manifest)
     config_digest = json.loads(manifest)["config"]["digest"]
     blob_dir = os.path.join(dest, "blobs", "sha256")

@@ -17,13 +17,21 @@ local solver computed.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 
 from builder.errors import BuildError
 from builder.image.config import INLINE_CACHE_KEY  # noqa: F401  (the image config key of an inline cache)
 from builder.plumbing.canonical import canonical_json
+from builder.plumbing.records import dataclass
 
 CACHE_CONFIG_MEDIA_TYPE = "application/vnd.buildkit.cacheconfig.v0"
+# build-image's own blob beside the cache config: what each exported step's key was made of, so
+# that another machine can say why a step missed (builder.cache.step_history). A layer of the cache
+# manifest that the cache config never names: BuildKit reads only the blobs its config names.
+STEP_FACTS_MEDIA_TYPE = "application/vnd.build-image.cache.steps.v1+json"
+# An inline cache has no blob of its own: the same facts are a field of its cache config, which
+# BuildKit's reader (Go's encoding/json) ignores, when they are small enough for an image config.
+INLINE_FACTS_KEY = "build-image.steps.v1"
+INLINE_FACTS_LIMIT = 64 << 10
 UNCOMPRESSED_ANNOTATION = "containerd.io/uncompressed"
 CREATED_ANNOTATION = "buildkit/createdat"
 

@@ -10,6 +10,12 @@ it computed itself, and a record's layers are used only if the chain under its t
 very chain the step's parent has here. A source that cannot be read, a blob or a record that fails
 a check, is a one-line warning; the step then runs as if there were no cache.
 
+A cache manifest build-image wrote also names the exported steps' facts (STEP_FACTS_MEDIA_TYPE),
+which explain a miss against the build that wrote the cache. They too are fetched only when asked
+for (`step_histories`: when a step misses and this store has no earlier build of it), checked
+against their digest, and parsed by the caller; one that fails is a warning, and misses are then
+explained as if it were not there.
+
 A registry ref may name a cache manifest (an OCI manifest whose config is the cache config, as
 build-image and BuildKit's image-manifest=true write it), BuildKit's older index form (an index
 listing the layers and the config), or an image whose config carries an inline cache (a cache
@@ -22,17 +28,20 @@ import base64
 import hashlib
 import json
 import os
+import re
 import threading
-from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from builder.errors import BuildError, DigestMismatch
 from builder.image.media import INDEX_TYPES, Descriptor, Platform
+from builder.plumbing.records import dataclass, field
 
-from .format import CACHE_CONFIG_MEDIA_TYPE, INLINE_CACHE_KEY, CacheConfig, CacheLayer, InvalidCacheConfig
+from .format import (CACHE_CONFIG_MEDIA_TYPE, INLINE_CACHE_KEY, INLINE_FACTS_KEY, STEP_FACTS_MEDIA_TYPE, CacheConfig,
+                     CacheLayer, InvalidCacheConfig)
 from .spec import CacheSpec
 
 _MAX_CONFIG = 32 << 20
+_SHA256 = re.compile(r"sha256:[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -67,12 +76,19 @@ class ImportStats:
 class _Source:
     """One --cache-from: its cache config and how to fetch a blob it names."""
 
-    def __init__(self, spec: CacheSpec, config: CacheConfig):
+    def __init__(self, spec: CacheSpec, config: CacheConfig, facts: Descriptor | None = None,
+                 inline_facts: bytes | None = None):
         self.spec = spec
         self.config = config
+        self.facts = facts             # the steps' facts blob its manifest names, if any
+        self.inline_facts = inline_facts   # or the facts an inline cache config holds (checked with it)
         self.stats = ImportStats(spec, records=len(config.records))
 
     def fetch(self, layer: CacheLayer, blobs) -> None:
+        raise NotImplementedError
+
+    def small_blob(self, desc: Descriptor, blobs) -> bytes:
+        """A metadata blob the manifest names, checked against its digest."""
         raise NotImplementedError
 
     @property
@@ -84,13 +100,16 @@ class _Source:
 
 
 class _RegistrySource(_Source):
-    def __init__(self, spec, config, client, ref):
-        super().__init__(spec, config)
+    def __init__(self, spec, config, client, ref, facts=None, inline_facts=None):
+        super().__init__(spec, config, facts, inline_facts)
         self._client = client
         self._ref = ref
 
     def fetch(self, layer: CacheLayer, blobs) -> None:
         self._client.fetch_blob(self._ref, Descriptor(layer.media_type, layer.digest, layer.size), blobs)
+
+    def small_blob(self, desc: Descriptor, blobs) -> bytes:
+        return self._client.small_blob(self._ref, desc, blobs)
 
     @property
     def repository(self) -> str:
@@ -105,9 +124,12 @@ class _RegistrySource(_Source):
 
 
 class _LocalSource(_Source):
-    def __init__(self, spec, config, root):
-        super().__init__(spec, config)
+    def __init__(self, spec, config, root, facts=None):
+        super().__init__(spec, config, facts)
         self._root = root
+
+    def small_blob(self, desc: Descriptor, blobs) -> bytes:
+        return _read_blob(self._root, desc)
 
     def fetch(self, layer: CacheLayer, blobs) -> None:
         path = _blob_path(self._root, layer.digest)
@@ -128,6 +150,8 @@ class ImportedCache:
     _by_key: dict = field(default_factory=dict)
     _verified: set = field(default_factory=set)          # (blob, diff ID) pairs checked already
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _histories: list | None = None                        # step_histories' answer, once asked
+    _histories_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def add(self, source: _Source) -> None:
         self.sources.append(source)
@@ -177,6 +201,30 @@ class ImportedCache:
                                  top.media_type or "application/vnd.oci.image.layer.v1.tar+gzip",
                                  entry.created or top.created)
         return None
+
+    def step_histories(self, parse: Callable[[bytes], object], blobs) -> list:
+        """What PARSE makes of each source's steps' facts blob, in --cache-from order; fetched and
+        checked the first time it is asked for. A blob that cannot be fetched, fails its digest, or
+        that PARSE refuses (ValueError) is a warning and is left out."""
+        with self._histories_lock:
+            if self._histories is None:
+                self._histories = []
+                for source in self.sources:
+                    if source.facts is None and source.inline_facts is None:
+                        continue
+                    try:
+                        if source.facts is None:
+                            self._histories.append(parse(source.inline_facts))
+                            continue
+                        if not _SHA256.fullmatch(str(source.facts.digest)):
+                            raise InvalidCacheConfig("its descriptor has no sha256 digest")
+                        if source.facts.size > _MAX_CONFIG:
+                            raise InvalidCacheConfig(f"it claims {source.facts.size} bytes")
+                        self._histories.append(parse(source.small_blob(source.facts, blobs)))
+                    except (BuildError, ValueError, OSError) as error:
+                        self.warn(f"cache from {source.spec.where}: its step facts are not used: {_one_line(error)}; "
+                                  "misses are explained without them")
+            return list(self._histories)
 
     def close(self) -> None:
         for source in self.sources:
@@ -256,13 +304,15 @@ def _load_registry(spec: CacheSpec, client, blobs, platform: Platform) -> _Regis
     descriptors = {m["digest"]: m for m in doc.get("layers") or () if isinstance(m, dict) and "digest" in m}
     config_bytes = client.small_blob(ref, config_desc, blobs)
     if config_desc.media_type == CACHE_CONFIG_MEDIA_TYPE:
-        return _RegistrySource(spec, _parse(config_bytes, descriptors), client, ref)
+        return _RegistrySource(spec, _parse(config_bytes, descriptors), client, ref, _facts(doc))
     layers = [m for m in doc.get("layers") or () if isinstance(m, dict)]
-    return _RegistrySource(spec, _inline(config_bytes, descriptors, layers, ref.familiar), client, ref)
+    config, facts = _inline(config_bytes, descriptors, layers, ref.familiar)
+    return _RegistrySource(spec, config, client, ref, inline_facts=facts)
 
 
-def _inline(config_bytes: bytes, descriptors: dict, layers: list[dict], name: str) -> CacheConfig:
-    """The inline cache an image config carries; its layers must be the image's own."""
+def _inline(config_bytes: bytes, descriptors: dict, layers: list[dict], name: str) -> tuple[CacheConfig, bytes | None]:
+    """The inline cache an image config carries (its layers must be the image's own), and the
+    steps' facts in it, if any (parsed only when asked for)."""
     image_config = _json(config_bytes, "image config")
     value = image_config.get(INLINE_CACHE_KEY)
     if not value:
@@ -277,7 +327,8 @@ def _inline(config_bytes: bytes, descriptors: dict, layers: list[dict], name: st
     strangers = {l.digest for l in config.layers} - set(descriptors)
     if strangers:
         raise InvalidCacheConfig(f"{name}: its inline cache names layers the image does not have")
-    return config
+    facts = json.loads(data).get(INLINE_FACTS_KEY)
+    return config, None if facts is None else json.dumps(facts).encode()
 
 
 def _legacy_inline(data: bytes, layers: list[dict], image_config: dict) -> bytes:
@@ -317,7 +368,18 @@ def _load_local(spec: CacheSpec) -> _LocalSource:
         descriptors = {m["digest"]: m for m in doc.get("layers") or () if isinstance(m, dict) and "digest" in m}
     if config is None or config.media_type != CACHE_CONFIG_MEDIA_TYPE:
         raise InvalidCacheConfig(f"{root}: the {tag!r} manifest is not a build cache")
-    return _LocalSource(spec, _parse(_read_blob(root, config), descriptors), root)
+    return _LocalSource(spec, _parse(_read_blob(root, config), descriptors), root, _facts(doc))
+
+
+def _facts(manifest: dict) -> Descriptor | None:
+    """The steps' facts blob a cache manifest names (its one layer of STEP_FACTS_MEDIA_TYPE), if any."""
+    for entry in manifest.get("layers") or ():
+        if isinstance(entry, dict) and entry.get("mediaType") == STEP_FACTS_MEDIA_TYPE:
+            try:
+                return Descriptor.from_json(entry)
+            except (KeyError, TypeError, ValueError, AttributeError):
+                return Descriptor(STEP_FACTS_MEDIA_TYPE, "", 0)   # refused when asked for, with a warning
+    return None
 
 
 def _read_blob(root: str, desc: Descriptor) -> bytes:

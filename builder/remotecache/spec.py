@@ -10,9 +10,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 from builder.errors import BuildError
+from builder.plumbing.records import dataclass
 
 _BOOLEANS = {"": True, "true": True, "1": True, "false": False, "0": False}
 

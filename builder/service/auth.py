@@ -18,7 +18,8 @@ import socket
 import struct
 import threading
 import time
-from dataclasses import dataclass
+
+from builder.plumbing.records import dataclass
 
 TOKEN_LIFETIME = 12 * 3600
 

@@ -74,17 +74,17 @@ class FrameReader:
 def encode_event(event) -> dict:
     """A builder.events event as a JSON document: its class name and fields (bytes as base64),
     whatever fields the event classes grow."""
-    import dataclasses
+    from builder.plumbing import records
 
     from builder.events import CacheMiss
 
     fields = {}
-    for f in dataclasses.fields(event):
+    for f in records.fields(event):
         value = getattr(event, f.name)
         if isinstance(value, bytes):
             value = {"b64": base64.b64encode(value).decode()}
         elif isinstance(value, CacheMiss):
-            value = {"cache_miss": dataclasses.asdict(value)}
+            value = {"cache_miss": records.asdict(value)}
         elif isinstance(value, tuple):
             value = list(value)
         fields[f.name] = value
@@ -92,14 +92,14 @@ def encode_event(event) -> dict:
 
 
 def decode_event(doc: dict):
-    import dataclasses
+    from builder.plumbing import records
 
     from builder import events
 
     kind = getattr(events, doc.get("event", ""), None)
     if kind not in (events.Started, events.Output, events.Log, events.Finished):
         return None
-    known = {f.name for f in dataclasses.fields(kind)}
+    known = {f.name for f in records.fields(kind)}
     fields = {}
     for name, value in doc.get("fields", {}).items():
         if name not in known:

@@ -21,9 +21,9 @@ import tarfile
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 
+from builder.plumbing.records import dataclass, field
 from builder.service import protocol, worker
 from builder.service.auth import PamAuthenticator, RateLimiter, Tokens, User, basic_credentials, bearer_token, peer_user
 from builder.service.queue import Cancelled, FairQueue

@@ -21,6 +21,7 @@ snapshot nothing names, which `prune` removes.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import queue
@@ -31,7 +32,7 @@ from typing import BinaryIO, Iterator
 from builder.cache.blobs import BaseBlobStore, BaseBlobWriter
 from builder.errors import BlobNotFound, StoreError
 from builder.plumbing.files import write_atomically
-from builder.snapshot.snapshots import SnapshotStore
+from builder.snapshot.snapshots import SnapshotStore, store_name
 
 _OVERLAY = "overlay"
 
@@ -75,12 +76,17 @@ class SnapshotBackedBlobs(BaseBlobStore):
 
     def __init__(self, inner: BaseBlobStore, root: str):
         self.inner = inner
+        self._store_root = root
         self.records_dir = os.path.join(root, "layers")
         os.makedirs(self.records_dir, exist_ok=True)
-        self._snapshots = SnapshotStore(root)
+
+    @functools.cached_property
+    def _snapshots(self) -> SnapshotStore:
+        # Made on first use: a fully cached rebuild never reads a layer.
+        return SnapshotStore(self._store_root, store_name(_OVERLAY))
 
     def __getattr__(self, name: str):
-        if name == "inner":  # not set yet (unpickling): never recurse
+        if name in ("inner", "_store_root"):  # not set yet (unpickling): never recurse
             raise AttributeError(name)
         return getattr(self.inner, name)
 

@@ -22,7 +22,6 @@ import queue
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
 
 from builder.cache.variants import Variant
 from builder.errors import DigestMismatch
@@ -31,6 +30,7 @@ from builder.image.manifest import StoredImage, read_image
 from builder.image.media import Descriptor
 from builder.plumbing import compression
 from builder.plumbing.canonical import canonical_json
+from builder.plumbing.records import dataclass, replace
 from builder.snapshot.layers import LayerError, _media_type, _write_layer_blob
 
 UNCOMPRESSED = "uncompressed"

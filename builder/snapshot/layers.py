@@ -31,7 +31,6 @@ import stat
 import tarfile
 import threading
 import zlib
-from dataclasses import dataclass
 from typing import BinaryIO, Iterator, Sequence
 
 from builder.cache.blobs import BlobStore, BlobWriter
@@ -39,6 +38,7 @@ from builder.errors import StoreError
 from builder.image.media import OCI_LAYER, OCI_LAYER_GZIP, OCI_LAYER_ZSTD
 from builder.plumbing import compression
 from builder.plumbing.paths import SymlinkLoop, resolve_in_root
+from builder.plumbing.records import dataclass
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
@@ -883,8 +883,6 @@ def apply_layer(stream: BinaryIO, root_dir: str) -> None:
     """Flatten a layer onto the root filesystem at ROOT_DIR: whiteouts delete the named path,
     opaque markers empty their directory of everything this layer did not write."""
     _extract(stream, root_dir, overlay=False)
-
-
 
 
 # ---------------------------------------------------------------------------------------------

@@ -21,11 +21,11 @@ import fcntl
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
 from typing import BinaryIO, Callable
 
 from builder.errors import StoreError
 from builder.plumbing.files import locked
+from builder.plumbing.records import dataclass, field
 
 _KEY_LEN = 32
 
@@ -83,6 +83,12 @@ class Scratch:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def store_name(kind: str) -> str:
+    """The directory under the store root of snapshotter KIND's snapshots: an overlay snapshot is
+    one layer, a naive one a whole tree, so each kind keeps its own."""
+    return "snapshots" if kind == "overlay" else f"snapshots.{kind}"
 
 
 class SnapshotStore:

@@ -29,16 +29,16 @@ import stat
 import subprocess
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import BinaryIO
 
 from builder.errors import StoreError
 from builder.plumbing.linux import clone_tree, move_mount
+from builder.plumbing.records import dataclass
+from builder.snapshot import SNAPSHOTTER_KINDS
 from builder.snapshot.overlay import overlay_mount_fd
-from builder.snapshot.snapshots import Scratch, SnapshotStore
+from builder.snapshot.snapshots import Scratch, SnapshotStore, store_name
 
 OVERLAY, BIND = "overlay", "bind"
-KINDS = ("overlay", "naive")
 
 
 @dataclass(frozen=True)
@@ -221,10 +221,10 @@ def make_snapshotter(kind: str, root: str) -> Snapshotter:
     """The snapshotter KIND ("overlay" or "naive") over the store ROOT. Each keeps its snapshots
     in its own directory: an overlay snapshot is one layer, a naive one a whole tree."""
     if kind == "overlay":
-        return OverlaySnapshotter(SnapshotStore(root))
+        return OverlaySnapshotter(SnapshotStore(root, store_name(kind)))
     if kind == "naive":
-        return NaiveSnapshotter(SnapshotStore(root, "snapshots.naive"))
-    raise StoreError(f"unknown snapshotter {kind!r}; use {' or '.join(KINDS)}")
+        return NaiveSnapshotter(SnapshotStore(root, store_name(kind)))
+    raise StoreError(f"unknown snapshotter {kind!r}; use {' or '.join(SNAPSHOTTER_KINDS)}")
 
 
 # ---- the naive snapshotter's trees and diffs ---------------------------------------------------

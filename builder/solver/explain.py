@@ -14,21 +14,28 @@ instruction, else the same place in the stage) and the first reason that holds i
     parent step #K was rebuilt                its own inputs are as before, a parent's key is not
     same cache key as before, ...             the record or its layer is gone (pruned)
 
+A layer step that build does not have is compared with the history an imported cache carries
+(--cache-from: the build that exported it, `exported`), fetched the first time it is needed; the
+reason then ends "(compared with the imported cache)".
+
 Everything here is computed only for steps that run, and once per step for the history written
 at the end of the build; a fully cached rebuild never gets here (builder.plan_cache).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from builder import events
-from builder.cache.step_history import (BaseStepHistory, BuildHistory, DiskStepHistory, StepRecord,
-                                        history_identity)
+from builder.cache.step_history import (BaseStepHistory, BuildHistory, DiskStepHistory, StepRecord,  # noqa: F401
+                                        decode_exported, encode_exported, history_identity)
+# (decode_exported: what the pipeline gives an imported cache to read its steps' facts with)
 from builder.llb import Vertex
+from builder.plumbing.records import replace
 
 # "[build 2/5] RUN make", "[2/5] RUN make" (one stage), "[ 2/12] ..." (padded): as convert names steps.
 _LABEL = re.compile(r"^\[(?:(?P<stage>\S+) )?\s*(?P<position>\d+)/\d+\] (?P<text>.*)$", re.DOTALL)
@@ -40,7 +47,8 @@ class MissExplainer:
     def __init__(self, history: BaseStepHistory, identity: str, dockerfile: str, target: str | None, *,
                  names: Mapping[str, str], lines: Mapping[str, tuple[int, int]] = {},
                  arg_names: Mapping[str, tuple[str, ...]] = {}, no_cache: bool = False,
-                 no_cache_filter: Mapping[str, str] = {}):
+                 no_cache_filter: Mapping[str, str] = {}, exported_name: str = "",
+                 imported: Callable[[], Sequence[BuildHistory]] | None = None):
         self.history = history
         self.identity = identity
         self.dockerfile = dockerfile
@@ -50,13 +58,18 @@ class MissExplainer:
         self.arg_names = arg_names
         self.no_cache = no_cache
         self.no_cache_filter = no_cache_filter     # vertex digest -> the --no-cache-filter stage
+        # The Dockerfile as the context names it ("Dockerfile", "docker/app.Dockerfile"): what a
+        # cache export calls it, so that another checkout of the same sources finds it.
+        self.exported_name = exported_name or os.path.basename(dockerfile)
+        # The histories imported caches carry (--cache-from), read only when a step's miss has no
+        # earlier build here to compare with: a build that misses nothing never fetches them.
+        self.imported = imported
         self.previous = history.get(identity)
         self._records: dict[Vertex, StepRecord] = {}
         self._lock = threading.Lock()
-        old = self.previous.steps if self.previous else ()
-        self._by_place = {(s.stage, s.position, s.text): s for s in reversed(old)}
-        self._by_text = {(s.stage, s.text): s for s in reversed(old)}
-        self._by_position = {(s.stage, s.position): s for s in reversed(old)}
+        self._local = _Earlier(self.previous)
+        self._imported: _Earlier | None = None
+        self._import_lock = threading.Lock()
 
     @classmethod
     def on_disk(cls, store_root: str, dockerfile: str, target: str | None, **options) -> "MissExplainer":
@@ -89,12 +102,38 @@ class MissExplainer:
                       if v.digest in self.names and state.op(v).explains_misses)
         self.history.put(BuildHistory(self.identity, self.dockerfile, self.target, timestamps, steps))
 
-    def _old(self, record: StepRecord) -> StepRecord | None:
-        if not record.position:
-            return self._by_text.get(("", record.text))
-        return (self._by_place.get((record.stage, record.position, record.text))
-                or self._by_text.get((record.stage, record.text))
-                or self._by_position.get((record.stage, record.position)))
+    def exported(self, state, vertices: Iterable[Vertex], timestamps: str, shown: Iterable[Vertex] = ()) -> bytes:
+        """The history a cache export carries for VERTICES (the steps it exports): this build's
+        records, the Dockerfile named as the context names it. The environment of a step not in
+        SHOWN (the image's own chain, whose build args and env its config and history publish
+        anyway) is exported as digests of its values: a builder stage's build arg may be a token
+        that the image never shows, and a pushed cache must not publish it."""
+        shown = set(shown)
+        steps = tuple(self.record(state, v) if v in shown else _env_hidden(self.record(state, v))
+                      for v in dict.fromkeys(vertices) if v.digest in self.names and state.op(v).explains_misses)
+        return encode_exported(BuildHistory(history_identity(self.exported_name, self.target),
+                                            self.exported_name, self.target, timestamps, steps))
+
+    def _old(self, record: StepRecord, imported_too: bool = True) -> tuple[StepRecord | None, "_Earlier"]:
+        """RECORD's old self and the build it is from: this store's last build, else (IMPORTED_TOO)
+        the build that wrote an imported cache."""
+        old = self._local.find(record)
+        if old is not None or self.imported is None or not imported_too:
+            return old, self._local
+        earlier = self._imported_build()
+        return earlier.find(record), earlier
+
+    def _imported_build(self) -> "_Earlier":
+        with self._import_lock:
+            if self._imported is None:
+                try:
+                    histories = self.imported() if self.imported is not None else ()
+                except Exception:   # the caller warns about a source it cannot read; never fail here
+                    histories = ()
+                chosen = next((h for h in histories if h.dockerfile == self.exported_name
+                               and (h.target or None) == (self.target or None)), None)
+                self._imported = _Earlier(chosen, imported=True)
+            return self._imported
 
     # -- reasons
     def explain(self, state, vertex: Vertex, timestamps: str) -> events.CacheMiss:
@@ -102,17 +141,24 @@ class MissExplainer:
         record = self.record(state, vertex)
         step = _short(record.text, room=None)
 
+        against = ""   # what the reason was found against, when it is not this store's last build
+
         def miss(reason: str, **parent) -> events.CacheMiss:
-            return events.CacheMiss(step, reason, **parent)
+            return events.CacheMiss(step, reason + against, **parent)
 
         adds_layer = state.op(vertex).adds_layer
         if adds_layer and self.no_cache:
             return miss("--no-cache")
         if adds_layer and vertex.digest in self.no_cache_filter:
             return miss(f"--no-cache-filter {self.no_cache_filter[vertex.digest]}")
-        old = self._old(record)
+        # A base image that had to be pulled is compared with this store's builds only: a build
+        # whose every step an imported cache gives never fetches the facts. The first step over a
+        # changed base says so, against the imported facts too.
+        old, earlier = self._old(record, imported_too=adds_layer)
         if old is None:
             return miss("no previous build of this step")
+        if earlier.imported:
+            against = " (compared with the imported cache)"
         if old.text != record.text:
             where = f"Dockerfile line {record.line}" if record.line else "Dockerfile line"
             return miss(f'{where} changed ("{_short(old.text)}" → "{_short(record.text)}")')
@@ -123,7 +169,7 @@ class MissExplainer:
             if not state.op(parent).explains_misses:
                 continue   # the build context: what a step reads of it is in its own facts
             parent_record = self.record(state, parent)
-            parent_old = self._old(parent_record)
+            parent_old, _ = self._old(parent_record)
             if parent_old is not None and parent_old.key == parent_record.key:
                 continue
             base = parent_record.facts.get("digest")
@@ -135,10 +181,33 @@ class MissExplainer:
         if old.key == record.key:
             if not adds_layer:
                 return miss("its layers were not in the store")
-            if self.previous is not None and self.previous.timestamps != timestamps:
-                return miss(f"layer timestamps changed ({self.previous.timestamps} → {timestamps})")
+            if earlier.build is not None and earlier.build.timestamps != timestamps:
+                return miss(f"layer timestamps changed ({earlier.build.timestamps} → {timestamps})")
+            if earlier.imported:
+                return miss("same cache key as the imported record, but the record could not be used "
+                            "(see the warnings)")
             return miss("same cache key as before, but its cache record or layer is gone (pruned?)")
         return miss("cache key changed (an input build-image does not explain)")
+
+
+class _Earlier:
+    """One earlier build's steps, found by place: same stage and instruction, else the same
+    instruction in the stage, else the same place in the stage."""
+
+    def __init__(self, build: BuildHistory | None, imported: bool = False):
+        self.build = build
+        self.imported = imported
+        old = build.steps if build else ()
+        self._by_place = {(s.stage, s.position, s.text): s for s in reversed(old)}
+        self._by_text = {(s.stage, s.text): s for s in reversed(old)}
+        self._by_position = {(s.stage, s.position): s for s in reversed(old)}
+
+    def find(self, record: StepRecord) -> StepRecord | None:
+        if not record.position:
+            return self._by_text.get(("", record.text))
+        return (self._by_place.get((record.stage, record.position, record.text))
+                or self._by_text.get((record.stage, record.text))
+                or self._by_position.get((record.stage, record.position)))
 
 
 def _fact_changes(old: dict, new: dict) -> list[str]:
@@ -179,18 +248,38 @@ def _file_changes(old: dict[str, str], new: dict[str, str]) -> str:
     return f"{shown}, {len(changed)} of {files} file{'s' if files != 1 else ''}"
 
 
+def _env_hidden(record: StepRecord) -> StepRecord:
+    """RECORD with its environment's values as digests (`env_hidden`), for an exported cache."""
+    if not record.facts.get("env"):
+        return record
+    env = [f"{name}={_value_digest(value)}" for name, value in _env_map(record.facts["env"]).items()]
+    return replace(record, facts={**record.facts, "env": env, "env_hidden": True})
+
+
+def _value_digest(value: str) -> str:
+    return "sha256:" + hashlib.sha256(value.encode()).hexdigest()
+
+
 def _env_changes(old: dict, new: dict) -> list[str]:
     before, after = _env_map(old.get("env", [])), _env_map(new.get("env", []))
+    if old.get("env_hidden"):   # an imported cache's builder stage: compared, and shown, as digests
+        after = {name: _value_digest(value) for name, value in after.items()}
+
+        def show(value: str) -> str:
+            return _digest(value)
+    else:
+        def show(value: str) -> str:
+            return f'"{_short(value)}"'
     args = set(old.get("args", [])) | set(new.get("args", []))
     changes = []
     for name in sorted(set(before) | set(after)):
         kind = "build arg" if name in args else "env"
         if name not in before:
-            changes.append(f'{kind} {name} set ("{_short(after[name])}")')
+            changes.append(f"{kind} {name} set ({show(after[name])})")
         elif name not in after:
-            changes.append(f'{kind} {name} unset (was "{_short(before[name])}")')
+            changes.append(f"{kind} {name} unset (was {show(before[name])})")
         elif before[name] != after[name]:
-            changes.append(f'{kind} {name} changed ("{_short(before[name])}" → "{_short(after[name])}")')
+            changes.append(f"{kind} {name} changed ({show(before[name])} → {show(after[name])})")
     return changes
 
 

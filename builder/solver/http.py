@@ -16,9 +16,9 @@ import shutil
 import tempfile
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
 
 from builder.errors import SolveError
+from builder.plumbing.records import dataclass
 
 _TIMEOUT = 300
 _USER_AGENT = "build-image"

@@ -17,12 +17,12 @@ import shutil
 import stat
 import subprocess
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 
 from builder.cache.cache_mounts import CacheMountStore
 from builder.errors import SolveError
 from builder.llb.ops import (BindMountSpec, CacheMountSpec, MountSpec, ScriptMountSpec, SecretMountSpec, SSHMountSpec,
                              TmpfsMountSpec)
+from builder.plumbing.records import dataclass
 from builder.session import SecretStore
 
 @dataclass(frozen=True)

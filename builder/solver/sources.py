@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import json
 import threading
-from dataclasses import dataclass, field
 
 from builder.cache.blobs import BlobStore
 from builder.image.config import ImageConfig
 from builder.image.media import INDEX_TYPES, Descriptor, Platform
+from builder.plumbing.records import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -95,11 +95,11 @@ class ImageSources:
         return image
 
     def _resolve_any(self, name: str, platform: str) -> BaseImage:
-        from builder.image.layout import SCHEME
+        from builder.image import LAYOUT_SCHEME
         from builder.image.manifest import image_complete, read_image
         from builder.registry.reference import parse_reference
 
-        if name.startswith(SCHEME):
+        if name.startswith(LAYOUT_SCHEME):
             return self._from_layout(name, platform)
         ref = parse_reference(name)
         if not self.pull_always:
@@ -139,7 +139,7 @@ class ImageSources:
     def _from_layout(self, name: str, platform: str) -> BaseImage:
         """An image of an OCI layout directory: its manifest, config and layers are copied into
         the blob store (each verified against its digest), so it is a local image from then on."""
-        from dataclasses import replace
+        from builder.plumbing.records import replace
 
         from builder.errors import DigestMismatch, SourceNotFound
         from builder.image.layout import ImageLayout, parse_layout_ref

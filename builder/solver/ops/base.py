@@ -22,13 +22,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import ClassVar, ContextManager, Protocol
 
 from builder.errors import BuildError, SolveError, SourceNotFound
 from builder.llb import Op, Vertex
 from builder.plumbing.canonical import canonical_json
+from builder.plumbing.records import dataclass
 from builder.solver.mounts import MountInput
 
 

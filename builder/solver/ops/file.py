@@ -85,7 +85,7 @@ def _apply_file_actions(merged: str, op, sources: dict[int, CopySource], scratch
 
 def _mount_layers(view, target: str, mount_root: str) -> str:
     """A read-only VIEW of a stage's filesystem (a snapshotter's mount) at TARGET."""
-    from dataclasses import replace
+    from builder.plumbing.records import replace
 
     from builder.snapshot.snapshotter import BIND
 
