@@ -5,8 +5,8 @@ dangling images a prune keeps, and the build cache records. Blobs no root reache
 snapshots are unpacked layers, kept when a kept image's chain of layers uses them, or when a
 kept layer is made from them (a built layer has no stored tar: builder/snapshot/backed.py). (A
 snapshot dropped while its layer blob stays, as for a cached pulled layer no image uses, is
-unpacked again from the blob the next time a build needs it.) Pruning and repairing hold the root exclusively,
-so they never run beside a build.
+unpacked again from the blob the next time a build needs it.) Pruning and repairing hold the
+root exclusively, so they never run beside a build.
 """
 
 from __future__ import annotations

@@ -8,9 +8,9 @@ Two encodings of "what changed" meet here:
 
 `write_layer` turns the first into the second in one streaming pass (`rewrite_layer_timestamps`
 re-clamps the mtimes of one it wrote); `hash_layer` only hashes that tar (a build's commit: the
-snapshot is the layer's content) and `stream_layer_tar` makes it again when a blob is needed. `unpack_layer` goes back, so
-a pulled layer can serve as an overlay lower dir; `apply_layer` flattens a layer onto a plain
-root filesystem instead (whiteouts delete).
+snapshot is the layer's content) and `stream_layer_tar` makes it again when a blob is needed.
+`unpack_layer` goes back, so a pulled layer can serve as an overlay lower dir; `apply_layer`
+flattens a layer onto a plain root filesystem instead (whiteouts delete).
 
 Layer tars are untrusted. Every entry name is cleaned (a leading `/` is dropped, `..` is refused)
 and every parent directory is resolved inside the destination as if it were `/` (a symlink the
