@@ -23,6 +23,7 @@ The classes defined in this module, and those defined beside the code that raise
     │   ├── ImageNotFound
     │   ├── InvalidImage        [image.manifest] a manifest or config that is no runnable image
     │   ├── LayerError          [snapshot.layers] a layer that cannot be written or read safely
+    │   ├── LayerContentError   [snapshot.backed] a built layer whose snapshot is gone or changed
     │   ├── CorruptLayer        [lifecycle.layertar] a layer blob that does not decompress
     │   ├── ImageConflict       [lifecycle.tagging] an image rmi cannot remove without --force
     │   ├── InvalidArchive      [lifecycle.image_archive] not (entirely) a docker or OCI image archive

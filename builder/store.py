@@ -4,6 +4,7 @@
     ROOT/blobs/tmp/               blob writes in progress (atomic rename into sha256/)
     ROOT/snapshots/               unpacked layers by chain ID, used as overlay lower dirs
     ROOT/snapshots.naive/         whole trees by chain ID (BUILD_IMAGE_SNAPSHOTTER=naive, no overlayfs)
+    ROOT/layers/<hex>.json        built layers with no stored tar: diff_id -> the snapshot it is made from
     ROOT/images/                  the image index: name:tag and name@digest -> manifest digest
     ROOT/cache/records/<key>.json build cache: cache key -> layer it produced
     ROOT/cache/compressed/        compressed variants of layers, made when an output needs them
@@ -58,10 +59,13 @@ class Store:
                  records: BaseCacheRecords | None = None, snapshotter: str | None = None,
                  namespace: str | None = None, isolate_cache: bool | None = None):
         from builder.image.names import ImageStore
+        from builder.snapshot.backed import SnapshotBackedBlobs
 
         self.root = os.path.abspath(root or default_root())
         os.makedirs(self.root, exist_ok=True)
-        self.blobs = blobs if blobs is not None else BlobStore(os.path.join(self.root, "blobs"))
+        # Built layers are snapshots, made into tars only when read (builder/snapshot/backed.py).
+        self.blobs = SnapshotBackedBlobs(blobs if blobs is not None else BlobStore(os.path.join(self.root, "blobs")),
+                                         self.root)
         # overlay (the default) or naive: BUILD_IMAGE_SNAPSHOTTER picks it for every command.
         self._snapshotter_kind = snapshotter or os.environ.get("BUILD_IMAGE_SNAPSHOTTER") or "overlay"
         if self._snapshotter_kind not in SNAPSHOTTER_KINDS:
@@ -209,6 +213,21 @@ class Store:
     def snapshot_key(self, chain_id: str) -> str:
         """The directory name under ROOT/snapshots/ of CHAIN_ID's snapshot."""
         return os.path.basename(self.snapshots.path(chain_id))
+
+    def backing_snapshot_keys(self) -> set[str]:
+        """The snapshots the store's built layers are made from (builder/snapshot/backed.py): kept
+        while their layers are. Only overlay snapshots back layers (a naive store keeps its tars)."""
+        if self._snapshotter_kind != "overlay":
+            return set()
+        keys = set()
+        for digest in self.blobs.backed_digests():
+            try:
+                source = self.blobs.source(digest)
+            except StoreError:
+                continue  # unreadable: fsck's business; it names no snapshot
+            if source is not None:
+                keys.add(self.snapshot_key(source.chain))
+        return keys
 
     def snapshot_keys(self) -> list[str]:
         """Every committed snapshot's directory name (chain IDs are not recoverable from them)."""

@@ -180,7 +180,8 @@ def test_a_record_whose_layer_blob_is_gone_is_a_miss(graph):
 def test_a_record_whose_layer_blob_was_cut_short_is_a_miss(tmp_path, context_dir):
     # Records are not fsync-ed one by one: after a power loss a record may outlive the end of its
     # blob (a rename that reached the disk before the data). Such a blob must not be used.
-    graph = Graph(Store(str(tmp_path / "root")), tmp_path, context_dir)
+    # (The naive snapshotter stores its layers' tars; the overlay one's are made from snapshots.)
+    graph = Graph(Store(str(tmp_path / "root"), snapshotter="naive"), tmp_path, context_dir)
     step = graph.run(("write", "/a", "A"))
     layer = graph.solve(step)[step].layers[-1]
     path = graph.store.blobs.path(layer.digest)
@@ -188,6 +189,23 @@ def test_a_record_whose_layer_blob_was_cut_short_is_a_miss(tmp_path, context_dir
         blob.truncate(layer.size // 2)
     assert graph.solve(step)[step].layers[-1] == layer
     assert graph.executor.commands == [("write", "/a", "A")]
+
+
+def test_a_record_whose_layer_snapshot_is_gone_is_a_miss_and_the_rerun_repairs_it(tmp_path, context_dir):
+    # An overlay-built layer has no stored tar: its snapshot is its content. Without the
+    # snapshot the layer is not in the store, so the step runs again and commits it anew.
+    graph = Graph(Store(str(tmp_path / "root"), snapshotter="overlay"), tmp_path, context_dir)
+    step = graph.run(("write", "/a", "A"))
+    layer = graph.solve(step)[step].layers[-1]
+    source = graph.store.blobs.source(layer.digest)
+    assert source is not None and not os.path.exists(graph.store.blobs.inner.path(layer.digest))
+    chain = source.chain
+    graph.store.snapshotter.remove(chain)
+    assert not graph.store.blobs.has(layer.digest)
+    assert graph.solve(step)[step].layers[-1] == layer
+    assert graph.executor.commands == [("write", "/a", "A")]
+    assert graph.store.snapshots.has(chain)
+    assert graph.store.blobs.verify(layer.digest)
 
 
 def test_a_changed_context_file_reruns_only_the_steps_that_read_it(graph, context_dir):

@@ -2,10 +2,11 @@
 
 Everything here is mark and sweep from the roots the store has: the image index's names, the
 dangling images a prune keeps, and the build cache records. Blobs no root reaches are garbage;
-snapshots are unpacked layers, kept when a kept image's chain of layers uses them. (A snapshot
-dropped while its layer blob stays, as for a cached build step no image uses, is unpacked again
-from the blob the next time a build needs it.) Pruning and repairing hold the root exclusively,
-so they never run beside a build.
+snapshots are unpacked layers, kept when a kept image's chain of layers uses them, or when a
+kept layer is made from them (a built layer has no stored tar: builder/snapshot/backed.py). (A
+snapshot dropped while its layer blob stays, as for a cached pulled layer no image uses, is
+unpacked again from the blob the next time a build needs it.) Pruning and repairing hold the
+root exclusively, so they never run beside a build.
 """
 
 from __future__ import annotations
@@ -75,7 +76,9 @@ def prune(store: Store, *, all_images: bool = False, cache: bool = False,
             if digest not in marked:
                 reclaimed += _blob_size(store, digest)
                 store.blobs.delete(digest)
-        kept_snapshots = _snapshot_keys_of(store, kept)
+        # After the blobs: a layer made from a snapshot (builder/snapshot/backed.py) that is still
+        # kept (by an image or a cache record) keeps the snapshot it is made from.
+        kept_snapshots = _snapshot_keys_of(store, kept) | store.backing_snapshot_keys()
         for key in store.snapshot_keys():
             if key not in kept_snapshots:
                 reclaimed += store.snapshot_size(key)
@@ -251,6 +254,7 @@ def fsck(store: Store, *, repair: bool = False) -> list[Problem]:
     with lock:
         problems: list[Problem] = []
         corrupt = _check_blobs(store, repair, problems)
+        corrupt |= _check_backed_layers(store, repair, problems)
         _check_images(store, corrupt, repair, problems)
         _check_records(store, corrupt, repair, problems)
         _check_snapshots(store, repair, problems)
@@ -271,6 +275,34 @@ def _check_blobs(store: Store, repair: bool, problems: list[Problem]) -> set[str
             if repair:
                 store.blobs.delete(digest)
             problems.append(Problem(f"blob {digest}", "content does not match its digest", repair))
+    return corrupt
+
+
+def _check_backed_layers(store: Store, repair: bool, problems: list[Problem]) -> set[str]:
+    """Every layer made from a snapshot: its record readable, its snapshot there, and the tar made
+    from it hashing to its diff_id. REPAIR forgets a broken one and removes its snapshot, so the
+    next build runs the step again and commits it anew."""
+    corrupt = set()
+    for digest in store.blobs.backed_digests():
+        if store.blobs.inner.has(digest):
+            continue  # the tar is stored too (a pull or a load of the same layer): checked above
+        try:
+            source = store.blobs.source(digest)
+        except StoreError:
+            source, fault = None, "unreadable layer record"
+        else:
+            if not os.path.isdir(store.blobs.snapshot_dir(source)):
+                fault = f"its snapshot {os.path.basename(store.blobs.snapshot_dir(source))} is missing"
+            elif not store.blobs.verify(digest):
+                fault = "its snapshot no longer makes the layer (content does not match its digest)"
+            else:
+                continue
+        corrupt.add(digest)
+        if repair:
+            store.blobs.delete(digest)
+            if source is not None and store.snapshotter.name == "overlay":
+                store.remove_snapshot(store.snapshot_key(source.chain))
+        problems.append(Problem(f"layer {digest}", fault, repair))
     return corrupt
 
 

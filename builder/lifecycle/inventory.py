@@ -113,7 +113,10 @@ def image_manifest_digests(store: Store) -> list[str]:
     its index owns (another user's images are not even dangling ones here)."""
     found = []
     candidates = store.images.owned() if store.namespace is not None else store.blobs.digests()
+    built_layers = set(store.blobs.backed_digests())  # layers made from snapshots: never manifests
     for digest in candidates:
+        if digest in built_layers:
+            continue
         if _manifest_document(store, digest) is not None:
             found.append(digest)
     return found
@@ -128,7 +131,7 @@ def _manifest_document(store: Store, digest: str) -> dict | None:
                 return None
             f.seek(0)
             doc = json.loads(f.read())
-    except (BlobNotFound, OSError, ValueError):
+    except (StoreError, OSError, ValueError):
         return None
     if not isinstance(doc, dict) or doc.get("schemaVersion") != 2:
         return None

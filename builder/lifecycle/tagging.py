@@ -119,6 +119,7 @@ def delete_image_content(store: Store, record: ImageRecord) -> None:
         if desc.digest not in in_use:
             store.blobs.delete(desc.digest)
     kept_snapshots = {store.snapshot_key(c) for r in others for c in chain_ids(r.image.config.diff_ids)}
+    kept_snapshots |= store.backing_snapshot_keys()  # a layer still kept (cached) is made from its snapshot
     for chain_id in chain_ids(record.image.config.diff_ids):
         key = store.snapshot_key(chain_id)
         if key not in kept_snapshots:

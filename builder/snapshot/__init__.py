@@ -1,6 +1,7 @@
 """Copy-on-write filesystems: the Snapshotter interface and its overlay and naive implementations
 (snapshotter), layer diffs (layers), committed snapshots on disk (snapshots), overlay mounts
-(overlay), and compressed layer blobs made when an output needs them (compressed).
+(overlay), built layers' blobs made from their snapshots when read (backed), and compressed layer
+blobs made when an output needs them (compressed).
 
 Re-exports are resolved on first use, so importing a sibling module (overlay, for the executor)
 does not pay for tarfile, gzip and subprocess.

@@ -1,7 +1,8 @@
 """Compressed layer blobs, made only when an output needs them (BuildKit's lazy blobs).
 
-A build commits its layers uncompressed: the tar is streamed through sha256 into the blob store,
-and the blob's digest is the layer's diff_id. An OCI or docker archive, `save`, a push or a
+A build commits its layers uncompressed: the tar is streamed through sha256, and the blob's digest
+is the layer's diff_id (the overlay snapshotter stores no tar at all: the blob is made from the
+snapshot when it is read, builder/snapshot/backed.py). An OCI or docker archive, `save`, a push or a
 registry cache wants gzip (or zstd): `compressed_blob` makes that blob the first time and records
 it per (diff_id, compression, level) in the store's variants (builder/cache/variants.py), so the
 next export or push of the same layer compresses nothing. `compressed_image` does it for every

@@ -7,9 +7,10 @@ Two encodings of "what changed" meet here:
     opaque dir: xattr trusted.overlay.opaque  entry `dir/.wh..wh..opq`
 
 `write_layer` turns the first into the second in one streaming pass (`rewrite_layer_timestamps`
-re-clamps the mtimes of one it wrote). `unpack_layer` goes back, so
-a pulled layer can serve as an overlay lower dir; `apply_layer` flattens a layer onto a plain
-root filesystem instead (whiteouts delete).
+re-clamps the mtimes of one it wrote); `hash_layer` only hashes that tar (a build's commit: the
+snapshot is the layer's content) and `stream_layer_tar` makes it again when a blob is needed.
+`unpack_layer` goes back, so a pulled layer can serve as an overlay lower dir; `apply_layer`
+flattens a layer onto a plain root filesystem instead (whiteouts delete).
 
 Layer tars are untrusted. Every entry name is cleaned (a leading `/` is dropped, `..` is refused)
 and every parent directory is resolved inside the destination as if it were `/` (a symlink the
@@ -339,13 +340,80 @@ def write_layer(upper_dir: str, blobs: BlobStore, *, compression: str = "uncompr
     that want them compressed ask `builder.snapshot.compressed.compressed_blob`.
     """
     media_type = _media_type(compression)
-    def fill(sink: _TarSink) -> None:
-        tar = _LayerTarWriter(sink, source_date_epoch)
-        for rel, path, st in _walk(upper_dir):
-            tar.add(rel, path, st)
-        tar.close()
+    return _write_layer_blob(blobs, compression, level, media_type,
+                             lambda sink: _fill_layer_tar(sink, upper_dir, source_date_epoch))
 
-    return _write_layer_blob(blobs, compression, level, media_type, fill)
+
+@dataclass(frozen=True)
+class LayerDigest:
+    """What committing a layer records: its diff_id and the size of its uncompressed tar."""
+
+    diff_id: str
+    size: int
+
+
+class _HashPipe:
+    """The tar stream through sha256 on a worker thread (hashlib releases the GIL), so reading
+    the files and hashing them overlap; nothing is written."""
+
+    def __init__(self) -> None:
+        self._hash = hashlib.sha256()
+        self.size = 0
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=8)
+        self._thread = threading.Thread(target=self._run, name="layer-hash", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (data := self._queue.get()) is not None:
+            self._hash.update(data)
+
+    def write(self, data: bytes) -> None:
+        self.size += len(data)
+        self._queue.put(data)
+
+    def abort(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+
+    @property
+    def digest(self) -> str:
+        return "sha256:" + self._hash.hexdigest()
+
+
+def hash_layer(upper_dir: str, *, source_date_epoch: int | None = None) -> LayerDigest:
+    """The diff_id and tar size of the layer `write_layer` would archive from UPPER_DIR, without
+    storing it: what a build commits (the snapshot directory is the layer's content)."""
+    pipe = _HashPipe()
+    try:
+        sink = _TarSink(pipe, hashed=False)
+        _fill_layer_tar(sink, upper_dir, source_date_epoch)
+    finally:
+        pipe.abort()
+    return LayerDigest(pipe.digest, pipe.size)
+
+
+def stream_layer_tar(upper_dir: str, write, *, source_date_epoch: int | None = None) -> LayerDigest:
+    """The layer tar of UPPER_DIR, byte for byte what `write_layer` stores, in chunks to
+    WRITE(bytes); returns its diff_id and size (hashed on this thread)."""
+    class _Out:
+        size = 0
+
+        def write(self, data: bytes) -> None:
+            self.size += len(data)
+            write(data)
+
+    out = _Out()
+    sink = _TarSink(out, hashed=True)
+    _fill_layer_tar(sink, upper_dir, source_date_epoch)
+    return LayerDigest(sink.diff_id, out.size)
+
+
+def _fill_layer_tar(sink: "_TarSink", upper_dir: str, source_date_epoch: int | None) -> None:
+    tar = _LayerTarWriter(sink, source_date_epoch)
+    for rel, path, st in _walk(upper_dir):
+        tar.add(rel, path, st)
+    tar.close()
 
 
 def _media_type(compression_name: str) -> str:

@@ -110,6 +110,9 @@ class Snapshotter(ABC):
     renames, stale work dirs cleaned)."""
 
     name: str
+    # True when a committed snapshot is its layer's change as it stays: the layer's tar can be
+    # made from it again at any time (builder/snapshot/backed.py), so none need be stored.
+    commits_layer_content: bool = False
 
     def __init__(self, store: SnapshotStore):
         self.store = store
@@ -155,6 +158,7 @@ class Snapshotter(ABC):
 
 class OverlaySnapshotter(Snapshotter):
     name = "overlay"
+    commits_layer_content = True  # a committed snapshot is the layer's change, kept as it was
 
     def lowerdirs(self, chain):
         return tuple(self.store.ensure(chain_id, open_layer) for chain_id, open_layer in chain)
@@ -180,6 +184,7 @@ class NaiveSnapshotter(Snapshotter):
     """Whole trees, no overlayfs: every committed snapshot is the full root filesystem of its chain."""
 
     name = "naive"
+    commits_layer_content = False  # a committed snapshot is a whole tree, not the change
 
     def lowerdirs(self, chain):
         tree: str | None = None

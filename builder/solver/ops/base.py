@@ -181,8 +181,6 @@ class LayerOp(SolverOp):
         raise NotImplementedError
 
     def exec(self, inputs: Sequence[Result]) -> Result:
-        from builder.snapshot.layers import chain_ids, write_layer
-
         parent = inputs[0]
         store = self.state.store
         snapshotter = store.snapshotter
@@ -190,11 +188,28 @@ class LayerOp(SolverOp):
             self.apply(active.mount)
             if self.state.cancelled():
                 raise SolveError("build cancelled")
-            # The diff is archived uncompressed and hashed on the way (outputs compress later).
-            layer = write_layer(active.diff_dir(), store.blobs, source_date_epoch=self.state.layer_epoch)
-            chain = chain_ids([l.diff_id for l in parent.layers] + [layer.diff_id])[-1]
-            snapshotter.commit(active, chain)
+            layer = _commit_layer(store, active, parent.layers, self.state.layer_epoch)
         epoch = self.state.source_date_epoch
         created = epoch_rfc3339(epoch) if epoch is not None else now_rfc3339()
-        return Result(parent.layers + (LayerRef(layer.digest, layer.diff_id, layer.size, layer.media_type),),
-                      created)
+        return Result(parent.layers + (layer,), created)
+
+
+def _commit_layer(store, active, below: tuple[LayerRef, ...], layer_epoch: int | None) -> LayerRef:
+    """ACTIVE's change as a layer over BELOW, its snapshot committed. Where the committed
+    snapshot is the change itself (overlay), the tar is only hashed and the snapshot backs the
+    layer's blob (builder/snapshot/backed.py); else (naive: its change is a diff made against the
+    parent at this moment, whiteouts timed now) the uncompressed tar is stored as the blob."""
+    from builder.image.media import OCI_LAYER
+    from builder.snapshot.backed import LayerSource, SnapshotBackedBlobs
+    from builder.snapshot.layers import chain_ids, hash_layer, write_layer
+
+    below_ids = [l.diff_id for l in below]
+    if store.snapshotter.commits_layer_content and isinstance(store.blobs, SnapshotBackedBlobs):
+        made = hash_layer(active.diff_dir(), source_date_epoch=layer_epoch)
+        chain = chain_ids(below_ids + [made.diff_id])[-1]
+        store.snapshotter.commit(active, chain)
+        store.blobs.back(made.diff_id, LayerSource(chain, layer_epoch, made.size))
+        return LayerRef(made.diff_id, made.diff_id, made.size, OCI_LAYER)
+    layer = write_layer(active.diff_dir(), store.blobs, source_date_epoch=layer_epoch)
+    store.snapshotter.commit(active, chain_ids(below_ids + [layer.diff_id])[-1])
+    return LayerRef(layer.digest, layer.diff_id, layer.size, layer.media_type)
