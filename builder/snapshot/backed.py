@@ -26,12 +26,12 @@ import json
 import os
 import queue
 import threading
-from dataclasses import dataclass
 from typing import BinaryIO, Iterator
 
 from builder.cache.blobs import BaseBlobStore, BaseBlobWriter
 from builder.errors import BlobNotFound, StoreError
 from builder.plumbing.files import write_atomically
+from builder.plumbing.records import dataclass
 from builder.snapshot.snapshots import SnapshotStore, store_name
 
 _OVERLAY = "overlay"
