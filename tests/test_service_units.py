@@ -9,6 +9,8 @@ import json
 import os
 import socket
 import stat
+import subprocess
+import sys
 import threading
 import time
 
@@ -219,3 +221,14 @@ def test_the_other_flags_make_the_request_build_commands_options_make(tmp_path, 
         assert str(ours.value) == str(theirs.value)
     for listener in listeners:
         listener.close()
+
+
+@pytest.mark.parametrize("flags", [["--cache-to", "type=local,dest=c"], ["--cache-from", "type=local,src=c"],
+                                   ["--timeline", "t.html"], ["--trace", "t.json"], ["--cgroup-parent", "p"]])
+def test_flags_not_forwarded_to_the_server_are_refused_not_dropped(tmp_path, flags):
+    """Refused on the client, before it connects (there is no server at that address)."""
+    (tmp_path / "Dockerfile").write_text("FROM scratch\n")
+    done = subprocess.run([sys.executable, "-m", "builder.cli", "--server", f"unix://{tmp_path}/none.sock", "build",
+                           *flags, str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 125   # a usage error, as docker's
+    assert f"{flags[0]} is not supported with --server yet" in done.stderr

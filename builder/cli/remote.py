@@ -239,6 +239,11 @@ def remote_build(address: str, tls_ca: str | None, argv: list[str]) -> int:
         for flag, given in (("--root", ns.root), ("--verify-reproducible", ns.verify_reproducible)):
             if given:
                 parser.error(f"{flag} cannot be used with --server (it is a local build's)")
+        # Not forwarded to the server yet: refused, never dropped without a word.
+        for flag, given in (("--cache-from", ns.cache_from), ("--cache-to", ns.cache_to),
+                            ("--timeline", ns.timeline), ("--trace", ns.trace), ("--cgroup-parent", ns.cgroup_parent)):
+            if given:
+                parser.error(f"{flag} is not supported with --server yet (build without --server to use it)")
         options, mode, quiet_flag, debug = ns, ns.progress, ns.quiet, ns.debug
     quiet = quiet_flag or mode in ("quiet", "none")
 
