@@ -300,11 +300,6 @@ def _build_watched(options: BuildOptions, progress: events.Progress, executor, m
                    cached_only=None) -> BuildResult | None:
     """CACHED_ONLY (namespace, isolate_cache): only an unchanged rebuild's record may answer; None if it cannot."""
     from builder.context import ChecksumCache, utf8_text
-    from builder.plan_cache import PlanCache, RecordingContext, inputs_key
-    from builder.registry.reference import parse_reference
-    from builder.solver.sources import ImageSources
-    from builder.store import Store
-
     from builder.image.platform_spec import normalize_platform
 
     options = replace(options, platform=normalize_platform(options.platform))
@@ -331,15 +326,26 @@ def _build_watched(options: BuildOptions, progress: events.Progress, executor, m
         raise BuildError(f"failed to read dockerfile: read {dockerfile_path}: {(e.strerror or str(e)).lower()}") from None
     progress(events.Log(load_id, f"transferring dockerfile: {_byte_size(len(text.encode()))} done"))
     progress(events.Finished(load_id))
-    tags = tuple(str(parse_reference(t)) for t in options.tags)
-    for output in options.outputs:
-        if output.type in ("image", "registry") and output.get("name"):
-            tags += tuple(str(parse_reference(n)) for n in output.get("name").split(",") if n)
-    epoch = _source_date_epoch(options.build_args)
+    early = _EarlyNetwork(executor is None and cached_only is None and run_options["network"] == "default"
+                          and _may_run_networked(text), ready=_network_ready(options))
+    if options.no_cache:
+        early.start()  # every RUN will run: the agent starts before the store and the sources are even imported
+    try:
+        from builder.plan_cache import PlanCache, RecordingContext, inputs_key
+        from builder.registry.reference import parse_reference
+        from builder.solver.sources import ImageSources
+        from builder.store import Store
+
+        tags = tuple(str(parse_reference(t)) for t in options.tags)
+        for output in options.outputs:
+            if output.type in ("image", "registry") and output.get("name"):
+                tags += tuple(str(parse_reference(n)) for n in output.get("name").split(",") if n)
+        epoch = _source_date_epoch(options.build_args)
+    except BaseException:
+        early.close()
+        raise
 
     namespace, isolate_cache = cached_only or (None, None)
-    early = _EarlyNetwork(executor is None and cached_only is None and run_options["network"] == "default"
-                          and _may_run_networked(text), ready=_network_ready(options), now=options.no_cache)
     with early, Store(options.root, namespace=namespace, isolate_cache=isolate_cache) as store:
         def client_factory():
             from builder.registry.client import RegistryClient
@@ -800,8 +806,8 @@ class _EarlyNetwork:
     --no-cache, before the store is even opened), so that its start-up (pyroute2's import, the NAT
     table, the first namespaces) runs on the other core while this process imports and plans."""
 
-    def __init__(self, wanted: bool, ready: int, now: bool):
-        self.wanted, self.ready, self.now = wanted, ready, now
+    def __init__(self, wanted: bool, ready: int):
+        self.wanted, self.ready = wanted, ready
         self.network = None
 
     def start(self) -> None:
@@ -811,14 +817,16 @@ class _EarlyNetwork:
             self.network = BridgeNetwork(ready=self.ready)
             self.network.warm()
 
+    def close(self) -> None:
+        network, self.network = self.network, None
+        if network is not None:
+            network.close()
+
     def __enter__(self) -> "_EarlyNetwork":
-        if self.now:
-            self.start()
         return self
 
     def __exit__(self, *exc) -> None:
-        if self.network is not None:
-            self.network.close()
+        self.close()
 
 
 def _network_ready(options: BuildOptions) -> int:
