@@ -178,3 +178,18 @@ def test_an_archive_on_a_closed_stdout_is_an_error(store_root, tmp_path):
     finally:
         os.close(write)
     assert_one_error(proc, 1, mentions="standard output was closed")
+
+
+def test_a_build_ends_without_teardown_only_after_exit_work_has_run(tmp_path):
+    """builder.cli._end_without_teardown runs the atexit callbacks (here one registered by the
+    build's own code) before it ends the process, and the standard streams are flushed."""
+    script = (
+        "import atexit, sys\n"
+        "from builder import cli\n"
+        f"atexit.register(lambda: open({str(tmp_path / 'ran')!r}, 'w').write('yes'))\n"
+        "sys.stdout.write('unflushed output')\n"
+        "cli._end_without_teardown(3)\n"
+        "print('not reached')\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 3 and done.stdout == "unflushed output"
+    assert (tmp_path / "ran").read_text() == "yes"

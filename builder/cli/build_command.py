@@ -190,7 +190,15 @@ def cmd_build(argv: list[str]) -> int:
             return report_verification(verified, ns.format)
         return _report_build(result, ns.quiet or ns.progress == "quiet")
 
-    return run_command(run, ns.debug)
+    code = run_command(run, ns.debug)
+    global finished_build
+    finished_build = True
+    return code
+
+
+# Set once a local build (done or failed) is over: main() may then end the process without the
+# interpreter's teardown (see builder.cli._end_without_teardown).
+finished_build = False
 
 
 def _options(ns: argparse.Namespace):
