@@ -820,5 +820,6 @@ def _preload() -> None:
     import builder.plan_cache  # noqa: F401  (a cached build's first question; the pipeline imports it lazily)
     import builder.registry.client  # noqa: F401
     import builder.remote_context  # noqa: F401
+    import builder.snapshot.backed  # noqa: F401  (the store's blobs: built layers are their snapshots)
     import builder.solver.solver  # noqa: F401
     import builder.stdin_context  # noqa: F401
