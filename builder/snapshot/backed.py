@@ -24,13 +24,13 @@ from __future__ import annotations
 import functools
 import json
 import os
-import queue
 import threading
 from typing import BinaryIO, Iterator
 
 from builder.cache.blobs import BaseBlobStore, BaseBlobWriter
 from builder.errors import BlobNotFound, StoreError
 from builder.plumbing.files import write_atomically
+from builder.plumbing.handoff import HandOff, Stopped
 from builder.plumbing.records import dataclass
 from builder.snapshot.snapshots import SnapshotStore, store_name
 
@@ -183,10 +183,6 @@ class SnapshotBackedBlobs(BaseBlobStore):
                 os.unlink(os.path.join(self.records_dir, name))
 
 
-class _Stopped(Exception):
-    """The reader was closed before the tar was whole: the producer stops."""
-
-
 class RegeneratedLayer:
     """A layer's tar made again from its snapshot as it is read: the producer (a worker thread
     walking the snapshot) hands on chunks through a bounded queue, holding the last one back
@@ -196,8 +192,7 @@ class RegeneratedLayer:
         self._digest = digest
         self._directory = directory
         self._source = source
-        self._queue: queue.Queue = queue.Queue(maxsize=8)
-        self._stop = threading.Event()
+        self._handoff = HandOff(8)  # the reader closing before the tar is whole stops the producer
         self._buffer = b""
         self._offset = 0  # how much of _buffer was read
         self._position = 0
@@ -208,16 +203,6 @@ class RegeneratedLayer:
         self._thread = threading.Thread(target=self._produce, name="layer-regenerate", daemon=True)
         self._thread.start()
 
-    def _put(self, item) -> None:
-        while True:
-            if self._stop.is_set():
-                raise _Stopped()
-            try:
-                self._queue.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                continue
-
     def _produce(self) -> None:
         from builder.snapshot.layers import stream_layer_tar
 
@@ -225,7 +210,7 @@ class RegeneratedLayer:
 
         def write(data: bytes) -> None:
             if held:
-                self._put(held.pop())
+                self._handoff.put(held.pop())
             held.append(data)
 
         try:
@@ -236,9 +221,9 @@ class RegeneratedLayer:
                     f"matches it (the tar hashes to {made.diff_id}, {made.size} bytes); "
                     "run `build-image fsck --repair`, then build again")
             if held:
-                self._put(held.pop())
-            self._put(None)
-        except _Stopped:
+                self._handoff.put(held.pop())
+            self._handoff.put(None)
+        except Stopped:
             return
         except OSError as e:
             self._put_error(LayerContentError(f"layer {self._digest}: cannot read its snapshot: {e}"))
@@ -247,8 +232,8 @@ class RegeneratedLayer:
 
     def _put_error(self, error: BaseException) -> None:
         try:
-            self._put(error)
-        except _Stopped:
+            self._handoff.put(error)
+        except Stopped:
             pass
 
     def _next(self) -> bytes:
@@ -256,7 +241,7 @@ class RegeneratedLayer:
             return b""
         if self._thread is None:
             self._start()
-        item = self._queue.get()
+        item = self._handoff.get()
         if item is None:
             self._done = True
             return b""
@@ -303,14 +288,14 @@ class RegeneratedLayer:
         return self._position
 
     def close(self) -> None:
-        self._stop.set()
+        self._handoff.stop()
         if self._thread is not None:
             self._thread.join()
         self._done = True
 
     @property
     def closed(self) -> bool:
-        return self._stop.is_set()
+        return self._handoff.stopped
 
     def __enter__(self) -> "RegeneratedLayer":
         return self

@@ -30,6 +30,7 @@ from builder.image.manifest import StoredImage, read_image
 from builder.image.media import Descriptor
 from builder.plumbing import compression
 from builder.plumbing.canonical import canonical_json
+from builder.plumbing.handoff import HandOff, Stopped
 from builder.plumbing.records import dataclass, replace
 from builder.snapshot.layers import LayerError, _media_type, _write_layer_blob
 
@@ -214,10 +215,6 @@ class _TeeWriter:
         self._writer.abort()
 
 
-class _Stopped(Exception):
-    """The consumer of a StreamedLayer gave up (abort): the producer stops."""
-
-
 _END = object()
 
 
@@ -229,42 +226,31 @@ class StreamedLayer:
     def __init__(self, store, layer: Descriptor, diff_id: str, wanted: Compression):
         self._store, self._layer, self._diff_id = store, layer, diff_id
         self._kind, self._level = wanted.kind, wanted.resolved_level
-        self._queue: queue.Queue = queue.Queue(maxsize=16)
-        self._stop = threading.Event()
+        self._handoff = HandOff(16)  # abort() stops the producer
         self._thread: threading.Thread | None = None
         self._result: Descriptor | None = None
         self._error: BaseException | None = None
 
-    def _put(self, item) -> None:
-        while True:
-            if self._stop.is_set():
-                raise _Stopped()
-            try:
-                self._queue.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                continue
-
     def _run(self) -> None:
         try:
-            made = _compress(self._store, self._layer, self._diff_id, self._kind, self._level, self._put)
+            made = _compress(self._store, self._layer, self._diff_id, self._kind, self._level, self._handoff.put)
             self._store.variants.put(self._diff_id, self._kind, self._level,
                                      Variant(made.digest, made.size, made.media_type))
             self._result = made
-        except _Stopped:
+        except Stopped:
             pass
         except BaseException as e:
             self._error = e
         finally:
             try:
-                self._put(_END)
-            except _Stopped:
+                self._handoff.put(_END)
+            except Stopped:
                 pass
 
     def chunks(self) -> Iterator[bytes]:
         self._thread = threading.Thread(target=self._run, name="push-compress", daemon=True)
         self._thread.start()
-        while (item := self._queue.get()) is not _END:
+        while (item := self._handoff.get()) is not _END:
             yield item
         self._thread.join()
         if self._error is not None:
@@ -277,10 +263,10 @@ class StreamedLayer:
 
     def abort(self) -> None:
         if self._thread is not None and self._thread.is_alive():
-            self._stop.set()
+            self._handoff.stop()
             while self._thread.is_alive():
                 try:
-                    self._queue.get(timeout=0.1)
+                    self._handoff.get(timeout=0.1)
                 except queue.Empty:
                     pass
             self._thread.join()
