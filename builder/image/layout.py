@@ -19,7 +19,6 @@ from builder.image.media import INDEX_TYPES, MANIFEST_TYPES, Descriptor
 from builder.plumbing.canonical import json_object
 from builder.plumbing.records import dataclass
 
-SCHEME = LAYOUT_SCHEME
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 _MAX_JSON = 4 << 20          # an index or manifest larger than this is not one
 _REF_NAME = "org.opencontainers.image.ref.name"
@@ -32,12 +31,12 @@ class LayoutRef:
     digest: str = ""
 
     def __str__(self) -> str:
-        return SCHEME + self.path + (f":{self.tag}" if self.tag else "") + (f"@{self.digest}" if self.digest else "")
+        return LAYOUT_SCHEME + self.path + (f":{self.tag}" if self.tag else "") + (f"@{self.digest}" if self.digest else "")
 
 
 def parse_layout_ref(text: str) -> LayoutRef:
     """`oci-layout://PATH[:TAG][@DIGEST]`; a PATH that exists as written wins, so it may hold colons."""
-    rest = text.removeprefix(SCHEME)
+    rest = text.removeprefix(LAYOUT_SCHEME)
     path, at, digest = rest.rpartition("@") if "@" in rest else (rest, "", "")
     if at and not _DIGEST.fullmatch(digest):
         raise SourceNotFound(f"{text}: {digest!r} is not a sha256 digest")

@@ -178,7 +178,7 @@ def _make_record(cls, frozen: bool, kw_only: bool):
 def _init_for(cls, all_fields, positional):
     index = {f.name: f for f in all_fields if f.init}
     names = [f.name for f in positional]
-    defaults = [(f.name, f.default, f.default_factory) for f in all_fields if f.init]
+    init_fields = [(f.name, f.default, f.default_factory) for f in all_fields if f.init]
     not_init = [(f.name, f.default, f.default_factory) for f in all_fields if not f.init]
     post_init = getattr(cls, "__post_init__", None) is not None
     qualname = cls.__qualname__
@@ -194,8 +194,8 @@ def _init_for(cls, all_fields, positional):
             if name in values:
                 raise TypeError(f"{qualname}.__init__() got multiple values for argument {name!r}")
             values[name] = value
-        if len(values) < len(defaults):
-            for name, default, factory in defaults:
+        if len(values) < len(init_fields):
+            for name, default, factory in init_fields:
                 if name not in values:
                     if default is not MISSING:
                         values[name] = default

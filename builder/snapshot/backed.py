@@ -27,7 +27,7 @@ import os
 import threading
 from typing import BinaryIO, Iterator
 
-from builder.cache.blobs import BaseBlobStore, BaseBlobWriter
+from builder.cache.blobs import BaseBlobStore, BaseBlobWriter, _check_digest
 from builder.errors import BlobNotFound, StoreError
 from builder.plumbing.files import write_atomically
 from builder.plumbing.handoff import HandOff, Stopped
@@ -63,13 +63,6 @@ class LayerSource:
         return cls(doc["chain"], doc["epoch"], doc["size"], doc["snapshotter"])
 
 
-def _hex(digest: str) -> str:
-    algo, _, hexpart = digest.partition(":")
-    if algo != "sha256" or len(hexpart) != 64 or not all(c in "0123456789abcdef" for c in hexpart):
-        raise BlobNotFound(f"not a sha256 digest: {digest!r}")
-    return hexpart
-
-
 class SnapshotBackedBlobs(BaseBlobStore):
     """INNER (the disk store or its memory twin) plus the layers made from snapshots under ROOT.
     Attributes this class lacks (`path`, `tmp_dir`, a memory store's `blobs`) are INNER's."""
@@ -93,7 +86,7 @@ class SnapshotBackedBlobs(BaseBlobStore):
     # -- the records ---------------------------------------------------------------------------
 
     def _record_path(self, digest: str) -> str:
-        return os.path.join(self.records_dir, _hex(digest) + ".json")
+        return os.path.join(self.records_dir, _check_digest(digest) + ".json")
 
     def back(self, diff_id: str, source: LayerSource) -> None:
         """Record that layer DIFF_ID is made from SOURCE (its snapshot committed already)."""
