@@ -516,7 +516,7 @@ class BuildContext:
                     # a wildcard matched a dangling symlink: what it points to is not there
                     raise SourceNotFound(f'failed to compute cache key: "/{name}": not found')
                 for rel in self.walk(resolved):
-                    h.update(self._entry_digest(rel).encode())
+                    h.update(self.entry_digest(rel).encode())
         if self.checksum_cache is not None:
             self.checksum_cache.save()
         return "sha256:" + h.hexdigest()
@@ -533,10 +533,12 @@ class BuildContext:
                 for rel in self.walk(resolved):
                     full = os.path.join(self.root, rel)
                     is_dir = os.path.isdir(full) and not os.path.islink(full)
-                    entries[(rel or ".") + ("/" if is_dir else "")] = self._entry_digest(rel)
+                    entries[(rel or ".") + ("/" if is_dir else "")] = self.entry_digest(rel)
         return entries
 
-    def _entry_digest(self, rel: str) -> str:
+    def entry_digest(self, rel: str) -> str:
+        """The hex digest of the entry at REL (relative to the root): its path, type, mode, size
+        and content. Cached by the entry's inode, size, times and mode."""
         full = os.path.join(self.root, rel)
         st = os.lstat(full)
         key = (rel, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode)

@@ -89,9 +89,11 @@ def prune(store: Store, *, all_images: bool = False, cache: bool = False,
 
 def _prune_build_files(store: Store, old_enough) -> int:
     """Removes the build-cache entries (files or directories) last changed before the cut-off:
-    unchanged-rebuild plans, context checksums, RUN cache mounts (the namespace's own), ADD downloads."""
+    unchanged-rebuild plans, context checksums, COPY runs' records (builder.solver.copyreuse), RUN
+    cache mounts (the namespace's own), ADD downloads."""
     reclaimed = 0
     for base in (os.path.join(store.cache_root, "cache", "plans"), os.path.join(store.root, "cache", "context"),
+                 os.path.join(store.cache_root, "cache", "copies"),
                  store.cache_mounts_dir, os.path.join(store.root, "http")):
         try:
             names = os.listdir(base)

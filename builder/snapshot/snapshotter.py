@@ -143,6 +143,13 @@ class Snapshotter(ABC):
     def remove(self, chain_id: str) -> None:
         self.store.remove(chain_id)
 
+    def change_dir(self, chain_id: str) -> str | None:
+        """The committed snapshot of CHAIN_ID as its layer's change (files the step wrote, never
+        written again), if this snapshotter keeps it so and it is there; else None."""
+        if not self.commits_layer_content or not self.store.has(chain_id):
+            return None
+        return self.store.path(chain_id)
+
     def usage(self, chain_id: str) -> int:
         """Bytes the snapshot of CHAIN_ID takes on disk (0 if there is none)."""
         total = 0

@@ -100,11 +100,14 @@ def apply_mkdir(root: str, action: MkdirAction) -> None:
 
 # ---- copy -----------------------------------------------------------------------------------
 
-def apply_copy(dest_root: str, src_root: str, action: CopyAction, *, rules=(), reset_owner: bool = False) -> None:
+def apply_copy(dest_root: str, src_root: str, action: CopyAction, *, rules=(), reset_owner: bool = False,
+               files=None) -> None:
     """Copies `action.paths` from the tree at `src_root` into `dest_root` at `action.dest`.
 
     `rules` are the build context's .dockerignore rules; `reset_owner` makes sources root-owned,
-    as BuildKit's context transfer does (a stage's files keep their owners)."""
+    as BuildKit's context transfer does (a stage's files keep their owners). `files`, if given
+    (builder.solver.copyreuse.ActionFiles), hears of each regular file copied and may keep a
+    file already at its target instead (`keep`)."""
     source = BuildContext(src_root, rules)
     owner = parse_ids(action.chown, dest_root) if action.chown else None
     try:
@@ -131,7 +134,7 @@ def apply_copy(dest_root: str, src_root: str, action: CopyAction, *, rules=(), r
                          "directory and end with a /")
     for matches, include in planned:
         for rel in matches:
-            copier = _Copier(dest_root, source, owner, mode, reset_owner, include, exclude)
+            copier = _Copier(dest_root, source, owner, mode, reset_owner, include, exclude, files)
             if action.extract_archives and _try_unpack(source, rel, dest_root, dest, owner):
                 continue
             copier.copy_source(rel, dest, dest_is_dir)
@@ -154,8 +157,9 @@ class _Copier:
 
     def __init__(self, dest_root: str, source: BuildContext, owner: tuple[int, int] | None,
                  mode: ModeSpec | None, reset_owner: bool, include: PatternMatcher | None,
-                 exclude: PatternMatcher | None):
+                 exclude: PatternMatcher | None, files=None):
         self.dest_root = dest_root
+        self.files = files
         self.source = source
         self.owner = owner
         self.mode = mode
@@ -215,6 +219,9 @@ class _Copier:
         if include:
             self._create_pending()
         if not is_dir:
+            if (self.files is not None and stat.S_ISREG(st.st_mode)
+                    and self.files.keep(src, st, target, self._owner_of(st), self._mode_of(st))):
+                return
             self._ensure_file_target(target)
 
         copy_info = include
@@ -233,6 +240,8 @@ class _Copier:
                 copy_file(src, target)
                 if st.st_nlink > 1:
                     self.inodes[key] = target
+                elif self.files is not None:
+                    self.files.wrote(src, target)
         elif stat.S_ISLNK(st.st_mode):
             os.symlink(os.readlink(src), target)
         elif stat.S_ISFIFO(st.st_mode):
@@ -290,17 +299,20 @@ class _Copier:
                 self._copy_info(st, src, target)
             entry[2] = True
 
-    def _copy_info(self, st: os.stat_result, src: str, target: str) -> None:
+    def _owner_of(self, st: os.stat_result) -> tuple[int, int]:
+        """The owner a copy of an entry with lstat ST gets."""
         if self.owner is not None:
-            uid, gid = self.owner
-        elif self.reset_owner:
-            uid, gid = 0, 0
-        else:
-            uid, gid = st.st_uid, st.st_gid
-        os.lchown(target, uid, gid)
+            return self.owner
+        return (0, 0) if self.reset_owner else (st.st_uid, st.st_gid)
+
+    def _mode_of(self, st: os.stat_result) -> int:
+        """The permission bits a copy of an entry with lstat ST gets (not for symlinks)."""
+        return self.mode.apply(st.st_mode, stat.S_ISDIR(st.st_mode)) if self.mode else stat.S_IMODE(st.st_mode)
+
+    def _copy_info(self, st: os.stat_result, src: str, target: str) -> None:
+        os.lchown(target, *self._owner_of(st))
         if not stat.S_ISLNK(st.st_mode):
-            mode = self.mode.apply(st.st_mode, stat.S_ISDIR(st.st_mode)) if self.mode else stat.S_IMODE(st.st_mode)
-            os.chmod(target, mode)
+            os.chmod(target, self._mode_of(st))
         _copy_xattrs(src, target)
         _set_times(target, st)
 

@@ -97,6 +97,9 @@ class Solver:
     def cancelled(self) -> bool:
         return self._cancelled.is_set()
 
+    def ignores_cache(self, vertex: Vertex) -> bool:
+        return self.no_cache or vertex.digest in self.no_cache_for
+
     def lowerdirs(self, layers: tuple[LayerRef, ...]) -> tuple[str, ...]:
         """The committed snapshots of LAYERS (made from their blobs if needed): the parent a
         step's snapshot is prepared over, or a read-only view is mounted of."""
@@ -171,7 +174,7 @@ class Solver:
     def _expected_hit(self, vertex: Vertex) -> str | None:
         """Where this step's cache lookup will hit: "local" (a record with its blob), "imported"
         (an imported record, still to be checked), or None."""
-        if not self.op(vertex).adds_layer or self.no_cache or vertex.digest in self.no_cache_for:
+        if not self.op(vertex).adds_layer or self.ignores_cache(vertex):
             return None
         record_key = self.record_key(self.keys[vertex])
         record = self.store.records.get(record_key)
@@ -242,7 +245,7 @@ class Solver:
                 return op.exec(inputs)
         key = self.keys[vertex]
         parents = tuple(p.digest for p in self.step_parents(vertex))
-        if op.adds_layer and not self.no_cache and vertex.digest not in self.no_cache_for:
+        if op.adds_layer and not self.ignores_cache(vertex):
             hit = self._cached(key, inputs[0])
             if hit is not None:
                 self.progress(events.Started(vertex.digest, self.name(vertex), parents))

@@ -21,14 +21,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import ClassVar, ContextManager, Protocol
 
 from builder.errors import BuildError, SolveError, SourceNotFound
 from builder.llb import Op, Vertex
 from builder.plumbing.canonical import canonical_json
-from builder.plumbing.records import dataclass
+from builder.plumbing.records import dataclass, field
 from builder.solver.mounts import MountInput
 
 
@@ -72,6 +72,9 @@ class CopySource:
     tree: str | tuple[str, ...]
     rules: tuple = ()              # the context's .dockerignore rules
     reset_owner: bool = False      # copied entries become 0:0 (the context)
+    # path in TREE -> the digest of that entry (BuildContext.entry_digest), where there is one:
+    # what lets a COPY keep the files an earlier run of it wrote (builder.solver.copyreuse)
+    entry_digest: Callable[[str], str] | None = field(default=None, compare=False)
 
 
 class SolveState(Protocol):
@@ -94,6 +97,7 @@ class SolveState(Protocol):
     def name(self, vertex: Vertex) -> str: ...
     def lowerdirs(self, layers: tuple[LayerRef, ...]) -> tuple[str, ...]: ...
     def cancelled(self) -> bool: ...
+    def ignores_cache(self, vertex: Vertex) -> bool: ...   # --no-cache, or its stage's --no-cache-filter
 
 
 class SolverOp:
@@ -181,11 +185,14 @@ class LayerOp(SolverOp):
         raise NotImplementedError
 
     def exec(self, inputs: Sequence[Result]) -> Result:
-        parent = inputs[0]
+        return self.make_layer(inputs[0], lambda active: self.apply(active.mount))
+
+    def make_layer(self, parent: Result, change: Callable[[object], None]) -> Result:
+        """PARENT plus one layer: what CHANGE(active snapshot) makes over it."""
         store = self.state.store
         snapshotter = store.snapshotter
         with snapshotter.prepare(self.state.lowerdirs(parent.layers)) as active:
-            self.apply(active.mount)
+            change(active)
             if self.state.cancelled():
                 raise SolveError("build cancelled")
             layer = _commit_layer(store, active, parent.layers, self.state.layer_epoch)

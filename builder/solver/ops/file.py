@@ -6,12 +6,14 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 
 from builder.llb import CopyAction, MkdirAction
 from builder.plumbing.linux import MNT_DETACH, umount2
+from builder.solver.copyreuse import CopyRun, StaleCopy, earlier_run, records_dir
 from builder.solver.fileops import apply_copy, apply_mkdir
 
-from .base import CopySource, LayerOp, digest_key
+from .base import CopySource, LayerOp, Result, digest_key
 
 
 class FileSolverOp(LayerOp):
@@ -25,7 +27,35 @@ class FileSolverOp(LayerOp):
                  for action in self.op.actions if isinstance(action, CopyAction)]
         return {"reads": [r for r in reads if r is not None]}
 
+    def exec(self, inputs: Sequence[Result]) -> Result:
+        parent = inputs[0]
+        runs: list[CopyRun | None] = []
+        try:
+            result = self.make_layer(parent, lambda active: runs.append(self._change(active.mount, parent, True)))
+        except StaleCopy:
+            self._log("the last run's files do not map onto this one's: copying all anew")
+            runs.clear()
+            result = self.make_layer(parent, lambda active: runs.append(self._change(active.mount, parent, False)))
+        run = runs[-1] if runs else None
+        if run is not None:
+            from builder.snapshot.layers import chain_ids
+
+            run.save(records_dir(self.state.store.cache_root), chain_ids([l.diff_id for l in result.layers])[-1])
+            if run.kept:
+                self._log(f"kept {run.kept} unchanged files of the last run, copied {run.copied}")
+        return result
+
+    def _log(self, text: str) -> None:
+        from builder import events
+
+        self.state.progress(events.Log(self.vertex.digest, text))
+
     def apply(self, rootfs) -> None:
+        self._change(rootfs, None, False)
+
+    def _change(self, rootfs, parent: Result | None, reuse: bool) -> CopyRun | None:
+        """Apply the actions over ROOTFS; with PARENT, as a CopyRun that records what it wrote,
+        and with REUSE also keeps the unchanged files of the last run (copyreuse.py)."""
         state = self.state
         sources: dict[int, CopySource] = {}
         scratch = tempfile.mkdtemp(prefix="inline-", dir=state.store.run_dir)
@@ -36,11 +66,36 @@ class FileSolverOp(LayerOp):
                 source = self.vertex.inputs[action.source]
                 sources[action.source] = (CopySource(()) if source is None
                                           else state.op(source).copy_source(scratch, action.source))
+            run = self._copy_run(rootfs, parent, sources, reuse) if parent is not None else None
+            if run is not None:
+                run.plant(rootfs.upperdir)
             view = state.store.snapshotter.view
             state.executor.run_in_rootfs(
-                rootfs, lambda merged: _apply_file_actions(merged, self.op, sources, state.store.run_dir, view))
+                rootfs, lambda merged: _apply_file_actions(merged, self.op, sources, state.store.run_dir, view, run))
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
+        if run is not None and not run.complete():
+            raise StaleCopy(self.name)
+        return run
+
+    def _copy_run(self, rootfs, parent: Result, sources: dict[int, CopySource], reuse: bool) -> CopyRun | None:
+        """A CopyRun if this op can take part: copies only (and mkdirs), every source with entry
+        digests (the context), the overlay snapshotter (a committed snapshot is the change)."""
+        store = self.state.store
+        if (not store.snapshotter.commits_layer_content or rootfs.upperdir is None or not sources
+                or any(s.entry_digest is None for s in sources.values())
+                or any(isinstance(a, CopyAction) and a.extract_archives for a in self.op.actions)):
+            return None
+        from builder.snapshot.layers import chain_ids
+
+        parent_chain = chain_ids([l.diff_id for l in parent.layers])[-1] if parent.layers else None
+        key = digest_key("copy-reuse", self.op.definition(), parent_chain,
+                         {str(i): [self.vertex.inputs[i].op.definition(), [str(r) for r in s.rules]]
+                          for i, s in sorted(sources.items())})
+        earlier = None
+        if reuse and not self.state.ignores_cache(self.vertex):
+            earlier = earlier_run(records_dir(store.cache_root), key, store.snapshotter.change_dir)
+        return CopyRun(key, {i: s.entry_digest for i, s in sources.items()}, earlier)
 
 
 def _selector(action: CopyAction) -> tuple[str, ...]:
@@ -53,7 +108,8 @@ def _selector(action: CopyAction) -> tuple[str, ...]:
     return paths
 
 
-def _apply_file_actions(merged: str, op, sources: dict[int, CopySource], scratch_dir: str, view) -> None:
+def _apply_file_actions(merged: str, op, sources: dict[int, CopySource], scratch_dir: str, view,
+                        run: CopyRun | None = None) -> None:
     """Runs in the step's private mount namespace (see Executor.run_in_rootfs): other stages'
     filesystems are mounted read-only for the copy and unmounted before returning."""
     mount_root = tempfile.mkdtemp(prefix="src-", dir=scratch_dir)
@@ -71,7 +127,8 @@ def _apply_file_actions(merged: str, op, sources: dict[int, CopySource], scratch
             else:
                 source = sources[action.source]
                 apply_copy(merged, mounted[action.source], action, rules=source.rules,
-                           reset_owner=source.reset_owner)
+                           reset_owner=source.reset_owner,
+                           files=None if run is None else run.for_action(action.source, merged, mounted[action.source]))
     finally:
         # Not os.path.ismount: a bind of a directory on the same filesystem does not look like one.
         for index, path in mounted.items():

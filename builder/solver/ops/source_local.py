@@ -38,7 +38,7 @@ class LocalSourceOp(SolverOp):
     def copy_source(self, scratch: str, index: int) -> CopySource:
         # The context arrives root-owned, as BuildKit's file transfer resets owners.
         context = self._context
-        return CopySource(context.root, context.rules, reset_owner=True)
+        return CopySource(context.root, context.rules, reset_owner=True, entry_digest=context.entry_digest)
 
     def mount_input(self) -> MountInput:
         return MountInput(self.state.key(self.vertex), context=self._context)
