@@ -118,7 +118,25 @@ class Store:
         without fsync each; see builder.cache.records)."""
         from builder.plumbing.files import sync_filesystem
 
+        flusher = self.__dict__.get("_flusher")
+        if flusher is not None:
+            flusher.join()
         sync_filesystem(self.root)
+
+    def flush_soon(self) -> None:
+        """Start writing what is under the root to disk now, on a thread, so that `sync` later
+        finds little left: a step's data flushes while its layer is hashed, not after the build.
+        A flush already under way is left to finish (sync flushes what came after it)."""
+        import threading
+
+        from builder.plumbing.files import sync_filesystem
+
+        flusher = self.__dict__.get("_flusher")
+        if flusher is not None and flusher.is_alive():
+            return
+        self._flusher = threading.Thread(target=sync_filesystem, args=(self.root,), daemon=True,
+                                         name="build-image-flush")
+        self._flusher.start()
 
     def __enter__(self) -> "Store":
         self.acquire(shared=True)

@@ -117,3 +117,20 @@ def test_missing_layer_reports_kernel_reason(dirs):
 def test_no_lower_dir_is_rejected(dirs):
     with pytest.raises(ValueError):
         mount_overlay((), str(dirs / "upper"), str(dirs / "work"), str(dirs / "merged"))
+
+
+def test_a_writable_mount_is_volatile_and_its_work_dir_mounts_again(dirs):
+    """No sync of the upper filesystem at unmount (the build syncs once, before naming), and the
+    mark a volatile mount leaves in its work dir does not stop the same process mounting it again."""
+    base = make_layer(dirs, "base", {"f": "base"})
+
+    def options(target):
+        line = next(l for l in open("/proc/thread-self/mountinfo") if l.split()[4] == target)
+        with open(f"{target}/written", "w") as f:
+            f.write("x")
+        return line.split(" - ")[1].split()[2].split(",")
+
+    for _ in range(2):
+        shown = mounted((base,), str(dirs / "upper"), str(dirs / "work"), str(dirs / "merged"), options)
+        assert "volatile" in shown or "fsync=volatile" in shown   # newer kernels show the latter
+    assert (dirs / "upper" / "written").read_text() == "x"

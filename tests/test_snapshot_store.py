@@ -233,3 +233,32 @@ def test_clean_stale_removes_only_dead_owners_dirs(store):
         assert os.path.isdir(live.upperdir)
         assert leftovers(store.root) == [os.path.basename(os.path.dirname(live.upperdir))]
     assert leftovers(store.root) == []
+
+
+def test_a_flush_started_early_is_done_before_sync_returns(tmp_path, monkeypatch):
+    """Store.flush_soon writes the root's data back on a thread; Store.sync waits for it, then
+    syncs once more (for what came after), so nothing is left running or unsynced."""
+    import threading
+
+    import builder.plumbing.files as files
+    from builder.store import Store
+
+    synced = []
+    real = files.sync_filesystem
+    gate = threading.Event()
+
+    def slow_sync(path):
+        gate.wait(5)
+        synced.append((threading.current_thread().name, path))
+        real(path)
+
+    monkeypatch.setattr(files, "sync_filesystem", slow_sync)
+    store = Store(str(tmp_path / "root"))
+    store.flush_soon()
+    store.flush_soon()   # one already under way: not a second thread
+    assert [t.name for t in threading.enumerate()].count("build-image-flush") == 1
+    gate.set()
+    store.sync()
+    assert [name for name, _ in synced] == ["build-image-flush", threading.current_thread().name]
+    assert all(path == store.root for _, path in synced)
+    assert "build-image-flush" not in [t.name for t in threading.enumerate()]

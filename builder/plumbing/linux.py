@@ -295,6 +295,10 @@ def fsconfig_string(fs_fd: int, key: str, value: str) -> None:
     syscall(f"fsconfig({key}={value})", SYS_FSCONFIG, fs_fd, FSCONFIG_SET_STRING, key, value, 0)
 
 
+def fsconfig_flag(fs_fd: int, key: str) -> None:
+    syscall(f"fsconfig({key})", SYS_FSCONFIG, fs_fd, FSCONFIG_SET_FLAG, key, None, 0)
+
+
 def fsconfig_create(fs_fd: int) -> None:
     syscall("fsconfig(create)", SYS_FSCONFIG, fs_fd, FSCONFIG_CMD_CREATE, None, None, 0)
 

@@ -17,7 +17,7 @@ import errno
 import os
 from collections.abc import Sequence
 
-from builder.plumbing.linux import fsconfig_create, fsconfig_string, fsmount, fsopen, move_mount
+from builder.plumbing.linux import fsconfig_create, fsconfig_flag, fsconfig_string, fsmount, fsopen, move_mount
 
 # The upper dir is later read as a layer diff, so it must hold whole files and plain renames:
 # metacopy would leave data-less copies after a chown, redirect_dir would record directory renames
@@ -44,6 +44,27 @@ def _kernel_messages(fs_fd: int) -> str:
     return "; ".join(lines)
 
 
+def _forget_volatile_mark(workdir: str) -> None:
+    """A volatile mount leaves WORKDIR/work/incompat/volatile/dirty behind, and the kernel refuses
+    the next mount while it is there, because after a crash the upper dir may have lost writes.
+    A work dir is only ever reused by the process that used it (scratch dirs are new per step and
+    thrown away with it after a crash), so the writes are all there: the mark can go."""
+    mark = os.path.join(workdir, "work", "incompat", "volatile")
+    try:
+        os.unlink(os.path.join(mark, "dirty"))
+    except FileNotFoundError:
+        return
+    for path in (mark, os.path.dirname(mark)):
+        try:
+            os.rmdir(path)
+        except FileNotFoundError:
+            pass
+        except OSError as error:
+            if error.errno != errno.ENOTEMPTY:
+                raise
+            break
+
+
 def overlay_mount_fd(lowerdirs: Sequence[str], upperdir: str | None, workdir: str | None) -> int:
     """Build a detached overlay mount and return its fd.
 
@@ -62,6 +83,12 @@ def overlay_mount_fd(lowerdirs: Sequence[str], upperdir: str | None, workdir: st
             if upperdir is not None:
                 fsconfig_string(fs_fd, "upperdir", _fd_path("upperdir", upperdir, opened))
                 fsconfig_string(fs_fd, "workdir", _fd_path("workdir", workdir or "", opened))
+                # No sync of the upper filesystem: not at unmount (which would flush every byte the
+                # step wrote, 0.3 s for 300 MB here, on the step's critical path) and not for the
+                # step's own fsync calls. The build makes its snapshots durable with one syncfs
+                # before any name points at them (Store.sync).
+                _forget_volatile_mark(workdir or "")
+                fsconfig_flag(fs_fd, "volatile")
             for key, value in DIFFABLE_OPTIONS:
                 fsconfig_string(fs_fd, key, value)
             fsconfig_create(fs_fd)
