@@ -94,11 +94,13 @@ class CopyRun:
                 try:
                     os.link(source, os.path.join(upper, name), follow_symlinks=False)
                 except OSError as error:
-                    if error.errno in (errno.EMLINK, errno.ENOENT):
-                        continue  # too many links to that inode, or it went: copy this one anew
+                    if error.errno == errno.EMLINK:
+                        continue  # that inode has all the links it may have: copy this one anew
                     raise
                 self.planted[name] = files[name]
-        except _Unplantable:
+        except (_Unplantable, OSError):
+            # An opaque directory, or the earlier snapshot could not be read or linked as
+            # expected: the copy runs whole, from an empty upper dir again.
             self.planted.clear()
             _empty_directory(upper)
             return 0
@@ -190,7 +192,7 @@ class ActionFiles:
             return False
         if not (stat.S_ISREG(have.st_mode) and have.st_size == st.st_size and have.st_mtime_ns == st.st_mtime_ns
                 and stat.S_IMODE(have.st_mode) == mode and (have.st_uid, have.st_gid) == owner
-                and _kept_xattrs(src) == _kept_xattrs(target)):
+                and _xattrs(src, kept_only=True) == _xattrs(target, kept_only=True)):
             return False
         self.run.written[name] = entry
         self.run.kept += 1
@@ -246,22 +248,14 @@ def _safe_relative(path: str) -> bool:
     return bool(path) and "\0" not in path and all(p not in ("", ".", "..") for p in path.split("/"))
 
 
-def _xattrs(path: str) -> dict[str, bytes]:
-    try:
-        names = os.listxattr(path, follow_symlinks=False)
-    except OSError:
-        return {}
-    return {name: os.getxattr(path, name, follow_symlinks=False) for name in names}
-
-
-def _kept_xattrs(path: str) -> dict[str, bytes]:
-    """The xattrs a copy carries over (overlayfs' own never are)."""
+def _xattrs(path: str, *, kept_only: bool = False) -> dict[str, bytes]:
+    """PATH's xattrs; KEPT_ONLY: those a copy carries over (overlayfs' own never are)."""
     try:
         names = os.listxattr(path, follow_symlinks=False)
     except OSError:
         return {}
     return {name: os.getxattr(path, name, follow_symlinks=False)
-            for name in names if not name.startswith(_OVERLAY_XATTRS)}
+            for name in names if not (kept_only and name.startswith(_OVERLAY_XATTRS))}
 
 
 def _empty_directory(path: str) -> None:
