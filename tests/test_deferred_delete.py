@@ -238,3 +238,20 @@ def test_a_no_cache_rebuilds_duplicate_upper_dir_ends_up_deleted(tmp_path, store
     assert sorted(os.listdir(os.path.join(store_root, "snapshots"))) == snapshots  # the first one kept
     fsck = build_image("fsck", "--root", store_root)
     assert "no problems found" in fsck.stdout
+
+
+@pytest.mark.overlay
+def test_a_build_servers_worker_leaves_its_duplicate_to_a_deleter_too(tmp_path, store_root):
+    from tests.support.buildserver import BuildServer
+
+    with BuildServer(store_root) as server:
+        context = write_context(server.workdir("ctx"), {
+            "Dockerfile": "FROM scratch\nCOPY . /app\n", **{f"src/{i}.txt": f"{i}\n" for i in range(100)}})
+        for extra in ((), ("--no-cache",)):
+            proc = server.client("build", *extra, "--build-arg", "SOURCE_DATE_EPOCH=1700000000", "-q", "-t", "dup:1",
+                                 context)
+            assert proc.returncode == 0, proc.stderr
+        wait_until_unused(store_root)   # the forked worker has ended; its deleter holds the root till done
+        assert tmp_entries(store_root) == []
+        assert len(os.listdir(os.path.join(store_root, "snapshots"))) == 1
+        assert server.client("images", "-q").returncode == 0

@@ -15,8 +15,8 @@ Snapshot paths are short because the kernel reads overlay options from one page:
 Everything is made visible by rename(2) within one filesystem, so a reader sees a whole snapshot
 or none.
 
-Deleting off the critical path: a scratch dir whose upper dir is not committed (the step failed,
-its writes were thrown away, or a commit found the chain ID committed already, as every
+Deleting off the critical path: a step's scratch dir whose upper dir is not committed (the step
+failed, its writes were thrown away, or a commit found the chain ID committed already, as every
 `--no-cache` rebuild of an unchanged step does) may hold thousands of files, and unlinking them
 costs a build seconds on a slow filesystem. While a `Store` holds the root's shared lock it has
 this store `defer_deletes`: such a dir is renamed to trash-* at once and kept flock-ed, and when
@@ -24,8 +24,10 @@ the store is released, `hand_off_trash` starts one detached deleter for all of i
 (builder/plumbing/detached.py) that inherits the flocks and the root's shared lock with their
 fds. So `prune` and `fsck --repair` (exclusive) wait for the deletion, no crash cleanup runs
 while it does (`clean_stale` runs only when nobody holds the root), and if the deleter is killed
-the trash is one more dir nobody locks, which the next `clean_stale` removes. Only the root's
-lock and the trash's flocks are held; nothing else reads snapshots.tmp.
+the trash is one more dir nobody locks, which the next `clean_stale` removes. Nothing else reads
+snapshots.tmp. Scratch that hard-links files kept elsewhere (a naive diff after its commit, a
+tree of context links) is still deleted at once: its links would change the link counts that
+the naive differ and the context checksums read.
 """
 
 from __future__ import annotations
@@ -98,10 +100,13 @@ class Scratch:
     upperdir: str
     workdir: str
     _temp: _TempDir = field(repr=False, compare=False)
-    _discard: Callable[[_TempDir], None] = field(repr=False, compare=False)
+    _discard: Callable[["Scratch"], None] | None = field(default=None, repr=False, compare=False)
 
     def close(self) -> None:
-        self._discard(self._temp)
+        if self._discard is not None:
+            self._discard(self)
+        else:
+            self._temp.close()
 
     def __enter__(self) -> "Scratch":
         return self
@@ -161,7 +166,9 @@ class SnapshotStore:
                 os.rename(fs, dest)
         return dest
 
-    def scratch(self) -> Scratch:
+    def scratch(self, discard_later: bool = False) -> Scratch:
+        """A fresh upper/work dir pair. DISCARD_LATER: a step's own, whose uncommitted upper dir
+        may be left to the deleter (its files are its own inodes: no hard links to anything kept)."""
         temp = _TempDir(self._tmp, "scratch-")
         try:
             upper, work = os.path.join(temp.path, "upper"), os.path.join(temp.path, "work")
@@ -171,10 +178,11 @@ class SnapshotStore:
         except BaseException:
             temp.close()
             raise
-        return Scratch(upperdir=upper, workdir=work, _temp=temp, _discard=self._discard)
+        return Scratch(upperdir=upper, workdir=work, _temp=temp,
+                       _discard=self._discard_later if discard_later else None)
 
     def defer_deletes(self) -> None:
-        """From now on a discarded scratch dir with more in it than the overlay work dir is
+        """From now on a step's discarded scratch dir whose upper dir was not committed is
         renamed to trash-* and kept locked, for `hand_off_trash` to have deleted. The caller holds
         the store root's shared lock until it calls that."""
         if self._trash is None:
@@ -198,20 +206,19 @@ class SnapshotStore:
         for t in trash:
             t.unlock()
 
-    def _discard(self, temp: _TempDir) -> None:
-        """TEMP, a scratch dir its user is done with: deleted now, or made trash (see the
-        module's note) when deferring and more than the small overlay work dir is left in it."""
-        if self._trash is not None and temp.fd is not None:
+    def _discard_later(self, scratch: Scratch) -> None:
+        """SCRATCH, a step's scratch dir it is done with: made trash (see the module's note) when
+        deferring and its upper dir was not committed; else deleted now (only the small work dir
+        is left, or a naive diff whose hard links must not outlive the step)."""
+        temp = scratch._temp
+        if self._trash is not None and temp.fd is not None and os.path.isdir(scratch.upperdir):
+            path = os.path.join(self._tmp, "trash-" + os.path.basename(temp.path).partition("-")[2])
             try:
-                worth_deferring = os.listdir(temp.path) != ["work"]
-                if worth_deferring:
-                    name = "trash-" + os.path.basename(temp.path).partition("-")[2]
-                    path = os.path.join(self._tmp, name)
-                    os.rename(temp.path, path)  # gone at once; the flock is on the dir, not the name
-                    temp.path = path
+                os.rename(temp.path, path)  # gone at once; the flock is on the dir, not the name
             except OSError:
-                worth_deferring = False
-            if worth_deferring:
+                pass
+            else:
+                temp.path = path
                 self._trash.append(temp)
                 return
         temp.close()
