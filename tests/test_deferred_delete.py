@@ -255,3 +255,17 @@ def test_a_build_servers_worker_leaves_its_duplicate_to_a_deleter_too(tmp_path, 
         assert tmp_entries(store_root) == []
         assert len(os.listdir(os.path.join(store_root, "snapshots"))) == 1
         assert server.client("images", "-q").returncode == 0
+
+
+def test_a_scratch_closed_twice_is_trash_once(tmp_path):
+    store = Store(str(tmp_path / "root"))
+    with store:
+        active = store.snapshotter.prepare(())
+        with open(os.path.join(active.mount.upperdir, "f"), "w") as f:
+            f.write("thrown away")
+        active.close()
+        active.close()
+        [trash] = tmp_entries(store.root)
+        assert trash.startswith("trash-") and is_locked(os.path.join(store.snapshots.directory + ".tmp", trash))
+    wait_until_unused(store.root)
+    assert tmp_entries(store.root) == []

@@ -211,6 +211,8 @@ class SnapshotStore:
         deferring and its upper dir was not committed; else deleted now (only the small work dir
         is left, or a naive diff whose hard links must not outlive the step)."""
         temp = scratch._temp
+        if self._trash is not None and temp in self._trash:
+            return  # closed twice
         if self._trash is not None and temp.fd is not None and os.path.isdir(scratch.upperdir):
             path = os.path.join(self._tmp, "trash-" + os.path.basename(temp.path).partition("-")[2])
             try:
