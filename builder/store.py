@@ -91,13 +91,17 @@ class Store:
         self.run_dir = os.path.join(self.root, "run")
         os.makedirs(self.run_dir, exist_ok=True)
         self._lock_file = None
+        self._shared = False
 
     # Made on first use: a fully cached rebuild never needs them (nor their modules' import).
     @functools.cached_property
     def snapshotter(self):
         from builder.snapshot.snapshotter import make_snapshotter
 
-        return make_snapshotter(self._snapshotter_kind, self.root)
+        snapshotter = make_snapshotter(self._snapshotter_kind, self.root)
+        if self._shared:
+            snapshotter.store.defer_deletes()
+        return snapshotter
 
     @functools.cached_property
     def snapshots(self):
@@ -161,6 +165,11 @@ class Store:
                 fcntl.flock(self._lock_file, fcntl.LOCK_EX)
             else:
                 fcntl.flock(self._lock_file, fcntl.LOCK_SH)
+        # While the root is shared, the steps' discarded scratch dirs are deleted after the
+        # build, by a deleter that takes over this lock (builder/snapshot/snapshots.py).
+        self._shared = shared
+        if shared and "snapshotter" in self.__dict__:
+            self.snapshotter.store.defer_deletes()
 
     def _clean_run_dir(self) -> None:
         # Only plain directories: a step's mounts live in its own mount namespace and die with it.
@@ -172,6 +181,9 @@ class Store:
 
     def release(self) -> None:
         if self._lock_file is not None:
+            if self._shared and "snapshotter" in self.__dict__:
+                self.snapshotter.store.hand_off_trash(self._lock_file.fileno())
+            self._shared = False
             self._lock_file.close()
             self._lock_file = None
 

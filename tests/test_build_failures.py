@@ -11,6 +11,7 @@ import time
 import pytest
 
 from tests.support.images import build_image, write_context
+from tests.support.storelock import wait_until_unused
 
 
 def mounts_mentioning(path: str) -> list[str]:
@@ -19,7 +20,9 @@ def mounts_mentioning(path: str) -> list[str]:
 
 
 def leftovers(store_root: str) -> list[str]:
-    """Temp entries a build may leave in the store: scratch dirs and half-written blobs."""
+    """Temp entries a build may leave in the store: scratch dirs and half-written blobs. Read once
+    the build's deleter is done with the scratch dirs the build discarded (a failed step's)."""
+    wait_until_unused(store_root)
     found = []
     for sub in ("blobs/tmp", "snapshots.tmp"):
         path = os.path.join(store_root, sub)

@@ -19,6 +19,7 @@ import tarfile
 import pytest
 
 from tests.support.images import write_context
+from tests.support.storelock import wait_until_unused
 from tests.test_run_mount import build, builds
 
 FILE_SECRET = "f1le-s3cret-0b9c27d4"
@@ -76,6 +77,7 @@ RUN --mount=type=secret,id=envtoken sh -c 'sha256sum /run/secrets/envtoken > /su
                   "-o", f"type=oci,dest={oci}", "-o", f"type=docker,dest={docker}",
                   "-o", f"type=local,dest={local}")
     rawjson = build(context, store_root, *secrets, "--no-cache", "--progress", "rawjson", "-t", "audit:2")
+    wait_until_unused(store_root)  # what the store keeps: the rebuild's duplicate upper dirs are deleted
 
     places: dict[str, bytes] = {
         "progress (plain)": (plain.stdout + plain.stderr).encode(),

@@ -7,4 +7,5 @@
     compression.py  gzip/zstd/bzip2/xz sniffed by magic number and decompressed as a stream
     canonical.py    the canonical JSON bytes every digest is taken over
     sparse.py       files with holes: where their data is (SEEK_DATA), their PAX 1.0 sparse tar member
+    detached.py     directories deleted by a detached process that inherits the caller's locks
 """

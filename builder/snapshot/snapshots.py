@@ -5,6 +5,8 @@
     ROOT/snapshots.tmp/<name>/   work in progress: a scratch upper/work pair or an unpack; its
                                  owner holds flock on the directory, so a dir nobody locks was
                                  left by a killed process and `clean_stale` may delete it
+    ROOT/snapshots.tmp/trash-*/  a discarded scratch dir waiting to be deleted (see below), still
+                                 flock-ed: by the build, then by its deleter
     ROOT/snapshots.locks/<key>   one lock file per key, serialising ensure/commit/remove between
                                  processes; empty, kept (deleting a flock file races its waiters)
 
@@ -12,6 +14,20 @@ Snapshot paths are short because the kernel reads overlay options from one page:
 (128 bits) keep `lowerdir=` small while a collision would still take about 2^64 work.
 Everything is made visible by rename(2) within one filesystem, so a reader sees a whole snapshot
 or none.
+
+Deleting off the critical path: a step's scratch dir whose upper dir is not committed (the step
+failed, its writes were thrown away, or a commit found the chain ID committed already, as every
+`--no-cache` rebuild of an unchanged step does) may hold thousands of files, and unlinking them
+costs a build seconds on a slow filesystem. While a `Store` holds the root's shared lock it has
+this store `defer_deletes`: such a dir is renamed to trash-* at once and kept flock-ed, and when
+the store is released, `hand_off_trash` starts one detached deleter for all of it
+(builder/plumbing/detached.py) that inherits the flocks and the root's shared lock with their
+fds. So `prune` and `fsck --repair` (exclusive) wait for the deletion, no crash cleanup runs
+while it does (`clean_stale` runs only when nobody holds the root), and if the deleter is killed
+the trash is one more dir nobody locks, which the next `clean_stale` removes. Nothing else reads
+snapshots.tmp. Scratch that hard-links files kept elsewhere (a naive diff after its commit, a
+tree of context links) is still deleted at once: its links would change the link counts that
+the naive differ and the context checksums read.
 """
 
 from __future__ import annotations
@@ -57,8 +73,17 @@ class _TempDir:
         if self._fd is None:
             return
         shutil.rmtree(self.path, ignore_errors=True)
-        os.close(self._fd)
-        self._fd = None
+        self.unlock()
+
+    @property
+    def fd(self) -> int | None:
+        return self._fd
+
+    def unlock(self) -> None:
+        """Let go of the directory without deleting it (its deleter holds the flock now)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def __enter__(self) -> "_TempDir":
         return self
@@ -69,14 +94,19 @@ class _TempDir:
 
 @dataclass(frozen=True)
 class Scratch:
-    """A fresh overlay upper dir and work dir, removed on exit unless the upper was committed."""
+    """A fresh overlay upper dir and work dir, removed on exit unless the upper was committed
+    (now, or later by a deleter when its store defers deletes)."""
 
     upperdir: str
     workdir: str
     _temp: _TempDir = field(repr=False, compare=False)
+    _discard: Callable[["Scratch"], None] | None = field(default=None, repr=False, compare=False)
 
     def close(self) -> None:
-        self._temp.close()
+        if self._discard is not None:
+            self._discard(self)
+        else:
+            self._temp.close()
 
     def __enter__(self) -> "Scratch":
         return self
@@ -101,6 +131,7 @@ class SnapshotStore:
         self._locks = os.path.join(root, name + ".locks")
         for d in (self._snapshots, self._tmp, self._locks):
             os.makedirs(d, mode=0o700, exist_ok=True)
+        self._trash: list[_TempDir] | None = None  # None: discarded scratch is deleted at once
 
     def path(self, chain_id: str) -> str:
         return os.path.join(self._snapshots, _key(chain_id))
@@ -135,7 +166,9 @@ class SnapshotStore:
                 os.rename(fs, dest)
         return dest
 
-    def scratch(self) -> Scratch:
+    def scratch(self, discard_later: bool = False) -> Scratch:
+        """A fresh upper/work dir pair. DISCARD_LATER: a step's own, whose uncommitted upper dir
+        may be left to the deleter (its files are its own inodes: no hard links to anything kept)."""
         temp = _TempDir(self._tmp, "scratch-")
         try:
             upper, work = os.path.join(temp.path, "upper"), os.path.join(temp.path, "work")
@@ -145,7 +178,52 @@ class SnapshotStore:
         except BaseException:
             temp.close()
             raise
-        return Scratch(upperdir=upper, workdir=work, _temp=temp)
+        return Scratch(upperdir=upper, workdir=work, _temp=temp,
+                       _discard=self._discard_later if discard_later else None)
+
+    def defer_deletes(self) -> None:
+        """From now on a step's discarded scratch dir whose upper dir was not committed is
+        renamed to trash-* and kept locked, for `hand_off_trash` to have deleted. The caller holds
+        the store root's shared lock until it calls that."""
+        if self._trash is None:
+            self._trash = []
+
+    def hand_off_trash(self, root_lock: int) -> None:
+        """Stop deferring; one detached deleter removes the trash so far, holding each trash dir's
+        flock and ROOT_LOCK (the fd of the root's shared lock: the caller may close its copy at
+        once) until it is done. If it cannot be started, the trash is deleted here."""
+        trash, self._trash = self._trash or [], None
+        if not trash:
+            return
+        from builder.plumbing.detached import delete_later
+
+        try:
+            delete_later([t.path for t in trash], hold=[root_lock, *(t.fd for t in trash)])
+        except OSError:
+            for t in trash:
+                t.close()
+            return
+        for t in trash:
+            t.unlock()
+
+    def _discard_later(self, scratch: Scratch) -> None:
+        """SCRATCH, a step's scratch dir it is done with: made trash (see the module's note) when
+        deferring and its upper dir was not committed; else deleted now (only the small work dir
+        is left, or a naive diff whose hard links must not outlive the step)."""
+        temp = scratch._temp
+        if self._trash is not None and temp in self._trash:
+            return  # closed twice
+        if self._trash is not None and temp.fd is not None and os.path.isdir(scratch.upperdir):
+            path = os.path.join(self._tmp, "trash-" + os.path.basename(temp.path).partition("-")[2])
+            try:
+                os.rename(temp.path, path)  # gone at once; the flock is on the dir, not the name
+            except OSError:
+                pass
+            else:
+                temp.path = path
+                self._trash.append(temp)
+                return
+        temp.close()
 
     def commit(self, scratch: Scratch, chain_id: str) -> str:
         """Make SCRATCH's upper dir the snapshot for CHAIN_ID (a rename: an upper dir is already

@@ -171,7 +171,7 @@ class OverlaySnapshotter(Snapshotter):
         return tuple(self.store.ensure(chain_id, open_layer) for chain_id, open_layer in chain)
 
     def prepare(self, parent):
-        scratch = self.store.scratch()
+        scratch = self.store.scratch(discard_later=True)
         mount = SnapshotMount(tuple(parent), scratch.upperdir, scratch.workdir)
         return Active(mount, scratch, tuple(parent), lambda active: active.scratch.upperdir)
 
@@ -180,7 +180,7 @@ class OverlaySnapshotter(Snapshotter):
 
     @contextlib.contextmanager
     def writable(self, parent):
-        with self.store.scratch() as scratch:  # the writes are thrown away with it
+        with self.store.scratch(discard_later=True) as scratch:  # the writes are thrown away with it
             yield SnapshotMount(tuple(parent), scratch.upperdir, scratch.workdir)
 
     def _committed_dir(self, active):
@@ -200,7 +200,7 @@ class NaiveSnapshotter(Snapshotter):
         return (tree,) if tree is not None else ()
 
     def prepare(self, parent):
-        scratch = self.store.scratch()
+        scratch = self.store.scratch(discard_later=True)
         try:
             tree = scratch.upperdir
             if parent:
@@ -215,7 +215,7 @@ class NaiveSnapshotter(Snapshotter):
 
     @contextlib.contextmanager
     def writable(self, parent):
-        with self.store.scratch() as scratch:
+        with self.store.scratch(discard_later=True) as scratch:
             if parent:
                 _copy_tree(_one(parent), scratch.upperdir)
             yield SnapshotMount((), scratch.upperdir, None, BIND)
