@@ -130,7 +130,9 @@ def _report_outcome(scenario: str, tool: str, index: int | None, outcome: BuildO
     which = "prime" if index is None else f"{index + 1}/{repeat}"
     if outcome.ok:
         log(f"  {scenario:<16} {tool:<12} {which:<6} {outcome.seconds:7.3f} s"
-            + (f"  peak RSS {outcome.peak_rss / (1 << 20):.0f} MiB" if outcome.peak_rss else ""))
+            + (f"  peak RSS {outcome.peak_rss / (1 << 20):.0f} MiB" if outcome.peak_rss else "")
+            + (f"  (+{outcome.afterwards:.3f} s deleting after it returned, untimed)"
+               if outcome.afterwards >= 0.005 else ""))
     else:
         log(f"  {scenario:<16} {tool:<12} {which:<6} FAILED after {outcome.seconds:.3f} s; "
             f"last lines of stderr:\n{indent(outcome.error)}")

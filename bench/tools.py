@@ -16,7 +16,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol, Sequence
 
 from bench.dockerd import PrivateDockerd
@@ -33,6 +33,7 @@ class BuildOutcome:
     ok: bool
     error: str = ""       # the last lines of stderr when not ok
     peak_rss: int | None = None   # bytes, the largest process (see the module docstring)
+    afterwards: float = 0.0   # untimed seconds the tool's own work went on after the command returned
 
 
 class BuildTool(Protocol):
@@ -53,6 +54,26 @@ class BuildTool(Protocol):
 
     def save(self, image: str, dest: str) -> BuildOutcome:
         """One timed export of IMAGE to the archive DEST (build-image: OCI; docker: `docker save`)."""
+
+
+def wait_until_unused(root: str, timeout: float = 300) -> float:
+    """Seconds until nobody holds ROOT/lock any more (polled, as `prune` would find it)."""
+    import fcntl
+
+    start = time.monotonic()
+    try:
+        lock = open(os.path.join(root, "lock"), "a")
+    except OSError:
+        return 0.0
+    with lock:
+        while time.monotonic() - start < timeout:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                time.sleep(0.01)
+            else:
+                break
+    return time.monotonic() - start
 
 
 def run_timed(argv: Sequence[str], *, env: dict[str, str] | None = None,
@@ -192,7 +213,11 @@ class BuildImage:
 
     def build(self, context: str, *, no_cache: bool, network: str = "default",
               tag: str | None = None) -> BuildOutcome:
-        return run_timed(self.argv(context, no_cache=no_cache, network=network, tag=tag))
+        outcome = run_timed(self.argv(context, no_cache=no_cache, network=network, tag=tag))
+        # A build leaves its discarded scratch dirs to a detached deleter that holds the root
+        # shared until they are gone (builder/snapshot/snapshots.py). Waited for here, untimed
+        # but reported, so that its disk work never runs into the next timed build of either tool.
+        return replace(outcome, afterwards=wait_until_unused(self.store_root))
 
     def tag(self, image: str, name: str) -> BuildOutcome:
         return run_timed(self._command("tag", image, name))
