@@ -6,7 +6,6 @@ import functools
 import hashlib
 import json
 import os
-from importlib import resources
 from typing import TYPE_CHECKING
 
 from builder.plumbing import tagged
@@ -25,6 +24,8 @@ class LineSyntaxError(ValueError):
 
 def grammar_text(escape: str = "\\") -> str:
     """The grammar source, with the escape-dependent section rewritten for ``escape``."""
+    from importlib import resources  # 10 ms of imports: only when the grammar is read
+
     text = resources.files("builder.grammar").joinpath("dockerfile.lark").read_text(encoding="utf-8")
     if escape == "\\":
         return text

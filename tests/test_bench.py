@@ -68,7 +68,7 @@ def test_scenarios_carry_the_issue_names_and_the_image_steps_follow_their_build(
     cases = scenarios("b:1", 10)
     labels = [case.label for case in cases]
     assert labels == ["cold-1-run", "b1 cold-20-run", "cold-20-run-none", "b4 cached-20-run", "b2 two-stages",
-                      "b3 copy-cold", "b5 copy-one-changed", "b6 dd-cold", "b7 push-dd", "b8 save-dd"]
+                      "two-stages-none", "b3 copy-cold", "b5 copy-one-changed", "b6 dd-cold", "b7 push-dd", "b8 save-dd"]
     by_name = {case.name: case for case in cases}
     assert by_name["dd-cold"].tag == DD_IMAGE and "count=300" in by_name["dd-cold"].dockerfile
     assert [c.step for c in cases[-3:]] == ["build", "push", "save"]
@@ -100,7 +100,9 @@ def test_files_context_has_the_asked_sizes_and_one_file_changes(tmp_path):
 
 def test_scenarios_cold_ones_disable_the_cache():
     cases = {case.name: case for case in scenarios("b:1", 10) if not case.context and case.step == "build"}
-    assert set(cases) == {"cold-1-run", "cold-20-run", "cold-20-run-none", "cached-20-run", "two-stages", "dd-cold"}
+    assert set(cases) == {"cold-1-run", "cold-20-run", "cold-20-run-none", "cached-20-run", "two-stages",
+                          "two-stages-none", "dd-cold"}
+    assert cases["two-stages-none"].network == "none" and cases["two-stages"].network == "default"
     assert cases["cached-20-run"].cached and not cases["cold-20-run"].cached
     assert not cases["cold-20-run-none"].cached
     assert cases["cached-20-run"].dockerfile == cases["cold-20-run"].dockerfile
