@@ -189,3 +189,19 @@ def test_copy_forms_keep_what_did_not_change(tmp_path, store_root, context, copy
     if kept is None:
         kept = len(files()) - 3   # not a.txt, b.txt, nor the changed d.bin
     assert f"kept {kept} unchanged files of the last run, copied 1" in progress
+
+
+@pytest.mark.parametrize("chain", ["sha256:../../etc", "md5:abc", 7])
+def test_a_record_naming_no_chain_id_is_only_a_miss(tmp_path, store_root, context, chain):
+    build(store_root, context, "app:1")
+    for path in glob.glob(os.path.join(store_root, "cache", "copies", "*.json")):
+        with open(path) as f:
+            record = json.load(f)
+        record["chain"] = chain
+        with open(path, "w") as f:
+            json.dump(record, f)
+    with open(os.path.join(context, "a.txt"), "w") as f:
+        f.write("A\n")
+    second, progress = build_logged(store_root, context, "app:2")
+    assert "unchanged files of the last run" not in progress
+    assert second == build(str(tmp_path / "fresh"), context, "app:fresh")

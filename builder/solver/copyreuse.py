@@ -35,6 +35,7 @@ import posixpath
 import stat
 from collections.abc import Callable, Mapping
 
+from builder.errors import StoreError
 from builder.plumbing.files import write_atomically
 
 _VERSION = 1
@@ -235,7 +236,7 @@ def earlier_run(directory: str, key: str, snapshot_dir: Callable[[str], str | No
         files[name] = (entry[0], entry[1], entry[2])
     try:
         old_root = snapshot_dir(chain)
-    except ValueError:
+    except (ValueError, StoreError):   # not a chain ID
         return None
     return None if old_root is None else (old_root, files)
 
