@@ -120,6 +120,10 @@ def test_tmpfs_is_bounded_by_default_and_size_is_honoured(tmp_path, layer):
 
 @needs_cgroups
 def test_a_sigkilled_builders_cgroups_are_removed_by_the_next_one(tmp_path, layer):
+    # Under a cgroup parent of this test's own: any build-image sweeps a dead one's step cgroups
+    # under its parent, and other tests' executors run beside this one.
+    parent = f"sweep-test-{os.getpid()}-{time.monotonic_ns()}"
+    layout = cgroups.detect(parent=parent)
     for d in ("u", "w", "rt"):
         (tmp_path / d).mkdir()
     script = textwrap.dedent(f"""
@@ -128,26 +132,39 @@ def test_a_sigkilled_builders_cgroups_are_removed_by_the_next_one(tmp_path, laye
         rootfs = RootFS(({layer!r},), {str(tmp_path / "u")!r}, {str(tmp_path / "w")!r})
         def out(fd, data):
             sys.stdout.write("started\\n"); sys.stdout.flush()
-        NamespaceExecutor({str(tmp_path / "rt")!r}).run(rootfs, ProcessSpec(("/bin/sh", "-c", "echo go; sleep 1000")), output=out)
+        NamespaceExecutor({str(tmp_path / "rt")!r}, cgroup_parent={parent!r}).run(
+            rootfs, ProcessSpec(("/bin/sh", "-c", "echo go; sleep 1000")), output=out)
     """)
     builder = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
                                cwd=os.path.dirname(os.path.dirname(__file__)))
+
+    def step_cgroups() -> list[str]:
+        found = []
+        for _, directory in layout.parents:
+            if os.path.isdir(directory):
+                found += [os.path.join(directory, n) for n in os.listdir(directory)
+                          if n.startswith(f"{cgroups.PREFIX}{builder.pid}-")]
+        return found
+
     try:
         assert builder.stdout.readline() == b"started\n"
-        left = _step_cgroups(builder.pid)
+        left = step_cgroups()
         assert len(left) == len(LAYOUT.parents)
         builder.send_signal(signal.SIGKILL)
         builder.wait()
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and any(open(os.path.join(p, "cgroup.procs")).read() for p in left):
             time.sleep(0.05)  # the container dies with its builder (PR_SET_PDEATHSIG)
-        assert _step_cgroups(builder.pid) == left  # nobody removed them
-        NamespaceExecutor(runtime_root=str(tmp_path / "rt"))  # the next build-image sweeps
-        assert _step_cgroups(builder.pid) == []
+        assert step_cgroups() == left  # nobody removed them
+        NamespaceExecutor(runtime_root=str(tmp_path / "rt"), cgroup_parent=parent).close()  # the next one sweeps
+        assert step_cgroups() == []
     finally:
         builder.kill()
         builder.wait()
         builder.stdout.close()
+        for _, directory in layout.parents:
+            if os.path.isdir(directory):
+                os.rmdir(directory)
 
 
 @pytest.mark.registry
