@@ -80,3 +80,22 @@ def test_a_no_cache_rebuild_of_the_same_dockerfile_takes_its_plan_from_the_memo(
     assert "lark" in imported_modules("--root", store_root, "--no-cache", "--build-arg", "X=1", context)
     (tmp_path / "ctx" / "Dockerfile").write_text(f"FROM {busybox_registry.reference}\nRUN true\n")
     assert "lark" in imported_modules("--root", store_root, "--no-cache", context)
+
+
+def test_the_seccomp_program_is_compiled_without_running_ldconfig():
+    """pyseccomp looks its libraries up with ctypes.util.find_library when imported, which runs
+    `ldconfig -p` each time; their sonames load directly, so it is never asked for them."""
+    script = """
+import ctypes.util, sys
+asked = []
+usual = ctypes.util.find_library
+ctypes.util.find_library = lambda name: asked.append(name) or usual(name)
+from builder.executor.seccomp import default_program
+assert len(default_program()) > 1000
+assert "pyseccomp" in sys.modules
+print(asked)
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"

@@ -86,8 +86,43 @@ def default_program() -> bytes:
         return _program
 
 
+# Sonames of the libraries pyseccomp looks up when it is imported (stable across Linux distributions).
+_SONAMES = {"c": "libc.so.6", "seccomp": "libseccomp.so.2"}
+
+
+def _import_pyseccomp():
+    """pyseccomp, without the two `ldconfig -p` it runs when imported: it looks libc and
+    libseccomp up with ctypes.util.find_library, which forks and execs ldconfig for each (10-30 ms
+    before the first RUN can start here). Their sonames are tried first, by loading them; a name
+    that does not load is looked up the usual way."""
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if "pyseccomp" in sys.modules:
+        return sys.modules["pyseccomp"]
+    usual = ctypes.util.find_library
+
+    def find_library(name: str) -> str | None:
+        soname = _SONAMES.get(name)
+        if soname is not None:
+            try:
+                ctypes.CDLL(soname)
+                return soname
+            except OSError:
+                pass
+        return usual(name)
+
+    ctypes.util.find_library = find_library
+    try:
+        import pyseccomp
+    finally:
+        ctypes.util.find_library = usual
+    return pyseccomp
+
+
 def _compile() -> bytes:
-    import pyseccomp as sc
+    sc = _import_pyseccomp()
 
     flt = sc.SyscallFilter(sc.ERRNO(errno.EPERM))
     # 32-bit and x32 system calls are filtered by the same names (Docker's archMap for amd64);
