@@ -92,6 +92,7 @@ class Store:
         os.makedirs(self.run_dir, exist_ok=True)
         self._lock_file = None
         self._shared = False
+        self._flusher = None   # the thread of flush_soon's syncfs, if one was started
 
     # Made on first use: a fully cached rebuild never needs them (nor their modules' import).
     @functools.cached_property
@@ -122,9 +123,8 @@ class Store:
         without fsync each; see builder.cache.records)."""
         from builder.plumbing.files import sync_filesystem
 
-        flusher = self.__dict__.get("_flusher")
-        if flusher is not None:
-            flusher.join()
+        if self._flusher is not None:
+            self._flusher.join()
         sync_filesystem(self.root)
 
     def flush_soon(self) -> None:
@@ -135,8 +135,7 @@ class Store:
 
         from builder.plumbing.files import sync_filesystem
 
-        flusher = self.__dict__.get("_flusher")
-        if flusher is not None and flusher.is_alive():
+        if self._flusher is not None and self._flusher.is_alive():
             return
         self._flusher = threading.Thread(target=sync_filesystem, args=(self.root,), daemon=True,
                                          name="build-image-flush")

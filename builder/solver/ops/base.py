@@ -193,9 +193,7 @@ class LayerOp(SolverOp):
         snapshotter = store.snapshotter
         with snapshotter.prepare(self.state.lowerdirs(parent.layers)) as active:
             change(active)
-            flush = getattr(store, "flush_soon", None)
-            if flush is not None:
-                flush()   # the step's writes go to disk while its layer is hashed
+            store.flush_soon()   # the step's writes go to disk while its layer is hashed
             if self.state.cancelled():
                 raise SolveError("build cancelled")
             layer = _commit_layer(store, active, parent.layers, self.state.layer_epoch)

@@ -29,14 +29,17 @@ class FileSolverOp(LayerOp):
 
     def exec(self, inputs: Sequence[Result]) -> Result:
         parent = inputs[0]
-        runs: list[CopyRun | None] = []
+        run: CopyRun | None = None
+
+        def change(active, reuse: bool) -> None:
+            nonlocal run
+            run = self._change(active.mount, parent, reuse)
+
         try:
-            result = self.make_layer(parent, lambda active: runs.append(self._change(active.mount, parent, True)))
+            result = self.make_layer(parent, lambda active: change(active, True))
         except StaleCopy:
             self._log("the last run's files do not map onto this one's: copying all anew")
-            runs.clear()
-            result = self.make_layer(parent, lambda active: runs.append(self._change(active.mount, parent, False)))
-        run = runs[-1] if runs else None
+            result = self.make_layer(parent, lambda active: change(active, False))
         if run is not None:
             from builder.snapshot.layers import chain_ids
 
