@@ -12,10 +12,10 @@ Two processes share the work:
         a RUN's supervisor       <--JSON + the namespace's fd (SCM_RIGHTS)--
         setns()s into it          --"R<N>"--> (RUN over: given back)   --"C"--> (build over)
 
-The agent imports pyroute2 (never build-image itself), makes namespaces and keeps a few ready, so
-its import and netlink work run beside the build, on another core and outside the build's GIL. A
-namespace is made by the agent unsharing its own network namespace, opening it and a netlink
-socket in it, and switching back.
+The agent imports pyroute2's netlink messages (never build-image itself), makes namespaces and keeps
+a few ready, so its import and netlink work run beside the build, on another core and outside the
+build's GIL. A namespace is made by the agent unsharing its own network namespace, opening it and a
+netlink socket in it, and switching back. The first one is made while nft declares the NAT table.
 
 Lease N is the /30 block N of 10.89.0.0/16 and the interface name ``bi-N``. The agent holds it by
 an ``flock`` on ``/run/build-image/network/lease-N``, so concurrent steps, concurrent build-image
@@ -51,7 +51,8 @@ import threading
 import time
 
 from builder.errors import SolveError
-from builder.plumbing import files, linux
+from builder.executor.rtnetlink import NetlinkError, Rtnetlink
+from builder.plumbing import linux
 from builder.plumbing.records import dataclass
 
 STATE_DIR = "/run/build-image/network"
@@ -134,34 +135,51 @@ class _NatTable:
         "}\n"
     )
 
-    def __init__(self, state_dir: str, meanwhile=None):
-        """Declare the table; MEANWHILE (if given) is called while nft runs (the agent imports
-        pyroute2 then: the two together cost only the longer of them)."""
+    def __init__(self, state_dir: str):
+        """Start declaring the table; ``ready()`` waits for it (the agent makes its first namespace
+        meanwhile)."""
         self._users = os.open(os.path.join(state_dir, "nat.users"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         self._mutex_path = os.path.join(state_dir, "nat.lock")
-        fcntl.flock(self._users, fcntl.LOCK_SH)
+        self._failure: str | None = None
         try:
-            with self._mutex():
+            fcntl.flock(self._users, fcntl.LOCK_SH)
+            # Held until nft is done: another agent's declaration or deletion waits for it.
+            self._declaring: int | None = self._lock_mutex()
+            try:
                 # One transaction, one nft call: make sure the table exists, drop it, declare it
                 # whole. However many processes got here first, exactly one rule remains.
-                nft = _start_nft(["-f", "-"], f"table ip {NAT_TABLE} {{}}\ndelete table ip {NAT_TABLE}\n"
-                                 + self._RULESET)
-                try:
-                    if meanwhile is not None:
-                        meanwhile()
-                finally:
-                    _, errors = nft.communicate()
-                if nft.returncode != 0:
-                    detail = errors.strip().splitlines()
-                    raise NetworkError("could not set up NAT for the default network: "
-                                       + (detail[-1] if detail else "nft failed"))
+                self._nft = _start_nft(["-f", "-"], f"table ip {NAT_TABLE} {{}}\ndelete table ip {NAT_TABLE}\n"
+                                       + self._RULESET)
+            except BaseException:
+                os.close(self._declaring)
+                raise
         except BaseException:
             os.close(self._users)
             raise
 
+    def ready(self) -> None:
+        """Wait for the table to be declared; NetworkError if it could not be."""
+        if self._declaring is not None:
+            try:
+                _, errors = self._nft.communicate()
+            finally:
+                os.close(self._declaring)  # releases the mutex
+                self._declaring = None
+            if self._nft.returncode != 0:
+                detail = errors.strip().splitlines()
+                self._failure = ("could not set up NAT for the default network: "
+                                 + (detail[-1] if detail else "nft failed"))
+        if self._failure is not None:
+            raise NetworkError(self._failure)
+
     def leave(self) -> None:
         """Stop using the table; the last user deletes it."""
-        with self._mutex():
+        try:
+            self.ready()
+        except NetworkError:
+            pass  # still leave: another user's table may be there
+        mutex = self._lock_mutex()
+        try:
             fcntl.flock(self._users, fcntl.LOCK_UN)
             try:
                 fcntl.flock(self._users, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -169,11 +187,18 @@ class _NatTable:
                 pass  # another process still uses it
             else:
                 _run_nft(["delete", "table", "ip", NAT_TABLE])  # gone already (a killed user's) is fine
-            finally:
-                os.close(self._users)
+        finally:
+            os.close(self._users)
+            os.close(mutex)
 
-    def _mutex(self):
-        return files.locked(self._mutex_path)
+    def _lock_mutex(self) -> int:
+        fd = os.open(self._mutex_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
 
 def _start_nft(args: list[str], script: str) -> subprocess.Popen:
@@ -208,17 +233,22 @@ class _Namespaces:
         self._table = _LeaseTable(state_dir)
         self._host_netns = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         try:
-            self._nat = _NatTable(state_dir, meanwhile=self._import_pyroute2)
+            self._nat = _NatTable(state_dir)
+            try:
+                self._host = Rtnetlink()
+            except BaseException:
+                self._nat.leave()
+                raise
         except BaseException:
             os.close(self._host_netns)
             raise
-        self._host = self._IPRoute()
         self._locks: dict[int, int] = {}        # index -> lease lock fd, for every lease handed out or ready
         self._netns: dict[int, int] = {}        # index -> this process's descriptor of its namespace
         self._released: dict[int, float] = {}   # index -> when it was given back
 
-    def _import_pyroute2(self) -> None:
-        self._IPRoute = _import_iproute()
+    def nat_ready(self) -> None:
+        """Wait for the NAT table (a lease is handed out only then); NetworkError if it failed."""
+        self._nat.ready()
 
     def prepare(self) -> NetworkLease:
         index, lock_fd = self._table.take(self._cooling())
@@ -229,16 +259,15 @@ class _Namespaces:
             if os.path.exists(f"/sys/class/net/{host_ifname}"):
                 self._delete_link(host_ifname)  # its old namespace is still being destroyed
             netns_fd, inner = self._new_namespace()
-            self._host.link("add", ifname=host_ifname, kind="veth",
-                            peer={"ifname": CONTAINER_IFNAME, "net_ns_fd": netns_fd})
-            host_index = self._host.link_lookup(ifname=host_ifname)[0]
-            self._host.addr("add", index=host_index, address=gateway, prefixlen=30)
-            self._host.link("set", index=host_index, state="up")
-            links = {link.get("ifname"): link["index"] for link in inner.get_links()}
-            inner.link("set", index=links["lo"], state="up")
-            inner.addr("add", index=links[CONTAINER_IFNAME], address=address, prefixlen=30)
-            inner.link("set", index=links[CONTAINER_IFNAME], state="up")
-            inner.route("add", dst="default", gateway=gateway)
+            self._host.add_veth(host_ifname, CONTAINER_IFNAME, netns_fd)
+            host_index = self._host.link_index(host_ifname)
+            self._host.add_address(host_index, gateway, 30)
+            self._host.set_up(host_index)
+            inner.set_up(inner.link_index("lo"))
+            container_index = inner.link_index(CONTAINER_IFNAME)
+            inner.add_address(container_index, address, 30)
+            inner.set_up(container_index)
+            inner.add_default_route(gateway)
         except BaseException as exc:
             self._delete_link(host_ifname)
             if netns_fd is not None:
@@ -275,15 +304,15 @@ class _Namespaces:
         self._host.close()
         os.close(self._host_netns)
 
-    def _new_namespace(self):
-        """(fd of a new network namespace, an IPRoute bound inside it); this thread stays put."""
+    def _new_namespace(self) -> tuple[int, Rtnetlink]:
+        """(fd of a new network namespace, a netlink socket opened inside it); this thread stays put."""
         linux.unshare(linux.CLONE_NEWNET)
         try:
             netns_fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
             sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_ROUTE)
         finally:
             linux.setns(self._host_netns, linux.CLONE_NEWNET)
-        return netns_fd, self._IPRoute(fileno=sock.detach())
+        return netns_fd, Rtnetlink(sock)
 
     def _cooling(self) -> frozenset[int]:
         """Leases given back moments ago: their veth may still be going away, so a new lease takes
@@ -296,35 +325,12 @@ class _Namespaces:
 
     def _delete_link(self, ifname: str) -> None:
         try:
-            found = self._host.link_lookup(ifname=ifname)
-            if found:
-                self._host.link("del", index=found[0])
-        except Exception as exc:  # pyroute2's NetlinkError: gone already is fine
-            if getattr(exc, "code", None) != errno.ENODEV:
+            index = self._host.link_index(ifname)
+            if index is not None:
+                self._host.delete_link(index)
+        except NetlinkError as exc:
+            if exc.errno != errno.ENODEV:  # gone already is fine
                 raise
-
-
-def _import_iproute():
-    """pyroute2's IPRoute: the only import of pyroute2 (in the agent, never in build-image).
-
-    The package's __init__ imports every module pyroute2 has (NDB, IPDB, conntrack, nftables,
-    wireguard, ...): about a third more import time than IPRoute's own module, and the first RUN
-    waits for it. So the package module is made without running its __init__ and only
-    pyroute2.iproute.linux is imported, which imports what it uses itself; should that fail, the
-    package is imported the ordinary way."""
-    import importlib.util
-
-    if "pyroute2" not in sys.modules:
-        spec = importlib.util.find_spec("pyroute2")
-        if spec is not None and spec.submodule_search_locations:
-            sys.modules["pyroute2"] = importlib.util.module_from_spec(spec)
-    try:
-        from pyroute2.iproute.linux import IPRoute
-    except Exception:
-        for name in [n for n in sys.modules if n == "pyroute2" or n.startswith("pyroute2.")]:
-            del sys.modules[name]
-        from pyroute2 import IPRoute
-    return IPRoute
 
 
 def serve(sock: socket.socket, state_dir: str, ready: int) -> None:
@@ -374,6 +380,7 @@ def _answer(sock: socket.socket, namespaces: _Namespaces | None, pool: list[Netw
         if namespaces is None:
             raise NetworkError(failure or "the default network is not available")
         lease = pool.pop(0) if pool else namespaces.prepare()
+        namespaces.nat_ready()
     except NetworkError as exc:
         sock.send(json.dumps({"error": str(exc)}).encode())
         return
