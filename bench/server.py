@@ -29,6 +29,7 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
 from bench.measure import Series, measure                 # noqa: E402
+from bench.signals import interrupts_held, restore_mask    # noqa: E402
 from bench.tools import BuildOutcome, run_timed           # noqa: E402
 
 SERVER_SCENARIOS = {"b1": "cold-20-run", "b2": "two-stages", "b4": "cached-20-run"}  # the issues' names
@@ -52,11 +53,23 @@ class BuildImageServer:
 
     def __enter__(self) -> "BuildImageServer":
         log = open(self.log_path, "w")
-        self.proc = subprocess.Popen([*self.command, "serve", "--root", self.root, "--listen",
-                                      f"unix://{self.work}/serve.sock"], stdout=log, stderr=log,
-                                     stdin=subprocess.DEVNULL)
+        with interrupts_held() as mask:
+            self.proc = subprocess.Popen([*self.command, "serve", "--root", self.root, "--listen",
+                                          f"unix://{self.work}/serve.sock"], stdout=log, stderr=log,
+                                         stdin=subprocess.DEVNULL, preexec_fn=restore_mask(mask))
         log.close()
-        deadline = time.monotonic() + 60
+        try:
+            self._wait_for_address(deadline=time.monotonic() + 60)
+        except BaseException:             # an interrupt: __exit__ is not called for a failed __enter__
+            self.__exit__()
+            raise
+        if not self.address:
+            self.__exit__()
+            with open(self.log_path) as f:
+                raise RuntimeError(f"build-image serve did not start:\n{f.read()[-2000:]}")
+        return self
+
+    def _wait_for_address(self, deadline: float) -> None:
         while time.monotonic() < deadline and not self.address:
             with open(self.log_path) as f:
                 found = _LISTENING.search(f.read())
@@ -66,11 +79,6 @@ class BuildImageServer:
                 break
             else:
                 time.sleep(0.05)
-        if not self.address:
-            self.__exit__()
-            with open(self.log_path) as f:
-                raise RuntimeError(f"build-image serve did not start:\n{f.read()[-2000:]}")
-        return self
 
     def __exit__(self, *exc) -> None:
         if self.proc is not None and self.proc.poll() is None:

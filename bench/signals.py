@@ -6,25 +6,40 @@ before the block ends and the interrupt, if any, arrives after that (as Keyboard
 
     with interrupts_held() as mask:
         self.proc = subprocess.Popen(argv, preexec_fn=restore_mask(mask))
+
+Blocking the signals in this thread is not enough: the kernel hands a signal sent to the process
+to any thread that does not block it (a timer's, a log reader's), and Python then runs the handler
+in the main thread at its next bytecode, in the middle of Popen. So the main thread's handlers
+also only note the signal inside the block, and it is raised again once the block ends.
 """
 
 from __future__ import annotations
 
 import contextlib
 import signal
+import threading
 from typing import Callable, Iterator
 
-_INTERRUPTS = {signal.SIGINT, signal.SIGTERM}
+_INTERRUPTS = (signal.SIGINT, signal.SIGTERM)
 
 
 @contextlib.contextmanager
 def interrupts_held() -> Iterator[set[signal.Signals]]:
-    """Block SIGINT and SIGTERM inside; yields the mask to give back to children."""
+    """Hold SIGINT and SIGTERM back inside; yields the signal mask to give back to children."""
+    noted: list[int] = []
+    handlers = {}
+    if threading.current_thread() is threading.main_thread():
+        handlers = {number: signal.signal(number, lambda number, frame: noted.append(number))
+                    for number in _INTERRUPTS}
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, _INTERRUPTS)
     try:
         yield previous
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)   # one blocked here is noted now
+        for number, handler in handlers.items():
+            signal.signal(number, handler)
+        for number in dict.fromkeys(noted):
+            signal.raise_signal(number)
 
 
 def restore_mask(mask: set[signal.Signals]) -> Callable[[], None]:

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 import pytest
@@ -24,6 +25,7 @@ from bench.measure import Series, measure, measure_image_steps
 from bench.mounts import _unescape_mountinfo, mounts_under, unmount_under
 from bench.scenarios import (BUSYBOX, DD_IMAGE, Scenario, Sizes, busy_loop, calibrate_loop, change_one_file,
                              scenarios, trivial_runs, two_stages, write_files_context)
+from bench.signals import interrupts_held
 from bench.tools import BuildImage, BuildOutcome, daemon_peak_rss, reset_peak_rss, run_timed
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -189,6 +191,33 @@ def test_run_timed_interrupted_stops_the_command_first(tmp_path):
         signal.signal(signal.SIGALRM, previous)
     pid = int(pid_file.read_text())
     assert not os.path.exists(f"/proc/{pid}")      # stopped and reaped, not left running
+
+
+def test_an_interrupt_taken_by_another_thread_waits_for_the_held_block_to_end():
+    # The kernel gives a signal sent to the process to a thread that does not block it; Python
+    # would then raise in the main thread at once, in the middle of the block (a Popen: a leak).
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    stop = threading.Event()
+    bystander = threading.Thread(target=stop.wait)     # started outside the block: nothing blocked
+    bystander.start()
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    finished = []
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with interrupts_held():
+                os.kill(os.getpid(), signal.SIGTERM)
+                deadline = time.monotonic() + 0.5      # the other thread takes it meanwhile
+                while time.monotonic() < deadline:
+                    pass                               # bytecodes at which a handler would run
+                finished.append(True)
+    finally:
+        stop.set()
+        bystander.join()
+        signal.signal(signal.SIGTERM, previous)
+    assert finished == [True]
+    assert signal.getsignal(signal.SIGTERM) is previous
 
 
 def test_build_image_command_line(tmp_path):
