@@ -74,6 +74,13 @@ class _Recorder:
                 for tool in self.times}
 
 
+def settle() -> None:
+    """Write every dirty page to disk, untimed, before a timed build: otherwise the writeback of
+    what the previous build (often the other tool's) left in the page cache runs into this one.
+    build-image syncs its store before it names anything; dockerd leaves its layers to writeback."""
+    os.sync()
+
+
 def measure(scenario: Scenario, tools: Sequence[BuildTool], context: str, repeat: int,
             on_outcome: OutcomeCallback = lambda *args: None,
             before_build: Callable[[], None] | None = None) -> dict[str, Series]:
@@ -93,6 +100,7 @@ def measure(scenario: Scenario, tools: Sequence[BuildTool], context: str, repeat
                 continue
             if before_build is not None:
                 before_build()
+            settle()
             outcome = tool.build(context, no_cache=not scenario.cached, network=scenario.network,
                                  tag=scenario.tag)
             on_outcome(scenario.name, tool.name, index, outcome)
@@ -114,6 +122,7 @@ def measure_image_steps(build: Scenario, steps: Sequence[Scenario], tools: Seque
             for tool in tools:
                 if any(records[case.name].failed(tool.name) for case in cases):
                     continue
+                settle()
                 outcome = tool.build(context, no_cache=True, network=build.network, tag=build.tag)
                 on_outcome(build.name, tool.name, index, outcome)
                 records[build.name].add(tool.name, outcome)
@@ -122,6 +131,7 @@ def measure_image_steps(build: Scenario, steps: Sequence[Scenario], tools: Seque
                         records[step.name].add(tool.name, BuildOutcome(0.0, False, f"{build.name} failed"))
                     continue
                 for step in steps:
+                    settle()
                     outcome = _image_step(step, tool, build.tag, index, scratch, fresh_registry)
                     on_outcome(step.name, tool.name, index, outcome)
                     records[step.name].add(tool.name, outcome)
