@@ -104,6 +104,48 @@ def test_the_limits_are_written_to_the_steps_cgroup(tmp_path, layer):
 
 
 @needs_cgroups
+def test_only_the_steps_processes_are_in_its_cgroup_which_is_its_namespaces_root(tmp_path, layer):
+    """Init is moved in by the supervisor while it mounts its root, then unshares its cgroup
+    namespace: the step sees its cgroup as "/", and the supervisor (in our PID namespace, outside
+    the step's) is not in it, so it counts against none of the step's limits."""
+    executor, rootfs = _executor(tmp_path, layer)
+    seen: dict[str, list[bool]] = {}
+    started = threading.Event()
+
+    def watch():
+        started.wait(10)
+        for path in _step_cgroups():
+            pids = open(os.path.join(path, "cgroup.procs")).read().split()
+            seen[path] = [_in_a_child_pid_namespace(int(pid)) for pid in pids]
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    chunks = []
+
+    def output(fd, data):
+        chunks.append(data)
+        started.set()
+
+    code = executor.run(rootfs, ProcessSpec(("/bin/sh", "-c", "cat /proc/self/cgroup; exec sleep 1")),
+                        output=output)
+    watcher.join()
+    assert code == 0
+    lines = b"".join(chunks).decode().split()
+    assert lines and all(line.endswith(":/") for line in lines), lines
+    assert seen and all(seen.values()) and all(all(inside) for inside in seen.values()), seen
+    assert _step_cgroups() == []
+
+
+def _in_a_child_pid_namespace(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            nspid = next(line for line in f if line.startswith("NSpid:")).split()[1:]
+    except FileNotFoundError:
+        return True  # exited since: a short-lived process of the step
+    return len(nspid) > 1
+
+
+@needs_cgroups
 def test_default_limits_are_pids_4096_and_no_memory_limit(tmp_path, layer):
     executor = NamespaceExecutor(runtime_root=str(tmp_path))
     assert executor.sandbox.limits == ResourceLimits(memory=None, pids=4096, cpu_shares=None)

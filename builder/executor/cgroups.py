@@ -16,11 +16,13 @@ of null, zero, full, random, urandom, tty, console, ptmx and the pts ptys. Any o
 device above all, cannot be opened, even if a layer ships it with mode 0666.
 
 Directories are named ``build-image-PID-N`` (PID of the build-image process that made them). The
-parent creates and configures them before it forks; the container's supervisor joins by writing its
-pid into the prepared ``cgroup.procs`` paths (plain os calls, fork-safe) and then unshares its cgroup
-namespace, so the step sees its own cgroup as the root. ``remove()`` deletes them after the step;
-``sweep_stale()`` deletes those of processes that no longer exist (a SIGKILLed build-image cannot
-clean up; its containers die with it through PR_SET_PDEATHSIG).
+parent creates and configures them before it forks; the container's supervisor moves init in by
+writing init's pid into the prepared ``cgroup.procs`` paths (plain os calls, fork-safe) while init
+mounts its root, and init then unshares its cgroup namespace, so the step sees its own cgroup as the
+root. The supervisor itself stays out: only the step's processes count against its limits.
+``remove()`` deletes them after the step; ``sweep_stale()`` deletes those of processes that no
+longer exist (a SIGKILLed build-image cannot clean up; its containers die with it through
+PR_SET_PDEATHSIG).
 """
 
 from __future__ import annotations
@@ -170,7 +172,7 @@ class StepCgroup:
 
     @property
     def procs_files(self) -> tuple[str, ...]:
-        """What the supervisor writes its pid into to join (prepared data for the child)."""
+        """What the supervisor writes init's pid into (prepared data for the child)."""
         return tuple(os.path.join(d, "cgroup.procs") for d in self.dirs)
 
     def _mkdir(self, parent: str) -> str:
@@ -251,15 +253,24 @@ def sweep_stale(layout: Layout) -> None:
                 _rmdir_when_empty(os.path.join(parent, name), attempts=1)
 
 
-def join(procs_files: tuple[str, ...]) -> None:
-    """Move the calling process into the step's cgroups. Child-safe: os calls on prepared paths."""
-    pid = str(os.getpid()).encode()
-    for path in procs_files:
-        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-        try:
-            os.write(fd, pid)
-        finally:
+def open_procs(procs_files: tuple[str, ...]) -> tuple[int, ...]:
+    """Descriptors of the step's cgroup.procs files, to move a process in with ``move_into``.
+    Child-safe: os calls on prepared paths."""
+    fds: list[int] = []
+    try:
+        for path in procs_files:
+            fds.append(os.open(path, os.O_WRONLY | os.O_CLOEXEC))
+    except BaseException:
+        for fd in fds:
             os.close(fd)
+        raise
+    return tuple(fds)
+
+
+def move_into(procs_fds: tuple[int, ...], pid: int) -> None:
+    """Move process PID into the cgroups whose cgroup.procs files PROCS_FDS are. Child-safe."""
+    for fd in procs_fds:
+        os.write(fd, str(pid).encode())
 
 
 def shares_to_weight(shares: int) -> int:

@@ -4,12 +4,13 @@ Process tree of one ``run()``::
 
     caller thread --fork--> supervisor --fork--> init (PID 1 in the new namespaces; execs the step)
 
-The supervisor unshares the mount, PID, UTS, IPC, cgroup and (for network "none") network
-namespaces and forks init into them; it is needed because ``unshare(CLONE_NEWPID)`` only moves
-the caller's *children* into the new PID namespace. It waits for init, and kills it (which kills
-the whole PID namespace) when the caller closes the "lifeline" pipe, so the caller never races
-init's exit to signal it. Both children set ``PR_SET_PDEATHSIG=SIGKILL``: if build-image dies,
-so does every container.
+The supervisor unshares the mount, PID, UTS, IPC and (for network "none") network namespaces and
+forks init into them; it is needed because ``unshare(CLONE_NEWPID)`` only moves the caller's
+*children* into the new PID namespace. It then moves init into the step's cgroup while init mounts
+its root; init waits for that before it unshares its cgroup namespace and goes on. The supervisor
+waits for init, and kills it (which kills the whole PID namespace) when the caller closes the
+"lifeline" pipe, so the caller never races init's exit to signal it. Both children set
+``PR_SET_PDEATHSIG=SIGKILL``: if build-image dies, so does every container.
 
 Every mount, the overlay included, is made by init inside its own mount namespace, after making
 ``/`` recursively private. Nothing is ever mounted on the host: when init exits the kernel tears
@@ -85,8 +86,8 @@ DEFAULT_CAPABILITIES = frozenset({
     31,  # SETFCAP
 })
 
-_NAMESPACES = (linux.CLONE_NEWNS | linux.CLONE_NEWPID | linux.CLONE_NEWUTS | linux.CLONE_NEWIPC
-               | linux.CLONE_NEWCGROUP)
+# The supervisor's unshare; init unshares its cgroup namespace itself, once in the step's cgroup.
+_NAMESPACES = linux.CLONE_NEWNS | linux.CLONE_NEWPID | linux.CLONE_NEWUTS | linux.CLONE_NEWIPC
 _EXIT_SETUP_FAILED = 125
 _EXIT_NOT_EXECUTABLE = 126
 _EXIT_NOT_FOUND = 127
@@ -117,7 +118,7 @@ class _Plan:
     cap_last: int
     netns_fd: int | None = None                 # network "default": the prepared namespace to join
     seccomp: linux.SeccompProgram | None = None  # installed right before execve; None: unconfined
-    cgroup_procs: tuple[str, ...] = ()          # the step cgroup's cgroup.procs files, joined by the supervisor
+    cgroup_procs: tuple[str, ...] = ()          # the step cgroup's cgroup.procs files; the supervisor moves init in
     etc_files: tuple[SecretFile, ...] = ()      # /etc/hosts and /etc/resolv.conf, served from a tmpfs
 
     @property
@@ -522,6 +523,7 @@ def _close_other_fds(keep: Sequence[int]) -> None:
 
 def _supervisor(plan: _Plan, out_w: int, err_w: int, status_w: int, life_r: int) -> NoReturn:
     code = _EXIT_SETUP_FAILED
+    init_pid = None
     try:
         gc.disable()
         linux.set_signal_mask(block_all=True)
@@ -534,19 +536,46 @@ def _supervisor(plan: _Plan, out_w: int, err_w: int, status_w: int, life_r: int)
         if plan.netns_fd is not None:
             linux.setns(plan.netns_fd, linux.CLONE_NEWNET)  # "default": the namespace made for this RUN
             os.close(plan.netns_fd)
-        cgroups.join(plan.cgroup_procs)  # before CLONE_NEWCGROUP: the step's cgroup becomes its root
+        # Opened now: init's pivot_root moves this process's root too (they share the namespace).
+        procs_fds = cgroups.open_procs(plan.cgroup_procs)
         flags = _NAMESPACES | (linux.CLONE_NEWNET if plan.process.network == "none" else 0)
         linux.unshare(flags)
+        joined_r, joined_w = os.pipe()
         init_pid = os.fork()
         if init_pid == 0:
-            os.close(life_r)
-            _container_init(plan, out_w, err_w, status_w)
-        for fd in (out_w, err_w, status_w):
-            os.close(fd)
+            for fd in (life_r, joined_w, *procs_fds):
+                os.close(fd)
+            _container_init(plan, out_w, err_w, status_w, joined_r)
+        os.close(joined_r)
+        os.close(out_w)
+        os.close(err_w)
+        # Moving a process between v1 cgroups waits for an RCU grace period (5-15 ms here): done
+        # here, while init mounts its root, rather than before init is forked. Init unshares its
+        # cgroup namespace, and goes on to the step's command, only once it is in.
+        try:
+            cgroups.move_into(procs_fds, init_pid)
+            os.write(joined_w, b"j")
+        except (ProcessLookupError, BrokenPipeError):
+            pass  # init failed and exited already; its own report says why
+        finally:
+            os.close(joined_w)
+            for fd in procs_fds:
+                os.close(fd)
+        os.close(status_w)
         code = _supervise(init_pid, life_r)
     except BaseException as exc:
+        if init_pid is not None and init_pid > 0:
+            _kill_and_reap(init_pid)
         _report_error(status_w, exc)
     os._exit(code)
+
+
+def _kill_and_reap(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    except OSError:
+        pass
 
 
 def _supervise(init_pid: int, life_r: int) -> int:
@@ -567,12 +596,16 @@ def _supervise(init_pid: int, life_r: int) -> int:
     return 128 - code if code < 0 else code
 
 
-def _container_init(plan: _Plan, out_w: int, err_w: int, status_w: int) -> NoReturn:
+def _container_init(plan: _Plan, out_w: int, err_w: int, status_w: int, joined_r: int) -> NoReturn:
     stubs: list[MountStub] = []
     try:
         linux.set_parent_death_signal(signal.SIGKILL)
         os.umask(0o022)
         _enter_root(plan, stubs, status_w)
+        if os.read(joined_r, 1) != b"j":
+            os._exit(_EXIT_SETUP_FAILED)  # the supervisor could not join us to the cgroup: it reports why
+        os.close(joined_r)
+        linux.unshare(linux.CLONE_NEWCGROUP)  # in the step's cgroup now: it becomes the namespace's root
         process = plan.process
         linux.sethostname(process.hostname)
         if process.network == "none":
