@@ -76,25 +76,14 @@ def test_pids_limit_stops_a_fork_bomb(tmp_path, layer):
 def test_the_limits_are_written_to_the_steps_cgroup(tmp_path, layer):
     executor, rootfs = _executor(tmp_path, layer, memory=64 << 20, pids=123, cpu_shares=256)
     seen = {}
-    started = threading.Event()
 
-    def watch():
-        started.wait(10)
+    def look():
         for path in _step_cgroups():
             for name in ("memory.limit_in_bytes", "pids.max", "cpu.shares", "memory.max", "cpu.weight"):
                 if os.path.exists(os.path.join(path, name)):
                     seen[name] = open(os.path.join(path, name)).read().strip()
 
-    watcher = threading.Thread(target=watch)
-    watcher.start()
-    chunks = []
-
-    def output(fd, data):
-        chunks.append(data)
-        started.set()
-
-    code = executor.run(rootfs, ProcessSpec(("/bin/sh", "-c", "echo up; sleep 1")), output=output)
-    watcher.join()
+    code, _ = _run_looking_meanwhile(executor, rootfs, "echo up; sleep 1", look)
     assert code == 0
     if LAYOUT.version == 1:
         assert seen == {"memory.limit_in_bytes": str(64 << 20), "pids.max": "123", "cpu.shares": "256"}
@@ -110,30 +99,40 @@ def test_only_the_steps_processes_are_in_its_cgroup_which_is_its_namespaces_root
     the step's) is not in it, so it counts against none of the step's limits."""
     executor, rootfs = _executor(tmp_path, layer)
     seen: dict[str, list[bool]] = {}
-    started = threading.Event()
 
-    def watch():
-        started.wait(10)
+    def look():
         for path in _step_cgroups():
             pids = open(os.path.join(path, "cgroup.procs")).read().split()
             seen[path] = [_in_a_child_pid_namespace(int(pid)) for pid in pids]
 
+    code, printed = _run_looking_meanwhile(executor, rootfs, "cat /proc/self/cgroup; exec sleep 1", look)
+    assert code == 0
+    lines = printed.decode().split()
+    assert lines and all(line.endswith(":/") for line in lines), lines
+    assert seen and all(seen.values()) and all(all(inside) for inside in seen.values()), seen
+    assert _step_cgroups() == []
+
+
+def _run_looking_meanwhile(executor, rootfs, script: str, look) -> tuple[int, bytes]:
+    """Run SCRIPT; LOOK is called on another thread once it has printed something, while it runs.
+    Its exit code and what it printed."""
+    started = threading.Event()
+    chunks = []
+
+    def watch():
+        started.wait(10)
+        look()
+
     watcher = threading.Thread(target=watch)
     watcher.start()
-    chunks = []
 
     def output(fd, data):
         chunks.append(data)
         started.set()
 
-    code = executor.run(rootfs, ProcessSpec(("/bin/sh", "-c", "cat /proc/self/cgroup; exec sleep 1")),
-                        output=output)
+    code = executor.run(rootfs, ProcessSpec(("/bin/sh", "-c", script)), output=output)
     watcher.join()
-    assert code == 0
-    lines = b"".join(chunks).decode().split()
-    assert lines and all(line.endswith(":/") for line in lines), lines
-    assert seen and all(seen.values()) and all(all(inside) for inside in seen.values()), seen
-    assert _step_cgroups() == []
+    return code, b"".join(chunks)
 
 
 def _in_a_child_pid_namespace(pid: int) -> bool:
