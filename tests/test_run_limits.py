@@ -274,3 +274,26 @@ def test_bad_limit_flags_are_one_line_errors(tmp_path, store_root, flags, messag
     context = write_context(tmp_path / "ctx", {"Dockerfile": "FROM scratch\n"})
     result = build_image("--root", store_root, *flags, context, check=False)
     assert (result.returncode, result.stderr.strip()) == (1, message)
+
+
+@needs_cgroups
+def test_a_failed_move_into_the_cgroup_fails_the_step_with_the_reason_and_leaves_nothing(tmp_path, layer,
+                                                                                       monkeypatch):
+    """The supervisor (a fork of this process) finds the patched move_into; init, waiting to be
+    moved in, stops without running the command; the error is the supervisor's, and nothing is left."""
+    executor, rootfs = _executor(tmp_path, layer)
+
+    def refuse(fds, pid):
+        raise OSError(16, "Device or resource busy")
+
+    monkeypatch.setattr(cgroups, "move_into", refuse)
+    ran = []
+    with pytest.raises(Exception, match="Device or resource busy"):
+        executor.run(rootfs, ProcessSpec(("/bin/sh", "-c", "echo ran")), output=lambda fd, data: ran.append(data))
+    assert ran == []
+    assert _tree(tmp_path / "upper") == []
+    assert _step_cgroups() == []
+
+
+def _tree(root) -> list[str]:
+    return sorted(os.path.relpath(os.path.join(d, n), root) for d, dirs, files in os.walk(root) for n in dirs + files)

@@ -603,7 +603,7 @@ def _container_init(plan: _Plan, out_w: int, err_w: int, status_w: int, joined_r
         os.umask(0o022)
         _enter_root(plan, stubs, status_w)
         if os.read(joined_r, 1) != b"j":
-            os._exit(_EXIT_SETUP_FAILED)  # the supervisor could not join us to the cgroup: it reports why
+            raise _NotJoined()
         os.close(joined_r)
         linux.unshare(linux.CLONE_NEWCGROUP)  # in the step's cgroup now: it becomes the namespace's root
         process = plan.process
@@ -630,10 +630,15 @@ def _container_init(plan: _Plan, out_w: int, err_w: int, status_w: int, joined_r
             _send(status_w, b"S" + stub.encode())
     except BaseException as exc:
         for stub in stubs:
-            _send(status_w, b"S" + stub.encode())
-        _report_error(status_w, exc)
+            _send(status_w, b"S" + stub.encode())  # the caller removes them, whatever failed
+        if not isinstance(exc, _NotJoined):
+            _report_error(status_w, exc)
         os._exit(_EXIT_SETUP_FAILED)
     _exec(process.args, env, plan.seccomp, status_w)
+
+
+class _NotJoined(Exception):
+    """The supervisor could not move init into the step's cgroup; it reports why itself."""
 
 
 def _set_ulimits(ulimits) -> None:
